@@ -1,0 +1,214 @@
+"""``dlogit cluster up``: run a local Dask scheduler and workers in the foreground.
+
+Other shells (or other machines, when bound beyond loopback with TLS) then train on it
+with ``dlogit train --scheduler ADDRESS`` or ``--scheduler-file FILE``.  Runs until
+Ctrl-C or SIGTERM, then closes the workers and the scheduler and removes the scheduler
+file it wrote.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import warnings
+
+import click
+
+logger = logging.getLogger("dlogit.cli.cluster")
+
+DEFAULT_SCHEDULER_PORT = 8786
+DEFAULT_DASHBOARD_PORT = 8787
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an IP, ``localhost``, ``[::1]``, optionally ``tcp://``-prefixed)
+    listens on loopback only."""
+    host = host.strip()
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an interface's address: assume others can reach it
+
+
+def exposure_warning(host: str, tls: bool) -> str | None:
+    """The warning to print when the scheduler would be reachable beyond loopback without TLS."""
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"warning: binding the scheduler to {host} without TLS: anyone who can reach this "
+        "address can run arbitrary code on the workers; use --tls-ca-file/--tls-cert/--tls-key "
+        "or keep --host 127.0.0.1 and tunnel (ssh -L)"
+    )
+
+
+def _hostport(host: str, port: int) -> str:
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def write_scheduler_file(path: str, info: dict) -> None:
+    """Write ``info`` as JSON atomically, so a reader polling for the file never sees half of it."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".scheduler-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _scheduler_identity(cluster) -> dict:
+    """What ``dask scheduler --scheduler-file`` writes; ``Client(scheduler_file=...)`` reads ``address``."""
+    scheduler = getattr(cluster, "scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "identity"):
+        try:
+            ident = dict(scheduler.identity())
+            ident.pop("workers", None)  # a snapshot of workers would only go stale
+            ident["address"] = cluster.scheduler_address
+            return ident
+        except (AttributeError, KeyError, TypeError):  # pragma: no cover - identity() differs
+            logger.debug("scheduler.identity() failed; writing the address only", exc_info=True)
+    return {"type": "Scheduler", "address": cluster.scheduler_address}
+
+
+def _start_kwargs(start, **wanted) -> dict:
+    """Pass each keyword only if ``start`` accepts it; fail loudly for a non-default one it does not."""
+    params = inspect.signature(start).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = {}
+    for name, (value, default) in wanted.items():
+        if takes_any or name in params:
+            out[name] = value
+        elif value != default:
+            raise click.UsageError(
+                f"this dlogit's start_local_cluster() has no {name!r} parameter; "
+                f"cannot honour --{name.replace('_', '-')}"
+            )
+    return out
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """Run a Dask cluster for dlogit."""
+
+
+@cluster.command("up")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="CPU worker processes (default: one per core, as Dask decides).")
+@click.option("--gpus", default=None, metavar="IDS",
+              help="GPU ids, e.g. 0,1: one worker per GPU (needs dask-cuda).")
+@click.option("--rmm-pool-size", default=None, metavar="SIZE",
+              help="RMM pool per GPU worker, e.g. 1GB.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the scheduler and workers bind to.")
+@click.option("--scheduler-port", type=click.IntRange(min=0, max=65535),
+              default=DEFAULT_SCHEDULER_PORT, show_default=True, help="0 picks a free port.")
+@click.option("--dashboard-address", default=None, metavar="ADDR",
+              help="Dashboard address [default: HOST:8787, another port if taken].")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the scheduler's address here for `dlogit train --scheduler-file`.")
+@click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, scheduler_file,
+       tls_ca_file, tls_cert, tls_key) -> None:
+    """Start a scheduler and workers here and keep them running until Ctrl-C / SIGTERM."""
+    from dlogit import cluster as dcluster
+    from dlogit.errors import DlogitError
+
+    try:
+        security = dcluster.make_security(tls_ca_file, tls_cert, tls_key)
+    except (DlogitError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+    warning = exposure_warning(host, tls=security is not None)
+    if warning:
+        click.echo(warning, err=True)
+
+    if dashboard_address is None:
+        dashboard_address = _hostport(host, DEFAULT_DASHBOARD_PORT)
+
+    kwargs = {"workers": workers, "gpus": gpus, "host": host, "dashboard_address": dashboard_address,
+              "rmm_pool_size": rmm_pool_size, "security": security}
+    kwargs.update(_start_kwargs(dcluster.start_local_cluster,
+                                scheduler_port=(scheduler_port, 0)))
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def _on_signal(signum, frame):
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lc = None
+    wrote_file = False
+    try:
+        try:
+            with warnings.catch_warnings():
+                # already said above, once, in this command's words
+                warnings.filterwarnings("ignore", message=r"binding the cluster to .* without TLS",
+                                        category=RuntimeWarning)
+                lc = dcluster.start_local_cluster(**kwargs)
+        except (DlogitError, OSError, ValueError, ImportError) as exc:
+            click.echo(f"error: cannot start the cluster: {exc}", err=True)
+            sys.exit(2)
+
+        address = lc.scheduler_address
+        if scheduler_file:
+            write_scheduler_file(scheduler_file, _scheduler_identity(lc))
+            wrote_file = True
+        n_workers = len(getattr(lc, "workers", {}) or {})
+        click.echo(f"dlogit cluster up: {n_workers} worker(s)")
+        click.echo(f"scheduler: {address}")
+        click.echo(f"dashboard: {getattr(lc, 'dashboard_link', None) or 'off'}")
+        if scheduler_file:
+            click.echo(f"scheduler file: {os.path.abspath(scheduler_file)}")
+            click.echo(f"train with: dlogit train DATA --scheduler-file {scheduler_file}")
+        else:
+            click.echo(f"train with: dlogit train DATA --scheduler {address}")
+        click.echo("press Ctrl-C to stop")
+        sys.stdout.flush()
+
+        while not stop.wait(0.5):
+            status = getattr(getattr(lc, "scheduler", None), "status", None)
+            if status is not None and getattr(status, "name", str(status)) in ("closed", "failed"):
+                click.echo("error: the scheduler stopped", err=True)
+                sys.exit(1)
+    finally:
+        # a second Ctrl-C while closing must not leave orphans behind: ignore it
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if lc is not None:
+            click.echo("stopping...", err=True)
+            try:
+                lc.close(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - still remove the file and exit cleanly
+                click.echo(f"warning: closing the cluster: {exc}", err=True)
+        if wrote_file:
+            try:
+                os.unlink(scheduler_file)
+            except OSError:
+                pass
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("stopped", err=True)

@@ -1,0 +1,253 @@
+"""Starting a local Dask cluster or connecting to an existing one.
+
+Local clusters bind every listener, the dashboard included, to ``127.0.0.1`` unless told otherwise.
+With GPUs and CuPy present the local cluster is dask-cuda's ``LocalCUDACluster`` (one worker per GPU);
+otherwise CPU worker processes (NumPy chunks).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+import dask
+
+from dlogit._xp import cupy_available
+from dlogit.errors import ClusterError
+
+logger = logging.getLogger("dlogit.cluster")
+
+SCHEDULER_ENV = "DLOGIT_SCHEDULER"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_security(tls_ca_file: str | None = None, tls_cert: str | None = None,
+                  tls_key: str | None = None) -> Any:
+    """A :class:`distributed.Security` for the given files, or ``None`` (then dask's own
+    ``distributed.comm.tls.*`` config applies)."""
+    given = [tls_ca_file, tls_cert, tls_key]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ClusterError("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
+    for f in given:
+        if not os.path.isfile(f):
+            raise ClusterError(f"TLS file not found: {f}")
+    from distributed import Security
+
+    return Security(tls_ca_file=tls_ca_file, tls_client_cert=tls_cert, tls_client_key=tls_key,
+                    tls_scheduler_cert=tls_cert, tls_scheduler_key=tls_key,
+                    tls_worker_cert=tls_cert, tls_worker_key=tls_key, require_encryption=True)
+
+
+def parse_gpus(gpus: str | None) -> list[int] | None:
+    """``"0,1"`` -> ``[0, 1]``; ``"all"`` -> every visible GPU; ``None`` -> ``None``."""
+    if gpus is None:
+        return None
+    if gpus.strip().lower() == "all":
+        if not cupy_available():
+            raise ClusterError("--gpus all: no CUDA GPU (or no CuPy) is available on this machine")
+        import cupy
+
+        return list(range(cupy.cuda.runtime.getDeviceCount()))
+    try:
+        ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise ClusterError(f"--gpus takes a comma-separated list of GPU ids or 'all', got {gpus!r}") from None
+    if not ids:
+        raise ClusterError("--gpus is empty")
+    return ids
+
+
+def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None = None,
+                        host: str = "127.0.0.1", dashboard_address: str | None = None,
+                        rmm_pool_size: str | None = None, security: Any = None,
+                        threads_per_worker: int = 1, scheduler_port: int = 0,
+                        silence_logs: int = logging.ERROR) -> Any:
+    """Start a local cluster and return it (``cluster.kind`` is ``"gpu"`` or ``"cpu"``).
+
+    GPUs are used when ``gpus`` is given (then they must exist) or, when it is ``None``, when CuPy
+    sees at least one GPU and ``workers`` is not given. ``dashboard_address`` defaults to
+    ``HOST:8787`` (another free port when that one is taken).
+    """
+    from distributed import LocalCluster
+
+    if not is_loopback(host) and security is None:
+        warnings.warn(f"binding the cluster to {host} without TLS: anyone who can reach this "
+                      "address can run code on it (use --tls-* options)", RuntimeWarning, stacklevel=2)
+    gpu_ids = parse_gpus(gpus) if isinstance(gpus, str) else gpus
+    if gpu_ids is not None and not cupy_available():
+        raise ClusterError("GPUs were requested but no CUDA GPU (or no CuPy) is available")
+    use_gpu = gpu_ids is not None or (workers is None and cupy_available())
+    if dashboard_address is None:
+        dashboard_address = f"{host}:8787"
+    preload = _scheduler_preload()
+    protocol = "tls://" if security is not None else None
+    kwargs: dict[str, Any] = dict(host=host, dashboard_address=dashboard_address, security=security,
+                                  scheduler_port=scheduler_port, silence_logs=silence_logs,
+                                  scheduler_kwargs={"preload": preload} if preload else {})
+    if protocol:
+        kwargs["protocol"] = protocol
+    if use_gpu:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            if gpu_ids is not None:
+                raise ClusterError("--gpus needs dask-cuda: pip install 'dlogit[cu12]' (or cu13)") from None
+            logger.warning("dlogit: GPUs found but dask-cuda is not installed; using CPU workers")
+            use_gpu = False
+        else:
+            if gpu_ids is not None:
+                kwargs["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            if rmm_pool_size:
+                kwargs["rmm_pool_size"] = rmm_pool_size
+            with _dashboard_fallback(kwargs):
+                cluster = _start(LocalCUDACluster, threads_per_worker=threads_per_worker, **kwargs)
+            cluster.kind = "gpu"
+            return cluster
+    if rmm_pool_size:
+        raise ClusterError("--rmm-pool-size needs GPU workers")
+    n = workers or min(4, os.cpu_count() or 1)
+    if n < 1:
+        raise ClusterError(f"--workers must be at least 1, got {n}")
+    with _dashboard_fallback(kwargs):
+        cluster = _start(LocalCluster, n_workers=n, threads_per_worker=threads_per_worker,
+                         processes=True, **kwargs)
+    cluster.kind = "cpu"
+    return cluster
+
+
+class _dashboard_fallback:
+    """Use a random dashboard port when the requested one is taken."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.kwargs = kwargs
+
+    def __enter__(self) -> None:
+        import socket
+
+        addr = self.kwargs.get("dashboard_address")
+        if not addr or addr.endswith(":0"):
+            return
+        host, _, port = addr.rpartition(":")
+        with socket.socket() as s:
+            try:
+                s.bind((host or "127.0.0.1", int(port)))
+            except OSError:
+                self.kwargs["dashboard_address"] = f"{host}:0"
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _start(factory: Any, **kwargs: Any) -> Any:
+    try:
+        return factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ClusterError(f"could not start a local cluster: {exc}") from exc
+
+
+def _scheduler_preload() -> list[str]:
+    try:
+        from dlogit.monitor import SCHEDULER_PRELOAD
+    except Exception:  # noqa: BLE001 - monitoring is optional (needs bokeh)
+        return []
+    return [SCHEDULER_PRELOAD]
+
+
+def resolve_scheduler(scheduler: str | None = None, scheduler_file: str | None = None) -> dict[str, str]:
+    """Where to connect: explicit options, then ``DLOGIT_SCHEDULER``, then ``dlogit.scheduler``.
+
+    Returns ``{}`` (start a local cluster), ``{"address": ...}`` or ``{"scheduler_file": ...}``.
+    A value naming an existing file is taken as a scheduler file.
+    """
+    if scheduler and scheduler_file:
+        raise ClusterError("give either --scheduler or --scheduler-file, not both")
+    if scheduler_file:
+        return {"scheduler_file": scheduler_file}
+    value = scheduler or os.environ.get(SCHEDULER_ENV) or dask.config.get("dlogit.scheduler", None)
+    if not value:
+        return {}
+    if "://" not in value and os.path.isfile(value):
+        return {"scheduler_file": value}
+    return {"address": value}
+
+
+def connect(scheduler: str | None = None, scheduler_file: str | None = None,
+            timeout: float | str | None = None, security: Any = None) -> Any:
+    """Connect a :class:`distributed.Client` to an existing scheduler, failing within ``timeout``."""
+    from distributed import Client
+
+    target = resolve_scheduler(scheduler, scheduler_file)
+    if not target:
+        raise ClusterError("no scheduler given (use --scheduler, --scheduler-file or DLOGIT_SCHEDULER)")
+    t = dask.utils.parse_timedelta(timeout if timeout is not None else dask.config.get("dlogit.connect-timeout"))
+    if "scheduler_file" in target:
+        path = target["scheduler_file"]
+        try:
+            with open(path) as f:
+                address = json.load(f)["address"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClusterError(f"cannot read scheduler file {path}: {exc}") from None
+    else:
+        address = target["address"]
+    if address.startswith("tls://") and security is None:
+        from distributed import Security
+
+        security = Security()  # dask's distributed.comm.tls.* config
+        if not security.tls_ca_file:
+            raise ClusterError(f"{address} uses TLS: give --tls-ca-file, --tls-cert and --tls-key")
+    try:
+        with dask.config.set({"distributed.comm.timeouts.connect": t}):
+            client = Client(address, timeout=t, security=security, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {t:g}s: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
+    try:
+        check_versions(client)
+    except ClusterError:
+        client.close()
+        raise
+    return client
+
+
+def check_versions(client: Any) -> None:
+    """Raise :class:`ClusterError` when workers run another dlogit, dask or distributed than here."""
+    from dlogit import __version__
+
+    def versions() -> dict[str, str]:
+        import dask as _dask
+        import distributed as _distributed
+
+        import dlogit as _dlogit
+
+        return {"dlogit": _dlogit.__version__, "dask": _dask.__version__,
+                "distributed": _distributed.__version__}
+
+    import distributed
+
+    here = {"dlogit": __version__, "dask": dask.__version__, "distributed": distributed.__version__}
+    try:
+        there = client.run(versions)
+    except Exception as exc:  # noqa: BLE001 - e.g. dlogit missing on the workers
+        raise ClusterError(f"cannot check the workers' versions (is dlogit installed there?): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for worker, vers in sorted(there.items()):
+        for pkg, v in here.items():
+            if vers.get(pkg) != v:
+                raise ClusterError(f"version mismatch: worker {worker} has {pkg} {vers.get(pkg)}, "
+                                   f"this client has {pkg} {v}; install the same versions everywhere")

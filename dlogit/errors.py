@@ -1,0 +1,31 @@
+"""Exceptions and warnings raised by dlogit.
+
+Every error a user can cause derives from :class:`DlogitError`; the CLI turns those into a one-line
+message and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class DlogitError(Exception):
+    """Base class of the errors a user can cause (bad input, unreachable cluster, bad options)."""
+
+
+class DataError(DlogitError, ValueError):
+    """The training or prediction data is unusable (NaN, bad labels, wrong shapes, unreadable)."""
+
+
+class ClusterError(DlogitError):
+    """The Dask cluster cannot be started, reached, or is unfit (version mismatch, no workers)."""
+
+
+class ModelError(DlogitError):
+    """A model file is missing, unreadable or not a dlogit model."""
+
+
+class ConfigError(DlogitError, ValueError):
+    """An option has a value outside its allowed range."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped at ``max_iter`` before reaching ``tol``."""

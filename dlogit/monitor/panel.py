@@ -1,0 +1,426 @@
+"""The ``/dlogit`` Bokeh panel served by the scheduler's dashboard HTTP server.
+
+distributed builds its own pages as one ``BokehTornado`` application that it
+adds to ``scheduler.http_application`` (a ``RoutingApplication``, which tries
+its own routes first and then each added application in turn).  We do the
+same with a second, small ``BokehTornado`` holding only ``/dlogit``; that works
+at any time after the HTTP server started, so the panel can be installed by a
+preload module or later by a scheduler plugin.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from dlogit.monitor.state import MonitorState, RunState
+
+logger = logging.getLogger(__name__)
+
+ROUTE = "/dlogit"
+REFRESH_MS = 500
+LATEST = "__latest__"
+
+_STEP_COLS = RunState.STEP_COLUMNS
+_RATE_COLS = RunState.RATE_COLUMNS
+
+
+def _fmt(x: Any, spec: str = ".6g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "-"
+        return format(x, spec)
+    if isinstance(x, (list, tuple)):
+        return ", ".join(str(v) for v in x)
+    return str(x)
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None or (isinstance(s, float) and (math.isnan(s) or math.isinf(s))):
+        return "-"
+    s = max(float(s), 0.0)
+    if s == 0:
+        return "0 s"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    if s < 60:
+        return f"{s:.2f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    if h:
+        return f"{h}h {m:02d}m {sec:02d}s"
+    return f"{m}m {sec:02d}s"
+
+
+def _arrays(cols: dict[str, list]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def _empty(columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {c: np.zeros(0, dtype=np.float64) for c in columns}
+
+
+class DlogitPanel:
+    """One browser session's view of the monitor state."""
+
+    def __init__(self, state: MonitorState, doc: Any):
+        from bokeh.layouts import column, row
+        from bokeh.models import (
+            CheckboxGroup,
+            ColumnDataSource,
+            DataRange1d,
+            DataTable,
+            Div,
+            FactorRange,
+            HoverTool,
+            LinearAxis,
+            NumeralTickFormatter,
+            Select,
+            TableColumn,
+        )
+        from bokeh.plotting import figure
+
+        self.state = state
+        self.doc = doc
+        # what this session has already sent to the browser
+        self._run: RunState | None = None
+        self._run_id: str | None = None
+        self._gen = (-1, -1)
+        self._sent_steps = 0
+        self._sent_rates = 0
+        self._version = -1
+        self._options: list = []
+
+        self.steps = ColumnDataSource(_empty(_STEP_COLS), name="dlogit-steps")
+        self.tail = ColumnDataSource(_empty(_STEP_COLS), name="dlogit-tail")
+        self.rates = ColumnDataSource(_empty(_RATE_COLS), name="dlogit-rates")
+        self.workers = ColumnDataSource(
+            {"worker": [], "ms": [], "color": []}, name="dlogit-workers"
+        )
+        self.params = ColumnDataSource({"key": [], "value": []}, name="dlogit-params")
+
+        self.select = Select(
+            title="Run", options=[(LATEST, "latest run")], value=LATEST,
+            width=420, name="dlogit-run-select",
+        )
+        self.select.on_change("value", self._on_select)
+        self.logscale = CheckboxGroup(
+            labels=["log-scale loss", "log-scale gradient norm"], active=[1],
+            inline=True, name="dlogit-logscale",
+        )
+        self.logscale.on_change("active", self._on_logscale)
+        self.info = Div(text="<b>No dlogit run seen yet.</b>", name="dlogit-info",
+                        sizing_mode="stretch_width")
+
+        fig_kw: dict[str, Any] = dict(
+            height=260, sizing_mode="stretch_width", toolbar_location="above",
+            tools="pan,wheel_zoom,box_zoom,reset,save", output_backend="canvas",
+        )
+
+        def curve(title: str, field: str, y_axis_type: str, color: str, name: str):
+            p = figure(title=title, y_axis_type=y_axis_type, x_axis_label="step",
+                       name=name, **fig_kw)
+            p.line("step", field, source=self.steps, line_width=2, color=color)
+            p.line("step", field, source=self.tail, line_width=2, color=color)
+            p.add_tools(HoverTool(tooltips=[("step", "@step"), (field, f"@{field}")],
+                                  mode="vline"))
+            return p
+
+        self.loss_lin = curve("Loss", "loss", "linear", "#1f77b4", "dlogit-loss")
+        self.loss_log = curve("Loss (log)", "loss", "log", "#1f77b4", "dlogit-loss-log")
+        self.gn_lin = curve("Gradient norm", "grad_norm", "linear", "#d62728",
+                            "dlogit-grad-norm")
+        self.gn_log = curve("Gradient norm (log)", "grad_norm", "log", "#d62728",
+                            "dlogit-grad-norm-log")
+        self._on_logscale("active", None, self.logscale.active)
+
+        self.step_fig = curve("Step time (ms)", "step_ms", "linear", "#2ca02c",
+                              "dlogit-step-time")
+
+        tp = figure(title="Throughput", x_axis_label="step", name="dlogit-throughput",
+                    **fig_kw)
+        r_rows = tp.line("step", "rows_per_s", source=self.rates, line_width=2,
+                         color="#9467bd", legend_label="rows/s")
+        tp.y_range = DataRange1d(renderers=[r_rows])
+        tp.yaxis[0].axis_label = "rows/s"
+        tp.yaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
+        tp.extra_y_ranges = {"gb": DataRange1d()}
+        r_gb = tp.line("step", "gb_per_s", source=self.rates, line_width=2,
+                       color="#ff7f0e", y_range_name="gb", legend_label="GB/s")
+        tp.extra_y_ranges["gb"].renderers = [r_gb]
+        tp.add_layout(LinearAxis(y_range_name="gb", axis_label="GB/s"), "right")
+        tp.legend.location = "bottom_right"
+        tp.add_tools(HoverTool(tooltips=[("step", "@step"), ("rows/s", "@rows_per_s{0.00a}"),
+                                         ("GB/s", "@gb_per_s{0.000}")]))
+        self.throughput = tp
+
+        wf = figure(title="Last step time per worker (ms)", y_range=FactorRange(),
+                    name="dlogit-workers-fig", height=260, sizing_mode="stretch_width",
+                    toolbar_location=None, tools="")
+        wf.hbar(y="worker", right="ms", height=0.8, color="color", source=self.workers)
+        wf.x_range.start = 0
+        wf.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("ms", "@ms{0.0}")]))
+        self.worker_fig = wf
+
+        self.table = DataTable(
+            source=self.params,
+            columns=[TableColumn(field="key", title="field", width=140),
+                     TableColumn(field="value", title="value", width=380)],
+            height=260, sizing_mode="stretch_width", index_position=None,
+            name="dlogit-params-table",
+        )
+
+        self.root = column(
+            row(self.select, self.logscale, sizing_mode="stretch_width"),
+            self.info,
+            row(column(self.loss_lin, self.loss_log, sizing_mode="stretch_width"),
+                column(self.gn_lin, self.gn_log, sizing_mode="stretch_width"),
+                sizing_mode="stretch_width"),
+            row(self.step_fig, self.throughput, sizing_mode="stretch_width"),
+            row(self.worker_fig, self.table, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+        self.update()
+
+    # ------------------------------------------------------------- callbacks
+    def _on_select(self, attr: str, old: Any, new: Any) -> None:
+        self.update()
+
+    def _on_logscale(self, attr: str, old: Any, new: list[int]) -> None:
+        self.loss_lin.visible = 0 not in new
+        self.loss_log.visible = 0 in new
+        self.gn_lin.visible = 1 not in new
+        self.gn_log.visible = 1 in new
+
+    # ---------------------------------------------------------------- update
+    def _reset(self) -> None:
+        self.steps.data = _empty(_STEP_COLS)
+        self.tail.data = _empty(_STEP_COLS)
+        self.rates.data = _empty(_RATE_COLS)
+        self.workers.data = {"worker": [], "ms": [], "color": []}
+        self.params.data = {"key": [], "value": []}
+        self._run = None
+        self._run_id = None
+        self._sent_steps = self._sent_rates = 0
+        self._gen = (-1, -1)
+        self._version = -1
+
+    def update(self) -> None:
+        state = self.state
+        now = time.time()
+        with state.lock:
+            ids = state.run_ids()
+            options = [(LATEST, "latest run")] + [(r, r) for r in ids]
+            choice = self.select.value
+            run_id = ids[0] if choice == LATEST and ids else choice
+            rs = state.get(run_id) if run_id else None
+            if rs is None:
+                snap = None
+            else:
+                fresh = rs is not self._run or (rs.steps.generation,
+                                                 rs.rates.generation) != self._gen
+                start_s = 0 if fresh else self._sent_steps
+                start_r = 0 if fresh else self._sent_rates
+                changed = fresh or rs.version != self._version
+                snap = {
+                    "fresh": fresh,
+                    "changed": changed,
+                    "gen": (rs.steps.generation, rs.rates.generation),
+                    "steps": rs.steps.snapshot(start_s) if changed else None,
+                    "n_steps": len(rs.steps),
+                    "rates": rs.rates.snapshot(start_r) if changed else None,
+                    "n_rates": len(rs.rates),
+                    "tail": (
+                        [
+                            {c: rs.steps.data[c][-1] for c in _STEP_COLS},
+                            rs.steps.last,
+                        ]
+                        if rs.steps.tail_pending() and len(rs.steps)
+                        else None
+                    ),
+                    "summary": rs.summary(now),
+                    "version": rs.version,
+                }
+
+        if options != self._options:
+            self._options = options
+            self.select.options = options
+        if choice not in (LATEST, *ids):
+            # the chosen run was evicted
+            self.select.value = LATEST
+            return
+        if snap is None:
+            if self._run is not None or self._run_id is not None:
+                self._reset()
+            return
+
+        if snap["changed"]:
+            if snap["fresh"]:
+                self.steps.data = _arrays(snap["steps"])
+                self.rates.data = _arrays(snap["rates"])
+            else:
+                if snap["steps"]["step"]:
+                    self.steps.stream(_arrays(snap["steps"]))
+                if snap["rates"]["step"]:
+                    self.rates.stream(_arrays(snap["rates"]))
+            tail = snap["tail"]
+            self.tail.data = (
+                _arrays({c: [tail[0][c], tail[1][c]] for c in _STEP_COLS})
+                if tail else _empty(_STEP_COLS)
+            )
+            self._sent_steps = snap["n_steps"]
+            self._sent_rates = snap["n_rates"]
+            self._gen = snap["gen"]
+            self._run = rs
+            self._run_id = run_id
+            self._version = snap["version"]
+            self._update_workers(snap["summary"]["worker_seconds"])
+        self._update_text(snap["summary"], snap["n_steps"] + (2 if snap["tail"] else 0))
+
+    def _update_workers(self, ws: dict[str, float]) -> None:
+        names = sorted(ws)
+        ms = [ws[n] * 1e3 for n in names]
+        slowest = max(range(len(ms)), key=ms.__getitem__) if ms else -1
+        colors = ["#d62728" if i == slowest and len(ms) > 1 else "#1f77b4"
+                  for i in range(len(ms))]
+        if list(self.worker_fig.y_range.factors) != names:
+            self.worker_fig.y_range.factors = names
+        self.workers.data = {"worker": names, "ms": ms, "color": colors}
+
+    def _update_text(self, s: dict[str, Any], n_points: int) -> None:
+        step = s["step"]
+        max_iter = s["max_iter"]
+        progress = f"{_fmt(step)} / {_fmt(max_iter)}"
+        text = (
+            f"<b>{html.escape(s['run'])}</b> &mdash; status <b>{html.escape(s['status'])}</b>"
+            f" &mdash; step {progress} &mdash; loss {_fmt(s['loss'])}"
+            f" &mdash; ETA {format_seconds(s['eta_seconds'])}"
+            f" &mdash; <span class=\"dlogit-points\" data-points=\"{n_points}\">"
+            f"points: {n_points}</span> of {s['steps_seen']} steps"
+        )
+        if text != self.info.text:
+            self.info.text = text
+        rows = [
+            ("run", s["run"]),
+            ("status", s["status"]),
+            ("step", progress),
+            ("loss", _fmt(s["loss"])),
+            ("grad_norm", _fmt(s["grad_norm"])),
+            ("last step", format_seconds(s["step_seconds"])),
+            ("mean step", format_seconds(s["mean_step_seconds"])),
+            ("rows/s", _fmt(s["rows_per_s"], ".4g")),
+            ("GB/s", _fmt(s["bytes_per_s"] / 1e9 if s["bytes_per_s"] == s["bytes_per_s"]
+                          else math.nan, ".4g")),
+            ("elapsed", format_seconds(s["elapsed_seconds"])),
+            ("ETA", format_seconds(s["eta_seconds"])),
+        ]
+        if s["n_iter"] is not None:
+            rows.append(("n_iter", str(s["n_iter"])))
+        if s["message"]:
+            rows.append(("message", s["message"]))
+        for k, v in s["params"].items():
+            rows.append((f"params.{k}", _fmt(v)))
+        data = {"key": [r[0] for r in rows], "value": [str(r[1]) for r in rows]}
+        if data != dict(self.params.data):
+            self.params.data = data
+
+
+def make_document(state: MonitorState, refresh_ms: int = REFRESH_MS):
+    """A Bokeh ``FunctionHandler`` callback building the panel for ``state``."""
+
+    def modify_doc(doc: Any) -> None:
+        panel = DlogitPanel(state, doc)
+        doc.title = "dlogit"
+        doc.add_root(panel.root)
+        doc.add_periodic_callback(panel.update, refresh_ms)
+
+    return modify_doc
+
+
+def _dashboard_prefix(scheduler: Any) -> str:
+    """The prefix distributed's own Bokeh app was mounted under ("/" by default)."""
+    from bokeh.server.tornado import BokehTornado
+
+    for app in getattr(scheduler.http_application, "applications", []):
+        if isinstance(app, BokehTornado):
+            return app.prefix or "/"
+    return "/"
+
+
+def install_panel(scheduler: Any, state: MonitorState, refresh_ms: int = REFRESH_MS):
+    """Mount ``/dlogit`` on ``scheduler``'s dashboard; returns the app or None.
+
+    Returns None (and logs why) when the scheduler has no HTTP server or
+    Bokeh is unusable; metrics and state keep working in that case.
+    """
+    http_app = getattr(scheduler, "http_application", None)
+    http_server = getattr(scheduler, "http_server", None)
+    if http_app is None or http_server is None or not hasattr(http_app, "add_application"):
+        logger.info("dlogit: scheduler has no dashboard HTTP server; no /dlogit panel")
+        return None
+    try:
+        import dask.config
+        from bokeh.application import Application
+        from bokeh.application.handlers.function import FunctionHandler
+        from bokeh.server.tornado import BokehTornado
+        from bokeh.server.util import create_hosts_allowlist
+        from tornado.ioloop import IOLoop
+    except ImportError as e:  # pragma: no cover - bokeh is a hard dependency
+        logger.warning("dlogit: Bokeh unavailable (%s); no /dlogit panel", e)
+        return None
+
+    prefix = _dashboard_prefix(scheduler)
+    kwargs = dict(
+        dask.config.get("distributed.scheduler.dashboard.bokeh-application", {}) or {}
+    )
+    origins = kwargs.pop("allow_websocket_origin", ["*"])
+    extra_origins = create_hosts_allowlist(origins, http_server.port)
+    app = BokehTornado(
+        {ROUTE: Application(FunctionHandler(make_document(state, refresh_ms)))},
+        prefix=prefix,
+        use_index=False,
+        redirect_root=False,
+        extra_websocket_origins=extra_origins,
+        absolute_url="",
+        **kwargs,
+    )
+    http_app.add_application(app)
+    app.initialize(IOLoop.current())
+    app.start()
+    _add_to_more_menu(scheduler)
+    return app
+
+
+def uninstall_panel(scheduler: Any, app: Any) -> None:
+    if app is None:
+        return
+    try:
+        app.stop(wait=False)
+    except Exception:  # pragma: no cover
+        logger.debug("dlogit: stopping panel app failed", exc_info=True)
+    apps = getattr(getattr(scheduler, "http_application", None), "applications", None)
+    if apps is not None and app in apps:
+        apps.remove(app)
+
+
+def _add_to_more_menu(scheduler: Any) -> None:
+    """Best effort: list the panel in the standard dashboard's "More..." menu.
+
+    Relies on distributed internals (the memoized template variables whose
+    ``plots`` list the page template renders); silently skipped if they change.
+    """
+    try:
+        from distributed.dashboard.scheduler import template_variables
+
+        plots = template_variables(scheduler)["plots"]
+        if not any(p.get("url") == ROUTE.strip("/") for p in plots):
+            plots.append({"url": ROUTE.strip("/"), "name": "dlogit"})
+    except Exception:
+        logger.debug("dlogit: could not add the panel to the menu", exc_info=True)
