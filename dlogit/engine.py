@@ -270,10 +270,11 @@ def _shard_sums(token: bytes, theta: np.ndarray) -> np.ndarray:
     return np.concatenate([[time.perf_counter() - t0], out.ravel()])
 
 
-def _drop_shard(token: bytes) -> None:
+def _drop_shards(tokens: list[bytes]) -> None:
     inst = _ShardServer._instance
     if inst is not None:
-        inst.shards.pop(token, None)
+        for token in tokens:
+            inst.shards.pop(token, None)
 
 
 class _WorkerLost(Exception):
@@ -378,6 +379,7 @@ class DaskFit:
         self._emitter: Any = None
         self.worker_seconds: dict[str, float] = {}
         self.excluded: set[str] = set()
+        self.tokens: list[bytes] = []
         self.recoveries = 0
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -476,15 +478,18 @@ class DaskFit:
 
     def _attach_all(self, assign: dict[str, list[int]], xs: list[Any], ys: list[Any]) -> list[dict]:
         token = secrets.token_bytes(16)
+        self.tokens.append(token)  # dropped on every worker at the end, even if attaching fails
         futs = []
         for w, idx in assign.items():
             futs.append(self.client.submit(
                 _attach, token, idx, self.n_chunks, self.spec["fit_intercept"],
                 [xs[i] for i in idx], [ys[i] for i in idx], workers=[w], allow_other_workers=True,
                 pure=False, key=f"dlogit-attach-{self.spec['run']}-{secrets.token_hex(4)}"))
+        from distributed import wait
+
         timeout = dask.utils.parse_timedelta(dask.config.get("dlogit.engine.attach-timeout"))
-        infos = self.client.gather(futs, errors="raise") if timeout is None else [
-            f.result(timeout=timeout) for f in futs]
+        wait(futs, timeout=timeout)  # all settle first: no shard registers after the clean-up
+        infos = [f.result() for f in futs]
         self.token = token
         return infos
 
@@ -616,10 +621,9 @@ class DaskFit:
             return fit_loop(self.sums, self.spec, send, hook)
         finally:
             self._close_links()
-            token = getattr(self, "token", None)
-            if token is not None:
+            if self.tokens:
                 with contextlib.suppress(Exception):
-                    self.client.run(_drop_shard, token)
+                    self.client.run(_drop_shards, self.tokens)
             self.xs = self.ys = []
 
 

@@ -36,11 +36,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SHIM_DIR: list[Path] = []
+
+
+def _dlogit_shim_dir() -> Path:
+    """A directory holding a ``dlogit`` executable, for when no console script is installed
+    (a checkout that was not ``pip install``-ed): scripts call ``dlogit`` by name."""
+    if not _SHIM_DIR:
+        import atexit
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix="dlogit-shim-"))
+        atexit.register(shutil.rmtree, d, True)
+        shim = d / "dlogit"
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "from dlogit.cli import main; main()" "$@"\n')
+        shim.chmod(0o755)
+        _SHIM_DIR.append(d)
+    return _SHIM_DIR[0]
+
+
 def subprocess_env(**extra: str) -> dict:
-    """The environment for every process a test starts: this interpreter first on PATH,
-    the checkout importable, quiet logs, no inherited scheduler address."""
+    """The environment for every process a test starts: this interpreter first on PATH (and a
+    ``dlogit`` command), the checkout importable, quiet logs, no inherited scheduler address."""
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(PY_BIN), env.get("PATH", "")])
+    path = [str(PY_BIN)]
+    if not (PY_BIN / "dlogit").exists():
+        path.append(str(_dlogit_shim_dir()))
+    env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
     env.pop("DLOGIT_SCHEDULER", None)
     env.pop("DASK_SCHEDULER_ADDRESS", None)
@@ -51,22 +73,11 @@ def subprocess_env(**extra: str) -> dict:
 
 
 def dlogit_argv() -> list[str]:
-    """How to run the dlogit CLI: the installed console script, else ``python -m dlogit``."""
+    """How to run the dlogit CLI: the installed console script, else its entry point by hand."""
     script = PY_BIN / "dlogit"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "dlogit"]
-
-
-def dlogit_shim_dir(tmp: Path) -> Path:
-    """A directory with a ``dlogit`` executable, for scripts that call ``dlogit`` by name."""
-    d = tmp / "shim-bin"
-    d.mkdir(exist_ok=True)
-    shim = d / "dlogit"
-    argv = " ".join(f"'{a}'" for a in dlogit_argv())
-    shim.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
-    shim.chmod(0o755)
-    return d
+    return [sys.executable, "-c", "from dlogit.cli import main; main()"]
 
 
 class ProcessSet:
@@ -262,13 +273,64 @@ def localize_compose_command(argv: list[str], port_map: dict[str, str], path_map
 
 # ----------------------------------------------------------------------- TLS
 def make_tls_files(d: Path) -> tuple[str, str, str]:
-    """A throw-away CA and one certificate/key (server+client auth, SAN 127.0.0.1/localhost)
-    signed by it, made with the openssl CLI."""
-    if shutil.which("openssl") is None:
-        import pytest
-
-        pytest.skip("openssl CLI not available")
+    """A throw-away CA and one certificate/key (server + client auth, SAN 127.0.0.1/localhost)
+    signed by it: with ``cryptography`` when installed, else the ``openssl`` CLI."""
     d.mkdir(parents=True, exist_ok=True)
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        if shutil.which("openssl") is None:
+            import pytest
+
+            pytest.skip("neither the cryptography package nor the openssl CLI is available")
+        return _tls_files_openssl(d)
+    return _tls_files_cryptography(d)
+
+
+def _tls_files_cryptography(d: Path) -> tuple[str, str, str]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dlogit-test-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path, cert_path, key_path = d / "ca.pem", d / "node.pem", d / "node.key"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return str(ca_path), str(cert_path), str(key_path)
+
+
+def _tls_files_openssl(d: Path) -> tuple[str, str, str]:
     ca_key, ca_crt = d / "ca.key", d / "ca.pem"
     key, csr, crt = d / "node.key", d / "node.csr", d / "node.pem"
     ext = d / "node.ext"

@@ -90,9 +90,12 @@ class Browser:
                 raise RuntimeError("chromium did not open its DevTools port")
             await asyncio.sleep(0.05)
         port = int(port_file.read_text().split()[0])
-        while True:
+        def page_targets():
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                pages = [t for t in json.load(r) if t.get("type") == "page"]
+                return [t for t in json.load(r) if t.get("type") == "page"]
+
+        while True:
+            pages = await asyncio.to_thread(page_targets)
             if pages:
                 break
             if time.monotonic() > deadline:
@@ -166,7 +169,20 @@ STATE_JS = """(() => {
           workers: Array.from(m('dlogit-workers').data.worker),
           rates: m('dlogit-rates').data.step.length,
           loss_log_visible: m('dlogit-loss-log').visible,
-          params: Array.from(m('dlogit-params').data.key)};
+          table: m('dlogit-params-table').text};
+})()"""
+
+
+# the rendered text of the parameters table (inside Bokeh's shadow roots)
+TABLE_TEXT_JS = """(() => {
+  let out = '';
+  const walk = (n) => {
+    if (n.shadowRoot) walk(n.shadowRoot);
+    if (n.tagName === 'TABLE' && n.classList.contains('dlogit-params')) out += n.textContent;
+    for (const c of (n.children || [])) walk(c);
+  };
+  walk(document.body);
+  return out;
 })()"""
 
 
@@ -219,12 +235,14 @@ def test_panel_in_headless_chromium(tmp_path):
             assert v["options"][1:] == [short_run, long_run]
             assert v["workers"] == sorted(v["workers"]) and len(v["workers"]) == 3
             assert v["rates"] == 3
-            assert {"status", "ETA", "params.solver", "params.n_rows"} <= set(v["params"])
+            for key in ("status", "ETA", "params.solver", "params.n_rows"):
+                assert f"<th>{key}</th>" in v["table"]
+            assert f"<td>{short_run}</td>" in v["table"]
             await asyncio.sleep(1.0)  # let the canvas paint
             await browser.screenshot(shots / "dlogit-panel.png")
 
             # 2. live: more steps arrive and the periodic callback streams them in
-            start, prog = _events(short_run, range(1_201, 1_501), 3_000)
+            _, prog = _events(short_run, range(1_201, 1_501), 3_000)
             for ev in prog:
                 client.log_event(TOPIC, ev)
             v = await browser.wait_js(STATE_JS, lambda v: v["points"] == 1_500)
@@ -245,6 +263,10 @@ def test_panel_in_headless_chromium(tmp_path):
             assert v["tail"] == expected_tail
             assert f'data-points="{expected + expected_tail}"' in v["info"]
             assert v["last_step"] == rs.steps.data["step"][-1]
+            assert f"<td>{long_run}</td>" in v["table"]
+            # what is drawn (shadow DOM) follows too, not only the model
+            cells = await browser.js(TABLE_TEXT_JS)
+            assert long_run in cells and short_run not in cells
 
             # 4. log-scale toggle round-trips through the server
             await browser.js(

@@ -151,9 +151,9 @@ def test_series_tail_and_stride():
 
 # ===================================================================== metrics
 def _metric(text: str, name: str, run: str | None = None) -> float | None:
-    pat = re.escape(name) + (r'\{[^}]*run="' + re.escape(run) + r'"[^}]*\}' if run else r"(\{\})?")
-    m = re.search(r"^" + pat + r" (\S+)$", text, re.M)
-    return float(m.group(len(m.groups()))) if m else None
+    pat = re.escape(name) + (r'\{[^}]*run="' + re.escape(run) + r'"[^}]*\}' if run else r"(?:\{\})?")
+    m = re.search(r"^" + pat + r" (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else None
 
 
 def test_collector_exposition_private_registry():
@@ -252,7 +252,8 @@ def test_panel_streams_and_resets():
     panel.update()  # streamed increment
     assert list(panel.steps.data["step"]) == list(range(1, 31))
     assert 'data-points="30"' in panel.info.text
-    assert panel.params.data["value"][panel.params.data["key"].index("status")] == "running"
+    assert dict(panel.param_rows)["status"] == "running"
+    assert "<th>status</th><td>running</td>" in panel.table.text
     assert sorted(panel.workers.data["worker"]) == ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
     assert panel.workers.data["color"][1] != panel.workers.data["color"][0]  # straggler
 
@@ -270,6 +271,7 @@ def test_panel_streams_and_resets():
     assert [o[0] for o in panel.select.options] == [LATEST, b, a]
     panel.select.value = a  # explicit choice
     assert list(panel.steps.data["step"]) == rs.steps.data["step"]
+    assert dict(panel.param_rows)["run"] == a and a in panel.table.text
     panel._on_logscale("active", None, [0])
     assert panel.loss_log.visible and not panel.loss_lin.visible
     assert panel.gn_lin.visible and not panel.gn_log.visible
@@ -348,7 +350,7 @@ def test_report_bad_input(tmp_path, case):
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     text = res.output.strip()
-    assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text
+    assert text.startswith("dlogit: error: ") and "\n" not in text and "Traceback" not in text
     assert not out.exists()
     assert not list(tmp_path.glob(".dlogit-report-*"))
 
@@ -395,12 +397,12 @@ def test_preload_installs_plugin_panel_and_metrics(preloaded):
     assert "<title>dlogit</title>" in page
     assert "bokeh" in page.lower() and "embed_items" in page
     assert _get(base + "/status")[0] == 200  # distributed's own pages still served
-    assert format_dashboard_url(client.dashboard_link).endswith(":%d/dlogit"
-                                                                 % cluster.scheduler.http_server.port)
+    port = cluster.scheduler.http_server.port
+    assert format_dashboard_url(client.dashboard_link).endswith(f":{port}/dlogit")
 
 
 def test_metrics_follow_events(preloaded):
-    cluster, client, base = preloaded
+    _, client, base = preloaded
     run = new_run()
     client.log_event(TOPIC, start_event(run, max_iter=500))
     client.log_event(TOPIC, progress_event(run, range(1, 11), step_seconds=0.02, rows_per_s=5e5))
@@ -412,7 +414,7 @@ def test_metrics_follow_events(preloaded):
     assert _metric(text, "dlogit_rows_per_second", run) == 5e5
     assert _metric(text, "dlogit_runs_active") >= 1
     total0 = _metric(text, "dlogit_steps_total")
-    assert re.search(r"^dask_scheduler_workers", text, re.M)  # distributed's own metrics remain
+    assert re.search(r"^dask_scheduler_workers", text, re.MULTILINE)  # distributed's own metrics remain
 
     client.log_event(TOPIC, progress_event(run, range(11, 31), step_seconds=0.03))
     _wait_for(lambda: _metric(_metrics(base), "dlogit_step", run) == 30)
@@ -427,7 +429,7 @@ def test_metrics_follow_events(preloaded):
     client.log_event(TOPIC, end_event(run, 30))
     _wait_for(lambda: _metric(_metrics(base), "dlogit_runs_active") == active - 1)
     text = _metrics(base)
-    assert re.search(r'dlogit_run_info\{[^}]*run="%s"[^}]*status="converged"' % run, text)
+    assert re.search(r'dlogit_run_info\{[^}]*run="' + run + r'"[^}]*status="converged"', text)
     assert _metric(text, "dlogit_loss", run) == pytest.approx(loss_at(30))
 
 
@@ -496,3 +498,122 @@ def test_preload_with_worker_processes_and_ensure_installed_noop():
                   and plugin.state.get(run).status == "max_iter")
         assert _metric(_metrics(base), "dlogit_step", run) == 9
         assert len(cluster.scheduler.http_application.applications) == n_apps
+
+
+def test_dask_scheduler_cli_preload_with_prefix(tmp_path):
+    """``dask scheduler --preload dlogit.dashboard`` (own process, dashboard prefix)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", "0", "--dashboard-address", f"127.0.0.1:{port}",
+         "--dashboard-prefix", "/dask", "--scheduler-file", str(sched_file),
+         "--preload", SCHEDULER_PRELOAD],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0
+                  or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        base = f"http://127.0.0.1:{port}/dask"
+        status, page = _get(base + "/dlogit")
+        assert status == 200 and "/dask/static/js/bokeh" in page
+        with Client(scheduler_file=str(sched_file), timeout=30) as client:
+            assert ensure_installed(client) is True  # already there: kept
+            run = new_run()
+            client.log_event(TOPIC, start_event(run, max_iter=40))
+            client.log_event(TOPIC, progress_event(run, range(1, 13)))
+            _wait_for(lambda: _metric(_metrics(base), "dlogit_step", run) == 12)
+            assert _metric(_metrics(base), "dlogit_loss", run) == pytest.approx(loss_at(12))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
+def test_end_to_end_fit_moves_metrics_and_prints_progress(mode):
+    """A real fit on a preloaded local cluster: /metrics moves while it runs.
+
+    worker-local fits send their events from the worker, distributed fits from the client.
+    """
+    import threading
+
+    estimator = pytest.importorskip("dlogit.estimator")
+    da = pytest.importorskip("dask.array")
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((20_000, 8))
+    y = (X @ rng.standard_normal(8) + rng.standard_normal(20_000) > 0).astype(np.float64)
+    max_iter = 6000
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0",
+                      scheduler_kwargs={"preload": [SCHEDULER_PRELOAD]}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        base = f"http://127.0.0.1:{cluster.scheduler.http_server.port}"
+        seen: list[tuple[str, float, float]] = []  # (run, step, loss) while fitting
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                text = _metrics(base)
+                steps = dict(re.findall(r'^dlogit_step\{run="([^"]+)"\} (\S+)$', text, re.MULTILINE))
+                losses = dict(re.findall(r'^dlogit_loss\{run="([^"]+)"\} (\S+)$', text, re.MULTILINE))
+                for run, step in steps.items():
+                    if run in losses:
+                        seen.append((run, float(step), float(losses[run])))
+                time.sleep(0.03)
+
+        out = io.StringIO()
+        progress = TerminalProgress(max_iter, period=1000, stream=out)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            model = estimator.LogisticRegression(
+                solver="gd", lr=0.5, max_iter=max_iter, tol=0, progress_period=500,
+                callback=progress, mode=mode,
+            ).fit(da.from_array(X, chunks=5_000), da.from_array(y, chunks=5_000), client=client)
+        finally:
+            stop.set()
+            poller.join(10)
+            progress.close()
+        run = model.run_id_
+        during = [(s, loss) for r, s, loss in seen if r == run]
+        assert len({s for s, _ in during}) >= 2, during  # the gauge moved during the fit
+        first, last = during[0], during[-1]
+        assert last[0] > first[0] and last[1] <= first[1]
+
+        text = _metrics(base)
+        assert _metric(text, "dlogit_loss", run) == pytest.approx(model.loss_, rel=1e-9)
+        assert _metric(text, "dlogit_step", run) == max_iter - 1  # steps count from 0
+        assert re.search(r'dlogit_run_info\{[^}]*run="' + run + r'"[^}]*status="'
+                         + model.status_ + '"', text)
+        state = cluster.scheduler.plugins[PLUGIN_NAME].state
+        rs = state.get(run)
+        assert rs.steps.seen == model.n_iter_
+        np.testing.assert_allclose(rs.steps.data["loss"], model.history_["loss"])
+        assert len(rs.worker_seconds) >= 1 and rs.params["n_rows"] == 20_000
+        assert rs.params["mode"] == mode
+
+        lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("step ")]
+        assert [int(ln.split()[1]) for ln in lines] == list(range(0, max_iter, 1000))
+        assert out.getvalue().splitlines()[-1].startswith(f"end  status {model.status_}")

@@ -13,7 +13,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _cluster_helpers as H  # noqa: E402  (after the sys.path line)
+import _cluster_helpers as H
 
 CLUSTER = H.CLUSTER
 YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yml", ".yaml"))

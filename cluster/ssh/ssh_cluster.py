@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     cluster_extra = {"security": security} if security is not None else {}
     with SSHCluster(**kwargs, **cluster_extra) as cluster, Client(cluster, security=security) as client:
         print(f"scheduler {client.scheduler.address}  dashboard {client.dashboard_link}", file=sys.stderr)
-        X, y = dlogit.read_data(args.data, label=args.label, labels=args.labels, chunk_rows=args.chunk_rows)
+        X, y, _info = dlogit.read_data(args.data, label=args.label, labels=args.labels,
+                                       chunk_rows=args.chunk_rows, client=client)
         model = dlogit.LogisticRegression(
             solver=args.solver, l2=args.l2, lr=args.lr, max_iter=args.max_iter, tol=args.tol
         ).fit(X, y, client=client)

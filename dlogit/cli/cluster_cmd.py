@@ -113,7 +113,7 @@ def cluster() -> None:
 
 @cluster.command("up")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="CPU worker processes (default: one per core, as Dask decides).")
+              help="CPU worker processes [default: min(4, cores); one per GPU with GPUs].")
 @click.option("--gpus", default=None, metavar="IDS",
               help="GPU ids, e.g. 0,1: one worker per GPU (needs dask-cuda).")
 @click.option("--rmm-pool-size", default=None, metavar="SIZE",

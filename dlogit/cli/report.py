@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 
-class _ReportFailed(click.ClickException):
+class ReportFailed(click.ClickException):
+    """Bad input: one line on stderr, exit code 2, nothing written."""
+
     exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"dlogit: error: {self.format_message()}", err=True, file=file)
 
 
 @click.command("report")
@@ -14,14 +19,14 @@ class _ReportFailed(click.ClickException):
 @click.option(
     "--out", "-o", "out", default="report.html", show_default=True,
     type=click.Path(dir_okay=False, path_type=str),
-    help="Output file: .html (standalone, works offline) or .png (needs matplotlib).",
+    help="Output file: .html (standalone, opens offline) or .png (needs matplotlib).",
 )
 def report(model: str, out: str) -> None:
-    """Write a report (loss, gradient norm, step time per step) of MODEL."""
+    """Write a report of MODEL: loss, gradient norm and step time per step."""
     from dlogit.monitor.report import ReportError, write_report
 
     try:
         path = write_report(model, out)
     except ReportError as e:
-        raise _ReportFailed(str(e)) from None
+        raise ReportFailed(str(e)) from None
     click.echo(f"wrote {path}")

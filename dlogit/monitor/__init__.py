@@ -59,7 +59,7 @@ def ensure_installed(client: Any, panel: bool = True) -> Any:
         async def _install() -> bool:
             try:
                 await client.register_plugin(plugin, name=PLUGIN_NAME)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure: monitoring is optional
                 logger.warning("dlogit: could not install the monitor: %s", e)
                 return False
             return True
@@ -67,7 +67,7 @@ def ensure_installed(client: Any, panel: bool = True) -> Any:
         return _install()
     try:
         client.register_plugin(plugin, name=PLUGIN_NAME)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure: monitoring is optional
         logger.warning("dlogit: could not install the monitor: %s", e)
         return False
     return True

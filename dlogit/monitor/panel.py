@@ -26,6 +26,14 @@ ROUTE = "/dlogit"
 REFRESH_MS = 500
 LATEST = "__latest__"
 
+_TABLE_CSS = """
+table.dlogit-params { border-collapse: collapse; width: 100%; }
+table.dlogit-params th { text-align: left; font-weight: 600; padding: 2px 12px 2px 4px;
+                         white-space: nowrap; vertical-align: top; }
+table.dlogit-params td { padding: 2px 4px; word-break: break-all; }
+table.dlogit-params tr:nth-child(even) { background: #f2f2f2; }
+"""
+
 _STEP_COLS = RunState.STEP_COLUMNS
 _RATE_COLS = RunState.RATE_COLUMNS
 
@@ -52,7 +60,7 @@ def format_seconds(s: float | None) -> str:
         return f"{s * 1e3:.2f} ms"
     if s < 60:
         return f"{s:.2f} s"
-    m, sec = divmod(int(round(s)), 60)
+    m, sec = divmod(round(s), 60)
     h, m = divmod(m, 60)
     if h:
         return f"{h}h {m:02d}m {sec:02d}s"
@@ -76,14 +84,12 @@ class DlogitPanel:
             CheckboxGroup,
             ColumnDataSource,
             DataRange1d,
-            DataTable,
             Div,
             FactorRange,
             HoverTool,
             LinearAxis,
             NumeralTickFormatter,
             Select,
-            TableColumn,
         )
         from bokeh.plotting import figure
 
@@ -104,7 +110,7 @@ class DlogitPanel:
         self.workers = ColumnDataSource(
             {"worker": [], "ms": [], "color": []}, name="dlogit-workers"
         )
-        self.params = ColumnDataSource({"key": [], "value": []}, name="dlogit-params")
+        self.param_rows: list[tuple[str, str]] = []
 
         self.select = Select(
             title="Run", options=[(LATEST, "latest run")], value=LATEST,
@@ -119,10 +125,10 @@ class DlogitPanel:
         self.info = Div(text="<b>No dlogit run seen yet.</b>", name="dlogit-info",
                         sizing_mode="stretch_width")
 
-        fig_kw: dict[str, Any] = dict(
-            height=260, sizing_mode="stretch_width", toolbar_location="above",
-            tools="pan,wheel_zoom,box_zoom,reset,save", output_backend="canvas",
-        )
+        fig_kw: dict[str, Any] = {
+            "height": 260, "sizing_mode": "stretch_width", "toolbar_location": "above",
+            "tools": "pan,wheel_zoom,box_zoom,reset,save", "output_backend": "canvas",
+        }
 
         def curve(title: str, field: str, y_axis_type: str, color: str, name: str):
             p = figure(title=title, y_axis_type=y_axis_type, x_axis_label="step",
@@ -156,7 +162,8 @@ class DlogitPanel:
                        color="#ff7f0e", y_range_name="gb", legend_label="GB/s")
         tp.extra_y_ranges["gb"].renderers = [r_gb]
         tp.add_layout(LinearAxis(y_range_name="gb", axis_label="GB/s"), "right")
-        tp.legend.location = "bottom_right"
+        tp.legend.location = "top_left"
+        tp.legend.background_fill_alpha = 0.6
         tp.add_tools(HoverTool(tooltips=[("step", "@step"), ("rows/s", "@rows_per_s{0.00a}"),
                                          ("GB/s", "@gb_per_s{0.000}")]))
         self.throughput = tp
@@ -169,12 +176,13 @@ class DlogitPanel:
         wf.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("ms", "@ms{0.0}")]))
         self.worker_fig = wf
 
-        self.table = DataTable(
-            source=self.params,
-            columns=[TableColumn(field="key", title="field", width=140),
-                     TableColumn(field="value", title="value", width=380)],
-            height=260, sizing_mode="stretch_width", index_position=None,
-            name="dlogit-params-table",
+        # a plain HTML table: Bokeh 3.9's DataTable does not redraw when its
+        # source is replaced by data of the same length (bokeh/bokeh#15328)
+        self.table = Div(
+            text="", name="dlogit-params-table", sizing_mode="stretch_width",
+            height=260,
+            styles={"overflow-y": "auto", "font-size": "13px"},
+            stylesheets=[_TABLE_CSS],
         )
 
         self.root = column(
@@ -205,7 +213,8 @@ class DlogitPanel:
         self.tail.data = _empty(_STEP_COLS)
         self.rates.data = _empty(_RATE_COLS)
         self.workers.data = {"worker": [], "ms": [], "color": []}
-        self.params.data = {"key": [], "value": []}
+        self.param_rows = []
+        self.table.text = ""
         self._run = None
         self._run_id = None
         self._sent_steps = self._sent_rates = 0
@@ -327,9 +336,13 @@ class DlogitPanel:
             rows.append(("message", s["message"]))
         for k, v in s["params"].items():
             rows.append((f"params.{k}", _fmt(v)))
-        data = {"key": [r[0] for r in rows], "value": [str(r[1]) for r in rows]}
-        if data != dict(self.params.data):
-            self.params.data = data
+        rows = [(k, str(v)) for k, v in rows]
+        if rows != self.param_rows:
+            self.param_rows = rows
+            self.table.text = "<table class='dlogit-params'>" + "".join(
+                f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                for k, v in rows
+            ) + "</table>"
 
 
 def make_document(state: MonitorState, refresh_ms: int = REFRESH_MS):

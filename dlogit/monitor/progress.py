@@ -17,15 +17,13 @@ def format_dashboard_url(dashboard_link: str) -> str:
     prefix (``http://host/dask/status``) keeps it.
     """
     base = (dashboard_link or "").strip().split("?", 1)[0].rstrip("/")
-    if base.endswith("/status"):
-        base = base[: -len("/status")]
-    return base + "/dlogit"
+    return base.removesuffix("/status") + "/dlogit"
 
 
 def _eta_text(seconds: float) -> str:
     if seconds is None or math.isnan(seconds) or math.isinf(seconds):
         return "-:--:--"
-    s = int(round(max(seconds, 0.0)))
+    s = round(max(seconds, 0.0))
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}"
@@ -62,7 +60,7 @@ class TerminalProgress:
         isatty = getattr(self.stream, "isatty", None)
         try:
             self.tty = bool(isatty and isatty())
-        except Exception:
+        except (OSError, ValueError):
             self.tty = False
 
     # ------------------------------------------------------------------ api
@@ -83,10 +81,10 @@ class TerminalProgress:
             self._progress = None
         self._closed = True
 
-    def __enter__(self) -> TerminalProgress:
+    def __enter__(self):
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------- handlers
@@ -133,13 +131,12 @@ class TerminalProgress:
             self._update_rich(secs[n - 1])
 
     def _on_end(self, ev: dict[str, Any]) -> None:
-        if self.tty:
-            if self._progress is not None:
-                if ev.get("n_iter") is not None:
-                    self._step = int(ev["n_iter"])
-                self._update_rich(None, done=True)
-                self._progress.stop()
-                self._progress = None
+        if self.tty and self._progress is not None:
+            if ev.get("n_iter") is not None:
+                self._step = int(ev["n_iter"])
+            self._update_rich(None, done=True)
+            self._progress.stop()
+            self._progress = None
         loss = ev.get("loss")
         gn = ev.get("grad_norm")
         secs = ev.get("seconds")

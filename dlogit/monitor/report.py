@@ -138,9 +138,8 @@ def _html_report(h: dict[str, Any]) -> str:
         },
         name="history",
     )
-    kw: dict[str, Any] = dict(height=300, sizing_mode="stretch_width",
-                              x_axis_label="step",
-                              tools="pan,wheel_zoom,box_zoom,reset,save")
+    kw: dict[str, Any] = {"height": 300, "sizing_mode": "stretch_width", "x_axis_label": "step",
+                          "tools": "pan,wheel_zoom,box_zoom,reset,save"}
 
     def curve(title: str, field: str, color: str, y_axis_type: str = "linear"):
         p = figure(title=title, y_axis_type=y_axis_type, **kw)

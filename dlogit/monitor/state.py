@@ -190,7 +190,7 @@ class MonitorState:
         with self.lock:
             try:
                 ok = self._ingest(msg, now)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a malformed event must never raise
                 ok = False
             self.events_total += 1
             if not ok:

@@ -1,0 +1,1 @@
+"""Device kernels for dlogit (CuPy RawKernels, compiled lazily; importing needs no GPU)."""

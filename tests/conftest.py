@@ -1,0 +1,55 @@
+"""Shared fixtures: real Dask clusters of worker processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import pytest
+
+
+def _has_gpu() -> bool:
+    from dlogit._xp import cupy_available
+
+    return cupy_available()
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def local_cluster(n_workers: int):
+    """A LocalCluster of ``n_workers`` single-threaded worker processes bound to 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def client2():
+    """One 2-worker cluster shared by the tests that only need 'a cluster'."""
+    with local_cluster(2) as client:
+        yield client
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array namespace under test."""
+    if request.param == "cupy":
+        return pytest.importorskip("cupy")
+    return np
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

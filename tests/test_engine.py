@@ -1,0 +1,104 @@
+"""The engine on real Dask clusters (worker processes on loopback)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import dlogit
+from dlogit.data import synthetic, synthetic_numpy
+from conftest import local_cluster
+
+
+def _fit(client, X, y, mode, **kw):
+    params = {"solver": "lbfgs", "tol": 1e-8, **kw}
+    return dlogit.LogisticRegression(mode=mode, **params).fit(X, y, client=client)
+
+
+def test_same_coefficients_on_1_2_and_4_workers():
+    X, y = synthetic(4000, 30, seed=3, chunk_rows=500)  # 8 chunks, generated on the workers
+    coefs = {}
+    for n in (1, 2, 4):
+        with local_cluster(n) as client:
+            m = _fit(client, X, y, "distributed")
+            coefs[n] = np.r_[m.coef_[0], m.intercept_]
+            if n == 2:
+                local = _fit(client, X, y, "worker-local")
+                np.testing.assert_array_equal(np.r_[local.coef_[0], local.intercept_], coefs[n])
+    np.testing.assert_array_equal(coefs[1], coefs[2])
+    np.testing.assert_array_equal(coefs[2], coefs[4])
+    Xn, yn = synthetic_numpy(4000, 30, seed=3, chunk_rows=500)
+    here = dlogit.LogisticRegression(tol=1e-8, chunk_rows=500).fit(Xn, yn)
+    np.testing.assert_allclose(np.r_[here.coef_[0], here.intercept_], coefs[1], rtol=1e-10)
+
+
+def test_distributed_gd_equals_in_process(client2):
+    Xn, yn = synthetic_numpy(1000, 20, seed=1)
+    X = da.from_array(Xn, chunks=(130, 20))
+    y = da.from_array(yn, chunks=130)
+    kw = {"solver": "gd", "max_iter": 300, "lr": 0.5, "tol": 0.0}
+    m = _fit(client2, X, y, "distributed", **kw)
+    here = dlogit.LogisticRegression(chunk_rows=130, **kw).fit(Xn, yn)
+    np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10)
+    assert m.n_iter_ == 300 and len(m.history_["step_seconds"]) == 300
+
+
+def test_persisted_arrays_and_current_client(client2):
+    Xn, yn = synthetic_numpy(600, 5, seed=2)
+    X = client2.persist(da.from_array(Xn, chunks=(100, 5)))
+    y = client2.persist(da.from_array(yn, chunks=100))
+    with client2.as_current():
+        m = dlogit.LogisticRegression(tol=1e-8, mode="distributed").fit(X, y)
+    here = dlogit.LogisticRegression(tol=1e-8, chunk_rows=100).fit(Xn, yn)
+    np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10)
+    proba = m.predict_proba(X)
+    assert isinstance(proba, da.Array)
+    np.testing.assert_allclose(client2.compute(proba).result(), here.predict_proba(Xn), rtol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
+def test_bad_chunk_on_a_worker_is_a_data_error(client2, mode):
+    Xn, yn = synthetic_numpy(400, 4, seed=0)
+    Xn[333, 2] = np.nan
+    X = da.from_array(Xn, chunks=(100, 4))
+    y = da.from_array(yn, chunks=100)
+    with pytest.raises(dlogit.DataError, match="NaN or infinite"):
+        _fit(client2, X, y, mode)
+    y_bad = da.from_array(np.where(np.arange(400) == 5, 3.0, yn), chunks=100)
+    with pytest.raises(dlogit.DataError, match="0 or 1"):
+        _fit(client2, da.from_array(np.nan_to_num(Xn), chunks=(100, 4)), y_bad, mode)
+
+
+def test_single_class_across_chunks_is_detected(client2):
+    X = da.from_array(np.random.default_rng(0).standard_normal((300, 3)), chunks=(100, 3))
+    y = da.zeros(300, chunks=100)
+    with pytest.raises(dlogit.DataError, match="single class"):
+        _fit(client2, X, y, "distributed")
+
+
+def test_progress_events_reach_the_callback(client2):
+    X, y = synthetic(500, 10, seed=0, chunk_rows=100)
+    for mode in ("worker-local", "distributed"):
+        seen = []
+        dlogit.LogisticRegression(solver="gd", max_iter=250, progress_period=100, mode=mode,
+                                  callback=seen.append).fit(X, y, client=client2)
+        kinds = [m["type"] for m in seen]
+        assert kinds[0] == "start" and kinds[-1] == "end", mode
+        steps = [s for m in seen if m["type"] == "progress" for s in m["step"]]
+        assert steps == list(range(250)), mode
+        assert seen[0]["params"]["mode"] == mode
+        assert seen[-1]["n_iter"] == 250
+
+
+def test_shards_are_released_after_the_fit(client2):
+    X, y = synthetic(500, 10, seed=0, chunk_rows=100)
+    _fit(client2, X, y, "distributed")
+
+    def count():
+        from dlogit.engine import _ShardServer
+
+        inst = _ShardServer._instance
+        return 0 if inst is None else len(inst.shards)
+
+    assert sum(client2.run(count).values()) == 0

@@ -1,0 +1,102 @@
+"""Per-chunk math: stability, gradients against finite differences, CPU blocking, NumPy vs CuPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import approx_fprime
+
+from dlogit._xp import to_numpy
+from dlogit.loss import chunk_sums, log1pexp, log_sigmoid, sigmoid
+from dlogit.objective import Objective
+
+
+def reference_sums(X, y, theta, fit_intercept=True):
+    X = np.asarray(X, dtype=np.float64)
+    z = X @ theta[:-1] + (theta[-1] if fit_intercept else 0.0)
+    p = 1 / (1 + np.exp(-z))
+    loss = np.sum(np.logaddexp(0, z) - y * z)
+    r = p - y
+    return np.concatenate([[loss], X.T @ r, [r.sum() if fit_intercept else 0.0], [len(y)]])
+
+
+def test_log1pexp_is_finite_and_exact_at_extremes(xp):
+    z = xp.asarray([-1000.0, -40.0, -5.0, 0.0, 5.0, 40.0, 1000.0])
+    got = to_numpy(log1pexp(z))
+    assert np.all(np.isfinite(got))
+    assert got[-1] == 1000.0
+    assert got[0] == 0.0 and got[1] == pytest.approx(np.exp(-40.0), rel=1e-12)
+    assert got[3] == pytest.approx(np.log(2.0), rel=1e-15)
+    ls = to_numpy(log_sigmoid(z))
+    assert ls[0] == -1000.0 and ls[-1] == 0.0
+    s = to_numpy(sigmoid(z))
+    assert s[0] == pytest.approx(np.exp(-1000.0)) and s[-1] == 1.0 and s[3] == 0.5
+
+
+def test_chunk_sums_at_huge_margins_stay_finite(xp):
+    X = xp.asarray([[1000.0], [-1000.0]])
+    y = xp.asarray([0.0, 1.0])
+    s = to_numpy(chunk_sums(X, y, xp.asarray([1.0, 0.0])))
+    assert np.all(np.isfinite(s))
+    assert s[0] == pytest.approx(2000.0)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_chunk_sums_match_reference(xp, rng, fit_intercept):
+    X = rng.standard_normal((300, 17))
+    y = (rng.random(300) < 0.4).astype(float)
+    theta = rng.standard_normal(18)
+    got = to_numpy(chunk_sums(xp.asarray(X), xp.asarray(y), xp.asarray(theta), fit_intercept))
+    np.testing.assert_allclose(got, reference_sums(X, y, theta, fit_intercept), rtol=1e-12, atol=1e-10)
+
+
+def test_blocked_cpu_path_equals_one_block(rng, monkeypatch):
+    import dlogit.loss as loss
+
+    X = rng.standard_normal((5000, 40))
+    y = (rng.random(5000) < 0.5).astype(float)
+    theta = rng.standard_normal(41) * 0.1
+    one = loss.chunk_sums(X, y, theta)
+    monkeypatch.setattr(loss, "CPU_BLOCK_BYTES", 64 * 40 * 8)  # 64-row blocks: 79 blocks
+    many = loss.chunk_sums(X, y, theta)
+    np.testing.assert_allclose(many, one, rtol=1e-12)
+    np.testing.assert_allclose(many, reference_sums(X, y, theta), rtol=1e-12)
+
+
+def test_float32_chunks_accumulate_in_float64(xp, rng):
+    X = rng.standard_normal((20000, 8)).astype(np.float32)
+    y = (rng.random(20000) < 0.5).astype(np.float32)
+    theta = rng.standard_normal(9)
+    theta32 = np.concatenate([theta[:-1].astype(np.float32), theta[-1:]])
+    got = to_numpy(chunk_sums(xp.asarray(X), xp.asarray(y), xp.asarray(theta)))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, reference_sums(X, y, theta32.astype(np.float64)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_objective_gradient_matches_finite_differences(rng, fit_intercept):
+    X = rng.standard_normal((200, 6))
+    y = (rng.random(200) < 0.5).astype(float)
+    obj = Objective(l2=0.05, fit_intercept=fit_intercept)
+
+    def f(theta):
+        return obj.finalize(chunk_sums(X, y, theta, fit_intercept), theta)[0]
+
+    theta = rng.standard_normal(7)
+    if not fit_intercept:
+        theta[-1] = 0.0
+    _, grad = obj.finalize(chunk_sums(X, y, theta, fit_intercept), theta)
+    fd = approx_fprime(theta, f, 1e-7)
+    if not fit_intercept:
+        fd[-1] = 0.0
+        assert grad[-1] == 0.0
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_intercept_is_not_penalized(rng):
+    X = rng.standard_normal((50, 3))
+    y = (rng.random(50) < 0.5).astype(float)
+    theta = np.array([0.0, 0.0, 0.0, 5.0])
+    lo, go = Objective(0.0).finalize(chunk_sums(X, y, theta), theta)
+    lp, gp = Objective(10.0).finalize(chunk_sums(X, y, theta), theta)
+    assert lo == lp and go[-1] == gp[-1]
