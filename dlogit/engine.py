@@ -485,10 +485,10 @@ class DaskFit:
                 _attach, token, idx, self.n_chunks, self.spec["fit_intercept"],
                 [xs[i] for i in idx], [ys[i] for i in idx], workers=[w], allow_other_workers=True,
                 pure=False, key=f"dlogit-attach-{self.spec['run']}-{secrets.token_hex(4)}"))
-        from distributed import wait
-
         timeout = dask.utils.parse_timedelta(dask.config.get("dlogit.engine.attach-timeout"))
-        wait(futs, timeout=timeout)  # all settle first: no shard registers after the clean-up
+        for f in futs:  # all settle first: no shard may register after the clean-up
+            with contextlib.suppress(Exception):
+                f.exception(timeout=timeout)
         infos = [f.result() for f in futs]
         self.token = token
         return infos
