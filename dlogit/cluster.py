@@ -75,7 +75,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
                         host: str = "127.0.0.1", dashboard_address: str | None = None,
                         rmm_pool_size: str | None = None, security: Any = None,
                         threads_per_worker: int = 1, scheduler_port: int = 0,
-                        silence_logs: int = logging.ERROR) -> Any:
+                        silence_logs: int = logging.CRITICAL) -> Any:
     """Start a local cluster and return it (``cluster.kind`` is ``"gpu"`` or ``"cpu"``).
 
     GPUs are used when ``gpus`` is given (then they must exist) or, when it is ``None``, when CuPy

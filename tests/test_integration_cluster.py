@@ -577,3 +577,15 @@ def test_tls_helper_openssl_files_load(tmp_path):
     ca, cert, key = H._tls_files_openssl(tmp_path)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     ctx.load_cert_chain(cert, key)
+
+
+def test_cluster_command_is_registered():
+    from click.testing import CliRunner
+
+    from dlogit.cli import cli
+
+    res = CliRunner().invoke(cli, ["cluster", "up", "--help"])
+    assert res.exit_code == 0, res.output
+    for opt in ("--workers", "--gpus", "--host", "--scheduler-port", "--dashboard-address", "--scheduler-file",
+                "--tls-ca-file", "--tls-cert", "--tls-key"):
+        assert opt in res.output, opt

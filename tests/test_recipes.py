@@ -273,3 +273,17 @@ def test_dashboard_preload_importable():
 
     mod = importlib.import_module("dlogit.dashboard")
     assert callable(getattr(mod, "dask_setup", None))
+
+
+def test_dockerfile_copies_existing_files():
+    """The image build copies these paths from the repository root: they must exist there."""
+    dockerfile = (CLUSTER / "compose" / "Dockerfile").read_text()
+    copies = [ln.split()[1:-1] for ln in dockerfile.splitlines() if ln.startswith("COPY ")]
+    assert copies
+    for sources in copies:
+        for src in sources:
+            assert (H.REPO / src).exists(), f"Dockerfile copies {src}, which the repository lacks"
+    compose = yaml.safe_load(H.COMPOSE.read_text())
+    build = compose["x-image"]["build"]
+    assert (H.COMPOSE.parent / build["context"]).resolve() == H.REPO
+    assert (H.REPO / build["dockerfile"]).is_file()

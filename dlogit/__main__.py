@@ -1,0 +1,5 @@
+"""``python -m dlogit`` runs the CLI."""
+
+from dlogit.cli import main
+
+main()
