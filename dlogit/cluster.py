@@ -209,6 +209,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None,
         security = Security()  # dask's distributed.comm.tls.* config
         if not security.tls_ca_file:
             raise ClusterError(f"{address} uses TLS: give --tls-ca-file, --tls-cert and --tls-key")
+    _probe(address, t, security)
     try:
         with dask.config.set({"distributed.comm.timeouts.connect": t}):
             client = Client(address, timeout=t, security=security, set_as_default=False)
@@ -223,6 +224,32 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None,
         client.close()
         raise
     return client
+
+
+def _probe(address: str, timeout: float, security: Any) -> None:
+    """Ask the scheduler for its identity within ``timeout`` (``Client`` alone can wait forever on a
+    port that accepts connections but never answers)."""
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def ask() -> None:
+        args = security.get_connection_args("client") if security is not None else {}
+        r = rpc(address, connection_args=args, timeout=timeout)
+        try:
+            await r.identity()
+        finally:
+            await r.close_rpc()
+
+    try:
+        asyncio.run(asyncio.wait_for(ask(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {timeout:g}s "
+                           "(no answer)") from None
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {timeout:g}s: "
+                           f"{first}") from None
 
 
 def check_versions(client: Any) -> None:

@@ -229,15 +229,18 @@ def test_panel_in_headless_chromium(tmp_path):
         async def steps():
             await browser.connect()
             # 1. the newest run is shown with every one of its points
-            v = await browser.wait_js(STATE_JS, lambda v: v["points"] == 1_200)
+            # (one server update reaches the browser as several model changes: wait for all)
+            v = await browser.wait_js(
+                STATE_JS, lambda v: v["points"] == 1_200 and 'data-points="1200"' in v["info"]
+                and f"<td>{short_run}</td>" in v["table"] and len(v["options"]) == 3
+                and len(v["workers"]) == 3 and v["rates"] == 3)
             assert v["last_step"] == 1_200 and v["tail"] == 0
-            assert 'data-points="1200"' in v["info"] and short_run in v["info"]
+            assert short_run in v["info"]
             assert v["options"][1:] == [short_run, long_run]
             assert v["workers"] == sorted(v["workers"]) and len(v["workers"]) == 3
             assert v["rates"] == 3
             for key in ("status", "ETA", "params.solver", "params.n_rows"):
                 assert f"<th>{key}</th>" in v["table"]
-            assert f"<td>{short_run}</td>" in v["table"]
             await asyncio.sleep(1.0)  # let the canvas paint
             await browser.screenshot(shots / "dlogit-panel.png")
 
@@ -259,11 +262,10 @@ def test_panel_in_headless_chromium(tmp_path):
                 f"Bokeh.documents[0].get_model_by_name('dlogit-run-select').value = '{long_run}'"
             )
             v = await browser.wait_js(
-                STATE_JS, lambda v: v["run"] == long_run and v["points"] == expected)
-            assert v["tail"] == expected_tail
-            assert f'data-points="{expected + expected_tail}"' in v["info"]
+                STATE_JS, lambda v: v["run"] == long_run and v["points"] == expected
+                and f'data-points="{expected + expected_tail}"' in v["info"]
+                and f"<td>{long_run}</td>" in v["table"] and v["tail"] == expected_tail)
             assert v["last_step"] == rs.steps.data["step"][-1]
-            assert f"<td>{long_run}</td>" in v["table"]
             # what is drawn (shadow DOM) follows too, not only the model
             cells = await browser.js(TABLE_TEXT_JS)
             assert long_run in cells and short_run not in cells

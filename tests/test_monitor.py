@@ -108,7 +108,7 @@ def test_state_rejects_bad_events_and_ignores_replays():
     assert st.ingest(progress_event(run, range(1, 6)))  # no start seen: still tracked
     assert st.ingest(progress_event(run, range(3, 8)))  # 3..5 replayed
     rs = st.get(run)
-    assert rs.steps.data["step"] == [1, 2, 3, 4, 5, 6, 7]
+    assert list(rs.steps.data["step"]) == [1, 2, 3, 4, 5, 6, 7]
     assert st.steps_total == 7
     # unequal list lengths: the common prefix is used
     ev = progress_event(run, [8, 9])
@@ -133,7 +133,7 @@ def test_state_bounds_runs_and_points():
     assert len(rs.steps) <= 100
     assert rs.steps.generation > 0
     assert rs.last_step == 1000 and rs.steps.seen == 1000
-    steps = rs.steps.data["step"]
+    steps = list(rs.steps.data["step"])
     assert steps[0] == 1 and steps == sorted(steps)
     assert len(set(np.diff(steps))) == 1  # evenly spaced after downsampling
 
@@ -142,11 +142,11 @@ def test_series_tail_and_stride():
     s = Series(("step",), max_points=4)
     for i in range(5):
         s.append({"step": i})
-    assert s.data["step"] == [0, 2, 4] and s.stride == 2 and s.generation == 1
+    assert list(s.data["step"]) == [0, 2, 4] and s.stride == 2 and s.generation == 1
     s.append({"step": 5})
     assert s.tail_pending() and s.last == {"step": 5}
     s.append({"step": 6})
-    assert not s.tail_pending() and s.data["step"] == [0, 2, 4, 6]
+    assert not s.tail_pending() and list(s.data["step"]) == [0, 2, 4, 6]
 
 
 # ===================================================================== metrics
@@ -261,7 +261,7 @@ def test_panel_streams_and_resets():
     panel.update()
     rs = st.get(a)
     assert rs.steps.generation == 1
-    assert list(panel.steps.data["step"]) == rs.steps.data["step"]
+    assert list(panel.steps.data["step"]) == list(rs.steps.data["step"])
     assert len(panel.tail.data["step"]) in (0, 2)
 
     st.ingest(start_event(b))  # newest run followed on "latest"
@@ -270,7 +270,7 @@ def test_panel_streams_and_resets():
     assert list(panel.steps.data["step"]) == [1, 2, 3]
     assert [o[0] for o in panel.select.options] == [LATEST, b, a]
     panel.select.value = a  # explicit choice
-    assert list(panel.steps.data["step"]) == rs.steps.data["step"]
+    assert list(panel.steps.data["step"]) == list(rs.steps.data["step"])
     assert dict(panel.param_rows)["run"] == a and a in panel.table.text
     panel._on_logscale("active", None, [0])
     assert panel.loss_log.visible and not panel.loss_lin.visible

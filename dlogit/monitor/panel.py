@@ -67,8 +67,8 @@ def format_seconds(s: float | None) -> str:
     return f"{m}m {sec:02d}s"
 
 
-def _arrays(cols: dict[str, list]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+def _arrays(cols: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, dtype=np.float64) for k, v in cols.items()}
 
 
 def _empty(columns: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -275,9 +275,9 @@ class DlogitPanel:
                 self.steps.data = _arrays(snap["steps"])
                 self.rates.data = _arrays(snap["rates"])
             else:
-                if snap["steps"]["step"]:
+                if len(snap["steps"]["step"]):
                     self.steps.stream(_arrays(snap["steps"]))
-                if snap["rates"]["step"]:
+                if len(snap["rates"]["step"]):
                     self.rates.stream(_arrays(snap["rates"]))
             tail = snap["tail"]
             self.tail.data = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time as _time
+from array import array
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -38,7 +39,10 @@ def _float(x: Any) -> float:
 
 
 class Series:
-    """Append-only columns with stride-doubling downsampling.
+    """Append-only float64 columns with stride-doubling downsampling.
+
+    Columns are ``array("d")`` (8 bytes a value), so a full run of
+    ``max_points`` rows costs ``32 * max_points`` bytes for four columns.
 
     ``generation`` changes whenever already-stored points are rewritten
     (downsampling), so a consumer that streams increments knows it must
@@ -51,7 +55,7 @@ class Series:
             raise ValueError("max_points must be >= 2")
         self.columns = columns
         self.max_points = max_points
-        self.data: dict[str, list] = {c: [] for c in columns}
+        self.data: dict[str, array] = {c: array("d") for c in columns}
         self.stride = 1
         self.seen = 0
         self.generation = 0
@@ -78,8 +82,9 @@ class Series:
         """True when ``last`` is not the last stored point."""
         return self.last is not None and (self.seen - 1) % self.stride != 0
 
-    def snapshot(self, start: int = 0) -> dict[str, list]:
-        return {c: list(v[start:]) for c, v in self.data.items()}
+    def snapshot(self, start: int = 0) -> dict[str, array]:
+        """Copies of the columns from row ``start`` on."""
+        return {c: v[start:] for c, v in self.data.items()}
 
 
 class RunState:

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""dlogit's benchmark: every comparison of issue #3 in one run, ratios against baselines measured here.
+
+    .venv/bin/python scripts/bench.py [--quick] [--json bench.json] [--lbfgs-rows 2000000]
+
+Sections (each prints absolute figures and the ratio to its baseline):
+  coordination  per-step overhead on a local cluster of 4 workers (step wall time minus the slowest
+                worker's compute) vs a dask.array graph per step and one client.submit per shard
+  textbook      400x784, 10 001 GD steps through dlogit (worker-local mode, cluster start-up excluded)
+                vs the plain in-process NumPy loop
+  lbfgs         time to ||grad|| <= 1e-6 on ROWSx100 float64 (2 workers) vs scikit-learn's lbfgs
+                and dask-ml's lbfgs on the same objective
+  memory        peak RSS growth per worker vs the bytes of its shard
+  gpu           the fused CUDA kernel vs the HBM floor and cuBLAS (skipped without a GPU)
+The data is generated here (or on the workers); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _cluster(n: int):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.CRITICAL)
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def _median(xs):
+    return float(np.median(np.asarray(xs)))
+
+
+# ------------------------------------------------------------------------------------------------
+def bench_coordination(steps: int) -> dict:
+    import dask.array as da
+
+    import dlogit
+    from dlogit.data import synthetic
+    from dlogit.loss import chunk_sums
+
+    cluster, client = _cluster(4)
+    try:
+        X, y = synthetic(400, 784, seed=0, chunk_rows=100)  # 4 chunks, one per worker
+        recs = []
+
+        def cb(msg):
+            if msg["type"] == "progress":
+                recs.append(msg)
+
+        m = dlogit.LogisticRegression(solver="gd", max_iter=steps, mode="distributed", tol=0.0,
+                                      callback=None)
+        # measure per step: wall time of the engine's step and the slowest worker's compute
+        from dlogit import engine
+
+        walls, overheads = [], []
+        orig = engine.DaskFit._step
+
+        def timed(self, theta):
+            t0 = time.perf_counter()
+            out = orig(self, theta)
+            wall = time.perf_counter() - t0
+            walls.append(wall)
+            overheads.append(wall - max(self.worker_seconds.values()))
+            return out
+
+        engine.DaskFit._step = timed
+        try:
+            m.fit(X, y, client=client)
+        finally:
+            engine.DaskFit._step = orig
+        ours_wall = _median(walls[10:])
+        ours_over = _median(overheads[10:])
+
+        # baseline 1: a dask.array graph per step
+        Xp, yp = client.persist([X, y])
+        theta = np.zeros(785)
+
+        def graph_step():
+            parts = da.map_blocks(lambda xb, yb: chunk_sums(xb, yb[:, 0], theta)[None, :], Xp, yp[:, None],
+                                  dtype=float, chunks=((1,) * Xp.numblocks[0], (787,)))
+            return client.compute(parts.sum(axis=0)).result()
+
+        graph = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            graph_step()
+            graph.append(time.perf_counter() - t0)
+
+        # baseline 2: one client.submit per worker-pinned chunk per step, sums gathered
+        xs = client.compute(list(Xp.to_delayed().ravel()))
+        ys = client.compute(list(yp.to_delayed().ravel()))
+        subm = []
+        for k in range(20):
+            t0 = time.perf_counter()
+            futs = [client.submit(chunk_sums, a, b, theta, pure=False) for a, b in zip(xs, ys)]
+            sum(client.gather(futs))
+            subm.append(time.perf_counter() - t0)
+        return {"workers": 4, "data": "400x784 float64, 4 chunks", "steps": steps,
+                "dlogit_step_ms": ours_wall * 1e3, "dlogit_overhead_ms": ours_over * 1e3,
+                "dask_array_graph_step_ms": _median(graph[2:]) * 1e3,
+                "submit_per_shard_step_ms": _median(subm[2:]) * 1e3,
+                "speedup_vs_graph": _median(graph[2:]) / ours_wall,
+                "speedup_vs_submit": _median(subm[2:]) / ours_wall,
+                "goal_overhead_ms": 1.0, "goal_met": ours_over * 1e3 <= 1.0}
+    finally:
+        client.close()
+        cluster.close()
+
+
+# ------------------------------------------------------------------------------------------------
+def plain_numpy_textbook(X, y, w0, steps=10001, lr=0.1, l2=0.01):
+    w, b = w0.copy(), 0.0
+    n = X.shape[0]
+    for _ in range(steps):
+        z = X @ w + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        r = p - y
+        w -= lr * (X.T @ r / n + 2 * l2 * w)
+        b -= lr * (r.sum() / n)
+    return w, b
+
+
+def bench_textbook() -> dict:
+    from dlogit.data import synthetic_numpy
+
+    X, y = synthetic_numpy(400, 784, seed=0)
+    w0 = np.random.default_rng(0).standard_normal(784)
+    plain = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        plain_numpy_textbook(X, y, w0)
+        plain.append(time.perf_counter() - t0)
+    cmd = [sys.executable, "-m", "dlogit", "train", "--workers", "2", "--json"]
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda r: r["seconds"])
+    return {"command": "dlogit train --workers 2 --json", "plain_numpy_s": min(plain),
+            "dlogit_fit_s": best["seconds"], "cluster_startup_s": best["startup_seconds"],
+            "accuracy": best["accuracy"], "ratio": best["seconds"] / min(plain), "goal_ratio": 1.0,
+            "goal_met": best["seconds"] <= min(plain)}
+
+
+# ------------------------------------------------------------------------------------------------
+def _peak_rss():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
+    import dask.array as da
+
+    import dlogit
+    from dlogit.data import synthetic
+
+    d, l2, tol = 100, 0.01, 1e-6
+    out: dict = {"data": f"{rows}x{d} float64", "tol": tol, "l2": l2}
+    mem: dict = {}
+    cluster, client = _cluster(2)
+    try:
+        base = client.run(_rss)
+        X, y = synthetic(rows, d, seed=0, chunk_rows=rows // 16)
+        m = dlogit.LogisticRegression(solver="lbfgs", tol=tol, l2=l2, mode="distributed")
+        t0 = time.perf_counter()
+        m.fit(X, y, client=client)
+        out["dlogit_s"] = time.perf_counter() - t0
+        out["dlogit_iter"] = m.n_iter_
+        out["dlogit_grad_norm"] = m.grad_norm_
+        peak = client.run(_peak_rss)
+        shard = rows * (d + 1) * 8 / 2
+        mem = {"shard_bytes_per_worker": shard,
+               "peak_rss_growth_over_shard": max((peak[w] - base[w]) / shard for w in peak),
+               "peak_rss_over_shard": max(peak[w] / shard for w in peak), "goal": 1.3}
+        mem["goal_met"] = mem["peak_rss_growth_over_shard"] <= 1.3
+        Xd, yd = X.persist(), y.persist()  # for dask-ml below, same data
+        if with_dask_ml:
+            try:
+                from dask_ml.linear_model import LogisticRegression as DML
+
+                t0 = time.perf_counter()
+                with client.as_current():
+                    # dask-ml: sum loss + (lamduh/2)||w||^2 -> lamduh = 2 n l2 is the same optimum
+                    DML(solver="lbfgs", penalty="l2", C=1.0 / (2 * rows * l2), tol=tol,
+                        max_iter=1000).fit(Xd, yd)
+                out["dask_ml_s"] = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001
+                out["dask_ml_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        Xn = Xd.compute()
+        yn = yd.compute()
+        del Xd, yd
+    finally:
+        client.close()
+        cluster.close()
+    from sklearn.linear_model import LogisticRegression as SK
+
+    t0 = time.perf_counter()
+    sk = SK(C=1.0 / (2 * rows * l2), tol=tol, solver="lbfgs", max_iter=1000).fit(Xn, yn)
+    out["sklearn_s"] = time.perf_counter() - t0
+    out["sklearn_iter"] = int(sk.n_iter_[0])
+    ref = np.r_[sk.coef_[0], sk.intercept_]
+    ours = np.r_[m.coef_[0], m.intercept_]
+    out["coef_rel_diff_vs_sklearn"] = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+    out["ratio_vs_sklearn"] = out["dlogit_s"] / out["sklearn_s"]
+    if "dask_ml_s" in out:
+        out["ratio_vs_dask_ml"] = out["dlogit_s"] / out["dask_ml_s"]
+    out["goal"] = "<= 0.5x sklearn, <= 0.1x dask-ml"
+    return out, mem
+
+
+def bench_gpu() -> dict:
+    from dlogit._xp import cupy_available
+
+    if not cupy_available():
+        return {"skipped": "no GPU: CuPy or a CUDA device is missing"}
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import bench_gpu_kernel
+
+    return bench_gpu_kernel.run()
+
+
+# ------------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for BENCHMARKS.md)")
+    ap.add_argument("--lbfgs-rows", type=int, default=2_000_000)
+    ap.add_argument("--no-dask-ml", action="store_true")
+    ap.add_argument("--json", default="bench-results/bench.json")
+    ap.add_argument("--only", nargs="*", default=None,
+                    choices=["coordination", "textbook", "lbfgs", "gpu"])
+    args = ap.parse_args()
+    rows = 100_000 if args.quick else args.lbfgs_rows
+    want = set(args.only or ["coordination", "textbook", "lbfgs", "gpu"])
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
+                 "cpus": os.cpu_count(), "python": platform.python_version()}
+    if "coordination" in want:
+        res["coordination"] = bench_coordination(300 if args.quick else 2000)
+        c = res["coordination"]
+        print(f"coordination (4 workers, 400x784): dlogit step {c['dlogit_step_ms']:.3f} ms, overhead "
+              f"over slowest worker {c['dlogit_overhead_ms']:.3f} ms (goal <= 1 ms); dask.array graph "
+              f"{c['dask_array_graph_step_ms']:.1f} ms ({c['speedup_vs_graph']:.0f}x slower); submit per "
+              f"shard {c['submit_per_shard_step_ms']:.1f} ms ({c['speedup_vs_submit']:.0f}x slower)", flush=True)
+    if "textbook" in want:
+        res["textbook"] = t = bench_textbook()
+        print(f"textbook (10 001 GD steps): plain NumPy {t['plain_numpy_s']:.3f} s, dlogit train "
+              f"{t['dlogit_fit_s']:.3f} s (ratio {t['ratio']:.2f}, goal <= 1.0; cluster start-up "
+              f"{t['cluster_startup_s']:.2f} s reported separately), accuracy {t['accuracy']}", flush=True)
+    if "lbfgs" in want:
+        res["lbfgs"], res["memory"] = bench_lbfgs(rows, not args.no_dask_ml)
+        lb, mem = res["lbfgs"], res["memory"]
+        dml = (f", dask-ml {lb['dask_ml_s']:.2f} s (ratio {lb['ratio_vs_dask_ml']:.3f}, goal <= 0.1)"
+               if "dask_ml_s" in lb else f", dask-ml: {lb.get('dask_ml_error', 'not run')}")
+        print(f"lbfgs ({lb['data']}, tol 1e-6): dlogit {lb['dlogit_s']:.2f} s ({lb['dlogit_iter']} it), "
+              f"sklearn {lb['sklearn_s']:.2f} s ({lb['sklearn_iter']} it) -> ratio "
+              f"{lb['ratio_vs_sklearn']:.2f} (goal <= 0.5){dml}; coef rel diff vs sklearn "
+              f"{lb['coef_rel_diff_vs_sklearn']:.1e}", flush=True)
+        print(f"memory: peak RSS growth per worker / shard = {mem['peak_rss_growth_over_shard']:.2f} "
+              f"(goal <= 1.3); peak RSS / shard = {mem['peak_rss_over_shard']:.2f}", flush=True)
+    if "gpu" in want:
+        res["gpu"] = bench_gpu()
+        print(f"gpu: {res['gpu'].get('skipped', 'see JSON')}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=2, default=float)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
