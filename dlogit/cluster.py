@@ -154,7 +154,9 @@ class _dashboard_fallback:
 
 def _start(factory: Any, **kwargs: Any) -> Any:
     try:
-        return factory(**kwargs)
+        with warnings.catch_warnings():  # a taken dashboard port falls back to a free one: fine
+            warnings.filterwarnings("ignore", message="Port .* is already in use")
+            return factory(**kwargs)
     except Exception as exc:  # noqa: BLE001
         raise ClusterError(f"could not start a local cluster: {exc}") from exc
 

@@ -218,6 +218,8 @@ def _scan_csv(path: str, label: str | None, chunk_rows: int | None, require_labe
     import pandas as pd
 
     head = pd.read_csv(path, nrows=1000)
+    if head.empty:
+        raise DataError(f"{path} holds no rows (only a header)")
     names = [str(c) for c in head.columns]
     features, label = _check_columns(names, list(head.dtypes), label, path, require_label)
     per_rows = chunk_rows_for(len(features), 8, chunk_rows)

@@ -84,6 +84,9 @@ class ChunkSet:
 
     def root_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums over all chunks (this set must hold every chunk)."""
+        if len(self.nodes) == 1 and self.xp is np:  # the whole tree is one node: no bookkeeping
+            X, y, fi = self.X, self.y, self.fit_intercept
+            return node_sum(lambda i: chunk_sums(X[i], y[i], theta, fi), 0, self.n_chunks)
         parts = dict(zip(self.nodes, self.node_sums(theta)))
         return complete_tree(parts, self.n_chunks)
 

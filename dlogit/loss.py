@@ -22,8 +22,8 @@ import numpy as np
 
 from dlogit._xp import get_xp, is_cupy
 
-#: rows per cache block on the CPU path: X is read from memory once, the block is re-read from cache
-CPU_BLOCK_BYTES = 1 << 20
+#: bytes of X per cache block on the CPU path: X is read from memory once, each block re-read from cache
+CPU_BLOCK_BYTES = 4 << 20
 
 
 def log1pexp(z: Any) -> Any:
@@ -48,11 +48,16 @@ def sigmoid(z: Any) -> Any:
 def _block_terms(z: Any, y: Any) -> tuple[Any, Any]:
     """Loss sum (float64 scalar) and residual ``sigmoid(z) - y`` for one block of margins."""
     xp = get_xp(z)
-    z = z.astype(xp.float64, copy=False)
-    e = xp.exp(-xp.abs(z))
-    loss = xp.sum(xp.maximum(z, 0) + xp.log1p(e) - y * z)
-    inv = 1.0 / (1.0 + e)
-    r = xp.where(z >= 0, inv, e * inv) - y
+    if z.dtype != xp.float64:
+        z = z.astype(xp.float64)
+    e = xp.abs(z)
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)  # e = exp(-|z|) in (0, 1]: never overflows
+    loss = xp.sum(xp.maximum(z, 0)) + xp.sum(xp.log1p(e)) - xp.dot(y.astype(xp.float64, copy=False), z)
+    inv = e + 1.0
+    xp.reciprocal(inv, out=inv)
+    r = xp.where(z >= 0, inv, e * inv)
+    r -= y
     return loss, r
 
 
@@ -86,8 +91,8 @@ def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True) -> Any:
     rows = max(64, CPU_BLOCK_BYTES // max(1, d * X.dtype.itemsize))
     grad = out[1 : d + 1]
     for start in range(0, n, rows):
-        Xb = X[start : start + rows]
-        yb = y[start : start + rows]
+        Xb = X[start : start + rows] if n > rows else X
+        yb = y[start : start + rows] if n > rows else y
         z = Xb @ w
         if b:
             z = z + b

@@ -79,8 +79,6 @@ def copy_bandwidth(cp: Any, nbytes: int = COPY_BYTES, repeats: int = 20) -> floa
                                     stream.ptr)
 
     ms = statistics.median(_time_ms(cp, copy, repeats))
-    del src, dst
-    cp.get_default_memory_pool().free_all_blocks()
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -103,13 +101,11 @@ def _bench_shape(cp: Any, n: int, d: int, dtype: str, rate: float, repeats: int)
 
     # agreement (float64 accumulation in both; the reference's GEMVs run in the input dtype)
     lf, gf, bf = (v.get() for v in K.fused_chunk_sums(X, y, w, b, True))
-    lr, gr, br = (v.get() for v in K.reference_chunk_sums(X, y, w, b, True))
+    lr, gr, _ = (v.get() for v in K.reference_chunk_sums(X, y, w, b, True))
     again = [v.get() for v in K.fused_chunk_sums(X, y, w, b, True)]
     reproducible = all(np.asarray(a).tobytes() == np.asarray(c).tobytes() for a, c in zip((lf, gf, bf), again))
     rel_loss = abs(float(lf) - float(lr)) / max(abs(float(lr)), 1e-300)
     rel_grad = float(np.linalg.norm(gf - gr) / max(np.linalg.norm(gr), 1e-300))
-    del X, y, w
-    cp.get_default_memory_pool().free_all_blocks()
 
     ref_ms = statistics.median(t_ref)
     fused_ms = statistics.median(t_fused)
@@ -135,11 +131,14 @@ def run(scale: float = 1.0, repeats: int = 20) -> dict:
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    pool = cp.get_default_memory_pool()
     rate = copy_bandwidth(cp, repeats=repeats)
+    pool.free_all_blocks()
     results = []
     for n, d, dtype in SHAPES:
-        rows = max(1, int(round(n * scale)))
+        rows = max(1, round(n * scale))
         results.append(_bench_shape(cp, rows, d, dtype, rate, repeats))
+        pool.free_all_blocks()  # the shape's arrays are gone with the call's frame
     return {
         "benchmark": "dlogit fused GPU gradient kernel",
         "device": name,
@@ -155,10 +154,13 @@ def run(scale: float = 1.0, repeats: int = 20) -> dict:
 def format_table(res: dict) -> str:
     if "skipped" in res:
         return f"{res['skipped']}: skipped"
+    header = (
+        f"{'X':>26} {'GB':>6} {'floor ms':>9} {'cuBLAS ms':>10} {'x floor':>8} {'fused ms':>9} {'x floor':>8}"
+        f" {'fused GB/s':>10}  kernel"
+    )
     lines = [
         f"device: {res['device']}   copy rate (read + write): {res['copy_GBps']:.0f} GB/s   scale {res['scale']}",
-        f"{"X":>26} {'GB':>6} {'floor ms':>9} {'cuBLAS ms':>10} {'x floor':>8} {'fused ms':>9} {'x floor':>8}"
-        f" {'fused GB/s':>10}  kernel",
+        header,
     ]
     for r in res["shapes"]:
         shape = f"{r['rows']:,} x {r['cols']} {r['dtype']}"

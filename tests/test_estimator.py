@@ -28,12 +28,12 @@ def _sk_reference(X, y, l2):
 @pytest.mark.parametrize("l2", [0.01, 0.001])
 def test_lbfgs_matches_scikit_learn(cancer, l2):
     X, y = cancer
-    ours = dlogit.LogisticRegression(solver="lbfgs", l2=l2, tol=1e-9, max_iter=5000).fit(X, y)
+    ours = dlogit.LogisticRegression(solver="lbfgs", l2=l2, tol=1e-8, max_iter=5000).fit(X, y)
     sk = _sk_reference(X, y, l2)
     rel = np.linalg.norm(np.r_[ours.coef_[0] - sk.coef_[0], ours.intercept_ - sk.intercept_]) / \
         np.linalg.norm(np.r_[sk.coef_[0], sk.intercept_])
     assert rel <= 1e-6
-    assert ours.status_ == "converged" and ours.grad_norm_ <= 1e-9
+    assert ours.status_ == "converged" and ours.grad_norm_ <= 1e-8
     np.testing.assert_allclose(ours.predict_proba(X), sk.predict_proba(X), atol=1e-6)
 
 

@@ -617,3 +617,24 @@ def test_end_to_end_fit_moves_metrics_and_prints_progress(mode):
         lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("step ")]
         assert [int(ln.split()[1]) for ln in lines] == list(range(0, max_iter, 1000))
         assert out.getvalue().splitlines()[-1].startswith(f"end  status {model.status_}")
+
+
+def test_report_of_a_real_model(tmp_path):
+    estimator = pytest.importorskip("dlogit.estimator")
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 4))
+    y = (X[:, 0] > 0).astype(np.float64)
+    model = estimator.LogisticRegression(solver="gd", max_iter=50, tol=0).fit(X, y)
+    path = tmp_path / "model.npz"
+    model.save(str(path))
+    out = tmp_path / "report.html"
+    res = _invoke([str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "<title>dlogit report: model.npz</title>" in out.read_text()
+    from dlogit.monitor.report import _meta_rows, load_history
+
+    h = load_history(path)
+    np.testing.assert_array_equal(h["loss"], model.history_["loss"])
+    rows = dict(_meta_rows(h))
+    assert rows["n_iter"] == "50" and rows["status"] == model.status_
+    assert rows["params.solver"] == "gd" and rows["steps recorded"] == "50"

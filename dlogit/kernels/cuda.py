@@ -640,6 +640,8 @@ def explicit_instantiations(names: list[str]) -> str:
 
 _lock = threading.Lock()
 _kernels: dict[tuple[int, str], Any] = {}
+_resident: dict[tuple[int, str, int], int] = {}
+_smem_raised: dict[tuple[int, str], int] = {}
 _logistic_ew: dict[int, Any] = {}
 
 
@@ -668,24 +670,37 @@ def _get_kernel(cp: Any, name: str) -> Any:
     return kern
 
 
-def _max_resident_blocks(cp: Any, kern: Any, smem: int) -> int:
-    """Blocks of ``BLOCK`` threads that fit on the device at once (a persistent grid's size)."""
+def _max_resident_blocks(cp: Any, kern: Any, name: str, smem: int) -> int:
+    """Blocks of ``BLOCK`` threads that fit on the device at once (the persistent grid's size).
+
+    Computed once per (device, kernel, shared memory) from the kernel's register count and the
+    device's limits; the grid, and with it the fixed summation order, depends only on these.
+    """
     dev = cp.cuda.Device()
-    attrs = dev.attributes
-    n_sm = int(attrs["MultiProcessorCount"])
+    key = (dev.id, name, smem)
+    cached = _resident.get(key)
+    if cached is not None:
+        return cached
+    try:
+        attrs = dev.attributes
+        n_sm = int(attrs["MultiProcessorCount"])
+    except Exception:  # noqa: BLE001 - attribute names differ across CuPy versions
+        attrs = {}
+        n_sm = int(cp.cuda.runtime.getDeviceProperties(dev.id)["multiProcessorCount"])
     try:
         regs = max(1, int(kern.num_regs))
         regs_sm = int(attrs.get("MaxRegistersPerMultiprocessor", 65536))
         smem_sm = int(attrs.get("MaxSharedMemoryPerMultiprocessor", 228 * 1024))
         threads_sm = int(attrs.get("MaxThreadsPerMultiProcessor", 2048))
         static = int(getattr(kern, "shared_size_bytes", 0))
-        warp_regs = -(-regs * 32 // 256) * 256
+        warp_regs = -(-regs * 32 // 256) * 256  # registers are allocated per warp in units of 256
         by_regs = regs_sm // (warp_regs * (BLOCK // 32))
-        by_smem = smem_sm // (smem + static + 1024)
+        by_smem = smem_sm // (smem + static + 1024)  # 1 KiB per block is reserved by the system
         by_threads = threads_sm // BLOCK
         per_sm = max(1, min(by_regs, by_smem, by_threads))
-    except Exception:  # noqa: BLE001 - attribute names differ across CuPy versions
-        per_sm = 4
+    except Exception:  # noqa: BLE001
+        per_sm = 2
+    _resident[key] = n_sm * per_sm
     return n_sm * per_sm
 
 
@@ -713,8 +728,10 @@ def _as_float(b: Any) -> float:
 def fused_chunk_sums(
     X: Any, y: Any, w: Any, b: float, fit_intercept: bool = True, *, variant: str = "auto"
 ) -> tuple[Any, Any, Any]:
-    """One read of X. X: cupy (n, d) C-contiguous float32 or float64; y: cupy (n,) same dtype with values 0/1;
-    w: cupy (d,) same dtype as X; b: python float.
+    """Loss and gradient sums of one chunk, reading ``X`` from device memory once.
+
+    ``X``: CuPy (n, d) C-contiguous float32 or float64; ``y``: CuPy (n,) of 0/1 in the same dtype;
+    ``w``: CuPy (d,) in the dtype of ``X``; ``b``: Python float.
 
     Returns ``(loss_sum, grad_w_sum, grad_b_sum)`` where, with ``z = X @ w + b``, ``p = sigmoid(z)``:
 
@@ -741,8 +758,11 @@ def fused_chunk_sums(
 
     kern = _get_kernel(cp, plan.name)
     if plan.smem > _DEFAULT_SMEM_LIMIT:
-        kern.max_dynamic_shared_size_bytes = plan.smem
-    grid = plan.grid(_max_resident_blocks(cp, kern, plan.smem))
+        key = (cp.cuda.Device().id, plan.name)
+        if _smem_raised.get(key, 0) < plan.smem:
+            kern.max_dynamic_shared_size_bytes = plan.smem  # opt in above 48 KiB (wide rows only)
+            _smem_raised[key] = plan.smem
+    grid = plan.grid(_max_resident_blocks(cp, kern, plan.name, plan.smem))
     partial = cp.empty((grid, d + 2), dtype=cp.float64)
     if plan.kind == "tile":
         args = (X, y, w, np.float64(b), np.int64(n), np.int32(d), np.int32(plan.rows_per_tile),
@@ -753,8 +773,8 @@ def fused_chunk_sums(
 
     out = cp.empty(d + 2, dtype=cp.float64)
     fin = _get_kernel(cp, FINALIZE_NAME)
-    fin((-(-(d + 2) // 32),), (BLOCK,), (partial, np.int32(grid), np.int32(d + 2), np.int32(bool(fit_intercept)), out),
-        shared_mem=FINALIZE_SMEM)
+    fin_args = (partial, np.int32(grid), np.int32(d + 2), np.int32(bool(fit_intercept)), out)
+    fin((-(-(d + 2) // 32),), (BLOCK,), fin_args, shared_mem=FINALIZE_SMEM)
     return out[0], out[2:], out[1]
 
 

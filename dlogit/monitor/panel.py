@@ -407,7 +407,6 @@ def install_panel(scheduler: Any, state: MonitorState, refresh_ms: int = REFRESH
     http_app.add_application(app)
     app.initialize(IOLoop.current())
     app.start()
-    _add_to_more_menu(scheduler)
     return app
 
 
@@ -421,19 +420,3 @@ def uninstall_panel(scheduler: Any, app: Any) -> None:
     apps = getattr(getattr(scheduler, "http_application", None), "applications", None)
     if apps is not None and app in apps:
         apps.remove(app)
-
-
-def _add_to_more_menu(scheduler: Any) -> None:
-    """Best effort: list the panel in the standard dashboard's "More..." menu.
-
-    Relies on distributed internals (the memoized template variables whose
-    ``plots`` list the page template renders); silently skipped if they change.
-    """
-    try:
-        from distributed.dashboard.scheduler import template_variables
-
-        plots = template_variables(scheduler)["plots"]
-        if not any(p.get("url") == ROUTE.strip("/") for p in plots):
-            plots.append({"url": ROUTE.strip("/"), "name": "dlogit"})
-    except Exception:
-        logger.debug("dlogit: could not add the panel to the menu", exc_info=True)

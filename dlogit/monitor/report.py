@@ -128,7 +128,7 @@ def _html_report(h: dict[str, Any]) -> str:
     from bokeh.resources import INLINE
 
     n = len(h["loss"])
-    steps = np.arange(1, n + 1, dtype=np.float64)
+    steps = np.arange(n, dtype=np.float64)  # step numbers count from 0, as in the events
     src = ColumnDataSource(
         {
             "step": steps,
@@ -183,7 +183,7 @@ def _png_report(h: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = len(h["loss"])
-    steps = np.arange(1, n + 1)
+    steps = np.arange(n)
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(steps, h["loss"], color="#1f77b4")
     axes[0].set_ylabel("loss")
