@@ -195,6 +195,17 @@ def test_no_intercept_gives_zero_grad_b(cp, shape, fn):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape,dtype", [((200, 4096), np.float32), ((101, 3000), np.float64)])
+def test_wide_tiles_above_48k_shared_memory(cp, shape, dtype):
+    n, d = shape
+    plan = K.plan_launch(n, d, np.dtype(dtype).itemsize)
+    assert plan.kind == "tile" and plan.smem > 48 * 1024  # exercises the dynamic shared-memory opt-in
+    X, y, w, b = _make_case(n, d, dtype, seed=19)
+    res = K.fused_chunk_sums(*_to_dev(cp, X, y, w), b, True)
+    _check([v.get() for v in res], _host_sums(X, y, w, b), dtype, n, f"wide tile {shape}")
+
+
+@pytest.mark.gpu
 def test_wide_rows_fall_back_to_reference(cp):
     X, y, w, b = _make_case(50, 9000, np.float32, seed=17)
     assert K.plan_launch(50, 9000, 4).kind == "reference"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dlogit.solvers._base import Fun, SolverResult, StepCallback
@@ -28,7 +30,7 @@ def gradient_descent(
     loss, gnorm = float("nan"), float("nan")
     for step in range(max_iter):
         loss, grad = fun(theta)
-        gnorm = float(np.linalg.norm(grad))
+        gnorm = math.sqrt(float(grad @ grad))
         hist_loss.append(loss)
         hist_gn.append(gnorm)
         if callback is not None:
