@@ -202,7 +202,8 @@ def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
         X, y = client.persist([X, y])
         from distributed import wait
 
-        wait([X, y])
+        with client.as_current():
+            wait([X, y])
         m = dlogit.LogisticRegression(solver="lbfgs", tol=tol, l2=l2, mode="distributed")
         t0 = time.perf_counter()
         m.fit(X, y, client=client)

@@ -450,7 +450,8 @@ int main(int argc, char** argv) {
     std::vector<unsigned char> in = read_file(argv[13]);
     // exact-size heap copies so that AddressSanitizer sees any out-of-bounds read
     const std::size_t xbytes = (std::size_t)(n * d + offset) * itemsize;
-    unsigned char* xb = static_cast<unsigned char*>(std::aligned_alloc(16, (xbytes + 15) / 16 * 16));
+    unsigned char* xb = static_cast<unsigned char*>(std::malloc(xbytes ? xbytes : 1));  // 16-aligned (glibc)
+    if (reinterpret_cast<std::uintptr_t>(xb) % 16) { std::fprintf(stderr, "malloc not 16-aligned\n"); return 2; }
     std::memcpy(xb, in.data(), xbytes);
     std::vector<unsigned char> yb(in.begin() + xbytes, in.begin() + xbytes + n * itemsize);
     std::vector<unsigned char> wb(in.begin() + xbytes + n * itemsize, in.begin() + xbytes + (n + d) * itemsize);
@@ -520,7 +521,7 @@ class Emulator:
                 str(int(fit_intercept)), str(grid), str(plan.smem), str(plan.rows_per_tile), str(plan.stride),
                 str(plan.units), str(misalign), str(inp), str(out)]
         env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=0")
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env, check=False)
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, check=False)
         assert proc.returncode == 0, proc.stderr[-4000:]
         raw = np.fromfile(out, dtype=np.float64)
         res = raw[: d + 2]
