@@ -165,6 +165,10 @@ def _cluster(opts: dict[str, Any], quiet: bool) -> Any:
     try:
         client = Client(cluster, security=security, set_as_default=False)
         try:
+            if cluster.kind == "cpu" and opts["workers"] is None and not quiet:
+                n = len(cluster.workers)
+                click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {n} CPU worker "
+                           "processes", err=True)
             _say_dashboard(client, quiet)
             yield client, cluster.kind
         finally:
