@@ -38,7 +38,7 @@ import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
 from dlogit.errors import ClusterError, DataError
-from dlogit.events import TOPIC, Send
+from dlogit.events import TOPIC
 from dlogit.loss import chunk_sums
 from dlogit.objective import complete_tree, node_sum, owned_nodes
 from dlogit.training import fit_loop

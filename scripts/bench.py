@@ -55,12 +55,6 @@ def bench_coordination(steps: int) -> dict:
     cluster, client = _cluster(4)
     try:
         X, y = synthetic(400, 784, seed=0, chunk_rows=100)  # 4 chunks, one per worker
-        recs = []
-
-        def cb(msg):
-            if msg["type"] == "progress":
-                recs.append(msg)
-
         m = dlogit.LogisticRegression(solver="gd", max_iter=steps, mode="distributed", tol=0.0,
                                       callback=None)
         # measure per step: wall time of the engine's step and the slowest worker's compute
@@ -104,7 +98,7 @@ def bench_coordination(steps: int) -> dict:
         xs = client.compute(list(Xp.to_delayed().ravel()))
         ys = client.compute(list(yp.to_delayed().ravel()))
         subm = []
-        for k in range(20):
+        for _ in range(20):
             t0 = time.perf_counter()
             futs = [client.submit(chunk_sums, a, b, theta, pure=False) for a, b in zip(xs, ys)]
             sum(client.gather(futs))
@@ -180,7 +174,6 @@ def _rss():
 
 
 def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
-    import dask.array as da
 
     import dlogit
     from dlogit.data import synthetic

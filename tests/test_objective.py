@@ -12,7 +12,7 @@ from dlogit.objective import complete_tree, node_sum, owned_nodes
 def test_owned_nodes_tile_and_reduce_identically(rng, n_chunks):
     leaves = [rng.standard_normal(5) * 10.0 ** rng.integers(-8, 8) for _ in range(n_chunks)]
     whole = node_sum(lambda i: leaves[i], 0, n_chunks)
-    for trial in range(20):
+    for _ in range(20):
         k = int(rng.integers(1, 5))
         owner = rng.integers(0, k, n_chunks)
         parts = {}

@@ -73,5 +73,5 @@ def lbfgs(
         status, message = "max_iter", f"reached max_iter={max_iter}"
     else:  # the line search cannot make progress: tol is below what float64 can resolve here
         status, message = "stalled", f"line search stalled ({res.message})"
-    
+
     return SolverResult(theta, len(hist_loss), status, float(loss), gnorm, message, hist_loss, hist_gn)
