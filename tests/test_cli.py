@@ -52,7 +52,8 @@ def test_workers_1_and_2_give_the_same_model(tmp_path):
         s = last_json(r.stdout)
         assert s["n_iter"] == 500 and s["workers"] == int(n) and s["seconds"] > 0
         outs.append(np.load(out)["coef"])
-    np.testing.assert_array_equal(outs[0], outs[1])
+    # same chunks, same reduction tree: equal up to alignment-dependent SIMD rounding in NumPy/BLAS
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-15)
 
 
 def test_train_csv_predict_evaluate(csv_file, tmp_path):

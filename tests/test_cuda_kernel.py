@@ -348,7 +348,8 @@ thread_local emu_uint3 blockIdx;
 emu_uint3 blockDim, gridDim;
 unsigned char* dl_smem;
 
-// a plain generation-counting barrier (libstdc++ 12's std::barrier has been seen to hang here)
+// a plain generation-counting barrier: simple, and sanitizers understand it (a std::barrier build of
+// this harness hung once under libstdc++ 12)
 struct EmuBarrier {
     explicit EmuBarrier(int n) : n_(n) {}
     void arrive_and_wait() {
