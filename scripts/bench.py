@@ -125,8 +125,9 @@ def plain_numpy_textbook(X, y, w0, steps=10001, lr=0.1, l2=0.01, with_cost=True)
     for _ in range(steps):
         z = X @ w + b
         p = 1.0 / (1.0 + np.exp(-z))
-        if with_cost:
-            xent = -y * np.log(p) - (1 - y) * np.log(1 - p)
+        if with_cost:  # the textbook's naive form: it overflows to inf/nan early on, as there
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xent = -y * np.log(p) - (1 - y) * np.log(1 - p)
             cost = xent.mean() + l2 * (w ** 2).sum()
         r = p - y
         w -= lr * (X.T @ r / n + 2 * l2 * w)
