@@ -174,10 +174,32 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
+def _signal_chunk(i: int, rows: int, d: int):
+    """One chunk of X ~ N(0, 1) and y ~ Bernoulli(sigmoid(X w_true)), made in one task so that X and
+    y land on the same worker (no copies between workers)."""
+    rng = np.random.default_rng([7, i])
+    X = rng.standard_normal((rows, d))
+    w_true = np.random.default_rng(1).standard_normal(d) * 3 / np.sqrt(d)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(X @ w_true)))).astype(np.float64)
+    return X, y
+
+
+def _signal_data(rows: int, d: int, chunks: int):
+    import dask
+    import dask.array as da
+
+    xs, ys = [], []
+    for i in range(chunks):
+        n = rows // chunks + (1 if i < rows % chunks else 0)
+        part = dask.delayed(_signal_chunk, pure=True)(i, n, d)
+        xs.append(da.from_delayed(part[0], shape=(n, d), dtype=np.float64))
+        ys.append(da.from_delayed(part[1], shape=(n,), dtype=np.float64))
+    return da.concatenate(xs), da.concatenate(ys)
+
+
 def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
 
     import dlogit
-    from dlogit.data import synthetic
 
     d, l2, tol = 100, 0.01, 1e-6
     out: dict = {"data": f"{rows}x{d} float64", "tol": tol, "l2": l2}
@@ -185,14 +207,7 @@ def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
     cluster, client = _cluster(2)
     try:
         base = client.run(_rss)
-        X, _ = synthetic(rows, d, seed=0, chunk_rows=rows // 16)
-        w_true = np.random.default_rng(1).standard_normal(d) / np.sqrt(d) * 3
-
-        def labels(xb):  # y ~ Bernoulli(sigmoid(X w_true)): a problem with signal, not coin flips
-            u = np.random.default_rng(int(abs(xb[0, 0]) * 1e9)).random(xb.shape[0])
-            return (u < 1 / (1 + np.exp(-(xb @ w_true)))).astype(xb.dtype)
-
-        y = X.map_blocks(labels, drop_axis=1, dtype=X.dtype)
+        X, y = _signal_data(rows, d, chunks=16)
         X, y = client.persist([X, y])
         from distributed import wait
 
