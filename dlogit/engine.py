@@ -366,6 +366,7 @@ class DaskFit:
                 raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
             y = y.rechunk((X.chunks[0],))
         self.client = client
+        self.X = X
         self.spec = spec
         self.callback = callback
         self.mode = mode
@@ -402,11 +403,18 @@ class DaskFit:
 
     def _holders(self) -> dict[int, str]:
         """Chunk index -> worker already holding both its X and y chunk (persisted data)."""
-        keys = [d.key for d in self.x_del]
+        from distributed import futures_of, wait
+
+        futures = futures_of(self.X)  # who_has takes futures, not keys
+        if not futures:
+            return {}
+        with self.client.as_current():
+            wait(futures)  # a persist still running: use the chunks where they land
         try:
-            who = self.client.who_has(keys)
+            who = self.client.who_has(futures)
         except Exception:  # noqa: BLE001 - not persisted: no holders
             return {}
+        keys = [d.key for d in self.x_del]
         return {i: sorted(who[k])[0] for i, k in enumerate(keys) if who.get(k)}
 
     def _compute_on(self, assign: dict[str, list[int]]) -> tuple[list[Any], list[Any]]:

@@ -56,6 +56,10 @@ def test_persisted_arrays_and_current_client(client2):
     y = client2.persist(da.from_array(yn, chunks=100))
     with client2.as_current():
         m = dlogit.LogisticRegression(tol=1e-8, mode="distributed").fit(X, y)
+    from distributed import futures_of
+
+    # persisted chunks are used where they are: no chunk was copied to another worker
+    assert all(len(v) == 1 for v in client2.who_has(futures_of(X)).values())
     here = dlogit.LogisticRegression(tol=1e-8, chunk_rows=100).fit(Xn, yn)
     np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10)
     proba = m.predict_proba(X)
