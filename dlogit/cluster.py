@@ -119,7 +119,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
             return cluster
     if rmm_pool_size:
         raise ClusterError("--rmm-pool-size needs GPU workers")
-    n = workers or min(4, os.cpu_count() or 1)
+    n = workers if workers is not None else min(4, os.cpu_count() or 1)
     if n < 1:
         raise ClusterError(f"--workers must be at least 1, got {n}")
     with _dashboard_fallback(kwargs):

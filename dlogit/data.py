@@ -134,6 +134,7 @@ class FileInfo:
     dtype: str = "float64"
     pieces: list[Any] = field(default_factory=list)  # per chunk: (offset, nbytes, rows) or row groups
     labels_path: str | None = None
+    piece_rows: list[int] = field(default_factory=list)  # rows per chunk (parquet)
 
 
 def _kind(path: str) -> str:
@@ -255,6 +256,7 @@ def _scan_parquet(path: str, label: str | None, chunk_rows: int | None, require_
                                      require_label)
     per_rows = chunk_rows_for(len(features), 8, chunk_rows)
     pieces: list[list[int]] = []
+    piece_rows: list[int] = []
     acc: list[int] = []
     acc_rows = 0
     for g in range(pf.num_row_groups):
@@ -262,11 +264,13 @@ def _scan_parquet(path: str, label: str | None, chunk_rows: int | None, require_
         acc_rows += pf.metadata.row_group(g).num_rows
         if acc_rows >= per_rows:
             pieces.append(acc)
+            piece_rows.append(acc_rows)
             acc, acc_rows = [], 0
     if acc:
         pieces.append(acc)
+        piece_rows.append(acc_rows)
     return FileInfo(path, "parquet", pf.metadata.num_rows, columns=features, label=label,
-                    n_features=len(features), pieces=pieces)
+                    n_features=len(features), pieces=pieces, piece_rows=piece_rows)
 
 
 def _frame_to_arrays(df: Any, info: FileInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +321,7 @@ def _piece_rows(info: FileInfo, i: int) -> float:
         return p[1] - p[0]
     if info.kind == "csv":
         return p[2]
-    return float("nan")
+    return info.piece_rows[i] if i < len(info.piece_rows) else float("nan")
 
 
 def _getitem(t: tuple, k: int) -> Any:

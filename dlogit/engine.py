@@ -72,6 +72,7 @@ class ChunkSet:
         self.nodes = owned_nodes(self.X, n_chunks)
         first = next(iter(self.X.values()), None)
         self.xp = get_xp(first) if first is not None else np
+        self.n_params = (first.shape[1] + 1) if first is not None else 0
 
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
@@ -199,19 +200,24 @@ class _ShardServer:
         used: set[bytes] = set()
         try:
             if self.ssl_context is not None:
-                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                try:
+                    conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    conn.close()
+                    return
             while True:
                 hdr = _recv_exact(conn, _REQ.size)
                 if hdr is None:
                     return
                 magic, op, n, token = _REQ.unpack(hdr)
-                payload = _recv_exact(conn, n) if n else b""
-                if magic != _MAGIC or payload is None:
+                if magic != _MAGIC:
                     return
                 shard = self.shards.get(token)
-                if shard is None:
-                    self._reply(conn, 1, b"unknown shard (the worker restarted or the run ended)")
-                    continue
+                if shard is None or n not in (0, 8 * shard.n_params):
+                    return  # unknown token or a malformed request: drop the connection unread
+                payload = _recv_exact(conn, n) if n else b""
+                if payload is None:
+                    return
                 used.add(token)
                 if op == OP_CLOSE:
                     self.shards.pop(token, None)
@@ -255,8 +261,13 @@ def _attach(token: bytes, indices: list[int], n_chunks: int, fit_intercept: bool
     y = dict(zip(indices, ys))
     rows, pos = validate_chunks(X, y)
     cs = ChunkSet(X, y, n_chunks, fit_intercept)
-    host = worker.address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if worker.address.startswith("inproc://"):  # workers in this process (processes=False)
+        host = "127.0.0.1"
+    else:
+        host = worker.address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     server = _ShardServer.get(host, _worker_ssl(worker))
+    if token in server.shards:  # never let one shard replace another
+        raise RuntimeError("a shard with this token is already registered here")
     server.shards[token] = cs
     return {"worker": worker.address, "host": server.host, "port": server.port, "rows": rows,
             "positives": pos, "nodes": cs.nodes}
@@ -488,10 +499,12 @@ class DaskFit:
         return self.client.security.get_connection_args("client").get("ssl_context")
 
     def _attach_all(self, assign: dict[str, list[int]], xs: list[Any], ys: list[Any]) -> list[dict]:
-        token = secrets.token_bytes(16)
-        self.tokens.append(token)  # dropped on every worker at the end, even if attaching fails
         futs = []
+        tokens = []
         for w, idx in assign.items():
+            token = secrets.token_bytes(16)  # one per shard: a shard can never stand in for another
+            tokens.append(token)
+            self.tokens.append(token)  # dropped on every worker at the end, even if attaching fails
             futs.append(self.client.submit(
                 _attach, token, idx, self.n_chunks, self.spec["fit_intercept"],
                 [xs[i] for i in idx], [ys[i] for i in idx], workers=[w], allow_other_workers=True,
@@ -500,8 +513,14 @@ class DaskFit:
         for f in futs:  # all settle first: no shard may register after the clean-up
             with contextlib.suppress(Exception):
                 f.exception(timeout=timeout)
+        if not all(f.done() for f in futs):
+            for f in futs:
+                f.cancel()
+            raise ClusterError(f"the workers did not load their shards within {timeout:g}s "
+                               "(dlogit.engine.attach-timeout)")
         infos = [f.result() for f in futs]
-        self.token = token
+        for info, token in zip(infos, tokens):
+            info["token"] = token
         return infos
 
     def _connect(self, infos: list[dict]) -> None:
@@ -510,7 +529,7 @@ class DaskFit:
         links = []
         try:
             for info in infos:
-                links.append(_Link(info, self.token, ctx, timeout))
+                links.append(_Link(info, info["token"], ctx, timeout))
         except OSError:
             for link in links:
                 link.close()
@@ -534,14 +553,17 @@ class DaskFit:
         parts: dict[tuple[int, int], np.ndarray] = {}
         seconds: dict[str, float] = {}
         if self.transport == "dask":
-            futs = [(info, self.client.submit(_shard_sums, self.token, theta, workers=[info["worker"]],
-                                              allow_other_workers=True, pure=False))
-                    for info in self.infos]
+            from distributed import KilledWorker
+
+            futs = [(info, self.client.submit(_shard_sums, info["token"], theta, workers=[info["worker"]],
+                                              pure=False)) for info in self.infos]
             for info, fut in futs:
                 try:
                     arr = fut.result()
-                except Exception as exc:  # noqa: BLE001 - any failure: the worker or its shard is gone
+                except (KilledWorker, LookupError, OSError) as exc:  # the worker or its shard is gone
                     raise _WorkerLost(info["worker"], str(exc)) from exc
+                except Exception as exc:  # noqa: BLE001 - a failure that a retry would repeat
+                    raise ClusterError(f"worker {info['worker']} failed a step: {exc}") from exc
                 seconds[info["worker"]] = float(arr[0])
                 parts.update(zip([tuple(n) for n in info["nodes"]], arr[1:].reshape(-1, d3)))
         else:
@@ -550,6 +572,9 @@ class DaskFit:
                 link.request(OP_SUMS, payload)
             for link in self.links:
                 arr = np.frombuffer(link.response(), dtype=np.float64)
+                if arr.size != 1 + len(link.nodes) * d3:
+                    raise ClusterError(f"worker {link.worker} answered {arr.size} numbers for "
+                                       f"{len(link.nodes)} tree nodes")
                 seconds[link.worker] = float(arr[0])
                 parts.update(zip(link.nodes, arr[1:].reshape(-1, d3)))
         self.worker_seconds = seconds
@@ -641,7 +666,12 @@ class DaskFit:
 def fit_dask(client: Any, X: Any, y: Any, spec: dict[str, Any], callback: Callback | None = None,
              mode: str = "auto", transport: str = "auto") -> dict[str, Any]:
     """Fit on Dask arrays through ``client`` (see the module docstring for ``mode``)."""
-    return DaskFit(client, X, y, spec, callback, mode=mode, transport=transport).run()
+    from distributed import KilledWorker
+
+    try:
+        return DaskFit(client, X, y, spec, callback, mode=mode, transport=transport).run()
+    except KilledWorker as exc:
+        raise ClusterError(f"a worker died repeatedly while running the fit: {exc}") from exc
 
 
 def current_client() -> Any | None:

@@ -112,3 +112,20 @@ def test_shards_are_released_after_the_fit(client2):
         return 0 if inst is None else len(inst.shards)
 
     assert sum(client2.run(count).values()) == 0
+
+
+def test_two_workers_in_one_process_keep_separate_shards():
+    """Both shards live in one process's shard server: each must answer for its own chunks."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    Xn, yn = synthetic_numpy(800, 6, seed=5)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster, set_as_default=False) as c:
+        X = da.from_array(Xn, chunks=(100, 6))
+        y = da.from_array(yn, chunks=100)
+        m = _fit(c, X, y, "distributed")
+        assert len(m_workers := c.scheduler_info()["workers"]) == 2, m_workers
+    here = dlogit.LogisticRegression(tol=1e-8, chunk_rows=100).fit(Xn, yn)
+    np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10)

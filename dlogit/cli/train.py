@@ -187,9 +187,14 @@ def _kind(client: Any) -> str:
     def probe() -> bool:
         import os
 
-        return bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        from dlogit._xp import cupy_available
+
+        return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) and cupy_available()
+
+    from dlogit._xp import cupy_available
 
     try:
-        return "gpu" if any(client.run(probe).values()) else "cpu"
+        on_workers = client.run(probe).values()
+        return "gpu" if on_workers and all(on_workers) and cupy_available() else "cpu"
     except Exception:  # noqa: BLE001
         return "cpu"

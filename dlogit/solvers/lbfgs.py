@@ -29,6 +29,8 @@ def lbfgs(
     hist_gn: list[float] = []
 
     def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        if "x" in last and np.array_equal(last["x"], theta):  # scipy re-evaluates x0: one pass saved
+            return last["loss"], last["grad"]
         loss, grad = fun(theta)
         last["x"], last["loss"], last["grad"] = theta.copy(), loss, grad
         return loss, grad
@@ -51,7 +53,7 @@ def lbfgs(
     loss0, grad0 = f(theta0)
     g0 = float(np.linalg.norm(grad0))
     if g0 <= tol:
-        return SolverResult(theta0.copy(), 0, "converged", loss0, g0, "", [loss0], [g0])
+        return SolverResult(theta0.copy(), 0, "converged", loss0, g0, "", [], [])
     res = minimize(
         f,
         theta0,
