@@ -42,8 +42,3 @@ def cupy_available() -> bool:
     except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
         return False
 
-
-def asarray_like(x: Any, like: Any, dtype: Any = None) -> Any:
-    """Put ``x`` in the same namespace (host or device) as ``like``."""
-    xp = get_xp(like)
-    return xp.asarray(x, dtype=dtype)

@@ -694,7 +694,3 @@ def map_chunks(fn: Callable[[Any], Any], X: Any, dtype: Any = np.float64) -> Any
         X = X.rechunk({1: -1})
     return X.map_blocks(fn, drop_axis=1, dtype=dtype)
 
-
-def version_report(client: Any) -> dict[str, Any]:
-    """Versions of the packages dlogit needs, on the client, scheduler and every worker."""
-    return client.get_versions(check=False, packages=["dlogit", "numpy", "scipy", "cupy"])
