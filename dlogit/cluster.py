@@ -71,6 +71,10 @@ def parse_gpus(gpus: str | None) -> list[int] | None:
     return ids
 
 
+#: worker preload: imports dlogit's engine at worker start (cluster start-up) rather than in the first fit
+WORKER_PRELOAD = "dlogit.worker"
+
+
 def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None = None,
                         host: str = "127.0.0.1", dashboard_address: str | None = None,
                         rmm_pool_size: str | None = None, security: Any = None,
@@ -97,7 +101,8 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
     protocol = "tls://" if security is not None else None
     kwargs: dict[str, Any] = dict(host=host, dashboard_address=dashboard_address, security=security,
                                   scheduler_port=scheduler_port, silence_logs=silence_logs,
-                                  scheduler_kwargs={"preload": preload} if preload else {})
+                                  scheduler_kwargs={"preload": preload} if preload else {},
+                                  preload=[WORKER_PRELOAD])
     if protocol:
         kwargs["protocol"] = protocol
     if use_gpu:

@@ -39,7 +39,7 @@ import numpy as np
 from dlogit._xp import get_xp, to_numpy
 from dlogit.errors import ClusterError, DataError
 from dlogit.events import TOPIC
-from dlogit.loss import chunk_sums
+from dlogit.loss import PreparedChunk
 from dlogit.objective import complete_tree, node_sum, owned_nodes
 from dlogit.training import fit_loop
 from dlogit.validation import check_chunk, check_totals
@@ -57,37 +57,35 @@ class ChunkSet:
     """Chunks held in this process, keyed by their global index in a ``n_chunks`` chunking."""
 
     def __init__(self, X: dict[int, Any], y: dict[int, Any], n_chunks: int, fit_intercept: bool) -> None:
-        self.X: dict[int, Any] = {}
-        self.y: dict[int, Any] = {}
+        self.chunks: dict[int, PreparedChunk] = {}
         for i, x in X.items():
             xp = get_xp(x)
             if not x.flags.c_contiguous:
                 x = xp.ascontiguousarray(x)
             if x.dtype.kind != "f":
                 x = x.astype(xp.float64)
-            self.X[i] = x
-            self.y[i] = y[i].astype(x.dtype, copy=False)
+            self.chunks[i] = PreparedChunk(x, y[i].astype(x.dtype, copy=False), fit_intercept)
         self.n_chunks = n_chunks
         self.fit_intercept = fit_intercept
-        self.nodes = owned_nodes(self.X, n_chunks)
-        first = next(iter(self.X.values()), None)
-        self.xp = get_xp(first) if first is not None else np
-        self.n_params = (first.shape[1] + 1) if first is not None else 0
+        self.nodes = owned_nodes(self.chunks, n_chunks)
+        first = next(iter(self.chunks.values()), None)
+        self.xp = get_xp(first.X) if first is not None else np
+        self.n_params = (first.d + 1) if first is not None else 0
+        self._only = first if n_chunks == 1 and len(self.chunks) == 1 and self.xp is np else None
 
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
         th = self.xp.asarray(theta)
-
-        def leaf(i: int) -> Any:
-            return chunk_sums(self.X[i], self.y[i], th, self.fit_intercept)
-
-        return np.stack([to_numpy(node_sum(leaf, lo, hi)) for lo, hi in self.nodes])
+        chunks = self.chunks
+        return np.stack([to_numpy(node_sum(lambda i: chunks[i].sums(th), lo, hi)) for lo, hi in self.nodes])
 
     def root_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums over all chunks (this set must hold every chunk)."""
+        if self._only is not None:  # one NumPy chunk: nothing to reduce
+            return self._only.sums(theta)
         if len(self.nodes) == 1 and self.xp is np:  # the whole tree is one node: no bookkeeping
-            X, y, fi = self.X, self.y, self.fit_intercept
-            return node_sum(lambda i: chunk_sums(X[i], y[i], theta, fi), 0, self.n_chunks)
+            chunks = self.chunks
+            return node_sum(lambda i: chunks[i].sums(theta), 0, self.n_chunks)
         parts = dict(zip(self.nodes, self.node_sums(theta)))
         return complete_tree(parts, self.n_chunks)
 
@@ -135,13 +133,7 @@ def _worker_fit(spec: dict[str, Any], n_chunks: int, xs: list[Any], ys: list[Any
         worker.log_event(TOPIC, msg)
 
     def hook(emitter: Any) -> None:
-        orig = emitter.step
-
-        def step(k: int, loss: float, gn: float) -> None:
-            orig(k, loss, gn)
-            emitter.worker_seconds = {worker.address: emitter.step_seconds[-1]}
-
-        emitter.step = step
+        emitter.local_worker = worker.address
 
     return fit_loop(cs.root_sums, spec, send, hook)
 
@@ -359,6 +351,64 @@ def balanced_ranges(rows: Sequence[float], workers: Sequence[str]) -> dict[str, 
     return {w: idx for w, idx in out.items() if idx}
 
 
+def _unalias(chunks: list[Any]) -> list[Any]:
+    """Each chunk's own task where its key is only an alias of another (``from_delayed`` and
+    ``concatenate`` chunks are): a computed alias is one more scheduler round trip (~5 ms) before the
+    fit can start, and a persisted chunk is found under its real key."""
+    from dask.delayed import Delayed
+
+    if not chunks:
+        return chunks
+    graph = dict(chunks[0].__dask_graph__())  # the array's graph, shared by all its chunks
+    out = []
+    for chunk in chunks:
+        key = chunk.key
+        for _ in range(64):  # aliases of aliases, never a cycle
+            task = graph.get(key)
+            target = getattr(task, "target", None)
+            if type(task).__name__ != "Alias" or target is None or target not in graph:
+                break
+            key = target
+        out.append(chunk if key == chunk.key else Delayed(key, graph))
+    return out
+
+
+class _EventRouter:
+    """A client's one subscription to the dlogit event topic, shared by all of its fits.
+
+    distributed keeps a single handler per topic and client, so fits running at once from one client
+    must share it; it is made once and kept, so that a fit's own message to the scheduler is not held
+    back behind a subscribe message (a client sends its messages in batches at most every 10 ms).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+        client.subscribe_topic(TOPIC, self._handle)
+
+    def _handle(self, event: Any) -> None:
+        msg = event[1] if isinstance(event, tuple) else event
+        if isinstance(msg, dict):
+            handler = self.handlers.get(msg.get("run"))
+            if handler is not None:
+                handler(msg)
+
+
+_listen_lock = threading.Lock()
+
+
+def listen(client: Any) -> _EventRouter:
+    """Subscribe ``client`` to dlogit's progress events (once; later calls return the same router).
+
+    The CLI calls this while it connects, so that the first fit does not pay for it.
+    """
+    with _listen_lock:
+        router = getattr(client, "_dlogit_events", None)
+        if router is None:
+            router = _EventRouter(client)
+            client._dlogit_events = router
+        return router
+
+
 class DaskFit:
     """One fit on Dask arrays through a :class:`distributed.Client`."""
 
@@ -382,8 +432,8 @@ class DaskFit:
         self.callback = callback
         self.mode = mode
         self.transport = transport
-        self.x_del = list(X.to_delayed().ravel())
-        self.y_del = list(y.to_delayed().ravel())
+        self.x_del = _unalias(list(X.to_delayed().ravel()))
+        self.y_del = _unalias(list(y.to_delayed().ravel()))
         self.n_chunks = len(self.x_del)
         self.rows = [float(r) for r in X.chunks[0]]
         self.d = int(X.shape[1])
@@ -458,16 +508,15 @@ class DaskFit:
         done = threading.Event()
         cb = self.callback
 
-        def handler(event: Any) -> None:
-            msg = event[1] if isinstance(event, tuple) else event
-            if isinstance(msg, dict) and msg.get("run") == run:
-                if cb is not None:
-                    cb(msg)
-                if msg.get("type") == "end":
-                    done.set()
+        def handler(msg: dict[str, Any]) -> None:
+            if cb is not None:
+                cb(msg)
+            if msg.get("type") == "end":
+                done.set()
 
-        self.client.subscribe_topic(TOPIC, handler)
-        return (lambda: self.client.unsubscribe_topic(TOPIC)), done
+        router = listen(self.client)
+        router.handlers[run] = handler
+        return (lambda: router.handlers.pop(run, None)), done
 
     def _run_worker_local(self, workers: list[str]) -> dict[str, Any]:
         holders = self._holders()
@@ -478,19 +527,18 @@ class DaskFit:
             target = max(sorted(counts), key=lambda w: counts[w])
         else:
             target = workers[0]
-        xs, ys = self._compute_on({target: list(range(self.n_chunks))})
         self.spec["params"]["workers"] = [target]
         unsubscribe, done = self._forward_events()
         try:
-            fut = self.client.submit(_worker_fit, self.spec, self.n_chunks, xs, ys,
-                                     workers=[target], allow_other_workers=True, pure=False,
-                                     key=f"dlogit-fit-{self.spec['run']}")
+            # the chunks and the fit go to the scheduler in one message: no client round trip between
+            fit = dask.delayed(_worker_fit, pure=False)(self.spec, self.n_chunks, self.x_del, self.y_del,
+                                                        dask_key_name=f"dlogit-fit-{self.spec['run']}")
+            fut = self.client.compute(fit, workers=[target], allow_other_workers=True)
             result = fut.result()
             done.wait(timeout=5.0)  # let the last progress events reach the callback
             return result
         finally:
             unsubscribe()
-            del xs, ys
 
     # -- distributed mode ------------------------------------------------------------------------
     def _client_ssl(self) -> ssl.SSLContext | None:

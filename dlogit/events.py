@@ -47,6 +47,8 @@ class ProgressEmitter:
         self._t_last_send = 0.0
         self._t0 = time.perf_counter()
         self.worker_seconds: dict[str, float] = {}
+        #: set when the whole fit runs on one worker: its step time is the worker's compute time
+        self.local_worker: str | None = None
 
     def start(self, params: dict[str, Any]) -> None:
         self._t0 = self._t_last_step = time.perf_counter()
@@ -69,6 +71,8 @@ class ProgressEmitter:
         b = self._buf
         if not b["step"]:
             return
+        if self.local_worker is not None:
+            self.worker_seconds = {self.local_worker: b["step_seconds"][-1]}
         recent = b["step_seconds"][-50:]
         mean = sum(recent) / len(recent) if recent else 0.0
         msg = {"type": "progress", "run": self.run, "time": time.time(), **{k: list(v) for k, v in b.items()},

@@ -22,6 +22,8 @@ import numpy as np
 
 from dlogit._xp import get_xp, is_cupy
 
+_sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
+
 #: bytes of X per cache block on the CPU path: X is read from memory once, each block re-read from cache
 CPU_BLOCK_BYTES = 4 << 20
 
@@ -45,25 +47,102 @@ def sigmoid(z: Any) -> Any:
     return xp.where(z >= 0, inv, e * inv)
 
 
-def _block_terms(z: Any, y: Any) -> tuple[Any, Any]:
-    """Loss sum (float64 scalar) and residual ``sigmoid(z) - y`` for one block of margins."""
-    xp = get_xp(z)
-    if z.dtype != xp.float64:
-        z = z.astype(xp.float64)
-    e = xp.abs(z)
-    xp.negative(e, out=e)
-    xp.exp(e, out=e)  # e = exp(-|z|) in (0, 1]: never overflows
-    loss = xp.sum(xp.maximum(z, 0)) + xp.sum(xp.log1p(e)) - xp.dot(y.astype(xp.float64, copy=False), z)
-    inv = e + 1.0
-    xp.reciprocal(inv, out=inv)
-    r = xp.where(z >= 0, inv, e * inv)
-    r -= y
-    return loss, r
-
-
 def split_theta(theta: Any, dtype: Any) -> tuple[Any, float]:
     """Split ``theta = [w, b]`` into ``w`` (cast to the data's dtype) and the float ``b``."""
     return theta[:-1].astype(dtype, copy=False), float(theta[-1])
+
+
+class PreparedChunk:
+    """One chunk made ready for repeated evaluation: the inner loop of every solver.
+
+    On the CPU it keeps the label signs ``sigma = 1 - 2 y`` (+1 for ``y = 0``, -1 for ``y = 1``) and
+    work buffers for one cache block, so that a step makes no temporaries the size of the chunk.
+    With the signed margin ``s = sigma * z`` every row's terms come from one stable expression::
+
+        loss_i     = log1pexp(s_i)                    (= log(1 + exp(z_i)) - y_i z_i)
+        residual_i = sigma_i * exp(s_i - loss_i)      (= sigma_i * sigmoid(s_i) = sigmoid(z_i) - y_i)
+
+    which never overflows and, unlike ``sigmoid(z) - y``, keeps full relative precision in the
+    residual of a well-classified row. X is read from memory once per step: each cache block's
+    ``X_b.T @ r_b`` runs while the block is still in cache. CuPy chunks go to the fused CUDA kernel.
+
+    Not thread-safe (the buffers are shared between calls); one owner evaluates it at a time.
+    """
+
+    def __init__(self, X: Any, y: Any, fit_intercept: bool = True) -> None:
+        self.X = X
+        self.y = y if is_cupy(X) else None  # the CPU path keeps only the label signs
+        self.n, self.d = (int(v) for v in X.shape)
+        self.fit_intercept = bool(fit_intercept)
+        self.gpu = is_cupy(X)
+        if self.gpu:
+            return
+        if X.dtype.kind != "f":
+            self.X = X = X.astype(np.float64)
+        rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * X.dtype.itemsize))
+        self.blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
+        self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
+        m = min(rows, self.n)
+        self._s, self._l, self._e = np.empty(m), np.empty(m), np.empty(m)
+        self._narrow = X.dtype != np.float64  # float32 data: BLAS in float32, the rest in float64
+        if self._narrow:
+            self._z, self._r = np.empty(m, X.dtype), np.empty(m, X.dtype)
+        self._g = np.empty(self.d, X.dtype)
+
+    def sums(self, theta: Any) -> Any:
+        """The chunk's ``(d + 3,)`` float64 sums at ``theta`` (see the module docstring)."""
+        if self.gpu:
+            return _cupy_sums(self.X, self.y, theta, self.fit_intercept)
+        d, X = self.d, self.X
+        out = np.empty(d + 3)
+        grad = out[1 : d + 1]
+        w = theta[:d].astype(X.dtype, copy=False)
+        b = float(theta[d]) if self.fit_intercept else 0.0
+        loss = gb = 0.0
+        whole = len(self.blocks) == 1
+        for k, (lo, hi) in enumerate(self.blocks):
+            m = hi - lo
+            Xb = X if whole else X[lo:hi]
+            sg = self.sign if whole else self.sign[lo:hi]
+            s, l, e = self._s[:m], self._l[:m], self._e[:m]
+            if self._narrow:
+                np.dot(Xb, w, out=self._z[:m])
+                np.copyto(s, self._z[:m])
+            else:
+                np.dot(Xb, w, out=s)
+            if b:
+                np.add(s, b, out=s)
+            np.multiply(s, sg, out=s)  # signed margin
+            np.abs(s, out=e)
+            np.negative(e, out=e)
+            np.exp(e, out=e)  # exp(-|s|) in (0, 1]: never overflows
+            np.log1p(e, out=l)
+            np.maximum(s, 0.0, out=e)
+            np.add(l, e, out=l)  # log1pexp(s)
+            loss += float(_sum(l))
+            np.subtract(s, l, out=s)
+            np.exp(s, out=s)  # sigmoid(s)
+            np.multiply(s, sg, out=s)  # residual sigmoid(z) - y
+            if self.fit_intercept:
+                gb += float(_sum(s))
+            r = s
+            if self._narrow:
+                r = self._r[:m]
+                np.copyto(r, s, casting="same_kind")
+            if k == 0 and not self._narrow:
+                np.dot(r, Xb, out=grad)  # X_b.T @ r_b while X_b is still in cache
+            else:
+                np.dot(r, Xb, out=self._g)
+                if k == 0:
+                    grad[...] = self._g
+                else:
+                    np.add(grad, self._g, out=grad)
+        if not self.blocks:
+            grad[...] = 0.0
+        out[0] = loss
+        out[d + 1] = gb
+        out[d + 2] = self.n
+        return out
 
 
 def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True) -> Any:
@@ -78,32 +157,10 @@ def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True) -> Any:
 
     Returns
     -------
-    (d + 3,) float64 array in the namespace of ``X``.
+    (d + 3,) float64 array in the namespace of ``X``. For repeated evaluation of the same chunk use
+    :class:`PreparedChunk`, which keeps its work buffers between calls.
     """
-    n, d = X.shape
-    xp = get_xp(X)
-    if is_cupy(X):
-        return _cupy_sums(X, y, theta, fit_intercept)
-    out = np.zeros(d + 3)
-    w, b = split_theta(theta, X.dtype)
-    if not fit_intercept:
-        b = 0.0
-    rows = max(64, CPU_BLOCK_BYTES // max(1, d * X.dtype.itemsize))
-    grad = out[1 : d + 1]
-    for start in range(0, n, rows):
-        Xb = X[start : start + rows] if n > rows else X
-        yb = y[start : start + rows] if n > rows else y
-        z = Xb @ w
-        if b:
-            z = z + b
-        loss, r = _block_terms(z, yb)
-        out[0] += loss
-        # X-transpose product while the block is still in cache: one pass over X from memory
-        grad += Xb.T @ r.astype(X.dtype, copy=False)
-        if fit_intercept:
-            out[d + 1] += r.sum()
-    out[d + 2] = n
-    return xp.asarray(out)
+    return PreparedChunk(X, y, fit_intercept).sums(theta)
 
 
 def _cupy_sums(X: Any, y: Any, theta: Any, fit_intercept: bool) -> Any:

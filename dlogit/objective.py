@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dlogit.penalty import l2_grad, l2_value
+from dlogit.penalty import add_l2_grad, l2_value
 
 Node = tuple[int, int]
 
@@ -88,9 +88,8 @@ class Objective:
         """``(loss, grad)`` from the root sums (see :func:`dlogit.loss.chunk_sums`) at ``theta``."""
         d = theta.shape[0] - 1
         n = sums[d + 2]
-        loss = float(sums[0] / n) + l2_value(theta, self.l2)
-        grad = np.empty(d + 1)
-        grad[:d] = sums[1 : d + 1] / n
-        grad[d] = sums[d + 1] / n if self.fit_intercept else 0.0
-        grad += l2_grad(theta, self.l2)
-        return loss, grad
+        grad = sums[1 : d + 2] / n
+        if not self.fit_intercept:
+            grad[d] = 0.0
+        add_l2_grad(grad, theta, self.l2)
+        return float(sums[0] / n) + l2_value(theta, self.l2), grad

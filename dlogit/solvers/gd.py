@@ -30,16 +30,17 @@ def gradient_descent(
     loss, gnorm = float("nan"), float("nan")
     for step in range(max_iter):
         loss, grad = fun(theta)
-        gnorm = math.sqrt(float(grad @ grad))
+        gnorm = math.sqrt(float(np.dot(grad, grad)))
         hist_loss.append(loss)
         hist_gn.append(gnorm)
         if callback is not None:
             callback(step, loss, gnorm)
-        if not np.isfinite(loss) or not np.isfinite(gnorm):
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
             return SolverResult(theta, step + 1, "diverged", loss, gnorm,
                                 f"loss became {loss} at step {step}: lower the learning rate",
                                 hist_loss, hist_gn)
         if gnorm <= tol:
             return SolverResult(theta, step + 1, "converged", loss, gnorm, "", hist_loss, hist_gn)
-        theta -= lr * grad
+        grad *= lr
+        theta -= grad
     return SolverResult(theta, max_iter, "max_iter", loss, gnorm, "", hist_loss, hist_gn)
