@@ -77,6 +77,11 @@ def synthetic_y(seed: int, chunk: int, rows: int, dtype: str, gpu: bool = False)
     return _to_device(y, gpu)
 
 
+def synthetic_xy(seed: int, chunk: int, rows: int, cols: int, dtype: str, gpu: bool = False) -> tuple[Any, Any]:
+    """One chunk's X and y, made by one task so that both land on the same worker."""
+    return synthetic_x(seed, chunk, rows, cols, dtype, gpu), synthetic_y(seed, chunk, rows, dtype, gpu)
+
+
 def _to_device(a: np.ndarray, gpu: bool) -> Any:
     if not gpu:
         return a
@@ -100,10 +105,9 @@ def synthetic(rows: int, cols: int, seed: int = 0, dtype: str = "float64", chunk
     per = chunk_rows_for(cols, np.dtype(dtype).itemsize, chunk_rows)
     xs, ys = [], []
     for i, (s, e) in enumerate(row_ranges(rows, per)):
-        xs.append(da.from_delayed(dask.delayed(synthetic_x, pure=True)(seed, i, e - s, cols, dtype, gpu),
-                                  shape=(e - s, cols), dtype=dtype, meta=_meta(dtype, 2, gpu)))
-        ys.append(da.from_delayed(dask.delayed(synthetic_y, pure=True)(seed, i, e - s, dtype, gpu),
-                                  shape=(e - s,), dtype=dtype, meta=_meta(dtype, 1, gpu)))
+        part = dask.delayed(synthetic_xy, pure=True, nout=2)(seed, i, e - s, cols, dtype, gpu)
+        xs.append(da.from_delayed(part[0], shape=(e - s, cols), dtype=dtype, meta=_meta(dtype, 2, gpu)))
+        ys.append(da.from_delayed(part[1], shape=(e - s,), dtype=dtype, meta=_meta(dtype, 1, gpu)))
     return da.concatenate(xs), da.concatenate(ys)
 
 

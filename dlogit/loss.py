@@ -80,36 +80,41 @@ class PreparedChunk:
         if X.dtype.kind != "f":
             self.X = X = X.astype(np.float64)
         rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * X.dtype.itemsize))
-        self.blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
+        blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
         self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
         m = min(rows, self.n)
-        self._s, self._l, self._e = np.empty(m), np.empty(m), np.empty(m)
+        s, l, e = np.empty(m), np.empty(m), np.empty(m)
         self._narrow = X.dtype != np.float64  # float32 data: BLAS in float32, the rest in float64
+        z = r = None
         if self._narrow:
-            self._z, self._r = np.empty(m, X.dtype), np.empty(m, X.dtype)
+            z, r = np.empty(m, X.dtype), np.empty(m, X.dtype)
         self._g = np.empty(self.d, X.dtype)
+        whole = len(blocks) == 1
+        # per block, made once: (X rows, label signs, margin/residual, loss terms, scratch, z, r)
+        self._plan = [
+            (X if whole else X[lo:hi], self.sign if whole else self.sign[lo:hi], s[: hi - lo],
+             l[: hi - lo], e[: hi - lo], None if z is None else z[: hi - lo],
+             None if r is None else r[: hi - lo])
+            for lo, hi in blocks
+        ]
 
     def sums(self, theta: Any) -> Any:
         """The chunk's ``(d + 3,)`` float64 sums at ``theta`` (see the module docstring)."""
         if self.gpu:
             return _cupy_sums(self.X, self.y, theta, self.fit_intercept)
-        d, X = self.d, self.X
+        d = self.d
         out = np.empty(d + 3)
         grad = out[1 : d + 1]
-        w = theta[:d].astype(X.dtype, copy=False)
+        w = theta[:d].astype(self.X.dtype, copy=False)
         b = float(theta[d]) if self.fit_intercept else 0.0
         loss = gb = 0.0
-        whole = len(self.blocks) == 1
-        for k, (lo, hi) in enumerate(self.blocks):
-            m = hi - lo
-            Xb = X if whole else X[lo:hi]
-            sg = self.sign if whole else self.sign[lo:hi]
-            s, l, e = self._s[:m], self._l[:m], self._e[:m]
-            if self._narrow:
-                np.dot(Xb, w, out=self._z[:m])
-                np.copyto(s, self._z[:m])
-            else:
+        first = True
+        for Xb, sg, s, l, e, z, r in self._plan:
+            if z is None:
                 np.dot(Xb, w, out=s)
+            else:
+                np.dot(Xb, w, out=z)
+                np.copyto(s, z)
             if b:
                 np.add(s, b, out=s)
             np.multiply(s, sg, out=s)  # signed margin
@@ -125,19 +130,20 @@ class PreparedChunk:
             np.multiply(s, sg, out=s)  # residual sigmoid(z) - y
             if self.fit_intercept:
                 gb += float(_sum(s))
-            r = s
-            if self._narrow:
-                r = self._r[:m]
+            if r is not None:
                 np.copyto(r, s, casting="same_kind")
-            if k == 0 and not self._narrow:
+            else:
+                r = s
+            if first and z is None:
                 np.dot(r, Xb, out=grad)  # X_b.T @ r_b while X_b is still in cache
             else:
                 np.dot(r, Xb, out=self._g)
-                if k == 0:
+                if first:
                     grad[...] = self._g
                 else:
                     np.add(grad, self._g, out=grad)
-        if not self.blocks:
+            first = False
+        if first:  # no rows
             grad[...] = 0.0
         out[0] = loss
         out[d + 1] = gb

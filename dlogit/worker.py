@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-import dlogit.engine  # noqa: F401  (the engine, the fit loop, the chunk math)
-import dlogit.solvers  # noqa: F401  (SciPy's optimizer for L-BFGS)
+import scipy.optimize  # noqa: F401  (L-BFGS, when a whole fit runs on this worker)
+
+import dlogit.engine  # noqa: F401  (the engine, the fit loop, the solvers, the chunk math)
 from dlogit.loss import chunk_sums
 
 

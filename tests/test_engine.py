@@ -129,3 +129,47 @@ def test_two_workers_in_one_process_keep_separate_shards():
         assert len(m_workers := c.scheduler_info()["workers"]) == 2, m_workers
     here = dlogit.LogisticRegression(tol=1e-8, chunk_rows=100).fit(Xn, yn)
     np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10)
+
+
+def test_local_cluster_workers_preload_the_engine():
+    """``start_local_cluster`` preloads ``dlogit.worker``: imports happen at start-up, not in a fit."""
+    import sys
+
+    from distributed import Client
+
+    from dlogit.cluster import start_local_cluster
+
+    def loaded() -> list[bool]:
+        return [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "scipy.optimize")]
+
+    with start_local_cluster(workers=1, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        assert list(c.run(loaded).values()) == [[True, True, True]]
+
+
+def test_concurrent_fits_from_one_client_get_their_own_events(client2):
+    """Fits running at once from one client share its one event subscription, each its own events."""
+    import threading
+
+    X, y = synthetic(400, 8, seed=1, chunk_rows=100)
+    seen: dict[int, list] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def fit(k: int) -> None:
+        try:
+            dlogit.LogisticRegression(solver="gd", max_iter=300 + 100 * k, progress_period=50,
+                                      mode="worker-local", callback=seen[k].append).fit(X, y, client=client2)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fit, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for k in (0, 1):
+        runs = {m["run"] for m in seen[k]}
+        assert len(runs) == 1, (k, runs)
+        assert seen[k][0]["type"] == "start" and seen[k][-1]["type"] == "end"
+        assert seen[k][-1]["n_iter"] == 300 + 100 * k

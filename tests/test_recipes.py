@@ -84,6 +84,7 @@ def test_k8s_workers_request_gpus():
             args = c.get("command", []) + c.get("args", [])
             assert args[:3] == ["dask", "cuda", "worker"], args
             assert "$(DASK_WORKER_NAME)" in args
+            assert args[args.index("--preload") + 1] == "dlogit.worker", f"{name}: no worker preload"
 
 
 def test_k8s_scheduler_service_is_clusterip_and_preloads_dashboard():
@@ -145,6 +146,7 @@ def test_compose_structure():
     worker = services["worker"]
     assert worker["command"][:3] == ["dask", "cuda", "worker"]
     assert "tcp://scheduler:8786" in worker["command"]
+    assert worker["command"][worker["command"].index("--preload") + 1] == "dlogit.worker"
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d.get("capabilities", []) and d.get("driver") == "nvidia" for d in devices)
     train = services["train"]["command"]
@@ -204,6 +206,7 @@ def test_slurm_command_lines_default():
     worker = H.slurm_cmd("worker", "/shared/s.json", env=env)
     assert worker[:3] == ["dask", "cuda", "worker"]
     assert worker[worker.index("--scheduler-file") + 1] == "/shared/s.json"
+    assert worker[worker.index("--preload") + 1] == "dlogit.worker"
     train = H.slurm_cmd("train", "/shared/s.json", "data.parquet", "--label", "y", env=env)
     assert train[:4] == ["dlogit", "train", "data.parquet", "--label"]
     assert train[train.index("--scheduler-file") + 1] == "/shared/s.json"
@@ -260,6 +263,7 @@ def test_ssh_example_dry_run():
     assert plan["hosts"] == ["head", "gpu1", "gpu2"]
     assert plan["worker_class"] == "dask_cuda.CUDAWorker"
     assert plan["worker_options"]["rmm_pool_size"] == "8GB"
+    assert plan["worker_options"]["preload"] == ["dlogit.worker"]
     assert plan["scheduler_options"]["preload"] == ["dlogit.dashboard"]
     bad = subprocess.run([sys.executable, str(script), "onlyone", "x.npy", "--dry-run"],
                          capture_output=True, text=True, timeout=60, check=False)

@@ -97,6 +97,7 @@ dlogit_worker_cmd() {
     esac
     DLOGIT_WORKER_CMD+=(--scheduler-file "$sched_file"
         --nthreads "${DLOGIT_NTHREADS:-1}"
+        --preload dlogit.worker
         --memory-limit "${DLOGIT_MEMORY_LIMIT:-auto}"
         --local-directory "${DLOGIT_LOCAL_DIRECTORY:-${TMPDIR:-/tmp}}"
         --death-timeout "${DLOGIT_DEATH_TIMEOUT:-120}")

@@ -73,7 +73,7 @@ def cluster_kwargs(args) -> dict:
     }
     if args.tls:
         scheduler_options["protocol"] = "tls"
-    worker_options: dict = {"nthreads": args.nthreads}
+    worker_options: dict = {"nthreads": args.nthreads, "preload": ["dlogit.worker"]}
     if args.gpu:
         worker_class = "dask_cuda.CUDAWorker"
         if args.rmm_pool_size:
