@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 
-import scipy.optimize  # noqa: F401  (L-BFGS, when a whole fit runs on this worker)
-
-import dlogit.engine  # noqa: F401  (the engine, the fit loop, the solvers, the chunk math)
+import dlogit.engine  # noqa: F401  (the engine, the fit loop, the solvers with SciPy, the chunk math)
 from dlogit.loss import chunk_sums
 
 

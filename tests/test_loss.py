@@ -100,3 +100,32 @@ def test_intercept_is_not_penalized(rng):
     lo, go = Objective(0.0).finalize(chunk_sums(X, y, theta), theta)
     lp, gp = Objective(10.0).finalize(chunk_sums(X, y, theta), theta)
     assert lo == lp and go[-1] == gp[-1]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prepared_chunk_reuses_buffers_without_leaking_state(rng, monkeypatch, dtype):
+    """One PreparedChunk evaluated at many thetas (several cache blocks, a short last block) equals a
+    fresh evaluation each time: nothing of one call survives into the next."""
+    import dlogit.loss as loss
+
+    monkeypatch.setattr(loss, "CPU_BLOCK_BYTES", 100 * 12 * np.dtype(dtype).itemsize)  # 100-row blocks
+    X = rng.standard_normal((1050, 12)).astype(dtype)
+    y = (rng.random(1050) < 0.3).astype(dtype)
+    chunk = loss.PreparedChunk(X, y)
+    assert len(chunk._plan) == 11
+    for k in range(4):
+        theta = rng.standard_normal(13) * (k + 1)
+        got = chunk.sums(theta)
+        again = loss.PreparedChunk(X, y).sums(theta)
+        np.testing.assert_array_equal(got, again)
+        ref = reference_sums(X.astype(np.float64), y, np.r_[theta[:-1].astype(dtype), theta[-1]])
+        np.testing.assert_allclose(got, ref, rtol=1e-12 if dtype == np.float64 else 1e-5, atol=1e-9)
+
+
+def test_residual_keeps_relative_precision_for_well_classified_rows():
+    """sigma * sigmoid(s) instead of sigmoid(z) - y: at z = 40, y = 1 the residual is -exp(-40), not 0."""
+    X = np.array([[40.0], [-40.0]])
+    y = np.array([1.0, 0.0])
+    s = chunk_sums(X, y, np.array([1.0, 0.0]))
+    assert s[1] == pytest.approx(-2 * 40.0 * np.exp(-40.0), rel=1e-12)
+    assert s[2] == pytest.approx(0.0, abs=1e-30)

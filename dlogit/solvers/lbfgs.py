@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
 
 from dlogit.solvers._base import Fun, SolverResult, StepCallback
 
@@ -23,7 +24,6 @@ def lbfgs(
     One iteration may evaluate ``fun`` more than once (line search); ``callback`` runs once per
     accepted iterate with that iterate's loss and gradient norm.
     """
-    from scipy.optimize import minimize  # imported here: workers of a distributed fit never need it
 
     last: dict[str, object] = {}
     hist_loss: list[float] = []
