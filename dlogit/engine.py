@@ -357,19 +357,19 @@ def _unalias(chunks: list[Any]) -> list[Any]:
     fit can start, and a persisted chunk is found under its real key."""
     from dask.delayed import Delayed
 
-    if not chunks:
-        return chunks
-    graph = dict(chunks[0].__dask_graph__())  # the array's graph, shared by all its chunks
     out = []
     for chunk in chunks:
+        graph = chunk.__dask_graph__()  # one graph shared by all chunks: keep it, never copy it
+        layer = getattr(chunk, "_layer", None)
+        tasks = getattr(graph, "layers", {}).get(layer, graph)  # the chunk's own layer: a dict lookup
         key = chunk.key
         for _ in range(64):  # aliases of aliases, never a cycle
-            task = graph.get(key)
+            task = tasks.get(key)
             target = getattr(task, "target", None)
-            if type(task).__name__ != "Alias" or target is None or target not in graph:
+            if type(task).__name__ != "Alias" or target is None or target not in tasks:
                 break
             key = target
-        out.append(chunk if key == chunk.key else Delayed(key, graph))
+        out.append(chunk if key == chunk.key else Delayed(key, graph, layer=layer))
     return out
 
 
