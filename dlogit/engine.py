@@ -57,21 +57,13 @@ class ChunkSet:
     """Chunks held in this process, keyed by their global index in a ``n_chunks`` chunking."""
 
     def __init__(self, X: dict[int, Any], y: dict[int, Any], n_chunks: int, fit_intercept: bool) -> None:
-        self.chunks: dict[int, PreparedChunk] = {}
-        for i, x in X.items():
-            xp = get_xp(x)
-            if not x.flags.c_contiguous:
-                x = xp.ascontiguousarray(x)
-            if x.dtype.kind != "f":
-                x = x.astype(xp.float64)
-            self.chunks[i] = PreparedChunk(x, y[i].astype(x.dtype, copy=False), fit_intercept)
+        self.chunks = {i: PreparedChunk(x, y[i], fit_intercept) for i, x in X.items()}
         self.n_chunks = n_chunks
         self.fit_intercept = fit_intercept
         self.nodes = owned_nodes(self.chunks, n_chunks)
         first = next(iter(self.chunks.values()), None)
         self.xp = get_xp(first.X) if first is not None else np
         self.n_params = (first.d + 1) if first is not None else 0
-        self._only = first if n_chunks == 1 and len(self.chunks) == 1 and self.xp is np else None
 
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
@@ -81,8 +73,6 @@ class ChunkSet:
 
     def root_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums over all chunks (this set must hold every chunk)."""
-        if self._only is not None:  # one NumPy chunk: nothing to reduce
-            return self._only.sums(theta)
         if len(self.nodes) == 1 and self.xp is np:  # the whole tree is one node: no bookkeeping
             chunks = self.chunks
             return node_sum(lambda i: chunks[i].sums(theta), 0, self.n_chunks)

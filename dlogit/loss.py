@@ -70,6 +70,12 @@ class PreparedChunk:
     """
 
     def __init__(self, X: Any, y: Any, fit_intercept: bool = True) -> None:
+        xp = get_xp(X)
+        if X.dtype.kind != "f":
+            X = X.astype(xp.float64)
+        if not X.flags.c_contiguous:
+            X = xp.ascontiguousarray(X)
+        y = y.astype(X.dtype, copy=False)
         self.X = X
         self.y = y if is_cupy(X) else None  # the CPU path keeps only the label signs
         self.n, self.d = (int(v) for v in X.shape)
@@ -77,8 +83,6 @@ class PreparedChunk:
         self.gpu = is_cupy(X)
         if self.gpu:
             return
-        if X.dtype.kind != "f":
-            self.X = X = X.astype(np.float64)
         rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * X.dtype.itemsize))
         blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
         self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
