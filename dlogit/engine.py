@@ -37,9 +37,9 @@ import dask.array as da
 import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
-from dlogit.errors import ClusterError, DataError
+from dlogit.errors import ClusterError, ConfigError, DataError
 from dlogit.events import TOPIC
-from dlogit.loss import PreparedChunk
+from dlogit.loss import CPU_KERNELS, PreparedChunk
 from dlogit.objective import complete_tree, node_sum, owned_nodes
 from dlogit.training import fit_loop
 from dlogit.validation import check_chunk, check_totals
@@ -56,8 +56,11 @@ Callback = Callable[[dict[str, Any]], None]
 class ChunkSet:
     """Chunks held in this process, keyed by their global index in a ``n_chunks`` chunking."""
 
-    def __init__(self, X: dict[int, Any], y: dict[int, Any], n_chunks: int, fit_intercept: bool) -> None:
-        self.chunks = {i: PreparedChunk(x, y[i], fit_intercept) for i, x in X.items()}
+    def __init__(self, X: dict[int, Any], y: dict[int, Any], n_chunks: int, fit_intercept: bool,
+                 kernel: str = "auto") -> None:
+        self.chunks = {i: PreparedChunk(x, y[i], fit_intercept, kernel) for i, x in X.items()}
+        #: the kernels that evaluate these chunks, e.g. "fused" or "blas+fused" (reported with the fit)
+        self.kernel = "+".join(sorted({c.kernel for c in self.chunks.values()}))
         self.n_chunks = n_chunks
         self.fit_intercept = fit_intercept
         self.nodes = owned_nodes(self.chunks, n_chunks)
@@ -80,6 +83,19 @@ class ChunkSet:
         return complete_tree(parts, self.n_chunks)
 
 
+def cpu_kernel_setting() -> str:
+    """The CPU kernel choice from ``dlogit.cpu-kernel`` (``auto``, ``fused`` or ``blas``), validated."""
+    value = str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower()
+    if value not in CPU_KERNELS:
+        raise ConfigError(f"dlogit.cpu-kernel must be one of {', '.join(CPU_KERNELS)}, got {value!r}")
+    if value == "fused":
+        from dlogit.kernels import cpu
+
+        if not cpu.available():
+            raise ConfigError("dlogit.cpu-kernel is 'fused' but numba is not installed")
+    return value
+
+
 def validate_chunks(X: dict[int, Any], y: dict[int, Any]) -> tuple[int, int]:
     """Check every chunk; return total ``(rows, positives)``."""
     rows = pos = 0
@@ -97,8 +113,9 @@ def fit_arrays(X_chunks: Sequence[Any], y_chunks: Sequence[Any], spec: dict[str,
     y = dict(enumerate(y_chunks))
     rows, pos = validate_chunks(X, y)
     check_totals(rows, pos, X[0].shape[1])
-    cs = ChunkSet(X, y, len(X), spec["fit_intercept"])
-    spec = {**spec, "n_rows": rows, "params": {**spec["params"], "n_rows": rows, "mode": "in-process"}}
+    cs = ChunkSet(X, y, len(X), spec["fit_intercept"], spec.get("cpu_kernel", "auto"))
+    spec = {**spec, "n_rows": rows,
+            "params": {**spec["params"], "n_rows": rows, "mode": "in-process", "kernel": cs.kernel}}
     return fit_loop(cs.root_sums, spec, callback or (lambda msg: None))
 
 
@@ -114,10 +131,10 @@ def _worker_fit(spec: dict[str, Any], n_chunks: int, xs: list[Any], ys: list[Any
     y = dict(enumerate(ys))
     rows, pos = validate_chunks(X, y)
     check_totals(rows, pos, X[0].shape[1])
-    cs = ChunkSet(X, y, n_chunks, spec["fit_intercept"])
+    cs = ChunkSet(X, y, n_chunks, spec["fit_intercept"], spec.get("cpu_kernel", "auto"))
     spec = {**spec, "n_rows": rows,
             "params": {**spec["params"], "n_rows": rows, "mode": "worker-local",
-                       "workers": [worker.address]}}
+                       "workers": [worker.address], "kernel": cs.kernel}}
 
     def send(msg: dict[str, Any]) -> None:
         worker.log_event(TOPIC, msg)
@@ -233,7 +250,7 @@ def _worker_ssl(worker: Any) -> ssl.SSLContext | None:
     return worker.security.get_listen_args("worker").get("ssl_context")
 
 
-def _attach(token: bytes, indices: list[int], n_chunks: int, fit_intercept: bool,
+def _attach(token: bytes, indices: list[int], n_chunks: int, fit_intercept: bool, kernel: str,
             xs: list[Any], ys: list[Any]) -> dict[str, Any]:
     """Task run on a worker: validate its chunks and register them as a shard."""
     from distributed import get_worker
@@ -242,7 +259,7 @@ def _attach(token: bytes, indices: list[int], n_chunks: int, fit_intercept: bool
     X = dict(zip(indices, xs))
     y = dict(zip(indices, ys))
     rows, pos = validate_chunks(X, y)
-    cs = ChunkSet(X, y, n_chunks, fit_intercept)
+    cs = ChunkSet(X, y, n_chunks, fit_intercept, kernel)
     if worker.address.startswith("inproc://"):  # workers in this process (processes=False)
         host = "127.0.0.1"
     else:
@@ -252,7 +269,7 @@ def _attach(token: bytes, indices: list[int], n_chunks: int, fit_intercept: bool
         raise RuntimeError("a shard with this token is already registered here")
     server.shards[token] = cs
     return {"worker": worker.address, "host": server.host, "port": server.port, "rows": rows,
-            "positives": pos, "nodes": cs.nodes}
+            "positives": pos, "nodes": cs.nodes, "kernel": cs.kernel}
 
 
 def _shard_sums(token: bytes, theta: np.ndarray) -> np.ndarray:
@@ -545,6 +562,7 @@ class DaskFit:
             self.tokens.append(token)  # dropped on every worker at the end, even if attaching fails
             futs.append(self.client.submit(
                 _attach, token, idx, self.n_chunks, self.spec["fit_intercept"],
+                self.spec.get("cpu_kernel", "auto"),
                 [xs[i] for i in idx], [ys[i] for i in idx], workers=[w], allow_other_workers=True,
                 pure=False, key=f"dlogit-attach-{self.spec['run']}-{secrets.token_hex(4)}"))
         timeout = dask.utils.parse_timedelta(dask.config.get("dlogit.engine.attach-timeout"))
@@ -679,7 +697,8 @@ class DaskFit:
             check_totals(rows, sum(i["positives"] for i in infos), self.d)
             self._connect(infos)
             self.spec["n_rows"] = rows
-            self.spec["params"].update(n_rows=rows, workers=sorted(assign))
+            kernels = {k for i in infos for k in i["kernel"].split("+") if k}
+            self.spec["params"].update(n_rows=rows, workers=sorted(assign), kernel="+".join(sorted(kernels)))
 
             cb = self.callback
 

@@ -62,6 +62,9 @@ class LogisticRegression:
         progress: ``tol`` is below what float64 resolves) or ``"diverged"`` (``gd`` step too large)
     history_ : dict of ndarrays ``loss``, ``grad_norm``, ``step_seconds`` (one entry per iteration)
     fit_seconds_ : float
+    mode_ : str — engine mode of the fit: ``"in-process"``, ``"worker-local"`` or ``"distributed"``
+    kernel_ : str — what evaluated the chunks: ``"fused"`` or ``"blas"`` (CPU, see ``dlogit.cpu-kernel``),
+        ``"cuda"`` (GPU), or a ``+``-joined mix when chunks differ
     """
 
     def __init__(self, solver: str = "lbfgs", l2: float = 0.01, lr: float = 0.1,
@@ -112,7 +115,7 @@ class LogisticRegression:
             raise ConfigError(f"init must be 'zeros' or 'normal', got {self.init!r}")
         if self.mode not in ("auto", "worker-local", "distributed"):
             raise ConfigError(f"mode must be 'auto', 'worker-local' or 'distributed', got {self.mode!r}")
-        return {"max_iter": max_iter, "tol": tol}
+        return {"max_iter": max_iter, "tol": tol, "cpu_kernel": engine.cpu_kernel_setting()}
 
     def _theta0(self, d: int) -> np.ndarray:
         theta = np.zeros(d + 1)
@@ -140,7 +143,8 @@ class LogisticRegression:
                 "max_iter": opts["max_iter"], "tol": opts["tol"],
                 "fit_intercept": bool(self.fit_intercept), "theta0": self._theta0(d),
                 "period": self.progress_period, "interval": _interval(),
-                "n_rows": 0, "row_bytes": d * X.dtype.itemsize, "params": params}
+                "n_rows": 0, "row_bytes": d * X.dtype.itemsize, "params": params,
+                "cpu_kernel": opts["cpu_kernel"]}
         t0 = time.perf_counter()
         if engine.is_dask_array(X) or engine.is_dask_array(y):
             client = client if client is not None else engine.current_client()
@@ -184,6 +188,8 @@ class LogisticRegression:
         self.grad_norm_ = float(r["grad_norm"])
         self.status_ = r["status"]
         self.run_id_ = run
+        self.mode_ = r.get("mode")
+        self.kernel_ = r.get("kernel")
         self.history_ = {"loss": np.asarray(r["history_loss"]),
                          "grad_norm": np.asarray(r["history_grad_norm"]),
                          "step_seconds": np.asarray(r["history_step_seconds"])}

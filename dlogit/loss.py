@@ -27,6 +27,33 @@ _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwis
 #: bytes of X per cache block on the CPU path: X is read from memory once, each block re-read from cache
 CPU_BLOCK_BYTES = 4 << 20
 
+#: ``kernel="auto"`` uses the fused one-pass CPU kernel for chunks with at least this many features.
+#: Measured on one thread (BENCHMARKS.md, "CPU kernel choice"): fused/BLAS time 0.55-0.95 for d >= 256 at
+#: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and 1.2-2x for d <= 64, where the per-row
+#: scalar exp/log1p cost more than the second (cached) pass over X that fusion saves.
+FUSED_MIN_FEATURES = 128
+
+CPU_KERNELS = ("auto", "fused", "blas")
+
+
+def choose_cpu_kernel(kernel: str, n: int, d: int, itemsize: int) -> str:
+    """Which CPU path evaluates an ``(n, d)`` chunk: ``"fused"`` (one pass, Numba) or ``"blas"``.
+
+    ``kernel`` is ``"auto"`` (fused for ``d >= FUSED_MIN_FEATURES`` when Numba is installed), ``"fused"``
+    (always; an error without Numba) or ``"blas"`` (never).
+    """
+    if kernel not in CPU_KERNELS:
+        raise ValueError(f"cpu kernel must be one of {', '.join(CPU_KERNELS)}, not {kernel!r}")
+    if kernel == "blas":
+        return "blas"
+    from dlogit.kernels import cpu
+
+    if kernel == "fused":
+        if not cpu.available():
+            raise RuntimeError("cpu kernel 'fused' needs numba, which is not installed")
+        return "fused"
+    return "fused" if d >= FUSED_MIN_FEATURES and cpu.available() else "blas"
+
 
 def log1pexp(z: Any) -> Any:
     """``log(1 + exp(z))`` without overflow or loss of precision (finite and exact at ``|z| = 1000``)."""
@@ -63,13 +90,18 @@ class PreparedChunk:
         residual_i = sigma_i * exp(s_i - loss_i)      (= sigma_i * sigmoid(s_i) = sigmoid(z_i) - y_i)
 
     which never overflows and, unlike ``sigmoid(z) - y``, keeps full relative precision in the
-    residual of a well-classified row. X is read from memory once per step: each cache block's
-    ``X_b.T @ r_b`` runs while the block is still in cache. CuPy chunks go to the fused CUDA kernel.
+    residual of a well-classified row. Two CPU paths (``kernel``, see :func:`choose_cpu_kernel`):
+
+    * ``"blas"``: X is read from memory once per step: each cache block's ``X_b @ w`` and then
+      ``X_b.T @ r_b`` run while the block is still in cache (two BLAS passes, the second from cache);
+    * ``"fused"``: one pass of :func:`dlogit.kernels.cpu.fused_sums` (rows read once, from memory or cache).
+
+    CuPy chunks go to the fused CUDA kernel.
 
     Not thread-safe (the buffers are shared between calls); one owner evaluates it at a time.
     """
 
-    def __init__(self, X: Any, y: Any, fit_intercept: bool = True) -> None:
+    def __init__(self, X: Any, y: Any, fit_intercept: bool = True, kernel: str = "auto") -> None:
         xp = get_xp(X)
         if X.dtype.kind != "f":
             X = X.astype(xp.float64)
@@ -82,10 +114,17 @@ class PreparedChunk:
         self.fit_intercept = bool(fit_intercept)
         self.gpu = is_cupy(X)
         if self.gpu:
+            self.kernel = "cuda"
+            return
+        self.kernel = choose_cpu_kernel(kernel, self.n, self.d, X.dtype.itemsize)
+        self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
+        if self.kernel == "fused":
+            from dlogit.kernels.cpu import fused_sums
+
+            self._fused = fused_sums
             return
         rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * X.dtype.itemsize))
         blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
-        self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
         m = min(rows, self.n)
         s, l, e = np.empty(m), np.empty(m), np.empty(m)
         self._narrow = X.dtype != np.float64  # float32 data: BLAS in float32, the rest in float64
@@ -109,8 +148,14 @@ class PreparedChunk:
         d = self.d
         out = np.empty(d + 3)
         grad = out[1 : d + 1]
-        w = theta[:d].astype(self.X.dtype, copy=False)
         b = float(theta[d]) if self.fit_intercept else 0.0
+        if self.kernel == "fused":
+            w = np.ascontiguousarray(theta[:d], dtype=np.float64)
+            out[0], gb = self._fused(self.X, self.sign, w, b, grad)
+            out[d + 1] = gb if self.fit_intercept else 0.0
+            out[d + 2] = self.n
+            return out
+        w = theta[:d].astype(self.X.dtype, copy=False)
         loss = gb = 0.0
         first = True
         for Xb, sg, s, l, e, z, r in self._plan:
@@ -155,7 +200,7 @@ class PreparedChunk:
         return out
 
 
-def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True) -> Any:
+def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True, kernel: str = "auto") -> Any:
     """Loss/gradient sums of one chunk, as described in the module docstring.
 
     Parameters
@@ -164,13 +209,14 @@ def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True) -> Any:
     y : (n,) array of 0/1 labels in the same namespace
     theta : (d + 1,) array ``[w, b]`` in the same namespace (float64 advised)
     fit_intercept : whether ``b`` is a free parameter (its gradient entry is 0 otherwise)
+    kernel : CPU path, ``"auto"``, ``"fused"`` or ``"blas"`` (see :func:`choose_cpu_kernel`)
 
     Returns
     -------
     (d + 3,) float64 array in the namespace of ``X``. For repeated evaluation of the same chunk use
     :class:`PreparedChunk`, which keeps its work buffers between calls.
     """
-    return PreparedChunk(X, y, fit_intercept).sums(theta)
+    return PreparedChunk(X, y, fit_intercept, kernel).sums(theta)
 
 
 def _cupy_sums(X: Any, y: Any, theta: Any, fit_intercept: bool) -> Any:

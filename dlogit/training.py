@@ -22,7 +22,7 @@ def fit_loop(sums: Callable[[np.ndarray], np.ndarray], spec: dict[str, Any], sen
 
     ``spec`` keys: ``run``, ``solver``, ``lr``, ``max_iter``, ``tol``, ``l2``, ``fit_intercept``,
     ``theta0`` (float64 array), ``params`` (for the start event), ``n_rows``, ``row_bytes``,
-    ``period`` and ``interval`` (progress events).
+    ``period`` and ``interval`` (progress events); optional ``cpu_kernel`` (for the engine's chunks).
     """
     solve, _, _ = get_solver(spec["solver"])
     objective = Objective(spec["l2"], spec["fit_intercept"])
@@ -48,4 +48,5 @@ def fit_loop(sums: Callable[[np.ndarray], np.ndarray], spec: dict[str, Any], sen
         "history_loss": np.asarray(res.history_loss, dtype=np.float64),
         "history_grad_norm": np.asarray(res.history_grad_norm, dtype=np.float64),
         "history_step_seconds": np.asarray(emitter.step_seconds, dtype=np.float64),
+        "mode": spec["params"].get("mode"), "kernel": spec["params"].get("kernel"),
     }

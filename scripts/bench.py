@@ -7,7 +7,9 @@ Sections (each prints absolute figures and the ratio to its baseline):
   coordination  per-step overhead on a local cluster of 4 workers (step wall time minus the slowest
                 worker's compute) vs a dask.array graph per step and one client.submit per shard
   textbook      400x784, 10 001 GD steps through dlogit (worker-local mode, cluster start-up excluded)
-                vs the plain in-process NumPy loop
+                vs the plain in-process NumPy loop; also dlogit with the BLAS kernel forced
+  kernel        one chunk evaluation, fused one-pass CPU kernel vs the BLAS path, over chunk shapes
+                (the crossover behind dlogit.cpu-kernel=auto)
   lbfgs         time to ||grad|| <= 1e-6 on ROWSx100 float64 (2 workers) vs scikit-learn's lbfgs
                 and dask-ml's lbfgs on the same objective
   memory        peak RSS growth per worker vs the bytes of its shard
@@ -140,9 +142,10 @@ def bench_textbook() -> dict:
 
     X, y = synthetic_numpy(400, 784, seed=0)
     w0 = np.random.default_rng(0).standard_normal(784)
-    plain, bare, runs = [], [], []
+    plain, bare, runs, blas = [], [], [], []
     cmd = [sys.executable, "-m", "dlogit", "train", "--workers", "2", "--json"]
-    for _ in range(5):  # interleaved, best of each: a burst of load on the machine hits both alike
+    blas_env = {**os.environ, "DASK_DLOGIT__CPU_KERNEL": "blas"}
+    for _ in range(5):  # interleaved, best of each: a burst of load on the machine hits all alike
         t0 = time.perf_counter()
         plain_numpy_textbook(X, y, w0)
         plain.append(time.perf_counter() - t0)
@@ -151,14 +154,56 @@ def bench_textbook() -> dict:
         bare.append(time.perf_counter() - t0)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=blas_env)
+        blas.append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["seconds"])
-    return {"command": "dlogit train --workers 2 --json", "plain_numpy_s": min(plain),
+    best_blas = min(blas, key=lambda r: r["seconds"])
+    return {"command": "dlogit train --workers 2 --json", "kernel": best["kernel"], "mode": best["mode"],
+            "dlogit_blas_kernel_fit_s": best_blas["seconds"], "blas_kernel": best_blas["kernel"],
+            "dlogit_blas_kernel_all_s": [r["seconds"] for r in blas],
+            "ratio_blas_kernel": best_blas["seconds"] / min(plain),
+            "plain_numpy_s": min(plain),
             "bare_gradient_loop_s": min(bare), "ratio_vs_bare": best["seconds"] / min(bare),
             "dlogit_fit_s": best["seconds"], "cluster_startup_s": best["startup_seconds"],
             "data_load_s": best["load_seconds"], "plain_numpy_all_s": plain,
             "dlogit_fit_all_s": [r["seconds"] for r in runs],
             "accuracy": best["accuracy"], "ratio": best["seconds"] / min(plain), "goal_ratio": 1.0,
             "goal_met": best["seconds"] <= min(plain)}
+
+
+def bench_kernel(quick: bool = False) -> dict:
+    """One chunk evaluation (PreparedChunk.sums) with each CPU kernel, in this process, on one thread
+    (as on a worker), over a grid of feature counts and chunk sizes."""
+    from threadpoolctl import threadpool_limits
+
+    from dlogit.loss import PreparedChunk, choose_cpu_kernel
+
+    rng = np.random.default_rng(0)
+    sizes = (0.5, 2, 8) if quick else (0.5, 2, 8, 32, 128)
+    rows = []
+    with threadpool_limits(1):
+        for d in (16, 32, 64, 100, 128, 256, 784, 2000):
+            for mib in sizes:
+                n = max(4, int(mib * 2**20 / (8 * d)))
+                X = rng.standard_normal((n, d))
+                y = (rng.random(n) < 0.5).astype(float)
+                theta = np.r_[rng.standard_normal(d) * 0.05, 0.1]
+                reps = max(3, int(1e8 / X.nbytes))
+                us = {}
+                for kernel in ("fused", "blas"):
+                    chunk = PreparedChunk(X, y, True, kernel)
+                    chunk.sums(theta)
+                    best = float("inf")
+                    for _ in range(4):
+                        t0 = time.perf_counter()
+                        for _ in range(reps):
+                            chunk.sums(theta)
+                        best = min(best, (time.perf_counter() - t0) / reps)
+                    us[kernel] = best * 1e6
+                rows.append({"features": d, "rows": n, "mib": mib, "fused_us": us["fused"],
+                             "blas_us": us["blas"], "ratio": us["fused"] / us["blas"],
+                             "auto": choose_cpu_kernel("auto", n, d, 8)})
+    return {"dtype": "float64", "threads": 1, "sizes_mib": list(sizes), "grid": rows}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,10 +336,10 @@ def main() -> None:
     ap.add_argument("--no-dask-ml", action="store_true")
     ap.add_argument("--json", default="bench-results/bench.json")
     ap.add_argument("--only", nargs="*", default=None,
-                    choices=["coordination", "textbook", "lbfgs", "gpu"])
+                    choices=["coordination", "textbook", "kernel", "lbfgs", "gpu"])
     args = ap.parse_args()
     rows = 100_000 if args.quick else args.lbfgs_rows
-    want = set(args.only or ["coordination", "textbook", "lbfgs", "gpu"])
+    want = set(args.only or ["coordination", "textbook", "kernel", "lbfgs", "gpu"])
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
                  "cpus": os.cpu_count(), "python": platform.python_version()}
     if "coordination" in want:
@@ -308,9 +353,18 @@ def main() -> None:
         res["textbook"] = t = bench_textbook()
         print(f"textbook (10 001 GD steps): plain NumPy textbook loop {t['plain_numpy_s']:.3f} s (without "
               f"the per-step cost {t['bare_gradient_loop_s']:.3f} s), dlogit train "
-              f"{t['dlogit_fit_s']:.3f} s (ratio {t['ratio']:.2f}, goal <= 1.0; cluster start-up "
-              f"{t['cluster_startup_s']:.2f} s and data load {t['data_load_s']:.2f} s reported separately), "
-              f"accuracy {t['accuracy']}", flush=True)
+              f"{t['dlogit_fit_s']:.3f} s with the {t['kernel']} kernel (ratio {t['ratio']:.2f}, goal <= 1.0; "
+              f"cluster start-up {t['cluster_startup_s']:.2f} s and data load {t['data_load_s']:.2f} s "
+              f"reported separately), accuracy {t['accuracy']}; with the BLAS kernel forced "
+              f"{t['dlogit_blas_kernel_fit_s']:.3f} s (ratio {t['ratio_blas_kernel']:.2f})", flush=True)
+    if "kernel" in want:
+        res["kernel"] = k = bench_kernel(args.quick)
+        print("kernel (one chunk evaluation, float64, 1 thread): fused time / BLAS time, by features "
+              f"(rows) and chunk MiB {k['sizes_mib']}; auto picks", flush=True)
+        for d in sorted({r["features"] for r in k["grid"]}):
+            line = [r for r in k["grid"] if r["features"] == d]
+            print(f"  d={d:<5} " + " ".join(f"{r['ratio']:5.2f}" for r in line) + f"   {line[0]['auto']}",
+                  flush=True)
     if "lbfgs" in want:
         res["lbfgs"], res["memory"] = bench_lbfgs(rows, not args.no_dask_ml)
         lb, mem = res["lbfgs"], res["memory"]

@@ -41,6 +41,7 @@ def test_default_train_is_the_textbook_run():
     assert len(losses) == 11  # every 1000 steps, 0..10000
     assert losses[0] > 10 and losses[-1] < 0.2 and losses == sorted(losses, reverse=True)
     assert "training accuracy 1.0000" in r.stdout
+    assert "worker-local mode, fused kernel" in r.stdout  # small data: one worker, one-pass CPU kernel
 
 
 def test_workers_1_and_2_give_the_same_model(tmp_path):
@@ -144,6 +145,17 @@ def test_length_mismatch_and_unreadable_files(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, (args, r.stderr)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_bad_cpu_kernel_setting_is_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "m.npz"
+    env = {**os.environ, "DASK_DLOGIT__CPU_KERNEL": "fastest"}
+    r = subprocess.run([*DLOGIT, "train", "--workers", "1", "--out", str(out)], capture_output=True,
+                       text=True, timeout=120, env=env, check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "dlogit.cpu-kernel must be one of auto, fused, blas" in err[0], r.stderr
+    assert "dashboard" not in r.stdout and not out.exists()  # rejected before any cluster starts
 
 
 def test_unreachable_scheduler_fails_fast():

@@ -128,13 +128,15 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, label: str, 
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
                "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
                "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
+               "mode": model.mode_, "kernel": model.kernel_,
                "coef_norm": float(np.linalg.norm(model.coef_)), "intercept": float(model.intercept_[0]),
                "model": out}
     if as_json:
         click.echo(json.dumps(summary))
         return
     click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
-               f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s))")
+               f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s), "
+               f"{model.mode_} mode, {model.kernel_} kernel)")
     click.echo(f"loss {model.loss_:.6f}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}")
     if out:
         click.echo(f"model written to {out}")
