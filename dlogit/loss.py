@@ -36,15 +36,16 @@ FUSED_MIN_FEATURES = 128
 CPU_KERNELS = ("auto", "fused", "blas")
 
 
-def choose_cpu_kernel(kernel: str, n: int, d: int, itemsize: int) -> str:
-    """Which CPU path evaluates an ``(n, d)`` chunk: ``"fused"`` (one pass, Numba) or ``"blas"``.
+def choose_cpu_kernel(kernel: str, n: int, d: int, dtype: Any) -> str:
+    """Which CPU path evaluates an ``(n, d)`` chunk of ``dtype``: ``"fused"`` (one pass, Numba) or ``"blas"``.
 
     ``kernel`` is ``"auto"`` (fused for ``d >= FUSED_MIN_FEATURES`` when Numba is installed), ``"fused"``
-    (always; an error without Numba) or ``"blas"`` (never).
+    (always; an error without Numba) or ``"blas"`` (never). The fused kernel is compiled for float32 and
+    float64 chunks only; other float dtypes (float16, longdouble) always take the BLAS path.
     """
     if kernel not in CPU_KERNELS:
         raise ValueError(f"cpu kernel must be one of {', '.join(CPU_KERNELS)}, not {kernel!r}")
-    if kernel == "blas":
+    if kernel == "blas" or np.dtype(dtype) not in (np.float32, np.float64):
         return "blas"
     from dlogit.kernels import cpu
 
@@ -105,6 +106,8 @@ class PreparedChunk:
         xp = get_xp(X)
         if X.dtype.kind != "f":
             X = X.astype(xp.float64)
+        elif X.dtype.itemsize < 4:  # float16: float32 holds it exactly, and BLAS has no half products
+            X = X.astype(xp.float32)
         if not X.flags.c_contiguous:
             X = xp.ascontiguousarray(X)
         y = y.astype(X.dtype, copy=False)
@@ -116,7 +119,7 @@ class PreparedChunk:
         if self.gpu:
             self.kernel = "cuda"
             return
-        self.kernel = choose_cpu_kernel(kernel, self.n, self.d, X.dtype.itemsize)
+        self.kernel = choose_cpu_kernel(kernel, self.n, self.d, X.dtype)
         self.sign = 1.0 - 2.0 * np.asarray(y, dtype=np.float64)
         if self.kernel == "fused":
             from dlogit.kernels.cpu import fused_sums

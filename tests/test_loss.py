@@ -172,16 +172,27 @@ def test_fused_kernel_matches_the_blas_path(rng, dtype, fit_intercept, shape):
 
 
 def test_cpu_kernel_policy(monkeypatch):
-    assert choose_cpu_kernel("auto", 400, 784, 8) == "fused"  # the textbook chunk
-    assert choose_cpu_kernel("auto", 200_000, 784, 8) == "fused"  # wide rows win at any chunk size
-    assert choose_cpu_kernel("auto", 10000, 32, 8) == "blas"  # narrow rows: per-row exp/log1p dominate
-    assert choose_cpu_kernel("auto", 10000, 127, 4) == "blas" and choose_cpu_kernel("auto", 9, 128, 4) == "fused"
-    assert choose_cpu_kernel("blas", 400, 784, 8) == "blas"
-    assert choose_cpu_kernel("fused", 10**6, 2, 4) == "fused"
+    f8, f4 = np.float64, np.float32
+    assert choose_cpu_kernel("auto", 400, 784, f8) == "fused"  # the textbook chunk
+    assert choose_cpu_kernel("auto", 200_000, 784, f8) == "fused"  # wide rows win at any chunk size
+    assert choose_cpu_kernel("auto", 10000, 32, f8) == "blas"  # narrow rows: per-row exp/log1p dominate
+    assert choose_cpu_kernel("auto", 10000, 127, f4) == "blas" and choose_cpu_kernel("auto", 9, 128, f4) == "fused"
+    assert choose_cpu_kernel("blas", 400, 784, f8) == "blas"
+    assert choose_cpu_kernel("fused", 10**6, 2, f4) == "fused"
+    for odd in (np.float16, np.longdouble):  # not compiled for these: BLAS, even when fused is asked for
+        assert choose_cpu_kernel("auto", 400, 784, odd) == choose_cpu_kernel("fused", 400, 784, odd) == "blas"
+    X16 = np.random.default_rng(0).standard_normal((8, 200)).astype(np.float16)
+    y16 = np.arange(8.0) % 2
+    theta = np.full(201, 0.01)
+    for kernel, want in (("auto", "fused"), ("blas", "blas")):  # float16 chunks are held as float32
+        half = PreparedChunk(X16, y16, kernel=kernel)
+        assert half.X.dtype == np.float32 and half.kernel == want
+        ref_theta = theta if want == "fused" else theta.astype(np.float32).astype(np.float64)
+        np.testing.assert_allclose(half.sums(theta), reference_sums(X16, y16, ref_theta), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cpu kernel must be one of"):
-        choose_cpu_kernel("fast", 4, 4, 8)
+        choose_cpu_kernel("fast", 4, 4, f8)
     monkeypatch.setattr(cpu, "numba", None)  # an install without Numba: auto falls back to BLAS
-    assert choose_cpu_kernel("auto", 400, 784, 8) == "blas"
+    assert choose_cpu_kernel("auto", 400, 784, f8) == "blas"
     assert PreparedChunk(np.ones((400, 784)), np.zeros(400)).kernel == "blas"
     with pytest.raises(RuntimeError, match="needs numba"):
-        choose_cpu_kernel("fused", 400, 784, 8)
+        choose_cpu_kernel("fused", 400, 784, f8)
