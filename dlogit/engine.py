@@ -675,7 +675,7 @@ class DaskFit:
         try:
             infos = self._attach_all(self.assign, self.xs, self.ys)
         except Exception as again:  # noqa: BLE001 - another loss while re-attaching: try again
-            if isinstance(again, DataError):
+            if isinstance(again, (DataError, ConfigError)):  # bad data or settings, not a lost worker
                 raise
             self._recover(_WorkerLost(exc.worker, f"re-attach failed: {again}"))
             return

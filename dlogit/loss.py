@@ -16,11 +16,13 @@ with ``z = X @ w + b`` and ``theta = [w_1 .. w_d, b]``. The penalty is added onc
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from dlogit._xp import get_xp, is_cupy
+from dlogit.errors import ConfigError
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
 
@@ -29,31 +31,55 @@ CPU_BLOCK_BYTES = 4 << 20
 
 #: ``kernel="auto"`` uses the fused one-pass CPU kernel for chunks with at least this many features.
 #: Measured on one thread (BENCHMARKS.md, "CPU kernel choice"): fused/BLAS time 0.55-0.95 for d >= 256 at
-#: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and 1.2-2x for d <= 64, where the per-row
+#: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and mostly slower (up to 2x) for d <= 64, where the per-row
 #: scalar exp/log1p cost more than the second (cached) pass over X that fusion saves.
 FUSED_MIN_FEATURES = 128
+#: The fused kernel runs on one thread. Where BLAS has several (in-process fits; Dask workers set one),
+#: ``auto`` leaves chunks larger than this to multithreaded BLAS.
+FUSED_MAX_BYTES_THREADED_BLAS = 4 << 20
 
 CPU_KERNELS = ("auto", "fused", "blas")
 
 
-def choose_cpu_kernel(kernel: str, n: int, d: int, dtype: Any) -> str:
+def blas_threads() -> int:
+    """Threads BLAS will use in this process, from the variables OpenBLAS/MKL/OpenMP read at start-up
+    (Dask worker processes get ``OPENBLAS_NUM_THREADS=1``), else the CPUs this process may run on."""
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_cpu_kernel(kernel: str, n: int, d: int, dtype: Any, threads: int | None = None) -> str:
     """Which CPU path evaluates an ``(n, d)`` chunk of ``dtype``: ``"fused"`` (one pass, Numba) or ``"blas"``.
 
-    ``kernel`` is ``"auto"`` (fused for ``d >= FUSED_MIN_FEATURES`` when Numba is installed), ``"fused"``
-    (always; an error without Numba) or ``"blas"`` (never). The fused kernel is compiled for float32 and
-    float64 chunks only; other float dtypes (float16, longdouble) always take the BLAS path.
+    ``kernel`` is ``"auto"``, ``"fused"`` (always; an error without Numba) or ``"blas"`` (never). ``auto``
+    picks fused when Numba is installed, ``d >= FUSED_MIN_FEATURES``, and either BLAS has one thread
+    (``threads``, default :func:`blas_threads`) or the chunk is at most ``FUSED_MAX_BYTES_THREADED_BLAS``.
+    The fused kernel is compiled for float32 and float64 chunks only; other float dtypes (longdouble)
+    always take the BLAS path.
     """
     if kernel not in CPU_KERNELS:
         raise ValueError(f"cpu kernel must be one of {', '.join(CPU_KERNELS)}, not {kernel!r}")
-    if kernel == "blas" or np.dtype(dtype) not in (np.float32, np.float64):
+    dtype = np.dtype(dtype)
+    if kernel == "blas" or dtype not in (np.float32, np.float64):
         return "blas"
     from dlogit.kernels import cpu
 
     if kernel == "fused":
         if not cpu.available():
-            raise RuntimeError("cpu kernel 'fused' needs numba, which is not installed")
+            raise ConfigError("dlogit.cpu-kernel is 'fused' but numba is not installed here")
         return "fused"
-    return "fused" if d >= FUSED_MIN_FEATURES and cpu.available() else "blas"
+    if d < FUSED_MIN_FEATURES or not cpu.available():
+        return "blas"
+    if n * d * dtype.itemsize > FUSED_MAX_BYTES_THREADED_BLAS:
+        if (blas_threads() if threads is None else threads) > 1:
+            return "blas"
+    return "fused"
 
 
 def log1pexp(z: Any) -> Any:
@@ -153,7 +179,7 @@ class PreparedChunk:
         grad = out[1 : d + 1]
         b = float(theta[d]) if self.fit_intercept else 0.0
         if self.kernel == "fused":
-            w = np.ascontiguousarray(theta[:d], dtype=np.float64)
+            w = np.array(theta[:d], dtype=np.float64)  # a writable copy: one compiled signature for all
             out[0], gb = self._fused(self.X, self.sign, w, b, grad)
             out[d + 1] = gb if self.fit_intercept else 0.0
             out[d + 2] = self.n

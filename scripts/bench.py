@@ -202,7 +202,7 @@ def bench_kernel(quick: bool = False) -> dict:
                     us[kernel] = best * 1e6
                 rows.append({"features": d, "rows": n, "mib": mib, "fused_us": us["fused"],
                              "blas_us": us["blas"], "ratio": us["fused"] / us["blas"],
-                             "auto": choose_cpu_kernel("auto", n, d, X.dtype)})
+                             "auto": choose_cpu_kernel("auto", n, d, X.dtype, threads=1)})
     return {"dtype": "float64", "threads": 1, "sizes_mib": list(sizes), "grid": rows}
 
 

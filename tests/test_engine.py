@@ -141,12 +141,15 @@ def test_local_cluster_workers_preload_the_engine():
     from dlogit.cluster import start_local_cluster
 
     def loaded() -> list[bool]:
-        return [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "scipy.optimize",
+        mods = [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "scipy.optimize",
                                            "dlogit.kernels.cpu", "numba")]
+        from dlogit.kernels.cpu import fused_sums  # compiled (or loaded from the disk cache) already
+
+        return [*mods, len(fused_sums.signatures) == 4]
 
     with start_local_cluster(workers=1, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster, set_as_default=False) as c:
-        assert list(c.run(loaded).values()) == [[True] * 5]
+        assert list(c.run(loaded).values()) == [[True] * 6]
 
 
 def test_concurrent_fits_from_one_client_get_their_own_events(client2):
@@ -220,5 +223,9 @@ def test_fused_and_blas_kernels_give_the_same_model(client2):
     dist = dlogit.LogisticRegression(mode="distributed", **kw).fit(X, y, client=client2)
     assert (dist.kernel_, dist.mode_) == ("fused", "distributed")
     np.testing.assert_allclose(dist.coef_, here.coef_, rtol=1e-10)
+    with dask.config.set({"dlogit.cpu-kernel": "blas"}):  # the setting reaches the attached shards too
+        dist_blas = dlogit.LogisticRegression(mode="distributed", **kw).fit(X, y, client=client2)
+    assert dist_blas.kernel_ == "blas"
+    np.testing.assert_allclose(dist_blas.coef_, dist.coef_, rtol=1e-10)
     with dask.config.set({"dlogit.cpu-kernel": "fast"}), pytest.raises(ConfigError, match="cpu-kernel"):
         dlogit.LogisticRegression(**kw).fit(Xn, yn)

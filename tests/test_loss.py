@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import approx_fprime
 
 from dlogit._xp import to_numpy
+from dlogit.errors import ConfigError
 from dlogit.kernels import cpu
 from dlogit.loss import PreparedChunk, choose_cpu_kernel, chunk_sums, log1pexp, log_sigmoid, sigmoid
 from dlogit.objective import Objective
@@ -174,7 +175,7 @@ def test_fused_kernel_matches_the_blas_path(rng, dtype, fit_intercept, shape):
 def test_cpu_kernel_policy(monkeypatch):
     f8, f4 = np.float64, np.float32
     assert choose_cpu_kernel("auto", 400, 784, f8) == "fused"  # the textbook chunk
-    assert choose_cpu_kernel("auto", 200_000, 784, f8) == "fused"  # wide rows win at any chunk size
+    assert choose_cpu_kernel("auto", 200_000, 784, f8, threads=1) == "fused"  # wide rows: any chunk size
     assert choose_cpu_kernel("auto", 10000, 32, f8) == "blas"  # narrow rows: per-row exp/log1p dominate
     assert choose_cpu_kernel("auto", 10000, 127, f4) == "blas" and choose_cpu_kernel("auto", 9, 128, f4) == "fused"
     assert choose_cpu_kernel("blas", 400, 784, f8) == "blas"
@@ -194,5 +195,43 @@ def test_cpu_kernel_policy(monkeypatch):
     monkeypatch.setattr(cpu, "numba", None)  # an install without Numba: auto falls back to BLAS
     assert choose_cpu_kernel("auto", 400, 784, f8) == "blas"
     assert PreparedChunk(np.ones((400, 784)), np.zeros(400)).kernel == "blas"
-    with pytest.raises(RuntimeError, match="needs numba"):
+    with pytest.raises(ConfigError, match="numba is not installed"):
         choose_cpu_kernel("fused", 400, 784, f8)
+
+
+def test_cpu_kernel_policy_leaves_big_chunks_to_threaded_blas(monkeypatch):
+    """The fused kernel is one thread: where BLAS has several (an in-process fit on a many-core machine)
+    chunks over FUSED_MAX_BYTES_THREADED_BLAS go to BLAS; on Dask workers (one BLAS thread) they don't."""
+    from dlogit.loss import FUSED_MAX_BYTES_THREADED_BLAS, blas_threads
+
+    big = FUSED_MAX_BYTES_THREADED_BLAS // (784 * 8) + 1
+    assert choose_cpu_kernel("auto", big, 784, np.float64, threads=8) == "blas"
+    assert choose_cpu_kernel("auto", big - 1, 784, np.float64, threads=8) == "fused"
+    assert choose_cpu_kernel("auto", big, 784, np.float64, threads=1) == "fused"
+    assert choose_cpu_kernel("fused", big, 784, np.float64, threads=8) == "fused"
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert blas_threads() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # what distributed sets in worker processes
+    assert blas_threads() == 1
+    assert choose_cpu_kernel("auto", big, 784, np.float64) == "fused"
+
+
+def test_fused_kernel_takes_read_only_arrays_without_recompiling(rng):
+    """A distributed step hands the chunk a read-only theta (np.frombuffer), and memory-mapped chunks
+    are read-only: after the worker warm-up neither may compile a new variant inside a fit."""
+    from dlogit.worker import warm_up
+
+    warm_up()
+    variants = len(cpu.fused_sums.signatures)
+    for dtype in (np.float64, np.float32):
+        X = rng.standard_normal((41, 130)).astype(dtype)
+        y = (rng.random(41) < 0.5).astype(float)
+        theta = rng.standard_normal(131)
+        want = chunk_sums(X, y, theta, kernel="fused")
+        X.setflags(write=False)
+        ro_theta = np.frombuffer(theta.tobytes())
+        assert not ro_theta.flags.writeable
+        np.testing.assert_array_equal(PreparedChunk(X, y, kernel="fused").sums(ro_theta), want)
+    assert len(cpu.fused_sums.signatures) == variants

@@ -13,11 +13,12 @@ The row terms are the signed-margin form of :class:`dlogit.loss.PreparedChunk` (
 
 Products accumulate in float64 for float32 and float64 chunks alike. ``fastmath`` is limited to
 reassociation and contraction (so the dot products vectorize); no NaN/Inf assumptions. Compiled code is
-cached on disk (``cache=True``), so only the first process on a machine pays the compilation (~1 s);
+cached on disk (``cache=True``), so only the first process on a machine pays the compilation (~2 s for
+the four variants: float32/float64 chunks, writable or read-only);
 the worker preload (:mod:`dlogit.worker`) loads it while the worker starts.
 
 Where it wins is measured, not assumed (BENCHMARKS.md, "CPU kernel choice"): on one thread it takes
-0.55-0.95x the BLAS path's time for d >= 256 at every chunk size tried, and 1.2-2x for d <= 64, where the
+0.55-0.95x the BLAS path's time for d >= 256 at every chunk size tried, and mostly slower (up to 2x) for d <= 64, where the
 per-row scalar exp/log1p outweigh the saved pass. :func:`dlogit.loss.choose_cpu_kernel` holds that policy.
 """
 
