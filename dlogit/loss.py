@@ -31,8 +31,8 @@ CPU_BLOCK_BYTES = 4 << 20
 
 #: ``kernel="auto"`` uses the fused one-pass CPU kernel for chunks with at least this many features.
 #: Measured on one thread (BENCHMARKS.md, "CPU kernel choice"): fused/BLAS time 0.55-0.95 for d >= 256 at
-#: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and mostly slower (up to 2x) for d <= 64, where the per-row
-#: scalar exp/log1p cost more than the second (cached) pass over X that fusion saves.
+#: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and mostly slower (up to 2x) for d <= 64,
+#: where the per-row scalar exp/log1p cost more than the second (cached) pass over X that fusion saves.
 FUSED_MIN_FEATURES = 128
 #: The fused kernel runs on one thread. Where BLAS has several (in-process fits; Dask workers set one),
 #: ``auto`` leaves chunks larger than this to multithreaded BLAS.

@@ -14,12 +14,13 @@ The row terms are the signed-margin form of :class:`dlogit.loss.PreparedChunk` (
 Products accumulate in float64 for float32 and float64 chunks alike. ``fastmath`` is limited to
 reassociation and contraction (so the dot products vectorize); no NaN/Inf assumptions. Compiled code is
 cached on disk (``cache=True``), so only the first process on a machine pays the compilation (~2 s for
-the four variants: float32/float64 chunks, writable or read-only);
-the worker preload (:mod:`dlogit.worker`) loads it while the worker starts.
+the four variants: float32/float64 chunks, writable or read-only); the worker preload
+(:mod:`dlogit.worker`) loads it while the worker starts. Without Numba, :func:`available` is false and
+``fused_sums`` is not defined: :func:`dlogit.loss.choose_cpu_kernel` never picks it then.
 
 Where it wins is measured, not assumed (BENCHMARKS.md, "CPU kernel choice"): on one thread it takes
-0.55-0.95x the BLAS path's time for d >= 256 at every chunk size tried, and mostly slower (up to 2x) for d <= 64, where the
-per-row scalar exp/log1p outweigh the saved pass. :func:`dlogit.loss.choose_cpu_kernel` holds that policy.
+0.55-0.95x the BLAS path's time for d >= 256 at every chunk size tried, and is mostly slower (up to 2x)
+for d <= 64, where the per-row scalar exp/log1p outweigh the saved pass. :func:`dlogit.loss.choose_cpu_kernel` holds that policy.
 """
 
 from __future__ import annotations
@@ -106,8 +107,3 @@ if numba is not None:
                 g[j] += r0 * x0[j]
             i += 1
         return loss, gb
-
-else:  # pragma: no cover
-
-    def fused_sums(X: Any, sg: Any, w: Any, b: float, g: Any) -> tuple[float, float]:
-        raise RuntimeError("the fused CPU kernel needs numba (pip install numba)")

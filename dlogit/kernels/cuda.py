@@ -150,6 +150,20 @@ __device__ __forceinline__ double dl_block_sum(double v, double* red) {
     return s;
 }
 
+// The block's totals of the loss and intercept-gradient accumulators, written by thread 0 to the
+// first two slots of this block's partial row (d + 2 doubles), which it returns.  All threads must call it.
+__device__ __forceinline__ double* dl_block_scalars(double loss_acc, double gb_acc, double* red,
+                                                   double* partial, int d, int tid) {
+    const double loss_b = dl_block_sum(loss_acc, red);
+    const double gb_b = dl_block_sum(gb_acc, red);
+    double* out = partial + (dl_i64)blockIdx.x * (d + 2);
+    if (tid == 0) {
+        out[0] = loss_b;
+        out[1] = gb_b;
+    }
+    return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // tile kernel: any d with d <= DL_VPT * DL_BLOCK * V.
 // A tile is R consecutive rows (R a power of two, R * d <= DL_VPT * DL_BLOCK * V), i.e. one
@@ -281,13 +295,7 @@ dlogit_tile_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __
         }
     }
 
-    const double loss_b = dl_block_sum(loss_acc, red);
-    const double gb_b = dl_block_sum(gb_acc, red);
-    double* out = partial + (dl_i64)blockIdx.x * (d + 2);
-    if (tid == 0) {
-        out[0] = loss_b;
-        out[1] = gb_b;
-    }
+    double* out = dl_block_scalars(loss_acc, gb_acc, red, partial, d, tid);
     if (Q == 1) {
         if (gactive) {
 #pragma unroll
@@ -436,13 +444,7 @@ dlogit_narrow_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* 
 #pragma unroll
         for (int u = 0; u < V; ++u) wsum[warp * (TPR * V) + tl * V + u] = acc[u];
     }
-    const double loss_b = dl_block_sum(loss_acc, red);
-    const double gb_b = dl_block_sum(gb_acc, red);
-    double* out = partial + (dl_i64)blockIdx.x * (d + 2);
-    if (tid == 0) {
-        out[0] = loss_b;
-        out[1] = gb_b;
-    }
+    double* out = dl_block_scalars(loss_acc, gb_acc, red, partial, d, tid);
     for (int j = tid; j < d; j += DL_BLOCK) {
         double s = 0.0;
         for (int wi = 0; wi < DL_WARPS; ++wi) s += wsum[wi * (TPR * V) + j];
