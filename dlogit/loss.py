@@ -151,6 +151,7 @@ class PreparedChunk:
             from dlogit.kernels.cpu import fused_sums
 
             self._fused = fused_sums
+            self._w = np.empty(self.d)  # theta's weights copied here: writable float64, one compiled variant
             return
         rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * X.dtype.itemsize))
         blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
@@ -179,7 +180,8 @@ class PreparedChunk:
         grad = out[1 : d + 1]
         b = float(theta[d]) if self.fit_intercept else 0.0
         if self.kernel == "fused":
-            w = np.array(theta[:d], dtype=np.float64)  # a writable copy: one compiled signature for all
+            w = self._w
+            np.copyto(w, theta[:d])
             out[0], gb = self._fused(self.X, self.sign, w, b, grad)
             out[d + 1] = gb if self.fit_intercept else 0.0
             out[d + 2] = self.n
