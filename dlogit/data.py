@@ -13,8 +13,6 @@ workers, so a fit gives the same coefficients on 1, 2 or 4 workers.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +21,7 @@ import dask.array as da
 import numpy as np
 
 from dlogit.errors import DataError
+from dlogit.files import atomic_write
 
 FORMATS = (".csv", ".parquet", ".pq", ".npy")
 
@@ -378,24 +377,7 @@ def load_local(path: str, label: str | None = "label", labels: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
-# writing files atomically (nothing half-written on failure)
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise DataError(f"cannot write {path}: directory {directory} does not exist")
-    suffix = "".join(os.path.splitext(path)[1:])
-    fd, tmp = tempfile.mkstemp(prefix=".dlogit-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# writing tables (atomically: see dlogit.files)
 
 
 def write_table(path: str, columns: dict[str, np.ndarray]) -> None:

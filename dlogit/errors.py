@@ -27,5 +27,9 @@ class ConfigError(DlogitError, ValueError):
     """An option has a value outside its allowed range."""
 
 
+class OutputError(DlogitError):
+    """An output path cannot be written (missing or read-only directory, a directory, one of the inputs)."""
+
+
 class ConvergenceWarning(UserWarning):
     """A solver stopped at ``max_iter`` before reaching ``tol``."""

@@ -26,7 +26,7 @@ ARRAYS = ("coef", "intercept", "classes", "history_loss", "history_grad_norm", "
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write the model atomically (a temporary file renamed into place)."""
-    from dlogit.data import atomic_write
+    from dlogit.files import atomic_write
 
     if not path.endswith(".npz"):
         raise ModelError(f"model files end in .npz (NumPy archive), got {path!r}")

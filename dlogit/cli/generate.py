@@ -24,7 +24,8 @@ def generate(out: str, rows: int, cols: int, seed: int, dtype: str, chunk_rows: 
     """
     import numpy as np
 
-    from dlogit.data import atomic_write, parse_shape, synthetic_numpy, write_table
+    from dlogit.data import parse_shape, synthetic_numpy, write_table
+    from dlogit.files import atomic_write
 
     parse_shape(f"{rows}x{cols}")
     X, y = synthetic_numpy(rows, cols, seed=seed, dtype=dtype, chunk_rows=chunk_rows)

@@ -1,0 +1,114 @@
+"""Files dlogit writes: checked before any work starts, written atomically with the umask's mode.
+
+The one home of these rules (the CLI commands, the model file, checkpoints and scheduler files use
+them):
+
+* :func:`check_output` runs before a fit, a prediction or a report starts: the directory exists and is
+  writable, the path is not a directory, and it is not one of the command's inputs (compared by
+  resolved path and by inode, so ``./x.csv``, ``x.csv`` and a hard link are the same file);
+* :func:`atomic_write` writes to a temporary file beside the target and renames it into place, so a
+  reader never sees half a file and a failure leaves the old file (or nothing); the new file gets the
+  mode ``0o666 & ~umask`` that ``open()`` would have given it (``mkstemp`` alone makes it 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+
+from dlogit.errors import OutputError
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, but only reached where /proc is missing
+    os.umask(mask)
+    return mask
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str] | None] = (),
+                 suffixes: tuple[str, ...] = (), what: str = "output") -> str:
+    """Check that ``path`` can be written (before any work starts); return it as a string.
+
+    Raises :class:`~dlogit.errors.OutputError` (one line) when the path is empty, a directory, in a
+    missing or read-only directory, has none of ``suffixes`` (when given), or names one of ``inputs``.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise OutputError(f"the {what} path is empty")
+    if suffixes and not text.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise OutputError(f"the {what} file must end in {' or '.join(suffixes)}, got {text!r}")
+    if os.path.isdir(text):
+        raise OutputError(f"cannot write the {what} to {text}: it is a directory")
+    directory = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(directory):
+        raise OutputError(f"cannot write the {what} to {text}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the {what} to {text}: directory {directory} is not writable")
+    if os.path.exists(text) and not os.access(text, os.W_OK) and not os.access(directory, os.W_OK):
+        raise OutputError(f"cannot write the {what} to {text}: permission denied")
+    for src in inputs:
+        if src is None:
+            continue
+        src = os.fspath(src)
+        if "://" not in src and os.path.exists(src) and _same_file(text, src):
+            raise OutputError(f"the {what} {text} is one of the inputs ({src}); choose another path")
+    return text
+
+
+def check_distinct(paths: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Raise :class:`OutputError` when two named outputs (``{"--out": path, ...}``) are the same file."""
+    seen: list[tuple[str, str]] = []
+    for name, p in paths.items():
+        if p is None:
+            continue
+        p = os.fspath(p)
+        for other_name, other in seen:
+            if os.path.abspath(p) == os.path.abspath(other) or (os.path.exists(p) and _same_file(p, other)):
+                raise OutputError(f"{name} and {other_name} name the same file ({p})")
+        seen.append((name, p))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file ends up with the mode a plain ``open(path, "w")`` would give it (``0o666 & ~umask``);
+    on any failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError(f"cannot write {path}: directory {directory} does not exist")
+    suffix = "".join(os.path.splitext(path)[1:])
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dlogit-", suffix=suffix, dir=directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
