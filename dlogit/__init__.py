@@ -12,11 +12,15 @@ from dlogit.errors import (  # noqa: E402
     ConvergenceWarning,
     DataError,
     DlogitError,
+    Interrupted,
     ModelError,
+    OutputError,
 )
 from dlogit.estimator import LogisticRegression, load_model  # noqa: E402
+from dlogit.spec import CheckpointSpec as Checkpoint  # noqa: E402
 
 __all__ = [
-    "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError", "LogisticRegression",
-    "ModelError", "__version__", "load_model", "read_data", "synthetic",
+    "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",
+    "Interrupted", "LogisticRegression", "ModelError", "OutputError", "__version__", "load_model",
+    "read_data", "synthetic",
 ]

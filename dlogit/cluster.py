@@ -25,12 +25,21 @@ SCHEDULER_ENV = "DLOGIT_SCHEDULER"
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
+    """True when ``host`` (an IP, ``localhost``, ``[::1]``, optionally ``tcp://``-prefixed, with or
+    without a port) listens on loopback only."""
+    host = host.strip()
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if host.lower() == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        return False  # a host name or an interface's address: assume others can reach it
 
 
 def make_security(tls_ca_file: str | None = None, tls_cert: str | None = None,
@@ -71,8 +80,48 @@ def parse_gpus(gpus: str | None) -> list[int] | None:
     return ids
 
 
+def _worker_sees_gpu() -> bool:
+    """Worker-side probe of :func:`workers_have_gpus`: CuPy imports here and sees a CUDA device."""
+    from dlogit._xp import cupy_available
+
+    return cupy_available()
+
+
+def workers_have_gpus(client: Any) -> bool:
+    """Whether every worker of ``client``'s cluster sees CuPy and at least one CUDA device.
+
+    The probe runs on the workers (``client.run``), never on the client, which does not import CuPy:
+    a CPU laptop driving GPU workers gets ``True`` (and should give them CuPy chunks).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A connected client.
+
+    Returns
+    -------
+    bool
+        False when the cluster has no workers, when any worker lacks CuPy or a device, or when a
+        worker's probe fails (its error is logged).
+    """
+    answers = client.run(_worker_sees_gpu, on_error="return")
+    if not answers:
+        return False
+    ok = True
+    for worker, answer in sorted(answers.items()):
+        if isinstance(answer, BaseException):
+            logger.warning("dlogit: cannot tell whether worker %s has a GPU (%s: %s); using CPU chunks",
+                           worker, type(answer).__name__, answer)
+            ok = False
+        elif answer is not True:
+            ok = False
+    return ok
+
+
 #: worker preload: imports dlogit's engine at worker start (cluster start-up) rather than in the first fit
 WORKER_PRELOAD = "dlogit.worker"
+#: in the environment of a local cluster's worker processes (see :func:`dlogit.worker.quiet_local_worker`)
+LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
 
 
 def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None = None,
@@ -102,7 +151,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
     kwargs: dict[str, Any] = dict(host=host, dashboard_address=dashboard_address, security=security,
                                   scheduler_port=scheduler_port, silence_logs=silence_logs,
                                   scheduler_kwargs={"preload": preload} if preload else {},
-                                  preload=[WORKER_PRELOAD])
+                                  preload=[WORKER_PRELOAD], env={LOCAL_WORKER_ENV: "1"})
     if protocol:
         kwargs["protocol"] = protocol
     if use_gpu:
@@ -157,13 +206,38 @@ class _dashboard_fallback:
         return None
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while (exc.__cause__ or exc.__context__) is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            raise ClusterError(f"cannot start the scheduler on {host}:{port}: {exc.strerror or exc} "
+                               "(another scheduler running? choose another --scheduler-port, or 0 "
+                               "for a free one)") from None
+
+
 def _start(factory: Any, **kwargs: Any) -> Any:
+    _check_port_free(kwargs.get("host") or "127.0.0.1", kwargs.get("scheduler_port") or 0)
     try:
         with warnings.catch_warnings():  # a taken dashboard port falls back to a free one: fine
             warnings.filterwarnings("ignore", message="Port .* is already in use")
             return factory(**kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise ClusterError(f"could not start a local cluster: {exc}") from exc
+        root = _root_cause(exc)
+        detail = f"{type(root).__name__}: {root}" if root is not exc else str(exc)
+        raise ClusterError(f"could not start a local cluster: {detail.splitlines()[0]}") from exc
 
 
 def _scheduler_preload() -> list[str]:

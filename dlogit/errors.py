@@ -31,5 +31,20 @@ class OutputError(DlogitError):
     """An output path cannot be written (missing or read-only directory, a directory, one of the inputs)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A fit was stopped at a step boundary (Ctrl-C, SIGTERM, or its client went away).
+
+    ``signum`` is the signal that stopped it (``None`` when cancelled otherwise); ``checkpoint`` the
+    file holding its last state when checkpointing was on.
+    """
+
+    def __init__(self, message: str = "interrupted", signum: int | None = None,
+                 checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
 class ConvergenceWarning(UserWarning):
     """A solver stopped at ``max_iter`` before reaching ``tol``."""

@@ -1,51 +1,78 @@
-"""``LogisticRegression``: the scikit-learn-style estimator."""
+"""``LogisticRegression``: the scikit-learn estimator over every input dlogit trains on.
+
+Binary and multinomial logistic regression over any labels, with sample and class weights and L2 / L1
+penalties, minimizing (rows with weights ``s_i``, classes in sorted label order)::
+
+    K = 2:  f = sum_i s_i [log(1 + e^{z_i}) - y_i z_i] / sum_i s_i + l2 ||w||^2 + l1 ||w||_1,
+            z = x.w + b,  y_i = 1 for classes_[1]
+    K > 2:  f = sum_i s_i [logsumexp_k z_ik - z_{i,y_i}] / sum_i s_i + l2 ||W||_F^2 + l1 ||W||_1,
+            z_i = W x_i + b
+
+Intercepts are never penalized. With ``l1 = 0`` this is scikit-learn's
+``LogisticRegression(C=1 / (2 * l2 * sum_i s_i))``.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from dlogit import engine
 from dlogit._xp import get_xp, is_cupy, to_numpy
-from dlogit.data import chunk_rows_for, split_array
-from dlogit.errors import ConfigError, ConvergenceWarning, DataError
+from dlogit.errors import ConfigError, ConvergenceWarning, ModelError
 from dlogit.events import new_run_id
-from dlogit.loss import decision, sigmoid
-from dlogit.model_io import load_arrays, save_arrays
-from dlogit.solvers import SOLVERS, get_solver
+from dlogit.family import Classes, get_family
+from dlogit.spec import CheckpointSpec, FitResult, FitSpec
+
+#: estimator parameters written to (and read from) the model file
+PARAMS = ("solver", "l2", "l1", "lr", "max_iter", "tol", "fit_intercept", "class_weight", "init",
+          "random_state", "chunk_rows", "progress_period", "mode")
 
 
-class LogisticRegression:
-    """Binary logistic regression trained on NumPy, CuPy or Dask arrays.
+class ParameterError(ConfigError, InvalidParameterError):
+    """A parameter outside its allowed values (a :class:`ConfigError` and scikit-learn's error)."""
 
-    Minimizes ``(1/n) sum_i [log(1 + exp(z_i)) - y_i z_i] + l2 * ||w||^2`` with ``z = X w + b``; the
-    intercept ``b`` is not penalized. This equals scikit-learn's ``LogisticRegression(C=1/(2 n l2))``.
+
+class LogisticRegression(ClassifierMixin, BaseEstimator):
+    """Logistic regression (binary or multinomial) on NumPy, CuPy, SciPy-sparse or Dask data.
+
+    The objective is written in the module docstring. In-memory data (NumPy, CuPy, SciPy sparse,
+    lists, pandas) trains in this process; Dask arrays train on the given or current Dask client.
 
     Parameters
     ----------
-    solver : {"lbfgs", "gd"}
-        ``"lbfgs"`` (default) converges in tens of iterations; ``"gd"`` is fixed-step gradient descent.
+    solver : {"lbfgs", "gd", "newton"}, default "lbfgs"
+        ``"lbfgs"`` (OWL-QN when ``l1 > 0``), ``"gd"`` (fixed-step gradient descent; proximal with L1),
+        ``"newton"`` (trust-region Newton-CG with distributed Hessian-vector products; no L1).
     l2 : float, default 0.01
-        Penalty strength (lambda). 0 disables the penalty.
+        L2 strength (``l2 * ||W||^2``). 0 disables it.
+    l1 : float, default 0.0
+        L1 strength (``l1 * ||W||_1``): sparse coefficients with exact zeros.
     lr : float, default 0.1
-        Learning rate of ``"gd"`` (unused by ``"lbfgs"``).
+        Learning rate of ``"gd"``.
     max_iter : int, optional
-        Iteration cap; default 10001 for ``"gd"`` and 1000 for ``"lbfgs"``.
+        Iteration cap; default 10001 for ``"gd"``, 1000 for ``"lbfgs"``, 100 for ``"newton"``.
     tol : float, optional
-        Stop when the gradient's Euclidean norm is at most ``tol``; default 0 (run every step) for
-        ``"gd"`` and 1e-6 for ``"lbfgs"``.
+        Stop when the gradient's norm (with L1: the minimum-norm subgradient's) is at most ``tol``;
+        default 0 (run every step) for ``"gd"`` and 1e-6 otherwise.
     fit_intercept : bool, default True
+    class_weight : dict, "balanced" or None
+        Multiplies each row's weight by its class's weight; ``"balanced"`` uses ``S / (K S_k)``
+        (``S_k`` the weight of class k, ``S`` the total), scikit-learn's definition.
     init : {"zeros", "normal"}, default "zeros"
-        Starting ``w`` (``b`` starts at 0): zeros, or standard normal draws (the textbook run).
+        Starting coefficients (intercepts start at 0): zeros, or standard normal draws (the textbook).
     random_state : int, optional
         Seed of ``init="normal"``.
     chunk_rows : int, optional
         Rows per chunk for in-memory arrays (default: about ``dlogit.chunk-bytes`` per chunk).
-    callback : callable, optional
-        Called with every progress event dict (see ARCHITECTURE.md).
     progress_period : int, default 1000
         A progress event is sent at every step that is a multiple of this.
     mode : {"auto", "worker-local", "distributed"}
@@ -53,235 +80,301 @@ class LogisticRegression:
 
     Attributes
     ----------
-    coef_ : ndarray of shape (1, n_features)
-    intercept_ : ndarray of shape (1,)
-    classes_ : ndarray ``[0, 1]``
-    n_iter_ : int
-    loss_, grad_norm_ : float — objective and gradient norm at the end of the fit
-    status_ : str — ``"converged"``, ``"max_iter"``, ``"stalled"`` (L-BFGS line search cannot
-        progress: ``tol`` is below what float64 resolves) or ``"diverged"`` (``gd`` step too large)
-    history_ : dict of ndarrays ``loss``, ``grad_norm``, ``step_seconds`` (one entry per iteration)
-    fit_seconds_ : float
-    mode_ : str — engine mode of the fit: ``"in-process"``, ``"worker-local"`` or ``"distributed"``
-    kernel_ : str — what evaluated the chunks: ``"fused"`` or ``"blas"`` (CPU, see ``dlogit.cpu-kernel``),
-        ``"cuda"`` (GPU), or a ``+``-joined mix when chunks differ
+    coef_ : ndarray (1, n_features) binary, (K, n_features) multinomial
+    intercept_ : ndarray (1,) or (K,) -- multinomial intercepts are centred (mean 0)
+    classes_ : ndarray (K,) of the original labels, sorted
+    n_features_in_, feature_names_in_ (when fitted on a DataFrame)
+    n_iter_, loss_, grad_norm_, status_ ("converged", "max_iter", "stalled", "diverged")
+    n_nonzero_ : int -- nonzero coefficients (intercepts excluded)
+    history_ : dict of ndarrays ``loss``, ``grad_norm``, ``step_seconds``
+    fit_seconds_, mode_, kernel_, run_id_, class_counts_
     """
 
-    def __init__(self, solver: str = "lbfgs", l2: float = 0.01, lr: float = 0.1,
+    _parameter_constraints: dict = {
+        "solver": [StrOptions({"lbfgs", "gd", "newton"})],
+        "l2": [Interval(Real, 0, None, closed="left")],
+        "l1": [Interval(Real, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "fit_intercept": ["boolean"],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "init": [StrOptions({"zeros", "normal"})],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "chunk_rows": [Interval(Integral, 1, None, closed="left"), None],
+        "progress_period": [Interval(Integral, 1, None, closed="left")],
+        "mode": [StrOptions({"auto", "worker-local", "distributed"})],
+    }
+
+    def __init__(self, solver: str = "lbfgs", l2: float = 0.01, l1: float = 0.0, lr: float = 0.1,
                  max_iter: int | None = None, tol: float | None = None, fit_intercept: bool = True,
-                 init: str = "zeros", random_state: int | None = None, chunk_rows: int | None = None,
-                 callback: Any = None, progress_period: int = 1000, mode: str = "auto") -> None:
+                 class_weight: Any = None, init: str = "zeros", random_state: int | None = None,
+                 chunk_rows: int | None = None, progress_period: int = 1000, mode: str = "auto") -> None:
         self.solver = solver
         self.l2 = l2
+        self.l1 = l1
         self.lr = lr
         self.max_iter = max_iter
         self.tol = tol
         self.fit_intercept = fit_intercept
+        self.class_weight = class_weight
         self.init = init
         self.random_state = random_state
         self.chunk_rows = chunk_rows
-        self.callback = callback
         self.progress_period = progress_period
         self.mode = mode
 
-    # ---------------------------------------------------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("solver", "l2", "lr", "max_iter", "tol", "fit_intercept",
-                                              "init", "random_state", "chunk_rows", "callback",
-                                              "progress_period", "mode")}
-
-    def set_params(self, **params: Any) -> LogisticRegression:
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ConfigError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
-    def _resolved(self) -> dict[str, Any]:
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
-        _, max_iter, tol = get_solver(self.solver)
-        max_iter = max_iter if self.max_iter is None else int(self.max_iter)
-        tol = tol if self.tol is None else float(self.tol)
-        if max_iter < 1:
-            raise ConfigError(f"max_iter must be at least 1, got {max_iter}")
-        if not tol >= 0:
-            raise ConfigError(f"tol must be >= 0, got {tol}")
-        if not float(self.l2) >= 0:
-            raise ConfigError(f"l2 must be >= 0, got {self.l2}")
-        if self.solver == "gd" and not float(self.lr) > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.init not in ("zeros", "normal"):
-            raise ConfigError(f"init must be 'zeros' or 'normal', got {self.init!r}")
-        if self.mode not in ("auto", "worker-local", "distributed"):
-            raise ConfigError(f"mode must be 'auto', 'worker-local' or 'distributed', got {self.mode!r}")
-        return {"max_iter": max_iter, "tol": tol, "cpu_kernel": engine.cpu_kernel_setting()}
-
-    def _theta0(self, d: int) -> np.ndarray:
-        theta = np.zeros(d + 1)
-        if self.init == "normal":
-            theta[:d] = np.random.default_rng(self.random_state).standard_normal(d)
-        return theta
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.multi_class = True
+        tags.target_tags.required = True
+        return tags
 
     # ---------------------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any, client: Any = None) -> LogisticRegression:
-        """Fit on ``X`` (n, d) and 0/1 labels ``y`` (n,).
+    def _check_params(self) -> None:
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:
+            raise ParameterError(str(exc)) from None
+        from dlogit.solvers import get
 
-        NumPy and CuPy arrays train in this process. Dask arrays train on ``client`` or, when none is
-        given, on the current Dask client; with no client at all they are computed and trained here.
+        solver = get(self.solver)
+        if self.l1 > 0 and not solver.supports_l1:
+            raise ParameterError(f"solver {self.solver!r} does not support l1; use 'lbfgs' (OWL-QN) or 'gd'")
+
+    def make_spec(self, n_features: int | None = None, *, checkpoint: Any = None,
+                  run: str | None = None, warm_start: np.ndarray | None = None,
+                  info: dict[str, Any] | None = None) -> FitSpec:
+        """The :class:`~dlogit.spec.FitSpec` of a fit with these parameters (config read here, once)."""
+        import dask
+
+        from dlogit.solvers import get
+
+        self._check_params()
+        solver = get(self.solver)
+        max_iter = solver.default_max_iter if self.max_iter is None else int(self.max_iter)
+        tol = solver.default_tol if self.tol is None else float(self.tol)
+        cw = self.class_weight
+        if isinstance(cw, dict):
+            cw = tuple(sorted(((k, float(v)) for k, v in cw.items()), key=lambda kv: str(kv[0])))
+        return FitSpec(
+            run=run or new_run_id(), solver=self.solver, max_iter=max_iter, tol=tol, lr=float(self.lr),
+            l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
+            init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
+            precondition=bool(dask.config.get("dlogit.precondition", True)),
+            max_classes=int(dask.config.get("dlogit.max-classes", 1000)),
+            period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
+            checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
+
+    # ---------------------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, *, client: Any = None, checkpoint: Any = None,
+            callback: Any = None) -> LogisticRegression:
+        """Fit on ``X`` (n, d) and labels ``y`` (n,), optionally weighted by ``sample_weight`` (n,).
+
+        In-memory inputs (NumPy, CuPy, SciPy sparse, lists, pandas, pyarrow) train in this process;
+        Dask arrays train on ``client`` or the current Dask client (computed here when there is none).
+        ``checkpoint`` (a directory or :class:`dlogit.Checkpoint`) writes the solver state every
+        ``dlogit.checkpoint-every`` seconds and when interrupted; ``Checkpoint(dir, resume=True)``
+        continues it. ``callback`` receives every progress event (ARCHITECTURE.md).
         """
-        opts = self._resolved()
-        if getattr(X, "ndim", None) != 2:
-            raise DataError(f"X must be 2-D (rows x features), got shape {getattr(X, 'shape', None)}")
-        d = int(X.shape[1])
-        run = new_run_id()
-        params = {"solver": self.solver, "l2": float(self.l2), "lr": float(self.lr),
-                  "max_iter": opts["max_iter"], "tol": opts["tol"],
-                  "fit_intercept": bool(self.fit_intercept), "n_features": d,
-                  "dtype": str(X.dtype), "init": self.init}
-        spec = {"run": run, "solver": self.solver, "lr": float(self.lr), "l2": float(self.l2),
-                "max_iter": opts["max_iter"], "tol": opts["tol"],
-                "fit_intercept": bool(self.fit_intercept), "theta0": self._theta0(d),
-                "period": self.progress_period, "interval": _interval(),
-                "n_rows": 0, "row_bytes": d * X.dtype.itemsize, "params": params,
-                "cpu_kernel": opts["cpu_kernel"]}
-        t0 = time.perf_counter()
-        if engine.is_dask_array(X) or engine.is_dask_array(y):
-            client = client if client is not None else engine.current_client()
-            if client is not None:
-                import dask.array as da
+        from dlogit import inputs
 
-                X, y = da.asarray(X), da.asarray(y)
-                params["n_chunks"] = int(X.numblocks[0])
-                result = engine.fit_dask(client, X, y, spec, self.callback, mode=self.mode)
-            else:
-                result = self._fit_arrays(np.asarray(X), np.asarray(y), spec)
+        self._check_params()
+        data = inputs.prepare_fit(self, X, y, sample_weight, client)
+        spec = self.make_spec(data.n_features, checkpoint=checkpoint, info=data.info)
+        t0 = time.perf_counter()
+        if data.dask:
+            result = engine.fit_dask(data.client, data.X, data.y, data.w, spec, callback, mode=self.mode)
         else:
-            result = self._fit_arrays(X, y, spec)
+            result = engine.fit_arrays(data.X_chunks, data.y_chunks, data.w_chunks, spec, callback)
         self.fit_seconds_ = time.perf_counter() - t0
-        self._set_result({**result, "tol": opts["tol"]}, d, run)
+        self._set_result(result, spec)
         return self
 
-    def _fit_arrays(self, X: Any, y: Any, spec: dict[str, Any]) -> dict[str, Any]:
-        xp = get_xp(X)
-        if is_cupy(X) != is_cupy(y):
-            y = xp.asarray(to_numpy(y))
-        y = xp.asarray(y)
-        if y.ndim != 1:
-            raise DataError(f"labels must be 1-D, got shape {tuple(y.shape)}")
-        if X.shape[0] != y.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
-        if X.shape[0] == 0:
-            raise DataError("no rows to train on (the data is empty)")
-        per = chunk_rows_for(X.shape[1], X.dtype.itemsize, self.chunk_rows)
-        spec["params"]["n_chunks"] = len(split_array(X, per))
-        return engine.fit_arrays(split_array(X, per), split_array(y, per), spec, self.callback)
-
-    def _set_result(self, r: dict[str, Any], d: int, run: str) -> None:
-        theta = np.asarray(r["theta"], dtype=np.float64)
-        self.coef_ = theta[:d].reshape(1, d).copy()
-        self.intercept_ = np.array([theta[d] if self.fit_intercept else 0.0])
-        self.classes_ = np.array([0, 1])
-        self.n_features_in_ = d
-        self.n_iter_ = int(r["n_iter"])
-        self.loss_ = float(r["loss"])
-        self.grad_norm_ = float(r["grad_norm"])
-        self.status_ = r["status"]
-        self.run_id_ = run
-        self.mode_ = r.get("mode")
-        self.kernel_ = r.get("kernel")
-        self.history_ = {"loss": np.asarray(r["history_loss"]),
-                         "grad_norm": np.asarray(r["history_grad_norm"]),
-                         "step_seconds": np.asarray(r["history_step_seconds"])}
+    def _set_result(self, r: FitResult, spec: FitSpec) -> None:
+        layout = r.layout
+        theta = np.asarray(r.theta, dtype=np.float64)
+        coef = np.array(layout.coef(theta), copy=True)
+        intercept = np.array(layout.intercept(theta), copy=True)
+        if not self.fit_intercept:
+            intercept[:] = 0.0
+        elif r.family == "multinomial":
+            intercept -= intercept.mean()
+        self.coef_ = coef
+        self.intercept_ = intercept
+        self.classes_ = r.classes.values
+        self.class_counts_ = r.classes.counts
+        self.n_features_in_ = r.n_features
+        self.n_iter_ = int(r.n_iter)
+        self.loss_ = float(r.loss)
+        self.grad_norm_ = float(r.grad_norm)
+        self.status_ = r.status
+        self.message_ = r.message
+        self.n_nonzero_ = int(r.n_nonzero)
+        self.run_id_ = spec.run
+        self.mode_ = r.mode
+        self.kernel_ = r.kernel
+        self.family_ = r.family
+        self.weighted_ = bool(r.weighted)
+        self.resumed_from_ = r.resumed_from
+        self.history_ = {"loss": r.history_loss, "grad_norm": r.history_grad_norm,
+                         "step_seconds": r.history_step_seconds}
         if self.status_ == "diverged":
-            warnings.warn(f"gradient descent diverged: {r['message']}", ConvergenceWarning, stacklevel=3)
-        elif self.status_ in ("max_iter", "stalled") and r["tol"] > 0:
+            warnings.warn(f"{self.solver} diverged: {r.message}", ConvergenceWarning, stacklevel=3)
+        elif self.status_ in ("max_iter", "stalled") and spec.tol > 0:
             hint = "increase max_iter" if self.status_ == "max_iter" else "loosen tol"
             warnings.warn(f"{self.solver} did not converge in {self.n_iter_} iterations "
-                          f"({r['message']}): ||grad|| = {self.grad_norm_:.3g} > tol = {r['tol']:g}; "
-                          f"{hint}", ConvergenceWarning, stacklevel=3)
+                          f"({r.message}): optimality {self.grad_norm_:.3g} > tol = {spec.tol:g}; {hint}",
+                          ConvergenceWarning, stacklevel=3)
 
     # ---------------------------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            from dlogit.errors import ModelError
+    @property
+    def _family(self) -> Any:
+        return get_family("binomial" if self.coef_.shape[0] == 1 else "multinomial")
 
-            raise ModelError("this LogisticRegression is not fitted yet: call fit() or load_model()")
+    def _check_X(self, X: Any) -> tuple[Any, bool]:
+        from dlogit import inputs
+
+        check_is_fitted(self, "coef_")
+        return inputs.prepare_predict(self, X)
 
     def decision_function(self, X: Any) -> Any:
-        """Margins ``X @ coef_.T + intercept_``, shape (n,), in X's namespace (lazy for Dask)."""
-        self._check_fitted()
-        if getattr(X, "ndim", None) != 2 or X.shape[1] != self.coef_.shape[1]:
-            raise DataError(f"X must have {self.coef_.shape[1]} features, got shape {getattr(X, 'shape', None)}")
-        coef, b = self.coef_[0], float(self.intercept_[0])
-        if engine.is_dask_array(X):
-            return engine.map_chunks(lambda c: decision(c, coef, b), X)
-        if not is_cupy(X):
-            X = np.asarray(X)
-        return decision(X, coef, b)
+        """Margins: (n,) for a binary model, (n, K) multinomial; in X's namespace (lazy for Dask)."""
+        X, lazy = self._check_X(X)
+        fam, coef, b = self._family, self.coef_, self.intercept_
+        if lazy:
+            k = coef.shape[0]
+            return engine.map_chunks(lambda c: fam.decision(c, coef, b), X,
+                                     n_out=None if k == 1 else k)
+        return fam.decision(X, coef, b)
 
     def predict_proba(self, X: Any) -> Any:
-        """Class probabilities, shape (n, 2): ``[P(y=0), P(y=1)]``."""
-        p = sigmoid(self.decision_function(X))
+        """Class probabilities (n, K), columns in ``classes_`` order."""
+        X, lazy = self._check_X(X)
+        fam, coef, b = self._family, self.coef_, self.intercept_
+        K = len(self.classes_)
+        if lazy:
+            return engine.map_chunks(lambda c: fam.proba(fam.decision(c, coef, b)), X, n_out=K)
+        return fam.proba(fam.decision(X, coef, b))
+
+    def predict_log_proba(self, X: Any) -> Any:
+        """Log of :meth:`predict_proba`."""
+        p = self.predict_proba(X)
         if engine.is_dask_array(p):
             import dask.array as da
 
-            return da.stack([1 - p, p], axis=1)
-        xp = get_xp(p)
-        return xp.stack([1 - p, p], axis=1)
+            return da.log(p)
+        return get_xp(p).log(p)
 
     def predict(self, X: Any) -> Any:
-        """Predicted labels (0 or 1) as int64."""
-        z = self.decision_function(X)
-        return (z > 0).astype(np.int64)
+        """Predicted labels (values of ``classes_``)."""
+        X, lazy = self._check_X(X)
+        fam, coef, b, classes = self._family, self.coef_, self.intercept_, self.classes_
+        if lazy:
+            return engine.map_chunks(lambda c: classes[to_numpy(fam.predict_codes(fam.decision(c, coef, b)))],
+                                     X, dtype=classes.dtype)
+        codes = fam.predict_codes(fam.decision(X, coef, b))
+        if is_cupy(codes) and classes.dtype.kind in "biuf":
+            return get_xp(codes).asarray(classes)[codes]
+        return classes[to_numpy(codes)]
 
-    def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy."""
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (weighted by ``sample_weight``); computed on the workers for Dask input."""
         pred = self.predict(X)
-        if engine.is_dask_array(pred):
-            pred = pred.compute()
-        if engine.is_dask_array(y):
-            y = y.compute()
-        return float((to_numpy(pred) == to_numpy(y)).mean())
+        if engine.is_dask_array(pred) or engine.is_dask_array(y):
+            import dask.array as da
+
+            from dlogit import inputs
+
+            yy = inputs.as_dask_labels(y, pred)
+            hit = (pred == yy).astype(np.float64)
+            if sample_weight is not None:
+                sw = da.asarray(sample_weight).rechunk(hit.chunks)
+                return float(((hit * sw).sum() / sw.sum()).compute())
+            return float(hit.mean().compute())
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(to_numpy(y), to_numpy(pred),
+                                    sample_weight=None if sample_weight is None else to_numpy(sample_weight)))
 
     # ---------------------------------------------------------------------------------------------
-    def save(self, path: str, **extra_meta: Any) -> None:
+    def save(self, path: str | os.PathLike[str], **extra_meta: Any) -> None:
         """Write the model to ``path`` (.npz, see :mod:`dlogit.model_io`)."""
-        self._check_fitted()
+        from dlogit.model_io import save_arrays
+
+        if not hasattr(self, "coef_"):
+            raise ModelError("this LogisticRegression is not fitted yet: call fit() or load_model()")
         import dlogit
 
-        meta = {"params": {k: v for k, v in self.get_params().items() if k != "callback"},
+        classes = np.asarray(self.classes_)
+        names = getattr(self, "feature_names_in_", None)
+        params = {k: getattr(self, k) for k in PARAMS}
+        if isinstance(params["class_weight"], dict):
+            params["class_weight"] = {str(k): float(v) for k, v in params["class_weight"].items()}
+        meta = {"params": params, "family": self._family.name, "n_classes": len(classes),
+                "class_counts": [int(c) for c in getattr(self, "class_counts_", [])],
+                "classes_kind": Classes(classes, np.zeros(len(classes), np.int64), np.zeros(len(classes))).kind,
+                "feature_names": None if names is None else [str(n) for n in names],
+                "n_nonzero": int(np.count_nonzero(self.coef_)), "weighted": bool(getattr(self, "weighted_", False)),
                 "n_iter": self.n_iter_, "status": self.status_, "loss": self.loss_,
                 "grad_norm": self.grad_norm_, "fit_seconds": getattr(self, "fit_seconds_", None),
                 "n_features": self.n_features_in_, "dlogit_version": dlogit.__version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra_meta}
-        arrays = {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_,
-                  "history_loss": self.history_["loss"], "history_grad_norm": self.history_["grad_norm"],
-                  "history_step_seconds": self.history_["step_seconds"]}
+        hist = getattr(self, "history_", {})
+        arrays = {"coef": self.coef_, "intercept": self.intercept_, "classes": classes,
+                  **{f"history_{k}": np.asarray(hist.get(k, np.empty(0)), np.float64)
+                     for k in ("loss", "grad_norm", "step_seconds")}}
+        arrays.update(getattr(self, "_extra_arrays", {}))
         save_arrays(path, arrays, meta)
 
 
-def _interval() -> float:
+def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:
+    if checkpoint is None:
+        return None
     import dask
 
-    return float(dask.config.get("dlogit.monitor.interval"))
+    if isinstance(checkpoint, CheckpointSpec):
+        spec = checkpoint
+    else:
+        every = dask.utils.parse_timedelta(dask.config.get("dlogit.checkpoint-every", "30s"))
+        spec = CheckpointSpec(os.fspath(checkpoint), every=float(every), resume=False)
+    from dlogit.checkpoint import check_directory
+
+    spec = CheckpointSpec(os.path.abspath(spec.directory), spec.every, spec.resume)
+    check_directory(spec.directory, spec.resume)
+    return spec
 
 
-def load_model(path: str) -> LogisticRegression:
+def load_model(path: str | os.PathLike[str]) -> LogisticRegression:
     """Load a model saved with :meth:`LogisticRegression.save` (NumPy only: no Dask, no GPU)."""
+    from dlogit.model_io import load_arrays
+
     arrays, meta = load_arrays(path)
     params = dict(meta.get("params", {}))
-    known = set(LogisticRegression().get_params())
-    model = LogisticRegression(**{k: v for k, v in params.items() if k in known})
-    model.coef_ = np.asarray(arrays["coef"], dtype=np.float64).reshape(1, -1)
-    model.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64).reshape(1)
-    model.classes_ = np.asarray(arrays.get("classes", np.array([0, 1])))
+    known = set(PARAMS)
+    kwargs = {k: v for k, v in params.items() if k in known}
+    model = LogisticRegression(**kwargs)
+    model.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
+    model.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64).reshape(-1)
+    model.classes_ = np.asarray(arrays["classes"])
+    model.class_counts_ = np.asarray(meta.get("class_counts", []), dtype=np.int64)
     model.n_features_in_ = model.coef_.shape[1]
+    names = meta.get("feature_names") or (meta.get("source") or {}).get("feature_names")
+    if names and len(names) == model.n_features_in_:
+        model.feature_names_in_ = np.asarray(names, dtype=object)
     model.n_iter_ = int(meta.get("n_iter", 0))
     model.status_ = meta.get("status", "")
     model.loss_ = float(meta.get("loss", float("nan")))
     model.grad_norm_ = float(meta.get("grad_norm", float("nan")))
+    model.n_nonzero_ = int(np.count_nonzero(model.coef_))
+    model.family_ = "binomial" if model.coef_.shape[0] == 1 else "multinomial"
+    model.weighted_ = bool(meta.get("weighted", False))
     model.history_ = {k: np.asarray(arrays.get(f"history_{k}", np.empty(0)))
                       for k in ("loss", "grad_norm", "step_seconds")}
     model.meta_ = meta
     return model
+
+
+__all__ = ["LogisticRegression", "ParameterError", "load_model"]

@@ -84,8 +84,9 @@ class ProgressEmitter:
         self._t_last_send = time.perf_counter()
         self.send(msg)
 
-    def end(self, status: str, n_iter: int, loss: float, grad_norm: float, message: str = "") -> None:
+    def end(self, status: str, n_iter: int, loss: float, grad_norm: float, message: str = "",
+            **extra: Any) -> None:
         self.flush()
         self.send({"type": "end", "run": self.run, "time": time.time(), "status": status,
                    "n_iter": n_iter, "loss": loss, "grad_norm": grad_norm,
-                   "seconds": time.perf_counter() - self._t0, "message": message})
+                   "seconds": time.perf_counter() - self._t0, "message": message, **extra})

@@ -1,26 +1,36 @@
-"""From reduced chunk sums to the objective, and the fixed-order reduction tree.
+"""From reduced chunk sums to the objective; the preconditioning change of variables; the fixed tree.
 
-The objective (``n`` rows, ``d`` features, ``theta = [w, b]``)::
+The objective (rows with weights ``s_i``, see :mod:`dlogit.family`)::
 
-    f(w, b) = (1/n) * sum_i [log(1 + exp(z_i)) - y_i z_i]  +  l2 * ||w||^2,     z_i = x_i . w + b
+    f(theta) = sum_i s_i l_i / sum_i s_i  +  l2 ||W||^2  [ + l1 ||W||_1, handled by the solver ]
 
-Chunks are combined by a **segment tree over chunk indices**: node ``[lo, hi)`` is the sum of nodes
-``[lo, mid)`` and ``[mid, hi)`` with ``mid = (lo + hi) // 2``. Whoever holds a set of chunks reduces the
-largest tree nodes it owns entirely (:func:`owned_nodes`); the rest of the tree is completed by the
-driver (:func:`complete_tree`). Every internal node is therefore computed by the same additions in the
-same order however chunks are spread over workers: 1, 2 or 4 workers give bit-identical sums.
+:class:`Objective` turns the root sums (:class:`~dlogit.family.SumsLayout`) into the smooth part's
+``(loss, grad)``. :class:`Reparam` is the affine change of variables ``theta = A theta'`` the solvers
+work in when preconditioning is on (L-BFGS, Newton): coefficients divided by each column's scale and
+the intercept absorbing the column means (``W = W' / s``, ``b = b' - W m``). The objective is
+unchanged -- only the coordinates the solver moves in are -- so the optimum is the optimum of the
+stated objective, on unscaled data too (Spark trains in standardized coordinates for the same reason).
+
+Chunks are combined by a **segment tree over chunk indices**: node ``[lo, hi)`` is the combination of
+nodes ``[lo, mid)`` and ``[mid, hi)`` with ``mid = (lo + hi) // 2``. Whoever holds a set of chunks
+reduces the largest tree nodes it owns entirely (:func:`owned_nodes`); the rest of the tree is completed
+by the driver (:func:`complete_tree`). Every internal node is therefore computed by the same additions
+in the same order however chunks are spread over workers: 1, 2 or 4 workers give bit-identical sums.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dlogit.penalty import add_l2_grad, l2_value
+from dlogit.family import ParamLayout
 
 Node = tuple[int, int]
+Combine = Callable[[Any, Any], Any]
 
 
 def _mid(lo: int, hi: int) -> int:
@@ -46,16 +56,16 @@ def owned_nodes(owned: Iterable[int], n_chunks: int) -> list[Node]:
     return out
 
 
-def node_sum(leaf: Callable[[int], Any], lo: int, hi: int) -> Any:
-    """Sum of chunks ``lo..hi-1`` following the tree; ``leaf(i)`` gives chunk ``i``'s sums."""
+def node_sum(leaf: Callable[[int], Any], lo: int, hi: int, combine: Combine = operator.add) -> Any:
+    """Combination of chunks ``lo..hi-1`` following the tree; ``leaf(i)`` gives chunk ``i``'s value."""
     if hi - lo == 1:
         return leaf(lo)
     m = _mid(lo, hi)
-    return node_sum(leaf, lo, m) + node_sum(leaf, m, hi)
+    return combine(node_sum(leaf, lo, m, combine), node_sum(leaf, m, hi, combine))
 
 
-def complete_tree(parts: Mapping[Node, Any], n_chunks: int) -> Any:
-    """Root sum from the node sums in ``parts`` (which must tile ``[0, n_chunks)`` exactly)."""
+def complete_tree(parts: Mapping[Node, Any], n_chunks: int, combine: Combine = operator.add) -> Any:
+    """Root value from the node values in ``parts`` (which must tile ``[0, n_chunks)`` exactly)."""
 
     def visit(lo: int, hi: int) -> Any:
         got = parts.get((lo, hi))
@@ -64,32 +74,132 @@ def complete_tree(parts: Mapping[Node, Any], n_chunks: int) -> Any:
         if hi - lo == 1:
             raise KeyError(f"chunk {lo} is missing from the reduction")
         m = _mid(lo, hi)
-        return visit(lo, m) + visit(m, hi)
+        return combine(visit(lo, m), visit(m, hi))
 
     return visit(0, n_chunks)
 
 
 class Objective:
-    """Turns reduced sums into ``(loss, grad)`` for the regularized mean cross-entropy.
+    """``(loss, grad)`` of the smooth part (weighted mean loss + L2) from the root chunk sums.
 
     Parameters
     ----------
+    layout : ParamLayout
+        The layout of ``theta``.
+    weight_sum : float
+        ``sum_i s_i`` over the data (the row count when unweighted).
     l2 : float
-        Penalty strength ``lambda`` in ``lambda * ||w||^2``.
+        Penalty strength in ``l2 * ||W||_F^2`` (intercepts excluded).
     fit_intercept : bool
-        When false the intercept stays at 0 (its gradient is forced to 0).
+        When false the intercepts stay at 0 (their gradient is forced to 0).
     """
 
-    def __init__(self, l2: float, fit_intercept: bool = True) -> None:
+    def __init__(self, layout: ParamLayout, weight_sum: float, l2: float, fit_intercept: bool = True) -> None:
+        self.layout = layout
+        self.weight_sum = float(weight_sum)
         self.l2 = float(l2)
         self.fit_intercept = bool(fit_intercept)
+        self._k = layout.n_outputs * layout.n_features
 
     def finalize(self, sums: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(loss, grad)`` from the root sums (see :func:`dlogit.loss.chunk_sums`) at ``theta``."""
-        d = theta.shape[0] - 1
-        n = sums[d + 2]
-        grad = sums[1 : d + 2] / n
+        """``(loss, grad)`` at ``theta`` from its root sums ``[loss sum, gradient sums]``."""
+        n = self.weight_sum
+        grad = np.asarray(sums[1:], dtype=np.float64) / n
+        k = self._k
         if not self.fit_intercept:
-            grad[d] = 0.0
-        add_l2_grad(grad, theta, self.l2)
-        return float(sums[0] / n) + l2_value(theta, self.l2), grad
+            grad[k:] = 0.0
+        loss = float(sums[0]) / n
+        if self.l2:
+            w = theta[:k]
+            loss += self.l2 * float(np.dot(w, w))
+            grad[:k] += (2.0 * self.l2) * w
+        return loss, grad
+
+    def hvp_finalize(self, hv_sums: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``H v`` of the objective from the root sums of the chunks' H.v of the loss sum."""
+        out = np.asarray(hv_sums, dtype=np.float64) / self.weight_sum
+        k = self._k
+        if not self.fit_intercept:
+            out[k:] = 0.0
+        if self.l2:
+            out[:k] += (2.0 * self.l2) * v[:k]
+        return out
+
+
+@dataclass(frozen=True)
+class Reparam:
+    """``theta = A theta'``: per column scale ``s`` and shift ``m`` (``W = W'/s``, ``b = b' - W m``).
+
+    ``to_user`` maps solver coordinates to the model's, ``to_solver`` back, ``grad_to_solver`` applies
+    ``A^T`` (gradients and H.v products), ``grad_to_user`` applies ``A^{-T}``.
+    """
+
+    layout: ParamLayout
+    scale: np.ndarray
+    shift: np.ndarray
+
+    @classmethod
+    def identity(cls, layout: ParamLayout) -> Reparam:
+        return cls(layout, np.ones(layout.n_features), np.zeros(layout.n_features))
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(np.all(self.scale == 1.0) and np.all(self.shift == 0.0))
+
+    def _split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.layout.coef(theta), self.layout.intercept(theta)
+
+    def to_user(self, theta_s: np.ndarray) -> np.ndarray:
+        out = np.array(theta_s, dtype=np.float64, copy=True)
+        W, b = self._split(out)
+        W /= self.scale
+        b -= W @ self.shift
+        return out
+
+    def to_solver(self, theta: np.ndarray) -> np.ndarray:
+        out = np.array(theta, dtype=np.float64, copy=True)
+        W, b = self._split(out)
+        b += W @ self.shift
+        W *= self.scale
+        return out
+
+    def grad_to_solver(self, g: np.ndarray) -> np.ndarray:
+        out = np.array(g, dtype=np.float64, copy=True)
+        GW, gb = self._split(out)
+        GW -= np.outer(gb, self.shift)
+        GW /= self.scale
+        return out
+
+    def grad_to_user(self, g_s: np.ndarray) -> np.ndarray:
+        out = np.array(g_s, dtype=np.float64, copy=True)
+        GW, gb = self._split(out)
+        GW *= self.scale
+        GW += np.outer(gb, self.shift)
+        return out
+
+    def l1_weights(self, l1: float) -> np.ndarray:
+        """Per-coordinate L1 weights in solver coordinates (``l1 / s_j`` on coefficients, 0 on b)."""
+        out = np.zeros(self.layout.size)
+        K, d = self.layout.n_outputs, self.layout.n_features
+        out[: K * d] = np.tile(l1 / self.scale, K)
+        return out
+
+
+def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int,
+                   center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Column scales and shifts from scaled moments (see :class:`dlogit.stats.ChunkStats`).
+
+    ``mean_j = M_j S_j / n`` and ``std_j = M_j sqrt(Q_j / n - (S_j / n)^2)`` with ``M_j`` the column's
+    largest magnitude, so nothing is squared at the data's own scale (finite for values near 1e300).
+    A column with no spread (constant or all zero) keeps scale ``max(|x|)`` (or 1) and no shift.
+    """
+    n = max(1, int(n_rows))
+    mean_s = col_sum / n
+    var_s = np.maximum(col_sq / n - mean_s * mean_s, 0.0)
+    std = col_max * np.sqrt(var_s)
+    spread = std > 1e-12 * col_max
+    scale = np.where(spread, std, np.where(col_max > 0, col_max, 1.0))
+    shift = np.where(spread & center, col_max * mean_s, 0.0)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    return scale, shift

@@ -1,52 +1,225 @@
-"""The fit loop shared by every execution mode: solver + objective + progress events. Pure.
+"""The fit loop shared by every execution mode: objective + solver + events + checkpoints. Pure.
 
-``fit_loop`` is given a ``sums(theta)`` function that returns the reduced chunk sums (however the
-engine computes them: in this process, on one worker, or across workers) and runs the solver on it.
+:func:`run_fit` is given an :class:`Evaluator` -- ``sums(theta)`` returns the reduced chunk sums and
+``hvp(theta, v)`` the reduced Hessian-vector sums, however the engine computes them (in this process,
+on one worker, or across workers) -- and runs the solver step by step:
+
+* the solver moves in preconditioned coordinates (:class:`~dlogit.objective.Reparam`) while the
+  objective, the stopping rule (the gradient's norm, or with L1 the minimum-norm subgradient's) and
+  everything reported are in the model's own coordinates;
+* between two steps it checks ``stop()`` (a signal, a cancelled fit), records the history, sends
+  progress events and writes a checkpoint every ``checkpoint.every`` seconds;
+* when stopped it writes a checkpoint of the last completed step and raises
+  :class:`~dlogit.errors.Interrupted`; a resumed fit continues from the checkpoint's state and gives
+  the same iterates as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from dlogit.errors import Interrupted
 from dlogit.events import ProgressEmitter, Send
+from dlogit.family import describe_classes, n_nonzero
 from dlogit.objective import Objective
-from dlogit.solvers import get_solver
+from dlogit.spec import FitPlan, FitResult, FitSpec
+
+Stop = Callable[[], "str | None"]
 
 
-def fit_loop(sums: Callable[[np.ndarray], np.ndarray], spec: dict[str, Any], send: Send,
-             emitter_hook: Callable[[ProgressEmitter], None] | None = None) -> dict[str, Any]:
-    """Run the solver named in ``spec``; return the result as a plain dict (picklable, NumPy only).
+class Evaluator(Protocol):
+    """What the engine hands the loop: reduced sums at ``theta`` (model coordinates, float64 host)."""
 
-    ``spec`` keys: ``run``, ``solver``, ``lr``, ``max_iter``, ``tol``, ``l2``, ``fit_intercept``,
-    ``theta0`` (float64 array), ``params`` (for the start event), ``n_rows``, ``row_bytes``,
-    ``period`` and ``interval`` (progress events); optional ``cpu_kernel`` (for the engine's chunks).
+    kernel: str
+
+    def sums(self, theta: np.ndarray) -> np.ndarray: ...
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray: ...
+
+
+def subgradient_norm(theta: np.ndarray, grad: np.ndarray, l1: float, penalized: np.ndarray) -> float:
+    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1)."""
+    if not l1:
+        return float(np.sqrt(np.dot(grad, grad)))
+    g = grad.copy()
+    w = theta[penalized]
+    gp = grad[penalized]
+    nz = w != 0
+    out = np.where(nz, gp + l1 * np.sign(w), np.sign(gp) * np.maximum(np.abs(gp) - l1, 0.0))
+    g[penalized] = out
+    return float(np.sqrt(np.dot(g, g)))
+
+
+class _Problem:
+    """The solver's view: f and H.v in solver coordinates, optimality in the model's."""
+
+    def __init__(self, evaluator: Evaluator, objective: Objective, plan: FitPlan, l1: float,
+                 needs_hvp: bool) -> None:
+        self.ev = evaluator
+        self.obj = objective
+        self.R = plan.reparam
+        self.identity = plan.reparam.is_identity
+        self.l1 = float(l1)
+        self.penalized = plan.layout.penalized()
+        self._last_theta_s: np.ndarray | None = None
+        self._last_user: tuple[np.ndarray, np.ndarray] | None = None
+        self.needs_hvp = needs_hvp
+
+    def user(self, theta_s: np.ndarray) -> np.ndarray:
+        return theta_s if self.identity else self.R.to_user(theta_s)
+
+    def fun(self, theta_s: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = self.user(theta_s)
+        loss, grad = self.obj.finalize(self.ev.sums(theta), theta)
+        self._last_theta_s = np.array(theta_s, copy=True)
+        self._last_user = (theta, grad)
+        return loss, (grad if self.identity else self.R.grad_to_solver(grad))
+
+    def hvp(self, theta_s: np.ndarray, v_s: np.ndarray) -> np.ndarray:
+        theta = self.user(theta_s)
+        v = self.user(v_s)  # the change of variables is linear
+        hv = self.obj.hvp_finalize(self.ev.hvp(theta, v), v)
+        return hv if self.identity else self.R.grad_to_solver(hv)
+
+    def optimality(self, theta_s: np.ndarray, grad_s: np.ndarray) -> float:
+        """The stopping measure in model coordinates (scale-free of the preconditioner)."""
+        if self.identity:
+            theta, grad = theta_s, grad_s
+        elif self._last_theta_s is not None and np.array_equal(self._last_theta_s, theta_s):
+            theta, grad = self._last_user
+        else:
+            theta, grad = self.R.to_user(theta_s), self.R.grad_to_user(grad_s)
+        return subgradient_norm(theta, grad, self.l1, self.penalized)
+
+
+def _solver_problem(p: _Problem, n_params: int, l1_weights: np.ndarray | None) -> Any:
+    from dlogit.solvers import Problem
+
+    fields = {f.name for f in dataclasses.fields(Problem)}
+    kw: dict[str, Any] = {"fun": p.fun, "n_params": n_params, "l1": l1_weights,
+                          "hvp": p.hvp if p.needs_hvp else None}
+    if "optimality" in fields:
+        kw["optimality"] = p.optimality
+    return Problem(**{k: v for k, v in kw.items() if k in fields})
+
+
+def start_params(spec: FitSpec, plan: FitPlan, mode: str, kernel: str, resumed_from: int | None,
+                 info: dict[str, Any]) -> dict[str, Any]:
+    """The ``params`` of the start event (ARCHITECTURE.md, "Progress events")."""
+    return {"solver": spec.solver, "l2": float(spec.l2), "l1": float(spec.l1), "lr": float(spec.lr),
+            "max_iter": spec.max_iter, "tol": spec.tol, "fit_intercept": spec.fit_intercept,
+            "n_rows": plan.n_rows, "n_features": plan.n_features, "family": plan.family.name,
+            **describe_classes(plan.classes), "weighted": plan.weighted, "n_params": plan.layout.size,
+            "sparse": plan.sparse, "mode": mode, "kernel": kernel, "resumed_from": resumed_from,
+            "init": spec.init, **spec.info, **info}
+
+
+def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, mode: str,
+            info: dict[str, Any] | None = None, stop: Stop | None = None,
+            emitter_hook: Callable[[ProgressEmitter], None] | None = None) -> FitResult:
+    """Run the solver named in ``spec`` on ``evaluator``; return the :class:`FitResult`.
+
+    ``stop()`` is polled between steps; a non-``None`` answer (the reason) stops the fit: a checkpoint
+    is written when checkpointing is on, the end event says "interrupted", and
+    :class:`~dlogit.errors.Interrupted` is raised. A ``KeyboardInterrupt`` raised inside a step (Ctrl-C
+    in this process) is handled the same way, from the last completed step.
     """
-    solve, _, _ = get_solver(spec["solver"])
-    objective = Objective(spec["l2"], spec["fit_intercept"])
-    emitter = ProgressEmitter(send, spec["run"], n_rows=spec["n_rows"], row_bytes=spec["row_bytes"],
-                              period=spec.get("period", 1000), interval=spec.get("interval", 0.5))
+    from dlogit import checkpoint as ckpt
+    from dlogit.solvers import SolverOptions, get
+
+    solver = get(spec.solver)
+    info = dict(info or {})
+    objective = Objective(plan.layout, plan.weight_sum, spec.l2, spec.fit_intercept)
+    l1w = plan.reparam.l1_weights(spec.l1) if spec.l1 > 0 else None
+    problem = _Problem(evaluator, objective, plan, spec.l1, solver.needs_hvp)
+    sp = _solver_problem(problem, plan.layout.size, l1w)
+    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory)
+    row_bytes = plan.n_features * 8
+    emitter = ProgressEmitter(send, spec.run, n_rows=plan.n_rows, row_bytes=row_bytes,
+                              period=spec.period, interval=spec.interval)
     if emitter_hook is not None:
         emitter_hook(emitter)
 
-    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        return objective.finalize(sums(theta), theta)
+    expect = {"run": spec.run, "solver": spec.solver, "params": spec.trajectory(),
+              "data": plan.data_fingerprint, "shape": [plan.layout.n_outputs, plan.layout.n_features],
+              "classes": plan.classes.display(20)}
+    writer = None
+    history: dict[str, list[float]] = {"loss": [], "grad_norm": [], "step_seconds": []}
+    resumed_from = None
+    state = None
+    if spec.checkpoint is not None:
+        writer = ckpt.Checkpointer(spec.checkpoint.directory, spec.checkpoint.every, expect)
+        if spec.checkpoint.resume:
+            loaded = ckpt.load(spec.checkpoint.directory, expect)
+            state = loaded.state
+            history = {k: [float(x) for x in loaded.history.get(k, [])] for k in history}
+            resumed_from = int(state.n_iter)
 
-    emitter.start(spec["params"])
+    emitter.start(start_params(spec, plan, mode, evaluator.kernel, resumed_from, info))
+    t_last = time.perf_counter()
+
+    def finish_interrupted(reason: str, signum: int | None, st: Any) -> Interrupted:
+        path = None
+        if writer is not None and st is not None:
+            writer.write(st, history)
+            path = writer.path
+        n = st.n_iter if st is not None else 0
+        loss = st.loss if st is not None else math.nan
+        gn = st.grad_norm if st is not None else math.nan
+        emitter.end("interrupted", n, loss, gn, reason)
+        return Interrupted(reason, signum, path)
+
     try:
-        res = solve(fun, spec["theta0"], lr=spec["lr"], max_iter=spec["max_iter"], tol=spec["tol"],
-                    callback=emitter.step)
-    except BaseException as exc:
-        emitter.end("failed", 0, float("nan"), float("nan"), f"{type(exc).__name__}: {exc}")
+        if state is None:
+            state = solver.init(sp, plan.reparam.to_solver(plan.theta0) if not plan.reparam.is_identity
+                                else plan.theta0, opts)
+        while state.status is None:
+            reason = stop() if stop is not None else None
+            if reason is not None:
+                raise finish_interrupted(reason, None, state)
+            before = state
+            try:
+                state = solver.step(sp, state, opts)
+            except Interrupted:
+                raise
+            except KeyboardInterrupt as exc:
+                raise finish_interrupted("interrupted", getattr(exc, "signum", None), before) from None
+            now = time.perf_counter()
+            dt = now - t_last
+            t_last = now
+            history["loss"].append(float(state.loss))
+            history["grad_norm"].append(float(state.grad_norm))
+            history["step_seconds"].append(dt)
+            emitter.step(state.n_iter - 1, float(state.loss), float(state.grad_norm))
+            if writer is not None and writer.due():
+                writer.write(state, history)
+    except Interrupted:
         raise
-    emitter.end(res.status, res.n_iter, res.loss, res.grad_norm, res.message)
-    return {
-        "theta": res.theta, "n_iter": res.n_iter, "status": res.status, "loss": res.loss,
-        "grad_norm": res.grad_norm, "message": res.message,
-        "history_loss": np.asarray(res.history_loss, dtype=np.float64),
-        "history_grad_norm": np.asarray(res.history_grad_norm, dtype=np.float64),
-        "history_step_seconds": np.asarray(emitter.step_seconds, dtype=np.float64),
-        "mode": spec["params"].get("mode"), "kernel": spec["params"].get("kernel"),
-    }
+    except BaseException as exc:
+        emitter.end("failed", state.n_iter if state is not None else 0, math.nan, math.nan,
+                    f"{type(exc).__name__}: {exc}")
+        raise
+    theta = problem.user(np.asarray(state.theta, dtype=np.float64))
+    status, message = state.status, state.message
+    if not np.all(np.isfinite(theta)) and status != "diverged":
+        status, message = "diverged", "the coefficients became non-finite"
+    if writer is not None:
+        writer.write(state, history)
+    nnz = n_nonzero(plan.layout.coef(theta))
+    emitter.end(status, state.n_iter, float(state.loss), float(state.grad_norm), message, n_nonzero=nnz)
+    step_seconds = history["step_seconds"] if resumed_from is None else history["step_seconds"]
+    return FitResult(
+        theta=theta, n_iter=int(state.n_iter), status=status, loss=float(state.loss),
+        grad_norm=float(state.grad_norm), message=message,
+        history_loss=np.asarray(history["loss"], np.float64),
+        history_grad_norm=np.asarray(history["grad_norm"], np.float64),
+        history_step_seconds=np.asarray(step_seconds, np.float64), classes=plan.classes,
+        family=plan.family.name, n_features=plan.n_features, n_rows=plan.n_rows,
+        weight_sum=plan.weight_sum, weighted=plan.weighted, mode=mode, kernel=evaluator.kernel,
+        resumed_from=resumed_from, n_nonzero=nnz, sparse=plan.sparse)

@@ -37,7 +37,7 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium not insta
 TOPIC = "dlogit"
 
 
-def _events(run, steps, max_iter, slow_worker=0.03):
+def _events(run, steps, max_iter, slow_worker=0.03, **params):
     import math
 
     steps = list(steps)
@@ -47,7 +47,7 @@ def _events(run, steps, max_iter, slow_worker=0.03):
                         "n_features": 20, "n_chunks": 8, "dtype": "float32",
                         "workers": ["tcp://127.0.0.1:40001", "tcp://127.0.0.1:40002",
                                     "tcp://127.0.0.1:40003"],
-                        "mode": "distributed"}}
+                        "mode": "distributed", **params}}
     prog = []
     for i in range(0, len(steps), 500):
         chunk = steps[i:i + 500]
@@ -169,7 +169,12 @@ STATE_JS = """(() => {
           workers: Array.from(m('dlogit-workers').data.worker),
           rates: m('dlogit-rates').data.step.length,
           loss_log_visible: m('dlogit-loss-log').visible,
-          table: m('dlogit-params-table').text};
+          table: m('dlogit-params-table').text,
+          classes: Array.from(m('dlogit-classes').data.label),
+          path_points: m('dlogit-path').data.x.length,
+          path_best: Array.from(m('dlogit-path-best').data.x),
+          path_visible: m('dlogit-path-fig').visible,
+          path_info: m('dlogit-path-info').text};
 })()"""
 
 
@@ -199,8 +204,8 @@ def test_panel_in_headless_chromium(tmp_path):
         state = cluster.scheduler.plugins[PLUGIN_NAME].state
         url = f"http://127.0.0.1:{cluster.scheduler.http_server.port}/dlogit"
 
-        def post(run, steps, max_iter):
-            start, prog = _events(run, steps, max_iter)
+        def post(run, steps, max_iter, **params):
+            start, prog = _events(run, steps, max_iter, **params)
             client.log_event(TOPIC, start)
             for ev in prog:
                 client.log_event(TOPIC, ev)
@@ -215,7 +220,8 @@ def test_panel_in_headless_chromium(tmp_path):
         post(long_run, range(1, 25_002), 40_000)
         wait_state(long_run, 25_001)
         short_run = "chromium-test-1-1-bbbbbb"
-        post(short_run, range(1, 1_201), 3_000)
+        post(short_run, range(1, 1_201), 3_000, family="multinomial", n_classes=3,
+             classes=["bird", "cat", "dog"], class_counts=[600_000, 300_000, 100_000])
         wait_state(short_run, 1_200)
 
         browser = Browser(url, tmp_path / "profile")
@@ -236,6 +242,8 @@ def test_panel_in_headless_chromium(tmp_path):
                 and len(v["workers"]) == 3 and v["rates"] == 3)
             assert v["last_step"] == 1_200 and v["tail"] == 0
             assert short_run in v["info"]
+            assert v["classes"] == ["dog", "cat", "bird"]  # the largest class drawn on top
+            assert not v["path_visible"] and "No regularization path" in v["path_info"]
             assert v["options"][1:] == [short_run, long_run]
             assert v["workers"] == sorted(v["workers"]) and len(v["workers"]) == 3
             assert v["rates"] == 3
@@ -277,10 +285,24 @@ def test_panel_in_headless_chromium(tmp_path):
             await asyncio.sleep(1.0)
             await browser.screenshot(shots / "dlogit-panel-long-run.png")
 
+            # 5. a regularization path arrives: the path view appears with the chosen point
+            points = [{"l2": lam, "l1": 0.0, "mean": mean, "std": 0.01, "n_iter": 20,
+                       "fold_scores": [mean - 0.01, mean + 0.01], "n_nonzero": None}
+                      for lam, mean in ((1e-4, -0.52), (1e-3, -0.48), (1e-2, -0.5))]
+            client.log_event(TOPIC, {"type": "path", "run": "chromium-path-1", "time": time.time(),
+                                     "scoring": "neg_log_loss", "folds": 2, "points": points,
+                                     "best": 1, "done": True})
+            v = await browser.wait_js(
+                STATE_JS, lambda v: v["path_visible"] and v["path_points"] == 3
+                and v["path_best"] == [1e-3] and "chosen: l2 = 0.001" in v["path_info"])
+            await browser.js("window.scrollTo(0, document.body.scrollHeight)")
+            await asyncio.sleep(1.0)
+            await browser.screenshot(shots / "dlogit-panel-path.png")
+
         try:
             asyncio.run(scenario())
         finally:
             browser.close()
-        for name in ("dlogit-panel.png", "dlogit-panel-long-run.png"):
+        for name in ("dlogit-panel.png", "dlogit-panel-long-run.png", "dlogit-panel-path.png"):
             png = (shots / name).read_bytes()
             assert png.startswith(b"\x89PNG") and len(png) > 20_000

@@ -76,9 +76,14 @@ def test_bad_chunk_on_a_worker_is_a_data_error(client2, mode):
     y = da.from_array(yn, chunks=100)
     with pytest.raises(dlogit.DataError, match="NaN or infinite"):
         _fit(client2, X, y, mode)
-    y_bad = da.from_array(np.where(np.arange(400) == 5, 3.0, yn), chunks=100)
-    with pytest.raises(dlogit.DataError, match="0 or 1"):
+    y_bad = da.from_array(np.where(np.arange(400) == 5, np.nan, yn), chunks=100)
+    with pytest.raises(dlogit.DataError, match="labels contain NaN"):
         _fit(client2, da.from_array(np.nan_to_num(Xn), chunks=(100, 4)), y_bad, mode)
+    w_bad = da.from_array(np.where(np.arange(400) == 7, -1.0, 1.0), chunks=100)
+    with pytest.raises(dlogit.DataError, match="negative"):
+        dlogit.LogisticRegression(mode=mode).fit(da.from_array(np.nan_to_num(Xn), chunks=(100, 4)),
+                                                 da.from_array(yn, chunks=100), sample_weight=w_bad,
+                                                 client=client2)
 
 
 def test_single_class_across_chunks_is_detected(client2):
@@ -92,8 +97,8 @@ def test_progress_events_reach_the_callback(client2):
     X, y = synthetic(500, 10, seed=0, chunk_rows=100)
     for mode in ("worker-local", "distributed"):
         seen = []
-        dlogit.LogisticRegression(solver="gd", max_iter=250, progress_period=100, mode=mode,
-                                  callback=seen.append).fit(X, y, client=client2)
+        dlogit.LogisticRegression(solver="gd", max_iter=250, progress_period=100, mode=mode
+                                  ).fit(X, y, client=client2, callback=seen.append)
         kinds = [m["type"] for m in seen]
         assert kinds[0] == "start" and kinds[-1] == "end", mode
         steps = [s for m in seen if m["type"] == "progress" for s in m["step"]]
@@ -106,13 +111,9 @@ def test_shards_are_released_after_the_fit(client2):
     X, y = synthetic(500, 10, seed=0, chunk_rows=100)
     _fit(client2, X, y, "distributed")
 
-    def count():
-        from dlogit.engine import _ShardServer
+    from dlogit.engine.transport import shard_count
 
-        inst = _ShardServer._instance
-        return 0 if inst is None else len(inst.shards)
-
-    assert sum(client2.run(count).values()) == 0
+    assert sum(client2.run(shard_count).values()) == 0
 
 
 def test_two_workers_in_one_process_keep_separate_shards():
@@ -141,7 +142,7 @@ def test_local_cluster_workers_preload_the_engine():
     from dlogit.cluster import start_local_cluster
 
     def loaded() -> list[bool]:
-        mods = [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "scipy.optimize",
+        mods = [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "dlogit.chunks",
                                            "dlogit.kernels.cpu", "numba")]
         from dlogit.kernels.cpu import fused_sums  # compiled (or loaded from the disk cache) already
 
@@ -163,7 +164,7 @@ def test_concurrent_fits_from_one_client_get_their_own_events(client2):
     def fit(k: int) -> None:
         try:
             dlogit.LogisticRegression(solver="gd", max_iter=300 + 100 * k, progress_period=50,
-                                      mode="worker-local", callback=seen[k].append).fit(X, y, client=client2)
+                                      mode="worker-local").fit(X, y, client=client2, callback=seen[k].append)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -183,7 +184,7 @@ def test_concurrent_fits_from_one_client_get_their_own_events(client2):
 def test_alias_chunks_resolve_to_their_task_and_share_the_graph():
     """``from_delayed`` chunks are aliases: the engine computes the real task (one scheduler round
     trip less) and keeps the array's one graph (copying it per chunk made 3000-chunk fits 4x slower)."""
-    from dlogit.engine import _unalias
+    from dlogit.engine.placement import _unalias
 
     X, _ = synthetic(60, 3, seed=0, chunk_rows=20)
     chunks = list(X.to_delayed().ravel())

@@ -1,4 +1,4 @@
-"""Helpers shared by predict and evaluate."""
+"""Helpers shared by predict and evaluate: a model and a data file whose features match it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,42 @@ from typing import Any
 import numpy as np
 
 
-def load_for_model(model_path: str, data: str, label: str | None, labels: str | None,
-                   require_label: bool) -> tuple[Any, np.ndarray, np.ndarray | None]:
-    """Load a model and a data file whose features match it: ``(model, X, y)``."""
+def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_label: bool
+                   ) -> tuple[Any, Any, np.ndarray | None, np.ndarray | None]:
+    """``(model, X, y, w)`` for DATA read the way the model's training data was read (the same
+    label/weights columns, separator and categorical encoding, unless the options say otherwise);
+    non-finite features and a feature mismatch are one-line :class:`DataError`s."""
+    from dlogit.cli._options import source_from_options
     from dlogit.data import load_local
     from dlogit.errors import DataError
     from dlogit.estimator import load_model
+    from dlogit.stats import chunk_stats
 
     model = load_model(model_path)
-    source = model.meta_.get("source", {}) or {}
-    if label is None:
-        label = source.get("label") or "label"
-    X, y, info = load_local(data, label=label, labels=labels, require_label=require_label)
+    trained = model.meta_.get("source", {}) or {}
+    opts = dict(opts)
+    for key, src_key in (("label", "label"), ("weights", "weights"), ("sep", "sep"), ("index_col", "index_col"),
+                         ("n_features", "n_features")):
+        if opts.get(key) is None and trained.get(src_key) is not None:
+            if key == "weights" and not require_label:
+                continue  # predict ignores weights
+            opts[key] = trained[src_key]
+    if opts.get("label") is None:
+        opts["label"] = "label"
+    source = source_from_options(data, opts, require_label=require_label)
+    encoder = trained.get("encoder")
+    if encoder is not None:
+        from dataclasses import replace
+
+        source = replace(source, one_hot=tuple(encoder.get("columns", ())) or source.one_hot,
+                         hash_features=encoder.get("hash_features", source.hash_features))
+    local = load_local(source, encoder=encoder)
+    X, y, w, info = local.X, local.y, local.sample_weight, local.info
     want = model.n_features_in_
     if X.shape[1] != want:
         raise DataError(f"{data} has {X.shape[1]} feature columns but the model was trained on {want}")
-    names = source.get("feature_names")
-    if names and info.columns and list(info.columns) != list(names):
+    names = trained.get("feature_names") or model.meta_.get("feature_names")
+    if names and info.feature_names and list(info.feature_names) != list(names):
         raise DataError(f"the feature columns of {data} differ from those the model was trained on")
-    return model, X, y
+    chunk_stats(X, y if require_label else None, w, require_labels=require_label)  # NaN/inf, shapes, weights
+    return model, X, y, w

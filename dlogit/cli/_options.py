@@ -1,4 +1,4 @@
-"""Options shared by several commands (cluster selection, TLS)."""
+"""Options shared by several commands (cluster selection, TLS, data sources) and their parsers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,52 @@ from typing import Any
 
 import click
 
+FORMAT_CHOICES = ["csv", "tsv", "parquet", "npy", "libsvm", "zarr"]
+
+
+def duration(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> float | None:
+    """A click callback: ``30``, ``2.5s``, ``5min`` -> seconds (a bad value is one usage line)."""
+    if value is None:
+        return None
+    import dask
+
+    try:
+        seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
+    except (ValueError, TypeError, KeyError):
+        raise click.BadParameter(f"{value!r} is not a duration (e.g. 30, 10s, 5min)") from None
+    if not seconds > 0:
+        raise click.BadParameter(f"must be positive, got {value!r}")
+    return seconds
+
+
+def byte_size(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> int | None:
+    """A click callback: ``128MiB``, ``1e6`` -> bytes."""
+    if value is None:
+        return None
+    import dask
+
+    try:
+        n = int(dask.utils.parse_bytes(value))
+    except (ValueError, TypeError):
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 64MiB, 1GB)") from None
+    if n < 1:
+        raise click.BadParameter(f"must be at least 1 byte, got {value!r}")
+    return n
+
+
+def _columns(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    out: list[str] = []
+    for v in value:
+        out.extend(c.strip() for c in str(v).split(",") if c.strip())
+    return tuple(out)
+
 
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Where to run: a local cluster (workers, GPUs, host) or an existing scheduler (+ TLS)."""
     opts = [
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Local CPU worker processes (default: min(4, cores)); ignored with --gpus."),
         click.option("--gpus", default=None,
                      help="Local GPU workers: comma-separated ids or 'all' (dask-cuda, one worker per GPU)."),
@@ -24,7 +65,7 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Existing scheduler address, e.g. tcp://10.0.0.5:8786 [env DLOGIT_SCHEDULER]."),
         click.option("--scheduler-file", type=click.Path(), default=None,
                      help="Scheduler file written by `dask scheduler --scheduler-file`."),
-        click.option("--connect-timeout", default=None,
+        click.option("--connect-timeout", default=None, callback=duration,
                      help="Give up reaching the scheduler after this long (e.g. 10s) [dlogit.connect-timeout]."),
         click.option("--tls-ca-file", type=click.Path(), default=None, help="TLS CA certificate."),
         click.option("--tls-cert", type=click.Path(), default=None, help="TLS certificate."),
@@ -33,3 +74,55 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How to read DATA: format, columns, labels, weights, categoricals, chunking, precision."""
+    opts = [
+        click.option("--label", default=None,
+                     help="Label column of CSV/TSV/Parquet DATA (any labels: numbers, booleans, strings) "
+                          "[default: 'label'; predict/evaluate: the model's]."),
+        click.option("--labels", default=None, metavar="FILE",
+                     help="Labels of NPY/Zarr DATA (a 1-D .npy, or a Zarr array)."),
+        click.option("--weights", default=None, metavar="COLUMN|FILE.npy",
+                     help="Row weights: a column of DATA (excluded from the features) or a 1-D .npy."),
+        click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
+                     help="Format of DATA [default: from its name]."),
+        click.option("--sep", default=None, help="CSV field separator [default: ',' (tab for .tsv)]."),
+        click.option("--index-col", default=None, metavar="COLUMN",
+                     help="A column to drop as a row index (pandas' unnamed index column is dropped anyway)."),
+        click.option("--n-features", type=click.IntRange(min=1), default=None,
+                     help="LIBSVM: number of features when the file does not reach the last one."),
+        click.option("--one-hot", "one_hot", multiple=True, callback=_columns, metavar="COL,...",
+                     help="Encode these categorical columns one-hot (sparse; the vocabulary is kept in the model)."),
+        click.option("--hash-features", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Hash the --one-hot columns into N buckets instead (many distinct values)."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+                     help="Precision of X on the workers [default: the data's, float64 for synthetic]."),
+        click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+                     help="Rows per chunk [default: ~128 MiB of X per chunk]."),
+        click.option("--chunk-bytes", default=None, callback=byte_size, metavar="SIZE",
+                     help="Target size of a chunk, e.g. 64MiB [dlogit.chunk-bytes: 128MiB]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+DATA_KEYS = ("label", "labels", "weights", "fmt", "sep", "index_col", "n_features", "one_hot",
+             "hash_features", "dtype", "chunk_rows", "chunk_bytes")
+
+
+def source_from_options(path: str, opts: dict[str, Any], require_label: bool = True) -> Any:
+    """The :class:`dlogit.io.Source` the data options describe (relative paths made absolute)."""
+    from dlogit.io import Source
+
+    if opts.get("hash_features") and not opts.get("one_hot"):
+        raise click.BadParameter("--hash-features needs --one-hot COLUMNS (the columns to hash)",
+                                 param_hint="'--hash-features'")
+    src = Source(path=path, format=opts.get("fmt"), label=opts.get("label") or "label", labels=opts.get("labels"),
+                 weights=opts.get("weights"), sep=opts.get("sep"), index_col=opts.get("index_col"),
+                 n_features=opts.get("n_features"), one_hot=tuple(opts.get("one_hot") or ()),
+                 hash_features=opts.get("hash_features"), chunk_rows=opts.get("chunk_rows"),
+                 chunk_bytes=opts.get("chunk_bytes"), dtype=opts.get("dtype"), require_label=require_label)
+    return src.absolute() if hasattr(src, "absolute") else src

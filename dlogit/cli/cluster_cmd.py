@@ -9,13 +9,11 @@ file it wrote.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 
@@ -23,23 +21,10 @@ import click
 
 logger = logging.getLogger("dlogit.cli.cluster")
 
+from dlogit.cluster import is_loopback  # noqa: E402  (re-exported for the tests)
+
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` (an IP, ``localhost``, ``[::1]``, optionally ``tcp://``-prefixed)
-    listens on loopback only."""
-    host = host.strip()
-    if "://" in host:
-        host = host.split("://", 1)[1]
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name or an interface's address: assume others can reach it
 
 
 def exposure_warning(host: str, tls: bool) -> str | None:
@@ -60,20 +45,16 @@ def _hostport(host: str, port: int) -> str:
 
 def write_scheduler_file(path: str, info: dict) -> None:
     """Write ``info`` as JSON atomically, so a reader polling for the file never sees half of it."""
+    from dlogit.files import atomic_write
+
     path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".scheduler-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(info, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write)
 
 
 def _scheduler_identity(cluster) -> dict:

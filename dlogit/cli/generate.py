@@ -8,12 +8,12 @@ import click
 
 
 @click.command("generate")
-@click.argument("out", type=click.Path())
-@click.option("--rows", type=int, default=400, show_default=True)
-@click.option("--cols", type=int, default=784, show_default=True)
+@click.argument("out")
+@click.option("--rows", type=click.IntRange(min=1), default=400, show_default=True)
+@click.option("--cols", type=click.IntRange(min=1), default=784, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64", show_default=True)
-@click.option("--chunk-rows", type=int, default=None, help="Generate in chunks of this many rows (as train does).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, help="Generate in chunks of this many rows (as train does).")
 @click.option("--labels-out", type=click.Path(), default=None,
               help="For .npy OUT: where the labels go [default: OUT with .labels.npy].")
 def generate(out: str, rows: int, cols: int, seed: int, dtype: str, chunk_rows: int | None,
@@ -25,12 +25,20 @@ def generate(out: str, rows: int, cols: int, seed: int, dtype: str, chunk_rows: 
     import numpy as np
 
     from dlogit.data import parse_shape, synthetic_numpy, write_table
-    from dlogit.files import atomic_write
+    from dlogit.files import atomic_write, check_distinct, check_output
 
     parse_shape(f"{rows}x{cols}")
-    X, y = synthetic_numpy(rows, cols, seed=seed, dtype=dtype, chunk_rows=chunk_rows)
-    if out.lower().endswith(".npy"):
+    npy = out.lower().endswith(".npy")
+    if npy:
         labels_out = labels_out or os.path.splitext(out)[0] + ".labels.npy"
+        check_output(labels_out, suffixes=(".npy",), what="labels")
+        check_distinct({"OUT": out, "--labels-out": labels_out})
+    elif labels_out is not None:
+        raise click.BadParameter("only for .npy OUT (CSV and Parquet hold the labels in a column)",
+                                 param_hint="'--labels-out'")
+    check_output(out, suffixes=(".csv", ".tsv", ".parquet", ".pq", ".npy"), what="data")
+    X, y = synthetic_numpy(rows, cols, seed=seed, dtype=dtype, chunk_rows=chunk_rows)
+    if npy:
 
         def save(a: np.ndarray):
             return lambda tmp: np.save(tmp, a)

@@ -1,26 +1,53 @@
-"""``dlogit predict``: probabilities and labels for a data file (NumPy only, no cluster)."""
+"""``dlogit predict``: labels and class probabilities for a data file (NumPy only, no cluster)."""
 
 from __future__ import annotations
-
 
 import click
 
 from dlogit.cli._common import load_for_model
+from dlogit.cli._options import data_options
+
+
+def proba_columns(classes: list[str]) -> list[str]:
+    """``proba_<class>`` column names (made unique if two classes print alike)."""
+    names, seen = [], set()
+    for c in classes:
+        name = f"proba_{c}"
+        while name in seen:
+            name += "_"
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 @click.command("predict")
-@click.argument("model_path", metavar="MODEL", type=click.Path())
-@click.argument("data", type=click.Path())
-@click.option("--out", "out", type=click.Path(), required=True,
-              help="Where to write columns proba and label (.csv, .parquet or .npy).")
-@click.option("--label", default=None, help="Label column to leave out of the features [default: the model's].")
-def predict(model_path: str, data: str, out: str, label: str | None) -> None:
-    """Write P(y=1) and the predicted label for every row of DATA."""
+@click.argument("model_path", metavar="MODEL")
+@click.argument("data")
+@click.option("--out", "out", required=True,
+              help="Where to write the predicted label and one probability column per class "
+                   "(.csv, .tsv, .parquet or .npy).")
+@data_options
+def predict(model_path: str, data: str, out: str, **opts) -> None:
+    """Write the predicted label and P(class) for every row of DATA.
+
+    Columns: ``label`` (the original labels: numbers, booleans or strings) and ``proba_<class>`` for
+    each class, in the order of the model's classes.
+    """
+    import numpy as np
+
     from dlogit.data import write_table
+    from dlogit.files import check_output
 
-    model, X, _ = load_for_model(model_path, data, label, None, require_label=False)
-    proba = model.predict_proba(X)[:, 1]
-    write_table(out, {"proba": proba, "label": (proba > 0.5).astype("int64")})
-    click.echo(f"wrote {len(proba)} predictions to {out}")
+    check_output(out, inputs=[data, model_path, opts.get("labels")], what="predictions")
+    model, X, _, _ = load_for_model(model_path, data, opts, require_label=False)
+    proba = np.asarray(model.predict_proba(X))
+    labels = np.asarray(model.predict(X))
+    cols = {"label": labels}
+    if out.lower().endswith(".npy") and labels.dtype.kind not in "biuf":
+        from dlogit.errors import DataError
 
-
+        raise DataError("labels are not numeric: write the predictions to .csv or .parquet, not .npy")
+    for name, j in zip(proba_columns([str(c) for c in model.classes_]), range(proba.shape[1])):
+        cols[name] = proba[:, j]
+    write_table(out, cols)
+    click.echo(f"wrote {len(labels)} predictions to {out}")

@@ -1,16 +1,24 @@
-"""``dlogit train``: fit a model on a local or existing Dask cluster."""
+"""``dlogit train``: fit a model on a local or existing Dask cluster.
+
+Everything that can be checked is checked before any work starts (options, the output path, the
+checkpoint directory); bad input is one line and exit code 2; a fit that did not produce a usable model
+exits 3 and writes no model (unless ``--keep-diverged``); Ctrl-C / SIGTERM stop the fit at a step
+boundary (exit 130 / 143) after writing a checkpoint when ``--checkpoint`` is on.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import time
 import warnings
 from typing import Any
 
 import click
 
-from dlogit.cli._options import cluster_options
+from dlogit.cli._options import cluster_options, data_options, duration, source_from_options
 
 
 class _PlainProgress:
@@ -38,36 +46,58 @@ def _progress(max_iter: int, period: int, quiet: bool) -> Any:
     return TerminalProgress(max_iter, period=period, quiet=quiet)
 
 
+def _note(quiet: bool, message: str) -> None:
+    if not quiet:
+        click.echo(f"dlogit: {message}", err=True)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"dlogit: warning: {message}", err=True)
+
+
 @click.command("train")
-@click.argument("data", required=False, type=click.Path())
+@click.argument("data", required=False)
 @click.option("--synthetic", "synthetic_shape", default=None, metavar="ROWSxCOLS",
               help="Train on generated data: X ~ N(0,1), y ~ uniform{0,1} [default when no DATA: 400x784].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic data and of --init normal.")
-@click.option("--label", default="label", show_default=True, help="Label column of a CSV/Parquet DATA file.")
-@click.option("--labels", type=click.Path(), default=None, help="Labels of an NPY DATA file (a 1-D .npy).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
-              help="Precision of X on the workers [default: the data's, float64 for synthetic].")
-@click.option("--solver", type=click.Choice(["gd", "lbfgs"]), default="gd", show_default=True)
-@click.option("--l2", type=float, default=0.01, show_default=True, help="Penalty lambda in lambda*||w||^2.")
+@data_options
+@click.option("--class-weight", "class_weight", type=click.Choice(["balanced"]), default=None,
+              help="Weight classes inversely to their frequency (S / (K S_k)).")
+@click.option("--solver", type=click.Choice(["gd", "lbfgs", "newton"]), default=None,
+              help="[default: lbfgs for a DATA file, gd for synthetic data (the textbook run)]")
+@click.option("--l2", type=float, default=0.01, show_default=True, help="L2 strength in l2*||W||^2.")
+@click.option("--l1", type=float, default=0.0, show_default=True,
+              help="L1 strength in l1*||W||_1 (sparse coefficients; lbfgs runs OWL-QN, gd is proximal).")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate (gd).")
-@click.option("--max-iter", type=int, default=None, help="[default: 10001 for gd, 1000 for lbfgs]")
-@click.option("--tol", type=float, default=None, help="Stop at ||grad|| <= tol [default: 0 for gd, 1e-6 for lbfgs].")
-@click.option("--init", type=click.Choice(["normal", "zeros"]), default="normal", show_default=True,
-              help="Starting w (b starts at 0).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=None,
+              help="[default: 10001 for gd, 1000 for lbfgs, 100 for newton]")
+@click.option("--tol", type=click.FloatRange(min=0), default=None,
+              help="Stop at ||grad|| <= tol (with L1: the minimum-norm subgradient) [default: 0 for gd, 1e-6 otherwise].")
+@click.option("--init", type=click.Choice(["normal", "zeros"]), default=None,
+              help="Starting coefficients (intercepts start at 0) [default: normal for synthetic data, zeros for files].")
 @click.option("--no-intercept", is_flag=True, help="Fit without an intercept.")
-@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: ~128 MiB of X per chunk].")
 @click.option("--mode", type=click.Choice(["auto", "worker-local", "distributed"]), default="auto",
               show_default=True, help="Run the solver on one worker, or step across all workers.")
-@click.option("--out", "out", type=click.Path(), default=None, help="Write the model here (.npz).")
+@click.option("--out", "out", default=None, help="Write the model here (.npz).")
+@click.option("--keep-diverged", is_flag=True, help="Write the model even when the fit diverged (exit code stays 3).")
+@click.option("--checkpoint", "checkpoint", default=None, metavar="DIR",
+              help="Write the solver's state to DIR/checkpoint.npz every --checkpoint-every and on Ctrl-C/SIGTERM.")
+@click.option("--checkpoint-every", default=None, callback=duration, metavar="SECONDS",
+              help="How often to checkpoint, e.g. 30 or 5min [dlogit.checkpoint-every: 30s].")
+@click.option("--resume", is_flag=True, help="Continue the fit saved in --checkpoint DIR (same data and parameters).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
-@click.option("--progress", "period", type=int, default=1000, show_default=True, help="Report every N steps.")
+@click.option("--progress", "period", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Report every N steps.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--verbose", "-v", is_flag=True, help="Also print informational notices.")
 @cluster_options
-def train(data: str | None, synthetic_shape: str | None, seed: int, label: str, labels: str | None,
-          dtype: str | None, solver: str, l2: float, lr: float, max_iter: int | None, tol: float | None,
-          init: str, no_intercept: bool, chunk_rows: int | None, mode: str, out: str | None,
-          as_json: bool, period: int, quiet: bool, **cluster: Any) -> None:
-    """Train a logistic regression on DATA (CSV, Parquet or NPY) or on synthetic data.
+def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight: str | None,
+          solver: str | None, l2: float, l1: float, lr: float, max_iter: int | None, tol: float | None,
+          init: str | None, no_intercept: bool, mode: str, out: str | None, keep_diverged: bool,
+          checkpoint: str | None, checkpoint_every: float | None, resume: bool, as_json: bool, period: int,
+          quiet: bool, verbose: bool, **opts: Any) -> None:
+    """Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files, directories,
+    globs or URLs) or on synthetic data.
 
     With no arguments: the textbook run (400x784 random data, gd, lr 0.1, l2 0.01, 10001 steps) on a
     local cluster started for the run.
@@ -75,81 +105,161 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, label: str, 
     import numpy as np
 
     from dlogit import data as data_mod
+    from dlogit.cli import NotConverged
     from dlogit.errors import ConfigError
     from dlogit.estimator import LogisticRegression
+    from dlogit.files import check_output
+    from dlogit.spec import CheckpointSpec
 
+    cluster = {k: opts.pop(k) for k in list(opts) if k in _CLUSTER_KEYS}
     if data and synthetic_shape:
         raise ConfigError("give either DATA or --synthetic, not both")
-    if period < 1:
-        raise ConfigError(f"--progress must be at least 1, got {period}")
-    if out is not None and not out.endswith(".npz"):
-        raise ConfigError(f"--out must name a .npz file, got {out!r}")
-    model = LogisticRegression(solver=solver, l2=l2, lr=lr, max_iter=max_iter, tol=tol,
-                               fit_intercept=not no_intercept, init=init, random_state=seed,
-                               chunk_rows=chunk_rows, progress_period=period, mode=mode)
-    resolved = model._resolved()  # validate options before starting anything
-    if data is None:
+    synthetic = data is None
+    solver = solver or ("gd" if synthetic else "lbfgs")
+    init = init or ("normal" if synthetic else "zeros")
+    if resume and not checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR")
+    source = None
+    if synthetic:
         rows, cols = data_mod.parse_shape(synthetic_shape or "400x784")
+        inputs = []
+    else:
+        source = source_from_options(data, opts)
+        inputs = [source.path, source.labels, source.weights if source.weights and
+                  source.weights.endswith(".npy") else None]
+    if out is not None:
+        check_output(out, inputs=inputs, suffixes=(".npz",), what="model")
+    ckpt = None
+    if checkpoint is not None:
+        import dask
+
+        every = checkpoint_every if checkpoint_every is not None else dask.utils.parse_timedelta(
+            dask.config.get("dlogit.checkpoint-every", "30s"))
+        for src in inputs:
+            if src and os.path.abspath(src) == os.path.abspath(checkpoint):
+                raise ConfigError(f"--checkpoint {checkpoint} is one of the inputs")
+        ckpt = CheckpointSpec(checkpoint, every=float(every), resume=resume)
+    model = LogisticRegression(solver=solver, l2=l2, l1=l1, lr=lr, max_iter=max_iter, tol=tol,
+                               fit_intercept=not no_intercept, class_weight=class_weight, init=init,
+                               random_state=seed, chunk_rows=opts.get("chunk_rows"), progress_period=period,
+                               mode=mode)
+    spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
     quiet = quiet or as_json
+    _check_plan(cluster.get("workers"), synthetic and rows, opts.get("chunk_rows"))
 
     t0 = time.perf_counter()
-    with _cluster(cluster, quiet) as (client, kind):
+    with _cluster(cluster, quiet, verbose) as (client, kind):
         startup = time.perf_counter() - t0
-        if data is None:
-            X, y = data_mod.synthetic(rows, cols, seed=seed, dtype=dtype or "float64",
-                                      chunk_rows=chunk_rows, gpu=(kind == "gpu"))
-            source = {"synthetic": f"{rows}x{cols}", "seed": seed}
-        else:
-            X, y, info = data_mod.read_data(data, label=label, labels=labels, chunk_rows=chunk_rows,
-                                            dtype=dtype, client=client)
-            if kind == "gpu":
-                X, y = _to_gpu(X), _to_gpu(y)
-            source = {"data": data, "label": info.label, "labels": info.labels_path,
-                      "feature_names": info.columns}
         t1 = time.perf_counter()
-        X, y = _load(client, X, y)
+        if synthetic:
+            X, y = data_mod.synthetic(rows, cols, seed=seed, dtype=opts.get("dtype") or "float64",
+                                      chunk_rows=opts.get("chunk_rows"), gpu=(kind == "gpu"))
+            w = None
+            meta_source: dict[str, Any] = {"synthetic": f"{rows}x{cols}", "seed": seed}
+        else:
+            ds = data_mod.read_data(source, client=client)
+            for notice in ds.info.notices:
+                _note(False, notice)
+            X, y, w = ds.X, ds.y, ds.sample_weight
+            if y is None:
+                raise ConfigError(f"{data} has no labels (use --label COLUMN or --labels FILE.npy)")
+            if kind == "gpu":
+                X = _to_gpu(X)
+            meta_source = {"data": source.path, "format": ds.info.kind, "label": source.label,
+                           "labels": source.labels, "weights": source.weights,
+                           "feature_names": ds.info.feature_names, "sep": source.sep,
+                           "index_col": source.index_col, "n_features": source.n_features,
+                           "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
+        _check_chunks(int(X.numblocks[0]), X.shape[0])
+        X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
-        progress = _progress(resolved["max_iter"], period, quiet)
-        model.callback = progress
+        progress = _progress(spec.max_iter, period, quiet)
+        if ckpt is not None and resume:
+            _note(quiet, f"resuming from {os.path.join(ckpt.directory, 'checkpoint.npz')}")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model.fit(X, y, client=client)
+                model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint, callback=progress)
         finally:
             progress.close()
+        if not synthetic and ds.info.feature_names:
+            model.feature_names_in_ = np.asarray(ds.info.feature_names, dtype=object)
         fit_seconds = model.fit_seconds_
-        with client.as_current():
-            accuracy = model.score(X, y)
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    for w in caught:
-        click.echo(f"dlogit: warning: {w.message}", err=True)
+        usable = model.status_ != "diverged" and np.all(np.isfinite(model.coef_))
+        accuracy = None
+        if usable:
+            with client.as_current():
+                accuracy = model.score(X, y, sample_weight=None)
+        workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    for w_ in caught:
+        if not (w_.category.__name__ == "ConvergenceWarning" and model.status_ == "diverged"):
+            click.echo(f"dlogit: warning: {w_.message}", err=True)
+    if not usable:
+        if out and keep_diverged:
+            model.save(out, source=meta_source, accuracy=None)
+        advice = ("lower --lr (e.g. --lr 0.01) or standardize the columns" if solver == "gd"
+                  else "standardize the columns or raise --l2")
+        kept = f"; model written to {out} (--keep-diverged)" if out and keep_diverged else "; no model written"
+        raise NotConverged(f"the fit diverged ({model.message_ or 'non-finite coefficients'}): {advice}{kept}")
     if out:
-        model.save(out, source=source, accuracy=accuracy)
+        model.save(out, source=meta_source, accuracy=accuracy)
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
                "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
                "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
-               "mode": model.mode_, "kernel": model.kernel_,
-               "coef_norm": float(np.linalg.norm(model.coef_)), "intercept": float(model.intercept_[0]),
+               "mode": model.mode_, "kernel": model.kernel_, "solver": solver,
+               "family": model.family_, "n_classes": int(len(model.classes_)),
+               "classes": [str(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
+               "coef_norm": float(np.linalg.norm(model.coef_)),
+               "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
                "model": out}
     if as_json:
         click.echo(json.dumps(summary))
         return
+    classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
     click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
                f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s), "
-               f"{model.mode_} mode, {model.kernel_} kernel)")
-    click.echo(f"loss {model.loss_:.6f}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}")
+               f"{model.mode_} mode, {model.kernel_} kernel{classes})")
+    sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if l1 > 0 else ""
+    click.echo(f"loss {model.loss_:.6f}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
+               f"{sparsity}")
     if out:
         click.echo(f"model written to {out}")
+
+
+_CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "host", "dashboard_address", "scheduler",
+                 "scheduler_file", "connect_timeout", "tls_ca_file", "tls_cert", "tls_key")
+
+
+def _check_plan(workers: int | None, rows: int | None, chunk_rows: int | None) -> None:
+    """One-line warnings for plans that cannot work well (before anything starts)."""
+    cores = os.cpu_count() or 1
+    if workers is not None and workers > 4 * cores:
+        _warn(f"--workers {workers} on {cores} core(s): start-up will be slow and the workers will "
+              f"compete for the cores; use --workers {max(1, cores)} (one per core) or a real cluster")
+    if rows and chunk_rows and -(-rows // chunk_rows) > 10_000:
+        _warn(f"--chunk-rows {chunk_rows} makes {-(-rows // chunk_rows)} chunks: per-chunk overhead will "
+              "dominate; leave --chunk-rows unset (about 128 MiB per chunk) or raise it")
+
+
+def _check_chunks(n_chunks: int, rows: float) -> None:
+    if n_chunks > 10_000:
+        _warn(f"the data has {n_chunks} chunks: per-chunk overhead will dominate; use larger chunks "
+              "(--chunk-rows or --chunk-bytes)")
 
 
 def _to_gpu(a: Any) -> Any:
     import cupy
 
+    meta = getattr(a, "_meta", None)
+    if meta is not None and hasattr(meta, "nnz"):
+        import cupyx.scipy.sparse as cps
+
+        return a.map_blocks(cps.csr_matrix, dtype=a.dtype, meta=cps.csr_matrix((0, a.shape[1]), dtype=a.dtype))
     return a.map_blocks(cupy.asarray, dtype=a.dtype, meta=cupy.empty((0,) * a.ndim, dtype=a.dtype))
 
 
 @contextlib.contextmanager
-def _cluster(opts: dict[str, Any], quiet: bool) -> Any:
+def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
     """Yield ``(client, kind)``: an existing scheduler when one is named, else a local cluster."""
     from distributed import Client
 
@@ -165,39 +275,67 @@ def _cluster(opts: dict[str, Any], quiet: bool) -> Any:
             listen(client)
             yield client, _kind(client)
         finally:
-            client.close()
+            _close_quietly(client)
         return
+    n = opts["workers"]
+    if not quiet:
+        what = f"{n} CPU worker(s)" if n else ("GPU workers" if opts["gpus"] else "workers")
+        click.echo(f"dlogit: starting a local cluster ({what})...", err=True)
     cluster = start_local_cluster(workers=opts["workers"], gpus=opts["gpus"], host=opts["host"],
                                   dashboard_address=opts["dashboard_address"],
                                   rmm_pool_size=opts["rmm_pool_size"], security=security)
     try:
         client = Client(cluster, security=security, set_as_default=False)
         try:
-            if cluster.kind == "cpu" and opts["workers"] is None and not quiet:
-                n = len(cluster.workers)
-                click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {n} CPU worker "
-                           "processes", err=True)
+            if cluster.kind == "cpu" and opts["workers"] is None and verbose:
+                click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(cluster.workers)} "
+                           "CPU worker processes", err=True)
             _say_dashboard(client, quiet)
             listen(client)
             yield client, cluster.kind
         finally:
-            client.close()
+            _close_quietly(client)
     finally:
-        cluster.close()
+        _close_quietly(cluster)
 
 
-def _load(client: Any, X: Any, y: Any) -> tuple[Any, Any]:
-    """Read or generate the data on the workers and keep it there (timed apart from the fit).
+def _close_quietly(obj: Any) -> None:
+    from dlogit.cli import ignore_signals
 
-    The fit keeps every chunk resident anyway; loading first lets the fit start on data already in
-    place, and scoring afterwards reads the same chunks instead of reading the files again.
-    """
-    from distributed import wait
+    if sys.exc_info()[0] is not None and issubclass(sys.exc_info()[0], KeyboardInterrupt):
+        ignore_signals()
+    with contextlib.suppress(Exception):
+        obj.close()
 
-    X, y = client.persist([X, y])
-    with client.as_current():
-        wait([X, y])
-    return X, y
+
+def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, Any]:
+    """Read or generate the data on the workers and keep it there (timed apart from the fit), showing
+    how many chunks are loaded on a terminal."""
+    from distributed import futures_of
+
+    arrays = [a for a in (X, y, w) if a is not None]
+    persisted = client.persist(arrays)
+    futs = [f for a in persisted for f in futures_of(a)]
+    total = len(futs)
+    tty = sys.stderr.isatty() and not quiet
+    t0 = time.monotonic()
+    while True:
+        done = sum(f.done() for f in futs)
+        if done == total:
+            break
+        errored = next((f for f in futs if f.status == "error"), None)
+        if errored is not None:
+            errored.result()  # raises the reader's DataError
+        if tty and time.monotonic() - t0 > 1.0:
+            click.echo(f"\rdlogit: loading data: {done}/{total} chunks", err=True, nl=False)
+        time.sleep(0.05)
+    for f in futs:
+        if f.status == "error":
+            f.result()
+    if tty and time.monotonic() - t0 > 1.0:
+        click.echo(f"\rdlogit: loading data: {total}/{total} chunks", err=True)
+    it = iter(persisted)
+    return next(it), next(it), (next(it) if w is not None else None)
 
 
 def _say_dashboard(client: Any, quiet: bool) -> None:
@@ -207,17 +345,12 @@ def _say_dashboard(client: Any, quiet: bool) -> None:
 
 
 def _kind(client: Any) -> str:
-    def probe() -> bool:
-        import os
+    from dlogit import cluster as dcluster
 
-        from dlogit._xp import cupy_available
-
-        return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) and cupy_available()
-
-    from dlogit._xp import cupy_available
-
+    probe = getattr(dcluster, "workers_have_gpus", None)
+    if probe is None:
+        return "cpu"
     try:
-        on_workers = client.run(probe).values()
-        return "gpu" if on_workers and all(on_workers) and cupy_available() else "cpu"
-    except Exception:  # noqa: BLE001
+        return "gpu" if probe(client) else "cpu"
+    except Exception:  # noqa: BLE001 - a probe that fails means no usable GPU workers
         return "cpu"

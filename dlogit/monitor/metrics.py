@@ -7,6 +7,12 @@ registered there once per process, makes the dlogit metrics appear on that
 endpoint next to the ``dask_*`` ones.  The collector reads every live
 :class:`~dlogit.monitor.state.MonitorState` attached to it (normally exactly
 one: one scheduler per process).
+
+Run status is the ``status`` label of ``dlogit_run_info`` (one series per run,
+value 1), so ``dlogit_run_info{status="diverged"}`` selects the diverged runs
+that are still kept; ``dlogit_runs_finished_total{status}`` counts every run
+that ended, by status, over the scheduler's lifetime (runs leave the kept set,
+the counter does not forget them).
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import math
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from dlogit.monitor.state import MonitorState
+from dlogit.monitor.state import FINISHED, MonitorState
 
 _lock = threading.Lock()
 _collector: DlogitCollector | None = None
@@ -71,25 +78,62 @@ class DlogitCollector:
             ),
             g(
                 "dlogit_run_info",
-                "Always 1; labels carry the run status and solver",
-                labels=["run", "status", "solver", "mode"],
+                "Always 1; labels carry the run status, solver, mode and model family",
+                labels=["run", "status", "solver", "mode", "family"],
+            ),
+            g("dlogit_n_classes", "Number of classes K of the run's model", labels=["run"]),
+            g(
+                "dlogit_n_nonzero",
+                "Nonzero coefficients of the fitted model (intercepts excluded; from the end event)",
+                labels=["run"],
             ),
             g("dlogit_runs_active", "Runs currently running (not finished, not stale)"),
             CounterMetricFamily(
                 "dlogit_steps", "Optimizer steps observed by this scheduler"
             ),
+            CounterMetricFamily(
+                "dlogit_runs_finished",
+                "Runs that ended, by final status, observed by this scheduler",
+                labels=["status"],
+            ),
+            g(
+                "dlogit_path_best_score",
+                "Mean cross-validated score of the chosen point of a regularization path",
+                labels=["path", "scoring"],
+            ),
+            g("dlogit_path_best_l2", "L2 strength of the chosen point of a path", labels=["path"]),
+            g("dlogit_path_best_l1", "L1 strength of the chosen point of a path", labels=["path"]),
+            g("dlogit_path_points", "Completed points of a regularization path", labels=["path"]),
+            g("dlogit_path_done", "1 once the regularization path finished, else 0", labels=["path"]),
         ]
 
     def collect(self) -> Iterator[Any]:
         fams = {f.name: f for f in self._families()}
         now = time.time()
         seen: set[str] = set()
+        seen_paths: set[str] = set()
         active = 0
         steps_total = 0
+        finished: Counter[str] = Counter()
         for state in list(self._states):
             with state.lock:
                 steps_total += state.steps_total
+                finished.update(state.finished_total)
                 active += state.active_runs(now)
+                for ps in state.paths.values():
+                    if ps.path in seen_paths:
+                        continue
+                    seen_paths.add(ps.path)
+                    lab = [ps.path]
+                    fams["dlogit_path_points"].add_metric(lab, float(len(ps.points)))
+                    fams["dlogit_path_done"].add_metric(lab, 1.0 if ps.done else 0.0)
+                    best = ps.best_point
+                    if best is not None:
+                        if not math.isnan(best.mean):
+                            fams["dlogit_path_best_score"].add_metric([ps.path, ps.scoring],
+                                                                      best.mean)
+                        fams["dlogit_path_best_l2"].add_metric(lab, best.l2)
+                        fams["dlogit_path_best_l1"].add_metric(lab, best.l1)
                 for rs in state.runs.values():
                     if rs.run in seen:
                         continue
@@ -117,11 +161,17 @@ class DlogitCollector:
                             rs.display_status(now),
                             str(rs.params.get("solver", "")),
                             str(rs.params.get("mode", "")),
+                            rs.model.family,
                         ],
                         1.0,
                     )
+                    fams["dlogit_n_classes"].add_metric(lab, float(rs.model.n_classes))
+                    if rs.n_nonzero is not None:
+                        fams["dlogit_n_nonzero"].add_metric(lab, float(rs.n_nonzero))
         fams["dlogit_runs_active"].add_metric([], float(active))
         fams["dlogit_steps"].add_metric([], float(steps_total))
+        for status in FINISHED:
+            fams["dlogit_runs_finished"].add_metric([status], float(finished[status]))
         return iter(fams.values())
 
 

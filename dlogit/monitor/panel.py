@@ -18,13 +18,36 @@ from typing import Any
 
 import numpy as np
 
-from dlogit.monitor.state import MonitorState, RunState
+from dlogit.monitor.state import (
+    MonitorState,
+    PathPoint,
+    PathState,
+    RunState,
+    log_positions,
+    zero_note,
+)
 
 logger = logging.getLogger(__name__)
 
 ROUTE = "/dlogit"
 REFRESH_MS = 500
 LATEST = "__latest__"
+#: classes drawn in the "rows per class" chart (the largest ones)
+TOP_CLASSES = 20
+#: list parameters longer than this are shortened in the table
+LIST_ITEMS = 20
+
+#: one colour per run status (the status badge in the page header)
+STATUS_COLORS = {
+    "running": "#1f77b4",
+    "stale": "#7f7f7f",
+    "converged": "#2ca02c",
+    "max_iter": "#ff7f0e",
+    "stalled": "#9467bd",
+    "diverged": "#d62728",
+    "failed": "#8c1c13",
+    "interrupted": "#17becf",
+}
 
 _TABLE_CSS = """
 table.dlogit-params { border-collapse: collapse; width: 100%; }
@@ -32,10 +55,12 @@ table.dlogit-params th { text-align: left; font-weight: 600; padding: 2px 12px 2
                          white-space: nowrap; vertical-align: top; }
 table.dlogit-params td { padding: 2px 4px; word-break: break-all; }
 table.dlogit-params tr:nth-child(even) { background: #f2f2f2; }
+table.dlogit-params tr.dlogit-best { font-weight: 700; }
 """
 
 _STEP_COLS = RunState.STEP_COLUMNS
 _RATE_COLS = RunState.RATE_COLUMNS
+_PATH_COLS = ("x", "mean", "lower", "upper", "std", "l2", "l1", "n_iter", "n_nonzero")
 
 
 def _fmt(x: Any, spec: str = ".6g") -> str:
@@ -46,8 +71,51 @@ def _fmt(x: Any, spec: str = ".6g") -> str:
             return "-"
         return format(x, spec)
     if isinstance(x, (list, tuple)):
-        return ", ".join(str(v) for v in x)
+        text = ", ".join(str(v) for v in x[:LIST_ITEMS])
+        if len(x) > LIST_ITEMS:
+            text += f", ... ({len(x) - LIST_ITEMS} more)"
+        return text
     return str(x)
+
+
+def status_badge(status: str) -> str:
+    """The HTML badge of a run status, in the status's colour."""
+    color = STATUS_COLORS.get(status, STATUS_COLORS["failed"])
+    s = html.escape(status)
+    return (
+        f'<span class="dlogit-status" data-status="{s}" style="background:{color};color:#fff;'
+        f'padding:0 6px;border-radius:3px">{s}</span>'
+    )
+
+
+def n_coefficients(summary: dict[str, Any]) -> int | None:
+    """Coefficients of the run's model, intercepts excluded: d, or K x d for multinomial."""
+    try:
+        d = int(summary["params"].get("n_features"))
+    except (TypeError, ValueError):
+        return None
+    return d * (summary["n_classes"] if summary["family"] == "multinomial" else 1)
+
+
+def path_columns(points: tuple[PathPoint, ...], lam: list[float]) -> dict[str, np.ndarray]:
+    """The path figure's columns: the penalty ``lam`` on a log axis, mean score +- std."""
+    mean = np.array([p.mean for p in points], dtype=np.float64)
+    std = np.array([p.std for p in points], dtype=np.float64)
+
+    def opt(v: int | None) -> float:
+        return math.nan if v is None else float(v)
+
+    return {
+        "x": np.array(log_positions(lam), dtype=np.float64),
+        "mean": mean,
+        "lower": mean - std,
+        "upper": mean + std,
+        "std": std,
+        "l2": np.array([p.l2 for p in points], dtype=np.float64),
+        "l1": np.array([p.l1 for p in points], dtype=np.float64),
+        "n_iter": np.array([opt(p.n_iter) for p in points], dtype=np.float64),
+        "n_nonzero": np.array([opt(p.n_nonzero) for p in points], dtype=np.float64),
+    }
 
 
 def format_seconds(s: float | None) -> str:
@@ -90,6 +158,7 @@ class DlogitPanel:
             LinearAxis,
             NumeralTickFormatter,
             Select,
+            Whisker,
         )
         from bokeh.plotting import figure
 
@@ -103,6 +172,10 @@ class DlogitPanel:
         self._sent_rates = 0
         self._version = -1
         self._options: list = []
+        self._classes: list[tuple[str, int]] | None = None
+        self._path: PathState | None = None
+        self._path_version = -1
+        self._path_options: list = []
 
         self.steps = ColumnDataSource(_empty(_STEP_COLS), name="dlogit-steps")
         self.tail = ColumnDataSource(_empty(_STEP_COLS), name="dlogit-tail")
@@ -111,6 +184,9 @@ class DlogitPanel:
             {"worker": [], "ms": [], "color": []}, name="dlogit-workers"
         )
         self.param_rows: list[tuple[str, str]] = []
+        self.classes = ColumnDataSource({"label": [], "count": []}, name="dlogit-classes")
+        self.path = ColumnDataSource(_empty(_PATH_COLS), name="dlogit-path")
+        self.path_best = ColumnDataSource(_empty(_PATH_COLS), name="dlogit-path-best")
 
         self.select = Select(
             title="Run", options=[(LATEST, "latest run")], value=LATEST,
@@ -176,6 +252,43 @@ class DlogitPanel:
         wf.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("ms", "@ms{0.0}")]))
         self.worker_fig = wf
 
+        cf = figure(title="Rows per class", y_range=FactorRange(), name="dlogit-classes-fig",
+                    height=260, sizing_mode="stretch_width", toolbar_location=None, tools="")
+        cf.hbar(y="label", right="count", height=0.8, color="#1f77b4", source=self.classes)
+        cf.x_range.start = 0
+        cf.xaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
+        cf.add_tools(HoverTool(tooltips=[("class", "@label"), ("rows", "@count")]))
+        cf.visible = False  # until a run reports its class counts
+        self.classes_fig = cf
+
+        self.path_select = Select(
+            title="Regularization path", options=[(LATEST, "latest path")], value=LATEST,
+            width=420, name="dlogit-path-select",
+        )
+        self.path_select.on_change("value", self._on_path_select)
+        self.path_info = Div(text="No regularization path seen yet.", name="dlogit-path-info",
+                             sizing_mode="stretch_width")
+        pf = figure(title="Cross-validated score", x_axis_type="log", x_axis_label="l2",
+                    y_axis_label="score", name="dlogit-path-fig", **fig_kw)
+        pf.line("x", "mean", source=self.path, line_width=2, color="#1f77b4")
+        dots = pf.scatter("x", "mean", source=self.path, size=7, color="#1f77b4")
+        pf.add_layout(Whisker(source=self.path, base="x", upper="upper", lower="lower",
+                              line_color="#1f77b4"))
+        for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
+            pf.scatter("x", end, source=self.path, size=1, alpha=0)
+        pf.scatter("x", "mean", source=self.path_best, marker="star", size=18,
+                   color="#d62728")
+        pf.add_tools(HoverTool(renderers=[dots], tooltips=[
+            ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std"),
+            ("n_iter", "@n_iter"), ("nonzero", "@n_nonzero")]))
+        pf.visible = False
+        self.path_fig = pf
+        self.path_table = Div(
+            text="", name="dlogit-path-table", sizing_mode="stretch_width", height=260,
+            styles={"overflow-y": "auto", "font-size": "13px"}, stylesheets=[_TABLE_CSS],
+        )
+        self.path_table.visible = False
+
         # a plain HTML table: Bokeh 3.9's DataTable does not redraw when its
         # source is replaced by data of the same length (bokeh/bokeh#15328)
         self.table = Div(
@@ -193,6 +306,9 @@ class DlogitPanel:
                 sizing_mode="stretch_width"),
             row(self.step_fig, self.throughput, sizing_mode="stretch_width"),
             row(self.worker_fig, self.table, sizing_mode="stretch_width"),
+            row(self.classes_fig, sizing_mode="stretch_width"),
+            row(self.path_select, self.path_info, sizing_mode="stretch_width"),
+            row(self.path_fig, self.path_table, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
         self.update()
@@ -200,6 +316,9 @@ class DlogitPanel:
     # ------------------------------------------------------------- callbacks
     def _on_select(self, attr: str, old: Any, new: Any) -> None:
         self.update()
+
+    def _on_path_select(self, attr: str, old: Any, new: Any) -> None:
+        self._update_path()
 
     def _on_logscale(self, attr: str, old: Any, new: list[int]) -> None:
         self.loss_lin.visible = 0 not in new
@@ -213,6 +332,7 @@ class DlogitPanel:
         self.tail.data = _empty(_STEP_COLS)
         self.rates.data = _empty(_RATE_COLS)
         self.workers.data = {"worker": [], "ms": [], "color": []}
+        self._update_classes([], 0, 0)
         self.param_rows = []
         self.table.text = ""
         self._run = None
@@ -222,11 +342,18 @@ class DlogitPanel:
         self._version = -1
 
     def update(self) -> None:
+        """Bring the page up to date with the state (the periodic callback)."""
+        self._update_run()
+        self._update_path()
+
+    def _update_run(self) -> None:
         state = self.state
         now = time.time()
         with state.lock:
             ids = state.run_ids()
-            options = [(LATEST, "latest run")] + [(r, r) for r in ids]
+            options = [(LATEST, "latest run")] + [
+                (r, f"{r} ({state.runs[r].display_status(now)})") for r in ids
+            ]
             choice = self.select.value
             run_id = ids[0] if choice == LATEST and ids else choice
             rs = state.get(run_id) if run_id else None
@@ -255,6 +382,9 @@ class DlogitPanel:
                         else None
                     ),
                     "summary": rs.summary(now),
+                    "top_classes": rs.model.top_classes(TOP_CLASSES),
+                    "n_class_counts": len(rs.model.class_counts),
+                    "n_classes": rs.model.n_classes,
                     "version": rs.version,
                 }
 
@@ -291,6 +421,7 @@ class DlogitPanel:
             self._run_id = run_id
             self._version = snap["version"]
             self._update_workers(snap["summary"]["worker_seconds"])
+            self._update_classes(snap["top_classes"], snap["n_class_counts"], snap["n_classes"])
         self._update_text(snap["summary"], snap["n_steps"] + (2 if snap["tail"] else 0))
 
     def _update_workers(self, ws: dict[str, float]) -> None:
@@ -303,16 +434,49 @@ class DlogitPanel:
             self.worker_fig.y_range.factors = names
         self.workers.data = {"worker": names, "ms": ms, "color": colors}
 
+    def _update_classes(self, top: list[tuple[str, int]], n_counts: int, k: int) -> None:
+        """Draw the ``top`` classes of the ``n_counts`` whose counts were sent (of ``k``)."""
+        if top == self._classes:
+            return
+        self._classes = top
+        labels = [label for label, _ in reversed(top)]  # the largest class on top
+        counts = [count for _, count in reversed(top)]
+        if len(set(labels)) != len(labels):  # factors must be unique
+            labels = [f"{label} [{i}]" for i, label in enumerate(labels)]
+        self.classes_fig.y_range.factors = labels
+        self.classes.data = {"label": labels, "count": counts}
+        self.classes_fig.visible = bool(top)
+        if not top:
+            self.classes_fig.title.text = "Rows per class (not reported)"
+        elif n_counts < k:  # the event carries the first classes only
+            self.classes_fig.title.text = (
+                f"Rows per class (the {len(top)} largest of the first {n_counts} of {k} classes)")
+        elif k > len(top):
+            self.classes_fig.title.text = f"Rows per class (the {len(top)} largest of {k})"
+        else:
+            self.classes_fig.title.text = "Rows per class"
+
     def _update_text(self, s: dict[str, Any], n_points: int) -> None:
         step = s["step"]
         max_iter = s["max_iter"]
         progress = f"{_fmt(step)} / {_fmt(max_iter)}"
+        model = (
+            f"{html.escape(s['family'])}, K={s['n_classes']}"
+            f" &mdash; L2 {_fmt(s['l2'])}, L1 {_fmt(s['l1'])}"
+        )
+        nonzero = ""
+        if s["n_nonzero"] is not None:
+            total = n_coefficients(s)
+            of = f" of {total}" if total is not None else ""
+            nonzero = (f" &mdash; <span class=\"dlogit-nonzero\">nonzero coefficients: "
+                       f"{s['n_nonzero']}{of}</span>")
         text = (
-            f"<b>{html.escape(s['run'])}</b> &mdash; status <b>{html.escape(s['status'])}</b>"
+            f"<b>{html.escape(s['run'])}</b> &mdash; status {status_badge(s['status'])}"
+            f" &mdash; {model}"
             f" &mdash; step {progress} &mdash; loss {_fmt(s['loss'])}"
             f" &mdash; ETA {format_seconds(s['eta_seconds'])}"
             f" &mdash; <span class=\"dlogit-points\" data-points=\"{n_points}\">"
-            f"points: {n_points}</span> of {s['steps_seen']} steps"
+            f"points: {n_points}</span> of {s['steps_seen']} steps{nonzero}"
         )
         if text != self.info.text:
             self.info.text = text
@@ -332,6 +496,8 @@ class DlogitPanel:
         ]
         if s["n_iter"] is not None:
             rows.append(("n_iter", str(s["n_iter"])))
+        if s["n_nonzero"] is not None:
+            rows.append(("n_nonzero", str(s["n_nonzero"])))
         if s["message"]:
             rows.append(("message", s["message"]))
         for k, v in s["params"].items():
@@ -343,6 +509,87 @@ class DlogitPanel:
                 f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                 for k, v in rows
             ) + "</table>"
+
+    def _update_path(self) -> None:
+        state = self.state
+        with state.lock:
+            ids = state.path_ids()
+            options = [(LATEST, "latest path")] + [
+                (p, f"{p} ({'done' if state.paths[p].done else 'running'})") for p in ids
+            ]
+            choice = self.path_select.value
+            path_id = ids[0] if choice == LATEST and ids else choice
+            ps = state.get_path(path_id) if path_id else None
+            changed = ps is not self._path or (ps is not None and ps.version != self._path_version)
+            snap = None
+            if ps is not None and changed:
+                snap = (ps.version, ps.summary(), ps.points, ps.axis())
+        if options != self._path_options:
+            self._path_options = options
+            self.path_select.options = options
+        if choice not in (LATEST, *ids):  # the chosen path was evicted
+            self.path_select.value = LATEST
+            return
+        if not changed:
+            return
+        self._path = ps
+        if snap is None:
+            self._path_version = -1
+            self.path.data = _empty(_PATH_COLS)
+            self.path_best.data = _empty(_PATH_COLS)
+            self.path_info.text = "No regularization path seen yet."
+            self.path_table.text = ""
+            self.path_fig.visible = self.path_table.visible = False
+            return
+        version, summary, points, (axis, lam) = snap
+        self._path_version = version
+        cols = path_columns(points, lam)
+        self.path.data = cols
+        best = summary["best"]
+        self.path_best.data = (
+            {k: v[best:best + 1] for k, v in cols.items()} if best is not None
+            else _empty(_PATH_COLS)
+        )
+        self.path_fig.xaxis[0].axis_label = axis + zero_note(lam)
+        scoring = summary["scoring"] or "score"
+        self.path_fig.yaxis[0].axis_label = scoring
+        self.path_fig.title.text = f"Cross-validated {scoring}: mean ± std over folds, ★ chosen"
+        self.path_fig.visible = self.path_table.visible = True
+        self.path_info.text = self._path_text(summary, points, axis, lam)
+        self.path_table.text = self._path_table(points, best)
+
+    @staticmethod
+    def _path_text(s: dict[str, Any], points: tuple[PathPoint, ...], axis: str,
+                   lam: list[float]) -> str:
+        state = "done" if s["done"] else "running"
+        fits = (f" &mdash; fits: {s['fits_started']} started, {s['fits_finished']} finished"
+                if s["fits_started"] else "")
+        text = (
+            f"<b>{html.escape(s['path'])}</b> &mdash; {state} &mdash; "
+            f"{html.escape(s['scoring'] or '?')}, {_fmt(s['folds'])} folds &mdash; "
+            f"<span class=\"dlogit-path-points\" data-points=\"{len(points)}\">"
+            f"points: {len(points)}</span>{fits}"
+        )
+        best = s["best"]
+        if best is not None:
+            text += (
+                f" &mdash; <span class=\"dlogit-path-best\">chosen: {html.escape(axis)} = "
+                f"{_fmt(lam[best])}, score {_fmt(points[best].mean)}</span>"
+            )
+        return text
+
+    @staticmethod
+    def _path_table(points: tuple[PathPoint, ...], best: int | None) -> str:
+        head = "".join(f"<th>{h}</th>" for h in
+                       ("#", "l2", "l1", "mean", "std", "folds", "n_iter", "nonzero"))
+        body = []
+        for i, p in enumerate(points):
+            cls = " class='dlogit-best'" if i == best else ""
+            cells = (str(i), _fmt(p.l2), _fmt(p.l1), _fmt(p.mean), _fmt(p.std),
+                     str(len(p.fold_scores)), _fmt(p.n_iter), _fmt(p.n_nonzero))
+            body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                        + "</tr>")
+        return f"<table class='dlogit-params'><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def make_document(state: MonitorState, refresh_ms: int = REFRESH_MS):

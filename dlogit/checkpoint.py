@@ -1,0 +1,145 @@
+"""Checkpoints: the solver's whole state, written atomically, so that a fit resumes exactly.
+
+``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state
+(:func:`dlogit.solvers.state_to_arrays`, keys prefixed ``state.``), the history so far
+(``history.loss``, ``history.grad_norm``, ``history.step_seconds``) and a JSON ``meta``:
+``format`` "dlogit-checkpoint", ``version`` 1, the run id, the step, the solver, the parameters that
+determine the iterates (:meth:`dlogit.spec.FitSpec.trajectory`), the data's fingerprint (from the
+validation pass: rows, features, labels, weights, column moments), the model's shape, and the time.
+
+A resume refuses a checkpoint whose data or parameters differ, naming what differs; ``max_iter`` and
+``tol`` may change between runs. The driver (wherever the solver loop runs) writes every
+``every`` seconds, when it is stopped (Ctrl-C, SIGTERM, a cancelled fit) and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlogit.errors import ConfigError
+from dlogit.files import atomic_write
+
+FORMAT = "dlogit-checkpoint"
+VERSION = 1
+FILENAME = "checkpoint.npz"
+
+
+def checkpoint_path(directory: str) -> str:
+    return os.path.join(directory, FILENAME)
+
+
+@dataclass
+class Loaded:
+    state: Any
+    history: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+def check_directory(directory: str, resume: bool) -> None:
+    """Before any work: the directory must exist (or be creatable) and be writable; without
+    ``resume`` it must not hold a checkpoint already (never overwrite one silently)."""
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"--checkpoint {directory} is a file, not a directory")
+    if not os.path.isdir(directory):
+        parent = os.path.dirname(os.path.abspath(directory))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"cannot create checkpoint directory {directory}: {parent} does not exist")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create checkpoint directory {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"checkpoint directory {directory} is not writable")
+    path = checkpoint_path(directory)
+    if resume:
+        if not os.path.isfile(path):
+            raise ConfigError(f"nothing to resume: {directory} holds no {FILENAME}")
+    elif os.path.exists(path):
+        step = "?"
+        try:
+            step = str(read_meta(path).get("step", "?"))
+        except ConfigError:
+            pass
+        raise ConfigError(f"{directory} already holds a checkpoint (step {step}): add --resume to "
+                          "continue it, or choose another directory")
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear line
+        raise ConfigError(f"{path} is not a readable dlogit checkpoint ({type(exc).__name__})") from None
+
+
+class Checkpointer:
+    """Writes checkpoints for one fit (see the module docstring)."""
+
+    def __init__(self, directory: str, every: float, meta: dict[str, Any]) -> None:
+        self.directory = directory
+        self.path = checkpoint_path(directory)
+        self.every = float(every)
+        self.meta = meta
+        self._last = time.monotonic()
+        self.written = 0
+
+    def due(self) -> bool:
+        return self.every > 0 and time.monotonic() - self._last >= self.every
+
+    def write(self, state: Any, history: dict[str, list[float]]) -> None:
+        from dlogit.solvers import state_to_arrays
+
+        arrays = {f"state.{k}": v for k, v in state_to_arrays(state).items()}
+        for k, v in history.items():
+            arrays[f"history.{k}"] = np.asarray(v, dtype=np.float64)
+        meta = {"format": FORMAT, "version": VERSION, **self.meta, "step": int(state.n_iter),
+                "status": state.status, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta, default=str)), **arrays)
+
+        atomic_write(self.path, save)
+        self._last = time.monotonic()
+        self.written += 1
+
+
+def load(directory: str, expect: dict[str, Any]) -> Loaded:
+    """Read ``DIR/checkpoint.npz`` and check it against ``expect`` (the meta this fit would write)."""
+    from dlogit.solvers import state_from_arrays
+
+    path = checkpoint_path(directory)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ConfigError(f"nothing to resume: {directory} holds no {FILENAME}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{path} is not a readable dlogit checkpoint ({type(exc).__name__})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except (KeyError, ValueError):
+        raise ConfigError(f"{path} is not a dlogit checkpoint (no metadata)") from None
+    if meta.get("format") != FORMAT or int(meta.get("version", 0)) > VERSION:
+        raise ConfigError(f"{path} is not a dlogit checkpoint this version can read")
+    for key, what in (("data", "data"), ("params", "parameters"), ("shape", "model shape")):
+        if meta.get(key) != expect.get(key):
+            detail = _difference(meta.get(key), expect.get(key))
+            raise ConfigError(f"cannot resume {path}: its {what} differ from this run's ({detail})")
+    state = state_from_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+    history = {k[8:]: v for k, v in arrays.items() if k.startswith("history.")}
+    return Loaded(state, history, meta)
+
+
+def _difference(old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:3])
+    return "the data's fingerprint changed" if isinstance(old, str) else f"{old!r} vs {new!r}"

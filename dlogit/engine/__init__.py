@@ -1,0 +1,76 @@
+"""The engine: runs :func:`dlogit.training.run_fit` in one of three modes; the only layer of dlogit
+that imports ``distributed``.
+
+``in-process``
+    NumPy / CuPy / SciPy-sparse arrays in this process (:mod:`dlogit.engine.local`).
+``worker-local``
+    Dask arrays small enough for one worker (``dlogit.engine.worker-local-bytes``) or a cluster of one
+    worker: the chunks are gathered on one worker and the whole fit runs there as one task
+    (:mod:`dlogit.engine.dask_fit`). Stopped by the client at a step boundary when it is interrupted;
+    stops by itself when its client goes away.
+``distributed``
+    Every worker holds a shard (:mod:`dlogit.engine.shard`) resident in its process; a step sends
+    ``theta`` to every shard over the shard transport (:mod:`dlogit.engine.transport`), each worker
+    reduces its chunks following the fixed chunk tree and answers with its node sums, and the driver
+    completes the tree. A lost worker's chunks are re-assigned to the survivors (Dask recomputes them)
+    and the step is retried: the result does not depend on the placement.
+
+Modules: ``shard`` (chunks of one process: validate, prepare, evaluate), ``local`` (in-process),
+``dask_fit`` (the two Dask modes), ``transport`` (shard server and links), ``placement`` (which worker
+gets which chunks), ``control`` (stopping fits on workers), ``routing`` (progress events to clients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from dlogit.engine.dask_fit import SchedulerLost, fit_dask
+from dlogit.engine.local import fit_arrays
+from dlogit.engine.routing import listen
+from dlogit.errors import ConfigError
+from dlogit.loss import CPU_KERNELS
+
+__all__ = ["SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask",
+           "is_dask_array", "listen", "map_chunks"]
+
+
+def cpu_kernel_setting() -> str:
+    """The CPU kernel choice from ``dlogit.cpu-kernel`` (``auto``, ``fused`` or ``blas``), validated."""
+    value = str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower()
+    if value not in CPU_KERNELS:
+        raise ConfigError(f"dlogit.cpu-kernel must be one of {', '.join(CPU_KERNELS)}, got {value!r}")
+    if value == "fused":
+        from dlogit.kernels import cpu
+
+        if not cpu.available():
+            raise ConfigError("dlogit.cpu-kernel is 'fused' but numba is not installed")
+    return value
+
+
+def current_client() -> Any | None:
+    """The Dask client of this context (``with Client(...)`` or the default), or ``None``."""
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def is_dask_array(x: Any) -> bool:
+    return isinstance(x, da.Array)
+
+
+def map_chunks(fn: Callable[[Any], Any], X: Any, dtype: Any = np.float64, new_axis: int | None = None,
+               n_out: int | None = None) -> Any:
+    """Apply a row-wise ``fn`` (chunk of X -> 1-D or (rows, n_out) result) lazily over X's row chunks."""
+    if X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    if n_out is None:
+        return X.map_blocks(fn, drop_axis=1, dtype=dtype)
+    return X.map_blocks(fn, chunks=(X.chunks[0], (n_out,)), dtype=dtype)

@@ -1,0 +1,39 @@
+"""In-process fits (NumPy / CuPy / SciPy-sparse arrays held by this process), and the one function all
+modes share to go from raw chunks to a result on whoever runs the solver loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
+from dlogit.spec import FitResult, FitSpec, make_plan
+from dlogit.training import Stop, run_fit
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def needs_curvature(solver: str) -> bool:
+    from dlogit.solvers import get
+
+    return bool(get(solver).needs_hvp)
+
+
+def fit_shard(shard: Shard, spec: FitSpec, send: Callback, *, mode: str, weighted: bool,
+              info: dict[str, Any], stop: Stop | None = None, emitter_hook: Any = None) -> FitResult:
+    """Validate, plan, prepare and fit a shard that holds every chunk of the data."""
+    stats = merged_stats(dict(shard.stats()), shard.n_chunks)
+    plan = make_plan(spec, stats, weighted_input=weighted)
+    shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
+    return run_fit(LocalEvaluator(shard), spec, plan, send, mode=mode, info=info, stop=stop,
+                   emitter_hook=emitter_hook)
+
+
+def fit_arrays(X_chunks: Sequence[Any], y_chunks: Sequence[Any], w_chunks: Sequence[Any] | None,
+               spec: FitSpec, callback: Callback | None, stop: Stop | None = None) -> FitResult:
+    """``in-process`` mode: fit on chunks held by this process."""
+    ws = list(w_chunks) if w_chunks is not None else [None] * len(X_chunks)
+    shard = Shard({i: (x, y, w) for i, (x, y, w) in enumerate(zip(X_chunks, y_chunks, ws))}, len(X_chunks))
+    info = {"n_chunks": len(X_chunks), "workers": []}
+    return fit_shard(shard, spec, callback or (lambda msg: None), mode="in-process",
+                     weighted=w_chunks is not None, info=info, stop=stop)

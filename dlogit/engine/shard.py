@@ -1,0 +1,108 @@
+"""Chunks held by one process: validated, summarized, prepared, evaluated along the fixed tree. Pure.
+
+A :class:`Shard` holds some of a fit's chunks (by their global index in the fit's chunking). Its life:
+
+1. ``Shard(chunks, n_chunks)`` with the raw ``(X, labels, row weights)`` of each chunk;
+2. :meth:`Shard.stats` validates every chunk (one read) and returns the summaries
+   (:class:`~dlogit.stats.ChunkStats`) of the tree nodes it owns;
+3. :meth:`Shard.prepare` -- once the driver has merged all summaries into a
+   :class:`~dlogit.spec.FitPlan` -- maps labels to class codes, applies class weights and builds one
+   evaluator per chunk (:func:`dlogit.chunks.prepare_chunk`); the raw labels are dropped;
+4. :meth:`Shard.node_sums` / :meth:`Shard.node_hvp` evaluate at ``theta``: one row per owned node.
+
+Nothing here knows about Dask: the in-process path, the worker-local task and the distributed shards
+all use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dlogit._xp import get_xp, to_numpy
+from dlogit.chunks import prepare_chunk
+from dlogit.objective import Node, complete_tree, node_sum, owned_nodes
+from dlogit.spec import FitPlan, FitSpec
+from dlogit.stats import ChunkStats, chunk_stats, merge_stats
+
+Raw = tuple[Any, Any, Any]  # (X, labels, row weights or None)
+
+
+class Shard:
+    """Chunks of one fit held in this process (see the module docstring)."""
+
+    def __init__(self, chunks: dict[int, Raw], n_chunks: int, where: str = "") -> None:
+        self.raw: dict[int, Raw] = dict(chunks)
+        self.n_chunks = int(n_chunks)
+        self.nodes: list[Node] = owned_nodes(self.raw, self.n_chunks)
+        self.where = where
+        self.evaluators: dict[int, Any] = {}
+        self.kernel = ""
+        first = next(iter(self.raw.values()), None)
+        self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
+
+    # -- validation pass ---------------------------------------------------------------------------
+    def stats(self) -> list[tuple[Node, ChunkStats]]:
+        """Validate every chunk; the merged summaries of the owned tree nodes."""
+        per = {i: chunk_stats(X, y, w, index=i, where=self.where) for i, (X, y, w) in self.raw.items()}
+        return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
+
+    # -- preparation -------------------------------------------------------------------------------
+    def prepare(self, spec: FitSpec, plan: FitPlan, curvature: bool) -> str:
+        """Build the evaluators; return the kernel names used (``+``-joined when they differ)."""
+        evaluators = {}
+        for i, (X, y, w) in self.raw.items():
+            codes = plan.classes.encode(y, what=f"labels of chunk {i}")
+            weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
+            if weights is not None and type(X).__module__.startswith("cupy"):
+                weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
+            evaluators[i] = prepare_chunk(X, codes, weights, plan.layout, plan.family,
+                                          kernel=spec.cpu_kernel, curvature=curvature)
+        self.evaluators = evaluators
+        self.raw = {}
+        self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
+        return self.kernel
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def node_sums(self, theta: np.ndarray) -> np.ndarray:
+        """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
+        ev = self.evaluators
+        th = self._theta(theta)
+        return np.stack([to_numpy(node_sum(lambda i: ev[i].sums(th), lo, hi)) for lo, hi in self.nodes])
+
+    def node_hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        ev = self.evaluators
+        th, vv = self._theta(theta), self._theta(v)
+        return np.stack([to_numpy(node_sum(lambda i: ev[i].hvp(th, vv), lo, hi)) for lo, hi in self.nodes])
+
+    def _theta(self, theta: np.ndarray) -> Any:
+        if self.on_gpu:
+            import cupy
+
+            return cupy.asarray(theta)
+        return theta
+
+
+class LocalEvaluator:
+    """The loop's :class:`~dlogit.training.Evaluator` over a shard holding every chunk."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.kernel = shard.kernel
+
+    def sums(self, theta: np.ndarray) -> np.ndarray:
+        s = self.shard
+        if len(s.nodes) == 1 and not s.on_gpu:
+            ev = s.evaluators
+            return node_sum(lambda i: ev[i].sums(theta), 0, s.n_chunks)
+        return complete_tree(dict(zip(s.nodes, s.node_sums(theta))), s.n_chunks)
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        s = self.shard
+        return complete_tree(dict(zip(s.nodes, s.node_hvp(theta, v))), s.n_chunks)
+
+
+def merged_stats(parts: dict[Node, ChunkStats], n_chunks: int) -> ChunkStats:
+    """The whole data set's summary from node summaries tiling the chunks (fixed tree order)."""
+    return complete_tree(parts, n_chunks, merge_stats)

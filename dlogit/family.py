@@ -1,0 +1,424 @@
+"""Model families and the layouts they own: labels -> classes, parameters, chunk sums, link.
+
+Two families (both array-agnostic: NumPy or CuPy, dense or sparse X):
+
+``binomial`` (K = 2 classes, ``coef_`` (1, d)): z_i = x_i . w + b and, with y_i = 1 for ``classes_[1]``,
+    l_i = log(1 + e^{z_i}) - y_i z_i,     residual r_i = sigmoid(z_i) - y_i,   curvature sigmoid(1 - sigmoid)
+``multinomial`` (K >= 3, ``coef_`` (K, d), all K rows like scikit-learn): z_i = W x_i + b and, for class c_i,
+    l_i = logsumexp_k z_ik - z_{i c_i},   residual R_ik = softmax(z_i)_k - [k = c_i]
+
+The objective both minimize, with row weights s_i >= 0 (sample weights times class weights)::
+
+    f(theta) = sum_i s_i l_i / sum_i s_i  +  l2 ||W||_F^2  +  l1 ||W||_1       (intercepts never penalized)
+
+Layouts (the only places that know offsets):
+
+* :class:`ParamLayout` -- ``theta`` is one flat float64 vector ``[W (K' x d, row-major), b (K')]`` with
+  K' = 1 (binomial) or K (multinomial); for K' = 1 that is ``[w_1..w_d, b]``.
+* :class:`SumsLayout` -- what one chunk returns: ``[loss sum, gradient sums (theta's layout)]``.
+
+Labels: :func:`label_counts` (per chunk) and :func:`merge_label_counts` find the classes in the pass
+that validates the chunks; :class:`Classes` maps labels to class codes 0..K-1 in sorted label order
+(scikit-learn's ``classes_``) and back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from dlogit._xp import get_xp, to_numpy
+from dlogit.errors import DataError
+
+# --------------------------------------------------------------------------------------------------
+# labels and classes
+
+
+def _label_kind(values: np.ndarray) -> str:
+    kind = values.dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind in "iu":
+        return "int"
+    if kind == "f":
+        return "float"
+    if kind in "US":
+        return "str"
+    if kind == "O":
+        if all(isinstance(v, str) for v in values):
+            return "str"
+        if all(isinstance(v, (bool, np.bool_)) for v in values):
+            return "bool"
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return "int"
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+               for v in values):
+            return "float"
+        types = sorted({type(v).__name__ for v in values})
+        raise DataError(f"labels mix types ({', '.join(types)}): use one type of label")
+    raise DataError(f"labels must be numbers, booleans or strings, got dtype {values.dtype}")
+
+
+def _canonical(values: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "str":
+        return values.astype(str)
+    if kind == "bool":
+        return values.astype(bool)
+    if kind == "int":
+        return values.astype(np.int64)
+    return values.astype(np.float64)
+
+
+def label_counts(y: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk's distinct labels (sorted), their row counts and weight sums (float64).
+
+    Raises :class:`DataError` for NaN/infinite labels, mixed label types, or non-1-D labels.
+    """
+    y = to_numpy(y)
+    if y.ndim != 1:
+        raise DataError(f"labels must be 1-D, got shape {tuple(y.shape)}")
+    if y.size == 0:
+        return y[:0], np.zeros(0, np.int64), np.zeros(0)
+    kind = _label_kind(y if y.dtype.kind != "O" else y[: min(len(y), 1_000_000)])
+    if kind == "float" and not bool(np.isfinite(y.astype(np.float64)).all()):
+        raise DataError("labels contain NaN or infinite values")
+    y = _canonical(y, kind)
+    values, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if weights is None:
+        sums = counts.astype(np.float64)
+    else:
+        sums = np.bincount(inverse.ravel(), weights=np.asarray(to_numpy(weights), np.float64),
+                           minlength=len(values))
+    return values, counts.astype(np.int64), sums
+
+
+def merge_label_counts(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge per-chunk :func:`label_counts` (in the given order; exact for counts)."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return np.zeros(0), np.zeros(0, np.int64), np.zeros(0)
+    kinds = {_label_kind(p[0]) for p in parts}
+    if len(kinds) > 1:
+        if kinds <= {"int", "float"}:
+            parts = [(p[0].astype(np.float64), p[1], p[2]) for p in parts]
+        else:
+            raise DataError(f"labels mix types across chunks ({', '.join(sorted(kinds))})")
+    values = np.unique(np.concatenate([p[0] for p in parts]))
+    counts = np.zeros(len(values), np.int64)
+    sums = np.zeros(len(values))
+    for v, c, s in parts:
+        idx = np.searchsorted(values, v)
+        np.add.at(counts, idx, c)
+        np.add.at(sums, idx, s)
+    return values, counts, sums
+
+
+@dataclass(frozen=True)
+class Classes:
+    """The classes of a fit: sorted distinct labels, their row counts and weight sums."""
+
+    values: np.ndarray
+    counts: np.ndarray
+    weight_sums: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(len(self.values))
+
+    @property
+    def kind(self) -> str:
+        return _label_kind(self.values) if self.n else "int"
+
+    @classmethod
+    def from_counts(cls, values: np.ndarray, counts: np.ndarray, weight_sums: np.ndarray | None = None,
+                    max_classes: int = 1000) -> Classes:
+        """Check the merged label counts of a whole data set and make its classes."""
+        weight_sums = counts.astype(np.float64) if weight_sums is None else weight_sums
+        if len(values) == 0:
+            raise DataError("no rows to train on (the data is empty)")
+        if len(values) == 1:
+            raise DataError(f"labels hold a single class (all {_show(values[0])}): need at least two "
+                            "classes to fit")
+        if values.dtype.kind == "f" and not bool(np.all(values == np.round(values))):
+            bad = values[values != np.round(values)][0]
+            raise DataError(f"labels look continuous (e.g. {_show(bad)}): logistic regression needs "
+                            "class labels (integers, booleans or strings)")
+        if len(values) > max_classes:
+            raise DataError(f"labels hold {len(values)} distinct classes, more than dlogit.max-classes "
+                            f"= {max_classes}; raise it if that is intended")
+        return cls(np.asarray(values), np.asarray(counts, np.int64), np.asarray(weight_sums, np.float64))
+
+    def encode(self, y: Any, what: str = "labels") -> np.ndarray:
+        """Class codes (int64, 0..K-1) of labels ``y``; unknown labels are a :class:`DataError`."""
+        y = to_numpy(y)
+        if y.size == 0:
+            return np.zeros(0, np.int64)
+        try:
+            y = _canonical(y, self.kind) if self.kind != "float" else y.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{what} are not of the model's label type ({self.kind})") from None
+        if self.kind == "int" and y.dtype.kind == "f":
+            y = y.astype(np.float64)
+        codes = np.searchsorted(self.values, y)
+        codes = np.minimum(codes, self.n - 1)
+        bad = self.values[codes] != y
+        if bool(bad.any()):
+            unknown = np.unique(y[bad])[:5]
+            raise DataError(f"{what} hold {int(bad.sum())} value(s) that are not classes of the model: "
+                            f"{', '.join(_show(v) for v in unknown)}")
+        return codes.astype(np.int64)
+
+    def decode(self, codes: Any) -> np.ndarray:
+        """Labels of class codes."""
+        return self.values[to_numpy(codes)]
+
+    def display(self, limit: int = 100) -> list[str]:
+        return [_show(v) for v in self.values[:limit]]
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v.item() if hasattr(v, "item") else v)
+
+
+def class_multipliers(classes: Classes, class_weight: Any) -> np.ndarray | None:
+    """Per-class weight multipliers for ``class_weight`` (``None``, ``"balanced"`` or a label -> weight map).
+
+    ``"balanced"`` gives class k the multiplier ``S / (K * S_k)`` with ``S_k`` the weight sum of the class
+    (its row count when rows are unweighted) and ``S`` the total -- scikit-learn's definition.
+    """
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise DataError(f"class_weight must be 'balanced', a dict or None, got {class_weight!r}")
+        sums = classes.weight_sums
+        if bool((sums <= 0).any()):
+            raise DataError("class_weight='balanced' needs a positive weight in every class")
+        return sums.sum() / (classes.n * sums)
+    items = dict(class_weight.items() if hasattr(class_weight, "items") else class_weight)
+    mult = np.ones(classes.n)
+    by_text = {_show(v): i for i, v in enumerate(classes.values)}
+    for label, weight in items.items():
+        i = by_text.get(_show(label))
+        if i is None:
+            raise DataError(f"class_weight names {label!r}, which is not a class of the data "
+                            f"(classes: {', '.join(classes.display(10))})")
+        weight = float(weight)
+        if not (math.isfinite(weight) and weight >= 0):
+            raise DataError(f"class_weight for {label!r} must be finite and >= 0, got {weight}")
+        mult[i] = weight
+    return mult
+
+
+# --------------------------------------------------------------------------------------------------
+# layouts
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """``theta = [W (n_outputs x n_features, row-major), b (n_outputs)]``, float64."""
+
+    n_features: int
+    n_outputs: int
+
+    @property
+    def size(self) -> int:
+        return self.n_outputs * (self.n_features + 1)
+
+    def coef(self, theta: Any) -> Any:
+        """``W`` as an (n_outputs, n_features) view of ``theta``."""
+        return theta[: self.n_outputs * self.n_features].reshape(self.n_outputs, self.n_features)
+
+    def intercept(self, theta: Any) -> Any:
+        """``b`` as an (n_outputs,) view of ``theta``."""
+        return theta[self.n_outputs * self.n_features:]
+
+    def pack(self, coef: Any, intercept: Any) -> np.ndarray:
+        theta = np.empty(self.size)
+        theta[: self.n_outputs * self.n_features] = np.asarray(coef, np.float64).ravel()
+        theta[self.n_outputs * self.n_features:] = np.asarray(intercept, np.float64).ravel()
+        return theta
+
+    def penalized(self) -> np.ndarray:
+        """Boolean mask of the penalized entries (the coefficients, never the intercepts)."""
+        mask = np.zeros(self.size, dtype=bool)
+        mask[: self.n_outputs * self.n_features] = True
+        return mask
+
+
+@dataclass(frozen=True)
+class SumsLayout:
+    """One chunk's sums: ``[loss sum, gradient sums in the layout of theta]`` (float64)."""
+
+    params: ParamLayout
+
+    @property
+    def size(self) -> int:
+        return 1 + self.params.size
+
+    def loss(self, sums: Any) -> float:
+        return float(sums[0])
+
+    def grad(self, sums: Any) -> Any:
+        return sums[1:]
+
+    def empty(self, xp: Any = np) -> Any:
+        return xp.empty(self.size, dtype=xp.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# families
+
+
+class Family:
+    """What a model family owns: its outputs, row terms (array-agnostic) and link."""
+
+    name: ClassVar[str]
+
+    def n_outputs(self, n_classes: int) -> int:
+        raise NotImplementedError
+
+    def decision(self, X: Any, coef: Any, intercept: Any) -> Any:
+        """Margins: (n,) for binomial, (n, K) for multinomial, float64, in X's namespace (dense or CSR)."""
+        raise NotImplementedError
+
+    def proba(self, z: Any) -> Any:
+        """Class probabilities (n, K) from :meth:`decision`'s margins, columns in ``classes_`` order."""
+        raise NotImplementedError
+
+    def predict_codes(self, z: Any) -> Any:
+        raise NotImplementedError
+
+    def row_loss(self, z: Any, codes: Any) -> Any:
+        """Unweighted per-row loss l_i (float64) from margins and class codes (for scoring)."""
+        raise NotImplementedError
+
+
+def _dense_matmul(X: Any, M: Any) -> Any:
+    """``X @ M`` for dense or sparse X (result dense, float64)."""
+    xp = get_xp(M)
+    out = X @ M
+    out = out.toarray() if hasattr(out, "toarray") else out
+    return xp.asarray(out).astype(xp.float64, copy=False)
+
+
+class Binomial(Family):
+    name = "binomial"
+
+    def n_outputs(self, n_classes: int) -> int:
+        return 1
+
+    def decision(self, X: Any, coef: Any, intercept: Any) -> Any:
+        xp = _namespace(X)
+        w = xp.asarray(coef, dtype=_float_dtype(X)).reshape(-1)
+        return _dense_matmul(X, w).reshape(-1) + float(to_numpy(intercept).reshape(-1)[0])
+
+    def proba(self, z: Any) -> Any:
+        from dlogit.loss import sigmoid
+
+        xp = get_xp(z)
+        p = sigmoid(z)
+        return xp.stack([sigmoid(-z), p], axis=1)
+
+    def predict_codes(self, z: Any) -> Any:
+        return (z > 0).astype(np.int64)
+
+    def row_loss(self, z: Any, codes: Any) -> Any:
+        from dlogit.loss import log1pexp
+
+        xp = get_xp(z)
+        sign = 1.0 - 2.0 * xp.asarray(codes, dtype=xp.float64)
+        return log1pexp(sign * z)
+
+
+class Multinomial(Family):
+    name = "multinomial"
+
+    def n_outputs(self, n_classes: int) -> int:
+        return n_classes
+
+    def decision(self, X: Any, coef: Any, intercept: Any) -> Any:
+        xp = _namespace(X)
+        W = xp.asarray(coef, dtype=_float_dtype(X))
+        return _dense_matmul(X, W.T) + xp.asarray(intercept, dtype=xp.float64).reshape(1, -1)
+
+    def proba(self, z: Any) -> Any:
+        xp = get_xp(z)
+        m = z.max(axis=1, keepdims=True)
+        e = xp.exp(z - m)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict_codes(self, z: Any) -> Any:
+        return z.argmax(axis=1).astype(np.int64)
+
+    def row_loss(self, z: Any, codes: Any) -> Any:
+        xp = get_xp(z)
+        m = z.max(axis=1, keepdims=True)
+        lse = (m + xp.log(xp.exp(z - m).sum(axis=1, keepdims=True))).reshape(-1)
+        idx = xp.asarray(codes, dtype=xp.int64)
+        return lse - z[xp.arange(z.shape[0]), idx]
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Binomial(), Multinomial())}
+
+
+def family_for(n_classes: int) -> Family:
+    """The family fitting ``n_classes`` classes: binomial for 2, multinomial above."""
+    return FAMILIES["binomial" if n_classes == 2 else "multinomial"]
+
+
+def get_family(name: str) -> Family:
+    return FAMILIES[name]
+
+
+def _namespace(X: Any) -> Any:
+    """NumPy or CuPy for a dense or sparse (SciPy / cupyx) X."""
+    mod = type(X).__module__
+    if mod.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _float_dtype(X: Any) -> Any:
+    dt = np.dtype(getattr(X, "dtype", np.float64))
+    return dt if dt.kind == "f" and dt.itemsize >= 4 else np.float64
+
+
+def n_nonzero(coef: np.ndarray) -> int:
+    """Nonzero coefficients (intercepts excluded)."""
+    return int(np.count_nonzero(np.asarray(coef)))
+
+
+def check_sample_weight(w: Any, n_rows: int | None = None, where: str = "") -> None:
+    """Row weights must be finite and >= 0 (all-zero is caught on the totals)."""
+    xp = get_xp(w)
+    at = f" ({where})" if where else ""
+    if w.ndim != 1:
+        raise DataError(f"sample_weight must be 1-D, got shape {tuple(w.shape)}{at}")
+    if n_rows is not None and w.shape[0] != n_rows:
+        raise DataError(f"sample_weight has {w.shape[0]} entries for {n_rows} rows{at}")
+    if w.dtype.kind not in "fiub":
+        raise DataError(f"sample_weight must be numeric, got dtype {w.dtype}{at}")
+    if w.size and not bool(xp.isfinite(w).all()):
+        raise DataError(f"sample_weight holds NaN or infinite values{at}")
+    if w.size and bool((w < 0).any()):
+        raise DataError(f"sample_weight holds negative values{at}")
+
+
+def describe_classes(classes: Classes) -> dict[str, Any]:
+    """The class part of a start event's params (bounded for large K)."""
+    return {"n_classes": classes.n, "classes": classes.display(100),
+            "class_counts": [int(c) for c in classes.counts[:100]]}
+
+
+def stack_labels(parts: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([to_numpy(p) for p in parts]) if parts else np.zeros(0)
