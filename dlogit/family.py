@@ -142,7 +142,7 @@ class Classes:
         if len(values) == 0:
             raise DataError("no rows to train on (the data is empty)")
         if len(values) == 1:
-            raise DataError(f"labels hold a single class (all {_show(values[0])}): need at least two "
+            raise DataError(f"labels hold only one class (all {_show(values[0])}): need at least two "
                             "classes to fit")
         if values.dtype.kind == "f" and not bool(np.all(values == np.round(values))):
             bad = values[values != np.round(values)][0]

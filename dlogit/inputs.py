@@ -64,7 +64,8 @@ def _arrow_like(x: Any) -> Any:
 
 
 def _wrap_value_error(exc: ValueError) -> DataError:
-    return exc if isinstance(exc, DataError) else DataError(str(exc).splitlines()[0] if str(exc) else "bad input")
+    """scikit-learn's validation errors as :class:`DataError` (the CLI prints the first line)."""
+    return exc if isinstance(exc, DataError) else DataError(str(exc).strip() or "bad input")
 
 
 def prepare_fit(est: Any, X: Any, y: Any, sample_weight: Any, client: Any) -> FitData:
@@ -72,7 +73,7 @@ def prepare_fit(est: Any, X: Any, y: Any, sample_weight: Any, client: Any) -> Fi
     from dlogit import engine
 
     if y is None:
-        raise DataError("fit needs labels y")
+        raise DataError("LogisticRegression requires y to be passed, but the target y is None")
     if any(_is_dask_collection(a) for a in (X, y, sample_weight) if a is not None):
         client = client if client is not None else engine.current_client()
         if client is None:  # no cluster: compute and train here

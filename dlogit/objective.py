@@ -186,19 +186,25 @@ class Reparam:
 
 
 def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int,
-                   center: bool) -> tuple[np.ndarray, np.ndarray]:
+                   center: bool, l2: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Column scales and shifts from scaled moments (see :class:`dlogit.stats.ChunkStats`).
 
-    ``mean_j = M_j S_j / n`` and ``std_j = M_j sqrt(Q_j / n - (S_j / n)^2)`` with ``M_j`` the column's
-    largest magnitude, so nothing is squared at the data's own scale (finite for values near 1e300).
-    A column with no spread (constant or all zero) keeps scale ``max(|x|)`` (or 1) and no shift.
+    The scale is a Jacobi estimate of the objective's curvature along the column: the loss contributes
+    at most ``var_j / 4`` (``p (1 - p) <= 1/4``; the mean is absorbed by the intercept's shift when
+    ``center``) and the penalty ``2 l2``, so ``s_j = hypot(std_j / 2, sqrt(2 l2))`` makes every
+    coordinate's curvature at most about 1 -- scaling by ``std_j`` alone would give a column of tiny
+    spread a penalty curvature ``2 l2 / std_j^2`` that ruins the conditioning. ``mean_j = M_j S_j / n``
+    and ``std_j = M_j sqrt(Q_j / n - (S_j / n)^2)`` with ``M_j`` the column's largest magnitude, so
+    nothing is squared at the data's own scale (finite for values near 1e300). A column with neither
+    spread nor penalty keeps scale ``max|x|`` (or 1) and no shift.
     """
     n = max(1, int(n_rows))
     mean_s = col_sum / n
     var_s = np.maximum(col_sq / n - mean_s * mean_s, 0.0)
     std = col_max * np.sqrt(var_s)
     spread = std > 1e-12 * col_max
-    scale = np.where(spread, std, np.where(col_max > 0, col_max, 1.0))
+    curv = np.hypot(np.where(spread, std, 0.0) / 2.0, np.sqrt(2.0 * max(float(l2), 0.0)))
+    scale = np.where(curv > 0, curv, np.where(col_max > 0, col_max, 1.0))
     shift = np.where(spread & center, col_max * mean_s, 0.0)
     scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
     shift = np.where(np.isfinite(shift), shift, 0.0)

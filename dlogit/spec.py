@@ -114,7 +114,7 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("the row weights sum to 0: nothing to fit")
     if spec.precondition and spec.solver != "gd":
         scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.rows,
-                                      center=spec.fit_intercept)
+                                      center=spec.fit_intercept, l2=spec.l2)
         reparam = Reparam(layout, scale, shift)
     else:
         reparam = Reparam.identity(layout)

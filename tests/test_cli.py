@@ -107,7 +107,7 @@ BAD = {
     "nan": ("a,b,label", [[1, "nan", 0], [2, 3, 1]], "NaN or infinite"),
     "inf": ("a,b,label", [[1, "inf", 0], [2, 3, 1]], "NaN or infinite"),
     "labels": ("a,b,label", [[1, 2, 0], [2, 3, 2]], "labels must be 0 or 1"),
-    "single": ("a,b,label", [[1, 2, 1], [2, 3, 1]], "single class"),
+    "single": ("a,b,label", [[1, 2, 1], [2, 3, 1]], "only one class"),
     "empty": ("a,b,label", [], "no rows"),
     "text": ("a,b,label", [[1, "x", 0], [2, "y", 1]], "not numeric"),
     "nolabel": ("a,b,c", [[1, 2, 0], [2, 3, 1]], "label column 'label' not found"),

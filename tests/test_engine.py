@@ -89,7 +89,7 @@ def test_bad_chunk_on_a_worker_is_a_data_error(client2, mode):
 def test_single_class_across_chunks_is_detected(client2):
     X = da.from_array(np.random.default_rng(0).standard_normal((300, 3)), chunks=(100, 3))
     y = da.zeros(300, chunks=100)
-    with pytest.raises(dlogit.DataError, match="single class"):
+    with pytest.raises(dlogit.DataError, match="only one class"):
         _fit(client2, X, y, "distributed")
 
 

@@ -102,7 +102,7 @@ def test_lbfgs_warns_when_not_converged(cancer):
     (np.array([[1.0, np.nan], [0.0, 1.0]]), np.array([0.0, 1.0]), "NaN or infinite"),
     (np.array([[1.0, np.inf], [0.0, 1.0]]), np.array([0.0, 1.0]), "NaN or infinite"),
     (np.ones((3, 2)), np.array([0.0, 1.0, 2.0]), "labels must be 0 or 1"),
-    (np.ones((3, 2)), np.array([1.0, 1.0, 1.0]), "single class"),
+    (np.ones((3, 2)), np.array([1.0, 1.0, 1.0]), "only one class"),
     (np.ones((0, 2)), np.array([]), "no rows"),
     (np.ones((3, 2)), np.array([0.0, 1.0]), "3 rows but y has 2"),
     (np.array([["a", "b"], ["c", "d"]]), np.array([0.0, 1.0]), "numeric"),

@@ -38,7 +38,7 @@ def test_merging_chunks_counts_exactly_and_in_any_order():
 
 
 def test_label_errors_are_one_clear_line():
-    with pytest.raises(DataError, match="single class"):
+    with pytest.raises(DataError, match="only one class"):
         Classes.from_counts(*label_counts(np.array([3, 3, 3])))
     with pytest.raises(DataError, match="continuous"):
         Classes.from_counts(*label_counts(np.array([0.5, 1.0, 2.0])))

@@ -96,11 +96,14 @@ def test_preconditioner_is_finite_at_extreme_scales():
     st = chunk_stats(X, np.array([0, 1, 0]))
     scale, shift = preconditioner(st.col_max, st.col_sum, st.col_sq, st.rows, center=True)
     assert np.all(np.isfinite(scale)) and np.all(scale > 0) and np.all(np.isfinite(shift))
-    np.testing.assert_allclose(scale[0], (X[:, 0] / 1e300).std() * 1e300, rtol=1e-10)  # no overflow
-    np.testing.assert_allclose(scale[1], X[:, 1].std(), rtol=1e-10)
+    np.testing.assert_allclose(scale[0], (X[:, 0] / 1e300).std() * 1e300 / 2, rtol=1e-10)  # no overflow
+    np.testing.assert_allclose(scale[1], X[:, 1].std() / 2, rtol=1e-10)
     np.testing.assert_allclose(shift[1], 2.0)
     assert scale[2] == 1.0 and shift[2] == 0.0  # an all-zero column
     assert scale[3] == 5.0 and shift[3] == 0.0  # a constant column: no spread, no shift
+    scale, _ = preconditioner(st.col_max, st.col_sum, st.col_sq, st.rows, center=True, l2=0.5)
+    np.testing.assert_allclose(scale[1], np.hypot(X[:, 1].std() / 2, 1.0), rtol=1e-10)
+    assert scale[2] == 1.0  # the penalty alone: curvature 2 l2 = 1
 
 
 def test_stats_merge_in_the_tree_equals_one_pass(rng):

@@ -1,35 +1,109 @@
-"""Solvers: each takes ``fun(theta) -> (loss, grad)`` and knows nothing of Dask.
+"""Solvers as resumable state machines; they take ``fun(theta) -> (f, grad)`` and know nothing of Dask.
 
-Solvers are looked up by name in :data:`SOLVERS` (a registry, not an if/elif chain). Every solver has
-the signature ``solve(fun, theta0, *, lr, max_iter, tol, callback) -> SolverResult`` and calls
-``callback(step, loss, grad_norm)`` once per iteration.
+A solver is looked up by name in :data:`SOLVERS` (a registry, not an if/elif chain) and driven by::
+
+    solver = get(name)
+    state = solver.init(problem, theta0, options)
+    while state.status is None:
+        state = solver.step(problem, state, options)    # one iteration; checkpoint between steps
+
+A checkpoint is ``np.savez(path, **state_to_arrays(state))``; ``state_from_arrays(np.load(path,
+allow_pickle=False))`` resumes the same iterates. :func:`minimize` is that loop.
+
+========  ====================================================  ==========  ==========
+name      method                                                max_iter    tol
+========  ====================================================  ==========  ==========
+gd        fixed-step gradient descent (proximal with L1)        10001       0
+lbfgs     L-BFGS, strong-Wolfe line search (OWL-QN with L1)     1000        1e-6
+newton    trust-region Newton-CG (needs ``problem.hvp``)         100         1e-6
+========  ====================================================  ==========  ==========
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from dlogit.solvers._base import Fun, SolverResult, StepCallback
-from dlogit.solvers.gd import gradient_descent
-from dlogit.solvers.lbfgs import lbfgs
+import numpy as np
 
-Solver = Callable[..., SolverResult]
+from dlogit.errors import ConfigError
+from dlogit.solvers._base import (
+    Fun,
+    Hvp,
+    Problem,
+    Solver,
+    SolverOptions,
+    SolverState,
+    StepCallback,
+    state_from_arrays,
+    state_to_arrays,
+)
+from dlogit.solvers.gd import GradientDescent
+from dlogit.solvers.lbfgs import LBFGS
+from dlogit.solvers.newton import NewtonCG
 
-#: name -> (solve function, default max_iter, default tol)
-SOLVERS: dict[str, tuple[Solver, int, float]] = {
-    "gd": (gradient_descent, 10001, 0.0),
-    "lbfgs": (lbfgs, 1000, 1e-6),
-}
+#: name -> solver
+SOLVERS: dict[str, Solver] = {s.name: s for s in (GradientDescent(), LBFGS(), NewtonCG())}
 
 
-def get_solver(name: str) -> tuple[Solver, int, float]:
-    """Return ``(solve, default_max_iter, default_tol)`` for ``name``."""
+def get(name: str) -> Solver:
+    """The solver registered as ``name``.
+
+    Raises
+    ------
+    dlogit.errors.ConfigError
+        For an unknown name (the message lists the choices).
+    """
     try:
         return SOLVERS[name]
-    except KeyError:
-        from dlogit.errors import ConfigError
-
+    except (KeyError, TypeError):
         raise ConfigError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}") from None
 
 
-__all__ = ["SOLVERS", "Fun", "SolverResult", "StepCallback", "get_solver"]
+def minimize(problem: Problem, theta0: np.ndarray, options: SolverOptions, solver: str | Solver,
+             callback: Callable[[SolverState], None] | None = None) -> SolverState:
+    """Run ``solver`` from ``theta0`` until it sets a status; ``callback(state)`` after every step.
+
+    Parameters
+    ----------
+    problem : Problem
+        The objective.
+    theta0 : numpy.ndarray
+        Starting point (not modified).
+    options : SolverOptions
+        Iteration cap, tolerance and solver settings.
+    solver : str or Solver
+        A registered name or a solver object.
+    callback : callable, optional
+        Called with the new state after each step.
+
+    Returns
+    -------
+    SolverState
+        The final state (``status`` set).
+    """
+    impl = get(solver) if isinstance(solver, str) else solver
+    state = impl.init(problem, theta0, options)
+    while state.status is None:
+        state = impl.step(problem, state, options)
+        if callback is not None:
+            callback(state)
+    return state
+
+
+__all__ = [
+    "LBFGS",
+    "SOLVERS",
+    "Fun",
+    "GradientDescent",
+    "Hvp",
+    "NewtonCG",
+    "Problem",
+    "Solver",
+    "SolverOptions",
+    "SolverState",
+    "StepCallback",
+    "get",
+    "minimize",
+    "state_from_arrays",
+    "state_to_arrays",
+]
