@@ -91,7 +91,7 @@ class DenseBinomialCPU:
     (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
 
     * ``"blas"``: per cache block, ``X_b @ w`` then ``X_b.T @ r_b`` while the block is in cache;
-    * ``"fused"``: :func:`dlogit.kernels.cpu.fused_sums`, every row read once.
+    * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once.
 
     Not thread-safe (work buffers are shared between calls); one owner evaluates it at a time.
     """
@@ -106,8 +106,6 @@ class DenseBinomialCPU:
         self.curvature = np.empty(self.n) if curvature else None
         self._curv_theta: np.ndarray | None = None
         self.kernel = choose_cpu_kernel(kernel, self.n, self.d, b.dtype)
-        if self.kernel == "fused" and (self.sw is not None or curvature) and not _fused_weighted():
-            self.kernel = "blas"
         self._w = np.empty(self.d)
         self._g = np.empty(self.d, b.dtype)
         m = b.rows
@@ -119,7 +117,7 @@ class DenseBinomialCPU:
         if self.kernel == "fused":
             from dlogit.kernels import cpu
 
-            self._fused = _fused_kernel(cpu)
+            self._fused = cpu.dense_binomial_sums
             self._gw = np.empty(self.d)
             self._none = np.empty(0)
 
@@ -244,25 +242,6 @@ class DenseBinomialCPU:
             acc += (u.astype(self.blocks.dtype, copy=False) @ Xb)
         out[d] = tb
         return out
-
-
-def _fused_weighted() -> bool:
-    from dlogit.kernels import cpu
-
-    return cpu.available() and cpu.fused_sums.py_func.__code__.co_argcount == 7
-
-
-def _fused_kernel(cpu: Any) -> Callable[..., tuple[float, float]]:
-    """``f(X, sign, sw, w, b, g, dbuf)`` over the compiled kernel."""
-    fn = cpu.fused_sums
-    if fn.py_func.__code__.co_argcount == 7:
-        return fn
-
-    def legacy(X, sg, sw, w, b, g, dbuf):  # noqa: ANN001, ANN202 - until the weighted kernel lands
-        if sw.size or dbuf.size:
-            raise NotImplementedError("weighted fused kernel")
-        return fn(X, sg, w, b, g)
-    return legacy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,6 +455,116 @@ def _cuda_sums(kernels: Any, X: Any, y: Any, w: Any, b: float, sw: Any) -> tuple
     return kernels.fused_chunk_sums(X, y, w, b, True, sample_weight=sw)
 
 
+# --------------------------------------------------------------------------------------------------
+# SciPy CSR chunks on the CPU: one-pass Numba kernels (dlogit.kernels.sparse)
+
+#: CSR chunks with at most this many features use the one-pass Numba kernels; wider ones the two SciPy
+#: products (X @ w, X.T @ r). Measured on one thread (BENCHMARKS.md, "Sparse kernels"), 10^5 rows of 50
+#: values: binomial 0.63-0.74x SciPy's time up to d = 10^4, 1.15x at 10^5, 2x at 10^6 (the one pass needs
+#: both w and the gradient in cache); multinomial (K = 5) 0.91x at d = 10^3, slower from 10^4.
+CSR_FUSED_MAX_FEATURES = {"binomial": 30_000, "multinomial": 2_000}
+
+_EMPTY = np.empty(0)
+
+
+class _CSRChunk:
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, curvature: bool) -> None:
+        from dlogit.kernels import sparse
+
+        self._k = sparse
+        csr = sparse.canonical_csr(X.tocsr() if X.format != "csr" else X)
+        self.data, self.indices, self.indptr = csr.data, csr.indices, csr.indptr
+        self.n, self.d = csr.shape
+        self.layout = layout
+        self.sw = _EMPTY if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+        self.keep = curvature
+        self._curv_theta: np.ndarray | None = None
+        self.kernel = "csr"
+
+    def _at(self, theta: Any) -> None:
+        if self._curv_theta is None or not np.array_equal(self._curv_theta, theta):
+            self.sums(theta)
+
+    def _mark(self, theta: Any) -> None:
+        if self.keep:
+            self._curv_theta = np.array(theta, dtype=np.float64, copy=True)
+
+
+class CSRBinomialCPU(_CSRChunk):
+    """Binomial sums of a SciPy CSR chunk: margins, residuals and the gradient's scatter-add in one pass."""
+
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
+                 kernel: str = "auto", curvature: bool = False) -> None:
+        super().__init__(X, codes, sample_weight, layout, curvature)
+        self.sign = 1.0 - 2.0 * np.asarray(codes, dtype=np.float64)
+        self.curv = np.empty(self.n) if curvature else _EMPTY
+
+    def sums(self, theta: Any) -> np.ndarray:
+        d = self.d
+        out = np.empty(d + 2)
+        w = np.ascontiguousarray(theta[:d], dtype=np.float64)
+        out[0], out[d + 1] = self._k.csr_binomial_sums(self.data, self.indices, self.indptr, self.sign,
+                                                       self.sw, w, float(theta[d]), out[1: d + 1], self.curv)
+        self._mark(theta)
+        return out
+
+    def hvp(self, theta: Any, v: Any) -> np.ndarray:
+        if not self.keep:
+            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+        self._at(theta)
+        d = self.d
+        out = np.empty(d + 1)
+        vw = np.ascontiguousarray(v[:d], dtype=np.float64)
+        out[d] = self._k.csr_binomial_hvp(self.data, self.indices, self.indptr, self.curv, vw, float(v[d]),
+                                          out[:d])
+        return out
+
+
+class CSRMultinomialCPU(_CSRChunk):
+    """Multinomial sums of a SciPy CSR chunk in one pass over its rows."""
+
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
+                 kernel: str = "auto", curvature: bool = False) -> None:
+        super().__init__(X, codes, sample_weight, layout, curvature)
+        self.cls = np.ascontiguousarray(codes, dtype=np.int64)
+        K = layout.n_outputs
+        self.pbuf = np.empty((self.n, K)) if curvature else np.empty((0, K))
+
+    def sums(self, theta: Any) -> np.ndarray:
+        L = self.layout
+        out = np.empty(1 + L.size)
+        th = np.ascontiguousarray(theta, dtype=np.float64)
+        out[0] = self._k.csr_multinomial_sums(self.data, self.indices, self.indptr, self.cls, self.sw,
+                                              L.coef(th), L.intercept(th), L.coef(out[1:]),
+                                              L.intercept(out[1:]), self.pbuf)
+        self._mark(theta)
+        return out
+
+    def hvp(self, theta: Any, v: Any) -> np.ndarray:
+        if not self.keep:
+            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+        self._at(theta)
+        L = self.layout
+        out = np.empty(L.size)
+        vv = np.ascontiguousarray(v, dtype=np.float64)
+        self._k.csr_multinomial_hvp(self.data, self.indices, self.indptr, self.pbuf, self.sw, L.coef(vv),
+                                    L.intercept(vv), L.coef(out), L.intercept(out))
+        return out
+
+
+def _csr_cpu(cls: type) -> Callable[..., Any]:
+    def factory(X: Any, codes: Any, sw: Any, layout: ParamLayout, family: Family, *, kernel: str = "auto",
+                curvature: bool = False) -> Any:
+        from dlogit.kernels import cpu
+
+        fused = cpu.available() and kernel != "blas" and (
+            kernel == "fused" or int(X.shape[1]) <= CSR_FUSED_MAX_FEATURES[family.name])
+        if fused:
+            return cls(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)
+        return LinearChunk(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)
+    return factory
+
+
 Evaluator = Any
 Factory = Callable[..., Evaluator]
 
@@ -489,6 +578,8 @@ def _dense_binomial_cpu(X: Any, codes: Any, sw: Any, layout: ParamLayout, family
 EVALUATORS: dict[tuple[str, str], Factory] = {
     ("numpy", "binomial"): _dense_binomial_cpu,
     ("cupy", "binomial"): CudaBinomial,
+    ("scipy-csr", "binomial"): _csr_cpu(CSRBinomialCPU),
+    ("scipy-csr", "multinomial"): _csr_cpu(CSRMultinomialCPU),
 }
 
 

@@ -1,10 +1,11 @@
 """Data sources as lazy Dask arrays whose chunks are read (or generated) by the workers themselves.
 
 ``synthetic(rows, cols, seed)`` — the textbook data: X ~ N(0, 1), y ~ uniform {0, 1}.
-``read_data(path, label=..., labels=...)`` — CSV or Parquet (labels in column ``label``) or NPY (labels
-in the NPY file ``labels``). The file is inspected once (by a worker when a client is given, so the
-path only has to exist where the workers run) and each chunk task reads its own rows: nothing is
-shipped through the client.
+``read_data(source, client=...)`` — a file, directory, glob or URL in one of the formats of
+:mod:`dlogit.io` (CSV/TSV, Parquet, NPY, LIBSVM, Zarr) as a :class:`Dataset` of lazy Dask arrays. With
+a client the data is scanned by the workers (so the path only has to exist where the workers run) and
+each chunk task reads its own rows: nothing is shipped through the client.
+``load_local(source)`` — the same data read whole into this process (``predict``, ``evaluate``).
 
 Chunking depends only on the data (``chunk_rows`` or ``dlogit.chunk-bytes``), never on the number of
 workers, so a fit gives the same coefficients on 1, 2 or 4 workers.
@@ -12,18 +13,23 @@ workers, so a fit gives the same coefficients on 1, 2 or 4 workers.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
+from dlogit import io as dio
 from dlogit.errors import DataError
 from dlogit.files import atomic_write
+from dlogit.io import DatasetInfo, Encoder, Piece, Source
+from dlogit.io.source import row_ranges
 
-FORMATS = (".csv", ".parquet", ".pq", ".npy")
+__all__ = ["Dataset", "DatasetInfo", "Encoder", "LocalData", "Piece", "Source", "chunk_rows_for", "load_local",
+           "parse_shape", "read_data", "row_ranges", "split_array", "synthetic", "synthetic_numpy",
+           "write_table"]
 
 
 def chunk_rows_for(n_features: int, itemsize: int, chunk_rows: int | None = None) -> int:
@@ -34,11 +40,6 @@ def chunk_rows_for(n_features: int, itemsize: int, chunk_rows: int | None = None
         return int(chunk_rows)
     target = dask.utils.parse_bytes(dask.config.get("dlogit.chunk-bytes"))
     return max(1, target // max(1, n_features * itemsize))
-
-
-def row_ranges(n_rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``n_rows`` rows."""
-    return [(s, min(n_rows, s + rows_per_chunk)) for s in range(0, n_rows, rows_per_chunk)]
 
 
 def split_array(a: Any, rows_per_chunk: int) -> list[Any]:
@@ -125,264 +126,158 @@ def synthetic_numpy(rows: int, cols: int, seed: int = 0, dtype: str = "float64",
 
 
 @dataclass
-class FileInfo:
-    """What one look at a data file tells (computed where the file is readable)."""
+class Dataset:
+    """Lazy Dask arrays of a data source; chunks are read by whoever computes them.
 
-    path: str
-    kind: str  # "csv", "parquet", "npy"
-    n_rows: int
-    columns: list[str] = field(default_factory=list)  # feature columns (csv/parquet)
-    label: str | None = None
-    n_features: int = 0
-    dtype: str = "float64"
-    pieces: list[Any] = field(default_factory=list)  # per chunk: (offset, nbytes, rows) or row groups
-    labels_path: str | None = None
-    piece_rows: list[int] = field(default_factory=list)  # rows per chunk (parquet)
-
-
-def _kind(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".csv":
-        return "csv"
-    if ext in (".parquet", ".pq"):
-        return "parquet"
-    if ext == ".npy":
-        return "npy"
-    raise DataError(f"cannot tell the format of {path!r}: use a .csv, .parquet or .npy file")
-
-
-def _open_error(path: str, exc: Exception) -> DataError:
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-    return DataError(f"cannot read {path}: {reason}")
-
-
-def _check_columns(names: list[str], dtypes: list[Any], label: str | None, path: str,
-                   require_label: bool) -> tuple[list[str], str | None]:
-    if label is not None and label not in names:
-        shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-        if require_label:
-            raise DataError(f"label column {label!r} not found in {path}; columns are: {shown}")
-        label = None
-    bad = [n for n, t in zip(names, dtypes) if not _numeric(t)]
-    if bad:
-        raise DataError(f"column {bad[0]!r} in {path} is not numeric"
-                        + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-    return [n for n in names if n != label], label
-
-
-def _numeric(dtype: Any) -> bool:
-    kind = getattr(dtype, "kind", None)
-    if kind is not None:
-        return kind in "fiub"
-    import pyarrow as pa
-
-    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
-
-
-def scan_file(path: str, label: str | None = None, labels: str | None = None,
-              chunk_rows: int | None = None, require_label: bool = True) -> FileInfo:
-    """Inspect ``path`` (and ``labels``); plan the chunks. Raises :class:`DataError` on bad input."""
-    kind = _kind(path)
-    try:
-        if kind == "npy":
-            return _scan_npy(path, labels, chunk_rows, require_label)
-        if kind == "csv":
-            return _scan_csv(path, label, chunk_rows, require_label)
-        return _scan_parquet(path, label, chunk_rows, require_label)
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - anything unreadable becomes one clear line
-        raise _open_error(path, exc) from None
-
-
-def _scan_npy(path: str, labels: str | None, chunk_rows: int | None, require_label: bool) -> FileInfo:
-    X = np.load(path, mmap_mode="r", allow_pickle=False)
-    if X.ndim != 2:
-        raise DataError(f"{path} must hold a 2-D array (rows x features), got shape {X.shape}")
-    if X.dtype.kind not in "fiub":
-        raise DataError(f"{path} must hold numbers, got dtype {X.dtype}")
-    if labels is None and require_label:
-        raise DataError(f"{path} is an NPY file: give its labels with --labels FILE.npy")
-    if labels is not None:
-        try:
-            y = np.load(labels, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001
-            raise _open_error(labels, exc) from None
-        if y.ndim != 1:
-            raise DataError(f"labels in {labels} must be 1-D, got shape {y.shape}")
-        if y.shape[0] != X.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but {labels} has {y.shape[0]} labels")
-    dtype = X.dtype.name if X.dtype.kind == "f" else "float64"
-    per = chunk_rows_for(X.shape[1], np.dtype(dtype).itemsize, chunk_rows)
-    return FileInfo(path, "npy", X.shape[0], n_features=X.shape[1], dtype=dtype,
-                    pieces=row_ranges(X.shape[0], per), labels_path=labels)
-
-
-def _scan_csv(path: str, label: str | None, chunk_rows: int | None, require_label: bool) -> FileInfo:
-    import pandas as pd
-
-    head = pd.read_csv(path, nrows=1000)
-    if head.empty:
-        raise DataError(f"{path} holds no rows (only a header)")
-    names = [str(c) for c in head.columns]
-    features, label = _check_columns(names, list(head.dtypes), label, path, require_label)
-    per_rows = chunk_rows_for(len(features), 8, chunk_rows)
-    pieces = []  # (offset, nbytes, rows), split on line boundaries
-    with open(path, "rb") as f:
-        f.readline()  # header
-        start = f.tell()
-        rows = 0
-        offset = start
-        for line in f:
-            if not line.strip():
-                continue
-            rows += 1
-            if rows == per_rows:
-                pos = f.tell()
-                pieces.append((offset, pos - offset, rows))
-                offset, rows = pos, 0
-        end = f.tell()
-        if rows:
-            pieces.append((offset, end - offset, rows))
-    n = sum(p[2] for p in pieces)
-    return FileInfo(path, "csv", n, columns=features, label=label, n_features=len(features),
-                    pieces=pieces)
-
-
-def _scan_parquet(path: str, label: str | None, chunk_rows: int | None, require_label: bool) -> FileInfo:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    schema = pf.schema_arrow
-    names = list(schema.names)
-    features, label = _check_columns(names, [schema.field(n).type for n in names], label, path,
-                                     require_label)
-    per_rows = chunk_rows_for(len(features), 8, chunk_rows)
-    pieces: list[list[int]] = []
-    piece_rows: list[int] = []
-    acc: list[int] = []
-    acc_rows = 0
-    for g in range(pf.num_row_groups):
-        acc.append(g)
-        acc_rows += pf.metadata.row_group(g).num_rows
-        if acc_rows >= per_rows:
-            pieces.append(acc)
-            piece_rows.append(acc_rows)
-            acc, acc_rows = [], 0
-    if acc:
-        pieces.append(acc)
-        piece_rows.append(acc_rows)
-    return FileInfo(path, "parquet", pf.metadata.num_rows, columns=features, label=label,
-                    n_features=len(features), pieces=pieces, piece_rows=piece_rows)
-
-
-def _frame_to_arrays(df: Any, info: FileInfo) -> tuple[np.ndarray, np.ndarray]:
-    for c in df.columns:
-        if not _numeric(df[c].dtype):
-            raise DataError(f"column {c!r} in {info.path} is not numeric")
-    X = df[info.columns].to_numpy(dtype=np.float64)
-    y = df[info.label].to_numpy(dtype=np.float64) if info.label else np.empty(0)
-    return X, y
-
-
-def read_piece(info: FileInfo, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read chunk ``i`` of a scanned file: ``(X, y)`` (``y`` empty when the file has no labels)."""
-    try:
-        if info.kind == "npy":
-            s, e = info.pieces[i]
-            X = np.array(np.load(info.path, mmap_mode="r")[s:e], dtype=info.dtype)
-            y = (np.array(np.load(info.labels_path, mmap_mode="r")[s:e], dtype=info.dtype)
-                 if info.labels_path else np.empty(0))
-            return X, y
-        if info.kind == "csv":
-            import io
-
-            import pandas as pd
-
-            off, nbytes, _ = info.pieces[i]
-            with open(info.path, "rb") as f:
-                f.seek(off)
-                buf = f.read(nbytes)
-            names = info.columns + ([info.label] if info.label else [])
-            header = pd.read_csv(info.path, nrows=0).columns
-            df = pd.read_csv(io.BytesIO(buf), header=None, names=[str(c) for c in header])
-            return _frame_to_arrays(df[names], info)
-        import pyarrow.parquet as pq
-
-        cols = info.columns + ([info.label] if info.label else [])
-        df = pq.ParquetFile(info.path).read_row_groups(info.pieces[i], columns=cols).to_pandas()
-        return _frame_to_arrays(df, info)
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _open_error(info.path, exc) from None
-
-
-def _piece_rows(info: FileInfo, i: int) -> float:
-    p = info.pieces[i]
-    if info.kind == "npy":
-        return p[1] - p[0]
-    if info.kind == "csv":
-        return p[2]
-    return info.piece_rows[i] if i < len(info.piece_rows) else float("nan")
-
-
-def _getitem(t: tuple, k: int) -> Any:
-    return t[k]
-
-
-def _cast(a: np.ndarray, dtype: str | None) -> np.ndarray:
-    return a if dtype is None else a.astype(dtype, copy=False)
-
-
-def read_data(path: str, label: str | None = "label", labels: str | None = None,
-              chunk_rows: int | None = None, dtype: str | None = None, client: Any = None,
-              require_label: bool = True) -> tuple[Any, Any, FileInfo]:
-    """Lazy ``(X, y, info)`` for a data file; chunks are read by whoever computes them.
-
-    With ``client`` the file is inspected by a worker (so the path must be readable on the
-    workers, not necessarily here). ``dtype`` (``"float32"``/``"float64"``) converts on read.
+    ``y`` holds the raw labels (numeric as stored, or strings); ``sample_weight`` float64 weights. Both
+    are chunked exactly like the rows of ``X``; a chunk's X, y and weights come from one read. For the
+    callers of dlogit 0.1 a Dataset unpacks as ``X, y, info = read_data(...)``.
     """
-    if client is not None:
-        info = client.submit(scan_file, path, label, labels, chunk_rows, require_label,
-                             pure=False).result()
-    else:
-        info = scan_file(path, label, labels, chunk_rows, require_label)
-    out_dtype = dtype or info.dtype
-    xs, ys = [], []
-    for i in range(len(info.pieces)):
-        piece = dask.delayed(read_piece, pure=True)(info, i)
-        rows = _piece_rows(info, i)
-        xs.append(da.from_delayed(dask.delayed(_cast)(dask.delayed(_getitem)(piece, 0), dtype),
-                                  shape=(rows, info.n_features), dtype=out_dtype))
-        ys.append(da.from_delayed(dask.delayed(_cast)(dask.delayed(_getitem)(piece, 1), dtype),
-                                  shape=(rows if info.label or info.labels_path else 0,),
-                                  dtype=out_dtype))
+
+    X: Any
+    y: Any | None
+    sample_weight: Any | None
+    info: DatasetInfo
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.X, self.y, self.info))
+
+
+@dataclass
+class LocalData:
+    """A data source read whole into this process (:func:`load_local`).
+
+    Unpacks as ``X, y, info`` (as dlogit 0.1's ``load_local`` returned).
+    """
+
+    X: Any
+    y: np.ndarray | None
+    sample_weight: np.ndarray | None
+    info: DatasetInfo
+    n_unseen: int = 0  # categorical values outside the encoder's vocabulary (encoded as zeros)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.X, self.y, self.info))
+
+
+def _as_source(source: Source | str, fields: dict[str, Any]) -> Source:
+    if isinstance(source, Source):
+        return replace(source, **fields) if fields else source
+    return Source(path=source, **fields)
+
+
+def _read_unit(info: DatasetInfo, u: int) -> tuple[tuple[Any, Any, Any], ...]:
+    return tuple(p.as_tuple() for p in dio.read_unit(info, u))
+
+
+def _pick(parts: tuple[tuple[Any, Any, Any], ...], j: int, k: int) -> Any:
+    return parts[j][k]
+
+
+def _x_meta(info: DatasetInfo) -> Any:
+    if info.sparse:
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((0, info.n_features), dtype=info.dtype)
+    return np.empty((0, info.n_features), dtype=info.dtype)
+
+
+def dataset(info: DatasetInfo) -> Dataset:
+    """The lazy Dask arrays of a scanned source: one read task per unit, then cheap picks per chunk."""
+    info_d = dask.delayed(info, name="dlogit-info-" + dask.base.tokenize(info), traverse=False)
+    xmeta = _x_meta(info)
+    ydtype = np.dtype(info.label_dtype or "float64")
+    xs, ys, ws = [], [], []
+    for u, members in enumerate(info.units):
+        part = dask.delayed(_read_unit, pure=True)(info_d, u)
+        for j, i in enumerate(members):
+            rows = info.piece_rows[i]
+            n = float("nan") if rows is None else int(rows)
+            xs.append(da.from_delayed(dask.delayed(_pick, pure=True)(part, j, 0), shape=(n, info.n_features),
+                                      dtype=info.dtype, meta=xmeta))
+            if info.has_labels:
+                ys.append(da.from_delayed(dask.delayed(_pick, pure=True)(part, j, 1), shape=(n,),
+                                          dtype=ydtype, meta=np.empty(0, dtype=ydtype)))
+            if info.has_weights:
+                ws.append(da.from_delayed(dask.delayed(_pick, pure=True)(part, j, 2), shape=(n,),
+                                          dtype=np.float64, meta=np.empty(0, dtype=np.float64)))
     if not xs:
-        raise DataError(f"{path} holds no rows")
-    return da.concatenate(xs), da.concatenate(ys), info
+        raise DataError(f"{info.source.path} holds no rows")
+    return Dataset(da.concatenate(xs), da.concatenate(ys) if ys else None,
+                   da.concatenate(ws) if ws else None, info)
 
 
-def load_local(path: str, label: str | None = "label", labels: str | None = None,
-               require_label: bool = True) -> tuple[np.ndarray, np.ndarray | None, FileInfo]:
-    """Read a whole data file into this process: ``(X, y or None, info)``."""
-    info = scan_file(path, label, labels, None, require_label)
-    parts = [read_piece(info, i) for i in range(len(info.pieces))]
-    if not parts:
-        raise DataError(f"{path} holds no rows")
-    X = np.concatenate([p[0] for p in parts])
-    has_y = bool(info.label or info.labels_path)
-    y = np.concatenate([p[1] for p in parts]) if has_y else None
-    return X, y, info
+def scan_on(client: Any, source: Source) -> DatasetInfo:
+    """Scan ``source`` on the workers of ``client``: the plan on one worker, the pass on all of them.
+
+    Relative paths are made absolute here first (the workers may run elsewhere).
+    """
+    source = source.absolute()
+    planned = client.submit(dio.on_workers, dio.plan, source, pure=False)
+    info = planned.result()
+    n = len(info.surveys)
+    results = []
+    if n:
+        futures = client.map(dio.on_workers, [dio.survey] * n, [planned] * n, range(n), pure=False)
+        results = client.gather(futures)
+    return dio.finish(info, results)
+
+
+def read_data(source: Source | str, *, client: Any = None, **source_fields: Any) -> Dataset:
+    """A :class:`Dataset` of lazy Dask arrays for ``source`` (a :class:`Source`, or a path plus its
+    fields: ``read_data("d.csv", label="y", one_hot=("country",))``).
+
+    With ``client`` the scan (and the one-hot vocabulary pass) runs on the workers, so the path must
+    be readable there, not necessarily here. Raises :class:`DataError` (one line) on bad input.
+    """
+    src = _as_source(source, source_fields)
+    info = scan_on(client, src) if client is not None else dio.scan(src)
+    return dataset(info)
+
+
+def load_local(source: Source | str, *, encoder: Encoder | dict[str, Any] | None = None,
+               **source_fields: Any) -> LocalData:
+    """Read a whole data source into this process.
+
+    ``encoder`` (an :class:`Encoder` or its JSON, e.g. from a saved model) encodes the categorical
+    columns with THAT vocabulary, as the model was trained; values it does not know count in
+    ``n_unseen`` (and a notice).
+    """
+    src = _as_source(source, source_fields)
+    info = dio.scan(src, encoder=encoder)
+    pieces = [p for u in range(len(info.units)) for p in dio.read_unit(info, u)]
+    if not pieces:
+        raise DataError(f"{src.path} holds no rows")
+    if info.sparse:
+        import scipy.sparse as sp
+
+        X = sp.vstack([p.X for p in pieces], format="csr") if len(pieces) > 1 else pieces[0].X.tocsr()
+    else:
+        X = np.concatenate([p.X for p in pieces]) if len(pieces) > 1 else pieces[0].X
+    y = np.concatenate([p.y for p in pieces]) if info.has_labels else None
+    w = np.concatenate([p.sample_weight for p in pieces]) if info.has_weights else None
+    unseen = sum(p.n_unseen for p in pieces)
+    if unseen:
+        info.notices.append(f"{unseen} categorical value(s) not seen in training encoded as zeros")
+    return LocalData(X, y, w, info, unseen)
 
 
 # --------------------------------------------------------------------------------------------------
 # writing tables (atomically: see dlogit.files)
 
 
+def _write_kind(path: str) -> str:
+    lower = path.lower()
+    for ext, kind in ((".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet"), (".pq", "parquet"),
+                      (".npy", "npy")):
+        if lower.endswith(ext):
+            return kind
+    raise DataError(f"cannot tell the format of {path!r}: write a .csv, .tsv, .parquet or .npy file")
+
+
 def write_table(path: str, columns: dict[str, np.ndarray]) -> None:
-    """Write named columns to ``path`` (.csv, .parquet or .npy: a 2-D array of the columns in order)."""
-    kind = _kind(path)
+    """Write named columns to ``path`` (.csv, .tsv, .parquet or .npy: a 2-D array of the columns in order)."""
+    kind = _write_kind(path)
 
     def write(tmp: str) -> None:
         if kind == "npy":
@@ -392,8 +287,8 @@ def write_table(path: str, columns: dict[str, np.ndarray]) -> None:
         import pandas as pd
 
         df = pd.DataFrame(columns)
-        if kind == "csv":
-            df.to_csv(tmp, index=False)
+        if kind in ("csv", "tsv"):
+            df.to_csv(tmp, index=False, sep="," if kind == "csv" else "\t")
         else:
             df.to_parquet(tmp, index=False)
 

@@ -138,8 +138,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             self._validate_params()
         except InvalidParameterError as exc:
             raise ParameterError(str(exc)) from None
+        import math
+
         from dlogit.solvers import get
 
+        for name in ("l2", "l1", "lr", "tol"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(float(value)):
+                raise ParameterError(f"The {name!r} parameter of LogisticRegression must be finite, got {value!r}")
         solver = get(self.solver)
         if self.l1 > 0 and not solver.supports_l1:
             raise ParameterError(f"solver {self.solver!r} does not support l1; use 'lbfgs' (OWL-QN) or 'gd'")

@@ -88,39 +88,3 @@ def sigmoid(z: Any) -> Any:
     e = xp.exp(-xp.abs(z))
     inv = 1.0 / (1.0 + e)
     return xp.where(z >= 0, inv, e * inv)
-
-
-# -- transitional: the old (d + 3) layout, kept while the engine moves to dlogit.chunks ------------
-class PreparedChunk:  # pragma: no cover - removed with the engine rewrite
-    def __init__(self, X: Any, y: Any, fit_intercept: bool = True, kernel: str = "auto") -> None:
-        from dlogit.chunks import prepare_chunk
-        from dlogit.family import Binomial, ParamLayout
-
-        self.d = int(X.shape[1])
-        self.n = int(X.shape[0])
-        self.X = X
-        self.fit_intercept = fit_intercept
-        self._ev = prepare_chunk(X, y, None, ParamLayout(self.d, 1), Binomial(), kernel=kernel)
-        self.kernel = self._ev.kernel
-
-    def sums(self, theta: Any) -> Any:
-        xp = get_xp(self.X)
-        th = xp.array(theta, dtype=xp.float64, copy=True)
-        if not self.fit_intercept:
-            th[-1] = 0.0
-        s = self._ev.sums(th)
-        out = xp.empty(self.d + 3, dtype=xp.float64)
-        out[: self.d + 2] = s
-        if not self.fit_intercept:
-            out[self.d + 1] = 0.0
-        out[self.d + 2] = self.n
-        return out
-
-
-def chunk_sums(X: Any, y: Any, theta: Any, fit_intercept: bool = True, kernel: str = "auto") -> Any:
-    return PreparedChunk(X, y, fit_intercept, kernel).sums(theta)
-
-
-def decision(X: Any, coef: Any, intercept: float) -> Any:
-    xp = get_xp(X)
-    return (X @ xp.asarray(coef, dtype=X.dtype)).astype(xp.float64) + intercept

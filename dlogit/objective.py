@@ -100,19 +100,22 @@ class Objective:
         self.l2 = float(l2)
         self.fit_intercept = bool(fit_intercept)
         self._k = layout.n_outputs * layout.n_features
+        self._inv = 1.0 / self.weight_sum
+        self._two_l2 = 2.0 * self.l2
 
     def finalize(self, sums: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """``(loss, grad)`` at ``theta`` from its root sums ``[loss sum, gradient sums]``."""
-        n = self.weight_sum
-        grad = np.asarray(sums[1:], dtype=np.float64) / n
+        inv = self._inv
+        grad = np.multiply(sums[1:], inv)
         k = self._k
         if not self.fit_intercept:
             grad[k:] = 0.0
-        loss = float(sums[0]) / n
+        loss = float(sums[0]) * inv
         if self.l2:
             w = theta[:k]
             loss += self.l2 * float(np.dot(w, w))
-            grad[:k] += (2.0 * self.l2) * w
+            g = grad[:k]
+            g += self._two_l2 * w
         return loss, grad
 
     def hvp_finalize(self, hv_sums: np.ndarray, v: np.ndarray) -> np.ndarray:

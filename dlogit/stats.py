@@ -77,6 +77,10 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
         check_sample_weight(sample_weight, n, where=at.strip(" ()"))
     if sparse:
         X = X.tocsr()
+        if not type(X).__module__.startswith("cupy"):
+            from dlogit.kernels.sparse import check_csr
+
+            check_csr(X, index or 0, where)  # indices in range, indptr monotone, finite values
         data = X.data
         xp = get_xp(data)
         if dtype.kind == "f" and data.size and not bool(xp.isfinite(data).all()):

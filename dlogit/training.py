@@ -75,11 +75,13 @@ class _Problem:
         return theta_s if self.identity else self.R.to_user(theta_s)
 
     def fun(self, theta_s: np.ndarray) -> tuple[float, np.ndarray]:
-        theta = self.user(theta_s)
+        if self.identity:  # the hot path of gd: nothing to map or remember
+            return self.obj.finalize(self.ev.sums(theta_s), theta_s)
+        theta = self.R.to_user(theta_s)
         loss, grad = self.obj.finalize(self.ev.sums(theta), theta)
         self._last_theta_s = np.array(theta_s, copy=True)
         self._last_user = (theta, grad)
-        return loss, (grad if self.identity else self.R.grad_to_solver(grad))
+        return loss, self.R.grad_to_solver(grad)
 
     def hvp(self, theta_s: np.ndarray, v_s: np.ndarray) -> np.ndarray:
         theta = self.user(theta_s)
@@ -165,7 +167,11 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     t_last = time.perf_counter()
 
     def finish_interrupted(reason: str, signum: int | None, st: Any) -> Interrupted:
+        """Checkpoint the last completed step (its history only) and say the fit was interrupted."""
         path = None
+        if st is not None:
+            for v in history.values():  # a signal may land between a step and its history entry
+                del v[int(st.n_iter):]  # one entry per completed step, resumed ones included
         if writer is not None and st is not None:
             writer.write(st, history)
             path = writer.path
@@ -175,34 +181,36 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
         emitter.end("interrupted", n, loss, gn, reason)
         return Interrupted(reason, signum, path)
 
+    committed = state
     try:
-        if state is None:
-            state = solver.init(sp, plan.reparam.to_solver(plan.theta0) if not plan.reparam.is_identity
-                                else plan.theta0, opts)
-        while state.status is None:
-            reason = stop() if stop is not None else None
-            if reason is not None:
-                raise finish_interrupted(reason, None, state)
-            before = state
-            try:
+        try:
+            if state is None:
+                theta0 = plan.theta0 if plan.reparam.is_identity else plan.reparam.to_solver(plan.theta0)
+                state = solver.init(sp, theta0, opts)
+            committed = state
+            while state.status is None:
+                reason = stop() if stop is not None else None
+                if reason is not None:
+                    raise finish_interrupted(reason, None, committed)
                 state = solver.step(sp, state, opts)
-            except Interrupted:
-                raise
-            except KeyboardInterrupt as exc:
-                raise finish_interrupted("interrupted", getattr(exc, "signum", None), before) from None
-            now = time.perf_counter()
-            dt = now - t_last
-            t_last = now
-            history["loss"].append(float(state.loss))
-            history["grad_norm"].append(float(state.grad_norm))
-            history["step_seconds"].append(dt)
-            emitter.step(state.n_iter - 1, float(state.loss), float(state.grad_norm))
-            if writer is not None and writer.due():
-                writer.write(state, history)
+                now = time.perf_counter()
+                history["loss"].append(float(state.loss))
+                history["grad_norm"].append(float(state.grad_norm))
+                history["step_seconds"].append(now - t_last)
+                t_last = now
+                committed = state
+                emitter.step(state.n_iter - 1, float(state.loss), float(state.grad_norm))
+                if writer is not None and writer.due():
+                    writer.write(state, history)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C here, or a signal turned into one: stop cleanly
+            reason = getattr(exc, "message", None) or "interrupted"
+            raise finish_interrupted(reason, getattr(exc, "signum", None), committed) from None
     except Interrupted:
         raise
     except BaseException as exc:
-        emitter.end("failed", state.n_iter if state is not None else 0, math.nan, math.nan,
+        emitter.end("failed", committed.n_iter if committed is not None else 0, math.nan, math.nan,
                     f"{type(exc).__name__}: {exc}")
         raise
     theta = problem.user(np.asarray(state.theta, dtype=np.float64))
@@ -213,13 +221,12 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
         writer.write(state, history)
     nnz = n_nonzero(plan.layout.coef(theta))
     emitter.end(status, state.n_iter, float(state.loss), float(state.grad_norm), message, n_nonzero=nnz)
-    step_seconds = history["step_seconds"] if resumed_from is None else history["step_seconds"]
     return FitResult(
         theta=theta, n_iter=int(state.n_iter), status=status, loss=float(state.loss),
         grad_norm=float(state.grad_norm), message=message,
         history_loss=np.asarray(history["loss"], np.float64),
         history_grad_norm=np.asarray(history["grad_norm"], np.float64),
-        history_step_seconds=np.asarray(step_seconds, np.float64), classes=plan.classes,
+        history_step_seconds=np.asarray(history["step_seconds"], np.float64), classes=plan.classes,
         family=plan.family.name, n_features=plan.n_features, n_rows=plan.n_rows,
         weight_sum=plan.weight_sum, weighted=plan.weighted, mode=mode, kernel=evaluator.kernel,
         resumed_from=resumed_from, n_nonzero=nnz, sparse=plan.sparse)

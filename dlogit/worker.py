@@ -13,15 +13,19 @@ from typing import Any
 
 import numpy as np
 
-import dlogit.engine  # noqa: F401  (the engine, the fit loop, the solvers with SciPy, the chunk math)
+import dlogit.engine  # noqa: F401  (the engine, the fit loop, the chunk math)
+import dlogit.solvers  # noqa: F401  (every solver)
 from dlogit.kernels import cpu
-from dlogit.loss import chunk_sums
+from dlogit.chunks import chunk_sums
 
 
 def warm_up() -> None:
-    """Evaluate tiny chunks with both CPU kernels: initializes BLAS, NumPy's ufunc loops and every
-    compiled variant of the fused kernel a fit can meet (float64 and float32 chunks, writable or
-    read-only as from a memory map) in this process."""
+    """Evaluate tiny chunks with every CPU kernel: initializes BLAS, NumPy's ufunc loops and every
+    compiled variant a fit can meet in this process: the fused dense kernels on float64 and float32
+    chunks, writable or read-only (as from a memory map), weighted or not, with or without curvature,
+    and the CSR kernels (:mod:`dlogit.kernels.sparse`) on float64/float32 data with int32/int64 indices,
+    writable or read-only. The fixed-signature kernels compile (or load from the disk cache) when their
+    module is imported; calling them here also registers the read-only conversions."""
     y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
     for dtype in (np.float64, np.float32):
         for writable in (True, False):
@@ -31,7 +35,69 @@ def warm_up() -> None:
                 chunk_sums(X, y, np.zeros(3), kernel="blas")
             if cpu.available():
                 chunk_sums(X, y, np.zeros(3), kernel="fused")
+    if not cpu.available():
+        return
+    from dlogit.kernels import sparse
+
+    def frozen(a: np.ndarray, writable: bool) -> np.ndarray:
+        a = np.array(a)
+        a.setflags(write=writable)
+        return a
+
+    sg = 1.0 - 2.0 * y
+    none, g, curv = np.empty(0), np.empty(2), np.empty(5)
+    cls = np.array([0, 1, 2, 1, 0])
+    W, b, G, gb, pbuf = np.zeros((3, 2)), np.zeros(3), np.empty((3, 2)), np.empty(3), np.empty((5, 3))
+    csr = sparse.canonical_csr(sparse.CSR(np.ones(4), np.array([0, 1, 1, 0]), np.array([0, 1, 2, 2, 3, 4]),
+                                          (5, 2)))
+    for writable in (True, False):
+        sg_, sw_, w_, cls_, W_, b_ = (frozen(a, writable) for a in (sg, y, np.zeros(2), cls, W, b))
+        for dtype in (np.float64, np.float32):
+            X = frozen(np.ones((5, 2), dtype=dtype), writable)
+            for sw in (none, sw_):
+                for dbuf in (none, curv):
+                    cpu.dense_binomial_sums(X, sg_, sw, w_, 0.0, g, dbuf)
+            for itype in (np.int32, np.int64):
+                data, indices, indptr = (frozen(csr.data.astype(dtype), writable),
+                                         frozen(csr.indices.astype(itype), writable),
+                                         frozen(csr.indptr.astype(itype), writable))
+                for sw in (none, sw_):
+                    sparse.csr_binomial_sums(data, indices, indptr, sg_, sw, w_, 0.0, g, curv)
+                    sparse.csr_binomial_hvp(data, indices, indptr, frozen(curv, writable), w_, 0.0, g)
+                    sparse.csr_multinomial_sums(data, indices, indptr, cls_, sw, W_, b_, G, gb, pbuf)
+                    sparse.csr_multinomial_hvp(data, indices, indptr, frozen(pbuf, writable), sw, W_, b_,
+                                               G, gb)
+
+
+#: set by dlogit's local clusters in their worker processes' environment
+LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
+
+
+def quiet_local_worker() -> None:
+    """In a worker process of a local cluster started by dlogit: leave Ctrl-C and SIGTERM to the
+    parent, and keep NumPy's floating-point warnings off the user's terminal.
+
+    A terminal sends SIGINT to its whole foreground process group, and ``kill -TERM -PGID`` reaches
+    every process of a group; the parent then stops the fit at a step boundary and closes the cluster
+    in order. So the worker moves to a process group of its own (signals to the user's group no longer
+    reach it; the nanny still stops it by pid) and ignores SIGINT.
+    """
+    import os
+    import signal
+
+    if os.environ.get(LOCAL_WORKER_ENV) != "1":
+        return
+    np.seterr(all="ignore")
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # not permitted here (e.g. already a group leader): SIGINT is still ignored
+        pass
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread of the worker process
+        pass
 
 
 def dask_setup(worker: Any) -> None:
+    quiet_local_worker()
     warm_up()

@@ -211,23 +211,35 @@ def test_memory_mapped_and_converted_dtypes(rng, tmp_path):
 # -- multinomial and sparse --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("kind", ["dense", "csr-numba", "csr-scipy"])
 def test_multinomial_sums_match_reference(rng, weighted, kind):
     X, codes, sw, layout, theta = _problem(rng, n=257, d=9, K=4, weighted=weighted)
-    if kind == "csr":
+    if kind.startswith("csr"):
         X = sp.csr_matrix(np.where(rng.random(X.shape) < 0.3, X, 0.0))
-    got = prepare_chunk(X, codes, sw, layout, MULTI).sums(theta)
-    np.testing.assert_allclose(got, ref_multinomial(X, codes, theta, 4, sw), rtol=1e-12, atol=1e-10)
+    chunk = prepare_chunk(X, codes, sw, layout, MULTI, kernel="blas" if kind == "csr-scipy" else "auto")
+    assert chunk.kernel == {"dense": "blas", "csr-numba": "csr", "csr-scipy": "scipy"}[kind]
+    np.testing.assert_allclose(chunk.sums(theta), ref_multinomial(X, codes, theta, 4, sw), rtol=1e-12,
+                               atol=1e-10)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_csr_binomial_equals_dense(rng, weighted):
+@pytest.mark.parametrize("kernel", ["auto", "blas"])
+def test_csr_binomial_equals_dense(rng, weighted, kernel):
     X, codes, sw, layout, theta = _problem(rng, n=400, d=30, weighted=weighted)
     X[rng.random(X.shape) < 0.8] = 0.0
     dense = prepare_chunk(X, codes, sw, layout, BIN).sums(theta)
     for fmt in ("csr", "csc", "coo"):
-        got = prepare_chunk(sp.csr_matrix(X).asformat(fmt), codes, sw, layout, BIN).sums(theta)
-        np.testing.assert_allclose(got, dense, rtol=1e-10, atol=1e-12)
+        chunk = prepare_chunk(sp.csr_matrix(X).asformat(fmt), codes, sw, layout, BIN, kernel=kernel)
+        assert chunk.kernel == ("csr" if kernel == "auto" else "scipy")
+        np.testing.assert_allclose(chunk.sums(theta), dense, rtol=1e-10, atol=1e-12)
+
+
+def test_wide_csr_chunks_take_the_scipy_products(rng):
+    import dlogit.chunks as chunks
+
+    X = sp.random(50, chunks.CSR_FUSED_MAX_FEATURES["binomial"] + 1, density=1e-3, format="csr",
+                  random_state=0)
+    assert prepare_chunk(X, rng.integers(0, 2, 50), None, ParamLayout(X.shape[1], 1), BIN).kernel == "scipy"
 
 
 def test_integer_weights_equal_duplicated_rows(rng):
@@ -245,16 +257,17 @@ def test_integer_weights_equal_duplicated_rows(rng):
 
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("case", ["binomial-blas", "binomial-fused", "binomial-csr", "multinomial",
-                                  "multinomial-csr"])
+@pytest.mark.parametrize("case", ["binomial-blas", "binomial-fused", "binomial-csr", "binomial-scipy",
+                                  "multinomial", "multinomial-csr", "multinomial-scipy"])
 def test_objective_gradient_and_hvp_match_finite_differences(rng, case, weighted, fit_intercept):
     K = 3 if case.startswith("multinomial") else 2
     X, codes, sw, layout, theta = _problem(rng, n=150, d=5, K=K, weighted=weighted)
-    if case.endswith("csr"):
+    if case.endswith(("csr", "scipy")):
         X[rng.random(X.shape) < 0.5] = 0.0
         X = sp.csr_matrix(X)
     fam = BIN if K == 2 else MULTI
-    kernel = case.split("-")[1] if case in ("binomial-blas", "binomial-fused") else "auto"
+    kernel = {"binomial-blas": "blas", "binomial-fused": "fused", "binomial-scipy": "blas",
+              "multinomial-scipy": "blas"}.get(case, "auto")
     chunk = prepare_chunk(X, codes, sw, layout, fam, kernel=kernel, curvature=True)
     obj = Objective(layout, float(sw.sum()) if weighted else 150.0, l2=0.05, fit_intercept=fit_intercept)
     if not fit_intercept:
@@ -298,7 +311,7 @@ def test_fused_kernel_takes_read_only_arrays_without_recompiling(rng):
     from dlogit.worker import warm_up
 
     warm_up()
-    variants = len(cpu.fused_sums.signatures)
+    variants = len(cpu.dense_binomial_sums.signatures)
     for dtype in (np.float64, np.float32):
         X = rng.standard_normal((41, 130)).astype(dtype)
         codes = rng.integers(0, 2, 41)
@@ -308,4 +321,4 @@ def test_fused_kernel_takes_read_only_arrays_without_recompiling(rng):
         ro_theta = np.frombuffer(theta.tobytes())
         assert not ro_theta.flags.writeable
         np.testing.assert_array_equal(chunk_sums(X, codes, ro_theta, kernel="fused"), want)
-    assert len(cpu.fused_sums.signatures) == variants
+    assert len(cpu.dense_binomial_sums.signatures) == variants

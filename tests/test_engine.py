@@ -144,9 +144,10 @@ def test_local_cluster_workers_preload_the_engine():
     def loaded() -> list[bool]:
         mods = [m in sys.modules for m in ("dlogit.engine", "dlogit.solvers.gd", "dlogit.chunks",
                                            "dlogit.kernels.cpu", "numba")]
-        from dlogit.kernels.cpu import fused_sums  # compiled (or loaded from the disk cache) already
+        from dlogit.kernels import cpu, sparse  # compiled (or loaded from the disk cache) already
 
-        return [*mods, len(fused_sums.signatures) == 4]
+        return [*mods, len(cpu.dense_binomial_sums.signatures) == 2
+                and len(sparse.csr_binomial_sums.signatures) == 4]
 
     with start_local_cluster(workers=1, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster, set_as_default=False) as c:

@@ -18,30 +18,28 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
     from dlogit.estimator import load_model
     from dlogit.stats import chunk_stats
 
+    from dataclasses import replace
+
     model = load_model(model_path)
     trained = model.meta_.get("source", {}) or {}
     opts = dict(opts)
-    for key, src_key in (("label", "label"), ("weights", "weights"), ("sep", "sep"), ("index_col", "index_col"),
-                         ("n_features", "n_features")):
-        if opts.get(key) is None and trained.get(src_key) is not None:
-            if key == "weights" and not require_label:
-                continue  # predict ignores weights
-            opts[key] = trained[src_key]
-    if opts.get("label") is None:
-        opts["label"] = "label"
+    for key in ("label", "sep", "index_col", "n_features"):  # read DATA the way training read its data
+        if opts.get(key) is None and trained.get(key) is not None:
+            opts[key] = trained[key]
     source = source_from_options(data, opts, require_label=require_label)
     encoder = trained.get("encoder")
-    if encoder is not None:
-        from dataclasses import replace
-
-        source = replace(source, one_hot=tuple(encoder.get("columns", ())) or source.one_hot,
-                         hash_features=encoder.get("hash_features", source.hash_features))
+    names = trained.get("feature_names") or model.meta_.get("feature_names")
+    if encoder is None and names and trained.get("format") in ("csv", "tsv", "parquet"):
+        source = replace(source, features=tuple(names))  # the model's columns, by name
     local = load_local(source, encoder=encoder)
+    for notice in local.info.notices:
+        import click
+
+        click.echo(f"dlogit: {notice}")
     X, y, w, info = local.X, local.y, local.sample_weight, local.info
     want = model.n_features_in_
     if X.shape[1] != want:
         raise DataError(f"{data} has {X.shape[1]} feature columns but the model was trained on {want}")
-    names = trained.get("feature_names") or model.meta_.get("feature_names")
     if names and info.feature_names and list(info.feature_names) != list(names):
         raise DataError(f"the feature columns of {data} differ from those the model was trained on")
     chunk_stats(X, y if require_label else None, w, require_labels=require_label)  # NaN/inf, shapes, weights

@@ -39,9 +39,13 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
     from dlogit.files import check_output
 
     check_output(out, inputs=[data, model_path, opts.get("labels")], what="predictions")
+    from dlogit.family import get_family
+
     model, X, _, _ = load_for_model(model_path, data, opts, require_label=False)
-    proba = np.asarray(model.predict_proba(X))
-    labels = np.asarray(model.predict(X))
+    fam = get_family(model.family_)  # the columns were matched by name already
+    z = fam.decision(X, model.coef_, model.intercept_)
+    proba = np.asarray(fam.proba(z))
+    labels = np.asarray(model.classes_)[np.asarray(fam.predict_codes(z))]
     cols = {"label": labels}
     if out.lower().endswith(".npy") and labels.dtype.kind not in "biuf":
         from dlogit.errors import DataError

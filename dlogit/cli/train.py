@@ -47,8 +47,9 @@ def _progress(max_iter: int, period: int, quiet: bool) -> Any:
 
 
 def _note(quiet: bool, message: str) -> None:
+    """An informational line: on stdout (stderr is for warnings and the one error line)."""
     if not quiet:
-        click.echo(f"dlogit: {message}", err=True)
+        click.echo(f"dlogit: {message}")
 
 
 def _warn(message: str) -> None:
@@ -159,7 +160,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         else:
             ds = data_mod.read_data(source, client=client)
             for notice in ds.info.notices:
-                _note(False, notice)
+                _note(quiet, notice)
             X, y, w = ds.X, ds.y, ds.sample_weight
             if y is None:
                 raise ConfigError(f"{data} has no labels (use --label COLUMN or --labels FILE.npy)")
@@ -280,7 +281,7 @@ def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
     n = opts["workers"]
     if not quiet:
         what = f"{n} CPU worker(s)" if n else ("GPU workers" if opts["gpus"] else "workers")
-        click.echo(f"dlogit: starting a local cluster ({what})...", err=True)
+        click.echo(f"dlogit: starting a local cluster ({what})...")
     cluster = start_local_cluster(workers=opts["workers"], gpus=opts["gpus"], host=opts["host"],
                                   dashboard_address=opts["dashboard_address"],
                                   rmm_pool_size=opts["rmm_pool_size"], security=security)
@@ -289,7 +290,7 @@ def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
         try:
             if cluster.kind == "cpu" and opts["workers"] is None and verbose:
                 click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(cluster.workers)} "
-                           "CPU worker processes", err=True)
+                           "CPU worker processes")
             _say_dashboard(client, quiet)
             listen(client)
             yield client, cluster.kind

@@ -1,0 +1,252 @@
+"""CSV / TSV: one file, a glob or a directory of parts; plain or compressed (.gz .bz2 .xz .zst).
+
+Plan: every file's header must agree with the first file's; the first ~1 MiB of the first file tells
+the column types. An uncompressed file is cut at line starts into pieces of about ``chunk_bytes`` of
+X (the text size per row is measured on that sample) or of exactly ``chunk_rows`` rows; a compressed
+file is one read unit whose rows are split into chunks after parsing. The scan's pass counts each
+piece's rows (and collects the one-hot vocabularies), so every chunk's row count is known.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from dlogit.errors import DataError
+from dlogit.io import fs as fsio
+from dlogit.io import table as tbl
+from dlogit.io import text
+from dlogit.io.encode import Encoder, distinct, merge_distinct
+from dlogit.io.source import (
+    DatasetInfo,
+    Piece,
+    Source,
+    Survey,
+    chunk_bytes_of,
+    kind_of_name,
+    row_ranges,
+    rows_per_chunk,
+    split_compression,
+)
+from dlogit.io.text import TextPiece
+
+_SAMPLE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    files: tuple[str, ...]
+    compressed: tuple[bool, ...]
+    header_bytes: tuple[int, ...]
+    sep: str
+    table: tbl.TableLayout
+    read_dtypes: tuple[tuple[str, str], ...]  # columns parsed with a fixed dtype (text columns: str)
+    bytes_per_row: float  # text bytes per row in the sample (for the chunk-size of compressed files)
+
+
+def is_csv_name(name: str) -> bool:
+    return kind_of_name(name) in ("csv", "tsv", "txt")
+
+
+def _names(header: bytes, sep: str, path: str) -> list[str]:
+    import pandas as pd
+
+    try:
+        cols = pd.read_csv(io.BytesIO(header), sep=sep, nrows=0).columns
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty (no header line)") from None
+    return [str(c) for c in cols]
+
+
+def _sample(files: tuple[str, ...] | list[str], sep: str) -> tuple[Any, bytes, int]:
+    """``(frame, bytes parsed, file index)``: the first ~1 MiB of the first file that holds rows."""
+    import pandas as pd
+
+    frame, complete = None, b""
+    for k, path in enumerate(files):
+        with fsio.open_binary(path) as f:
+            try:
+                head = f.read(_SAMPLE_BYTES)
+            except Exception as exc:  # noqa: BLE001
+                raise fsio.read_error(path, exc) from None
+        complete = head if len(head) < _SAMPLE_BYTES else head[:head.rfind(b"\n") + 1]
+        try:
+            frame = pd.read_csv(io.BytesIO(complete), sep=sep, low_memory=False)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise fsio.read_error(path, exc) from None
+        if len(frame):
+            return frame, complete, k
+    return frame, complete, 0
+
+
+def _kind(dtype: Any) -> str:
+    kind = getattr(dtype, "kind", "O")
+    if kind in "fiub":
+        return tbl.NUMERIC
+    if kind in "OSU":
+        return tbl.TEXT
+    return str(dtype)
+
+
+def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
+    sep = source.sep or ("\t" if kind == "tsv" else ",")
+    files = fsio.expand(source.path, is_csv_name)
+    compressed = tuple(split_compression(f)[1] is not None for f in files)
+    headers = [text.header_end(f) for f in files]
+    names = _names(headers[0][0], sep, files[0])
+    for f, (h, _) in zip(files[1:], headers[1:]):
+        other = _names(h, sep, f)
+        if other != names:
+            raise DataError(f"the header of {f} differs from that of {files[0]}: "
+                            f"{', '.join(other[:8])} vs {', '.join(names[:8])}")
+    sample, complete, sampled = _sample(files, sep)
+    # no rows to look at (header-only files): types are checked when the chunks are read
+    kinds = {c: _kind(sample[c].dtype) if len(sample) else tbl.NUMERIC for c in names}
+    notices: list[str] = []
+    layout = tbl.choose_columns(names, kinds, source, source.path, notices, encoder)
+    read_dtypes = {c: "str" for c in layout.categorical}
+    label_dtype = None
+    if layout.label is not None:
+        if layout.label_text:
+            read_dtypes[layout.label] = "str"
+            label_dtype = "object"
+        else:
+            label_dtype = np.dtype(sample[layout.label].dtype).name if len(sample) else "float64"
+    if encoder is None and layout.categorical and source.hash_features is not None:
+        encoder = Encoder(layout.numeric, layout.categorical, n_buckets=int(source.hash_features))
+    dtype = source.dtype or "float64"
+    itemsize = np.dtype(dtype).itemsize
+    body = len(complete) - headers[sampled][1]
+    rows_in_sample = len(sample)
+    bytes_per_row = body / rows_in_sample if rows_in_sample else 64.0
+    x_row = max(1, len(layout.numeric) + len(layout.categorical)) * itemsize
+    target = chunk_bytes_of(source) * max(bytes_per_row, 1.0) / x_row
+    pieces: list[TextPiece] = []
+    piece_rows: list[int | None] = []
+    for k, f in enumerate(files):
+        if compressed[k]:
+            pieces.append(TextPiece(k))
+            piece_rows.append(None)
+        elif source.chunk_rows is not None:
+            for off, n, r in text.cut_by_rows(f, headers[k][1], int(source.chunk_rows),
+                                              text.csv_style(sep), quotes=True):
+                pieces.append(TextPiece(k, off, n))
+                piece_rows.append(r)
+        else:
+            for off, n in text.cut_by_bytes(f, headers[k][1], fsio.size(f), target):
+                pieces.append(TextPiece(k, off, n))
+                piece_rows.append(None)
+    if any(compressed):
+        notices.append("compressed files are read whole, one task each (their rows are split into "
+                       "chunks after reading)")
+    info = DatasetInfo(source=source, kind="csv", n_features=0, feature_names=None,
+                       sparse=bool(layout.categorical), dtype=dtype, pieces=pieces, piece_rows=piece_rows,
+                       has_labels=layout.label is not None, has_weights=source.weights is not None,
+                       encoder=encoder, notices=notices, label_dtype=label_dtype,
+                       layout=CsvLayout(tuple(files), compressed, tuple(h[1] for h in headers), sep, layout,
+                                        tuple(read_dtypes.items()), bytes_per_row))
+    needs_vocab = bool(layout.categorical) and encoder is None
+    if needs_vocab or any(r is None for r in piece_rows):
+        info.surveys = list(range(len(pieces)))
+    return info
+
+
+def _parse(data: bytes, lay: CsvLayout, columns: list[str], path: str, header: bool) -> Any:
+    import pandas as pd
+
+    dtypes = {c: t for c, t in lay.read_dtypes if c in columns}
+    try:
+        return pd.read_csv(io.BytesIO(data), sep=lay.sep, header=None, names=list(lay.table.names),
+                           skiprows=1 if header else 0, usecols=columns, dtype=dtypes or None,
+                           low_memory=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame({c: np.zeros(0) for c in columns})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise fsio.read_error(path, exc) from None
+
+
+def survey(info: DatasetInfo, k: int) -> Survey:
+    lay: CsvLayout = info.layout
+    p: TextPiece = info.pieces[k]
+    path = lay.files[p.file]
+    vocab_cols = list(lay.table.categorical) if info.encoder is None else []
+    style = text.csv_style(lay.sep)
+    if p.whole:
+        if not vocab_cols:
+            rows, nbytes, open_quote = text.stream_records(fsio.iter_blocks(path), style, skip_header=True)
+            if not open_quote:
+                return Survey(rows=rows, nbytes=nbytes)
+        data = fsio.read_all(path)
+        frame = _parse(data, lay, vocab_cols or [lay.table.names[0]], path, header=True)
+        return Survey(rows=len(frame), nbytes=len(data), uniques={c: distinct(frame[c]) for c in vocab_cols})
+    data = fsio.read_range(path, p.offset, p.length)
+    if text.has_open_quote(data):
+        raise text.spanning_quote_error(path)
+    if not vocab_cols:
+        return Survey(rows=text.count_records(data, style), nbytes=len(data))
+    frame = _parse(data, lay, vocab_cols, path, header=False)
+    return Survey(rows=len(frame), nbytes=len(data), uniques={c: distinct(frame[c]) for c in vocab_cols})
+
+
+def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
+    lay: CsvLayout = info.layout
+    encoder = info.encoder
+    if lay.table.categorical and encoder is None:
+        vocab = tuple(merge_distinct(s.uniques.get(c, ()) for s in surveys) for c in lay.table.categorical)
+        encoder = Encoder(lay.table.numeric, lay.table.categorical, vocabulary=vocab)
+    n_features = encoder.n_features if encoder is not None else len(lay.table.numeric)
+    names = encoder.feature_names() if encoder is not None else list(lay.table.numeric)
+    x_row = max(1, len(lay.table.numeric) + len(lay.table.categorical)) * np.dtype(info.dtype).itemsize
+    pieces: list[TextPiece] = []
+    rows: list[int | None] = []
+    units: list[list[int]] = []
+    for k, p in enumerate(info.pieces):
+        r = surveys[k].rows if surveys else info.piece_rows[k]
+        if p.whole:
+            per = rows_per_chunk(info.source, x_row)
+            members = []
+            for s, e in row_ranges(int(r or 0), per):
+                members.append(len(pieces))
+                pieces.append(replace(p, start=s, stop=e))
+                rows.append(e - s)
+            if members:
+                units.append(members)
+        elif r:
+            units.append([len(pieces)])
+            pieces.append(p)
+            rows.append(r)
+    if not pieces:
+        raise DataError(f"{info.source.path} holds no rows")
+    info = replace(info, n_features=n_features, feature_names=names, pieces=pieces, piece_rows=rows,
+                   units=units, encoder=encoder, surveys=[])
+    return info
+
+
+def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
+    from dlogit.io.npy import weights_slice
+
+    lay: CsvLayout = info.layout
+    members = info.units[u]
+    first: TextPiece = info.pieces[members[0]]
+    path = lay.files[first.file]
+    columns = lay.table.needed
+    if first.whole:
+        frame = _parse(fsio.read_all(path), lay, columns, path, header=True)
+        expect = info.pieces[members[-1]].stop
+    else:
+        frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False)
+        expect = info.piece_rows[members[0]]
+    if len(frame) != expect:
+        raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
+                        f"counted {expect}")
+    starts = info.row_starts() if info.source.weights_path else None
+    out = []
+    for i in members:
+        p: TextPiece = info.pieces[i]
+        part = frame.iloc[p.start:p.stop] if p.whole else frame
+        w = weights_slice(info, starts[i], len(part)) if starts is not None else None
+        out.append(tbl.table_piece(part, info, path, w))
+    return out

@@ -1,0 +1,202 @@
+"""Opening data through fsspec: local paths, URLs, globs, directories, compressed text; error lines.
+
+Every reader opens its files here, so local paths and fsspec URLs (``s3://``, ``gs://``,
+``memory://``, ``file://`` ...) take the same code path, a missing backend package is named, and any
+failure to open becomes one :class:`~dlogit.errors.DataError` line: ``cannot read PATH: REASON``
+(``cannot read PATH on the workers: REASON`` while a scan runs on the workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import posixpath
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
+
+from dlogit.errors import DataError
+from dlogit.io.source import split_compression
+
+T = TypeVar("T")
+
+_WHERE: contextvars.ContextVar[str] = contextvars.ContextVar("dlogit_io_where", default="")
+
+#: fsspec protocols whose backend is a separate package
+_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+             "abfss": "adlfs", "adl": "adlfs", "http": "aiohttp", "https": "aiohttp", "sftp": "paramiko",
+             "ssh": "paramiko", "hf": "huggingface_hub", "webhdfs": "requests"}
+_GLOB_CHARS = "*?["
+_BLOCK = 16 << 20
+
+
+def on_workers(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` with read errors saying "on the workers" (the task body of a remote scan)."""
+    token = _WHERE.set(" on the workers")
+    try:
+        return fn(*args)
+    finally:
+        _WHERE.reset(token)
+
+
+def read_error(path: str, exc: BaseException) -> DataError:
+    """``cannot read PATH[ on the workers]: REASON`` as one line."""
+    if isinstance(exc, FileNotFoundError):
+        reason = "No such file or directory"
+    elif isinstance(exc, IsADirectoryError):
+        reason = "Is a directory"
+    elif isinstance(exc, PermissionError):
+        reason = "Permission denied"
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return DataError(f"cannot read {path}{_WHERE.get()}: {reason}")
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, path inside it)`` for a local path or a URL; a missing backend is named."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(path)
+    except ImportError as exc:
+        proto = path.split("://", 1)[0].lower()
+        pkg = _BACKENDS.get(proto)
+        hint = f"{proto}:// URLs need the {pkg} package (pip install {pkg})" if pkg else str(exc)
+        raise DataError(f"cannot read {path}: {hint}") from None
+    except ValueError as exc:  # unknown protocol
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def display(fs: Any, p: str) -> str:
+    """How to name file ``p`` of ``fs`` in messages (and pieces): a plain path, or a URL."""
+    return p if is_local(fs) else fs.unstrip_protocol(p)
+
+
+def _hidden(name: str) -> bool:
+    base = posixpath.basename(name.rstrip("/"))
+    return base.startswith((".", "_")) or base.endswith(".crc")
+
+
+def expand(path: str, is_data: Callable[[str], bool] | None = None) -> list[str]:
+    """The files ``path`` names, sorted: itself, a glob's matches, or a directory's data files.
+
+    Files are returned as :func:`display` names (URLs keep their protocol). In a directory, hidden
+    files and ``_SUCCESS``-style markers are skipped, and ``is_data`` (when given) picks the files.
+    """
+    fs, p = filesystem(path)
+    try:
+        if any(c in p for c in _GLOB_CHARS):
+            found = sorted(f for f in fs.glob(p) if not fs.isdir(f))
+            if not found:
+                raise DataError(f"cannot read {path}{_WHERE.get()}: no files match the pattern")
+            return [display(fs, f) for f in found]
+        if fs.isdir(p):
+            found = sorted(f for f in fs.find(p)
+                           if not any(_hidden(part) for part in posixpath.relpath(f, p).split("/"))
+                           and (is_data is None or is_data(f)))
+            if not found:
+                raise DataError(f"cannot read {path}{_WHERE.get()}: the directory holds no data files")
+            return [display(fs, f) for f in found]
+        if not fs.exists(p):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", p)
+        return [display(fs, p)]
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every way a listing fails becomes one line
+        raise read_error(path, exc) from None
+
+
+def size(path: str) -> int:
+    fs, p = filesystem(path)
+    return int(fs.size(p))
+
+
+@contextlib.contextmanager
+def open_binary(path: str, compression: str | None = "infer") -> Iterator[IO[bytes]]:
+    """A binary stream of ``path`` (decompressed when its name ends in .gz/.bz2/.xz/.zst).
+
+    Errors opening it (not reading it) become :func:`read_error` lines.
+    """
+    fs, p = filesystem(path)
+    if compression == "infer":
+        compression = split_compression(p)[1]
+    try:
+        raw = fs.open(p, "rb")
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(path, exc) from None
+    with contextlib.ExitStack() as stack:
+        stack.callback(raw.close)
+        yield stack.enter_context(_decompressed(raw, compression, path))
+
+
+def _decompressed(raw: IO[bytes], compression: str | None, path: str) -> Any:
+    if compression is None:
+        return contextlib.nullcontext(raw)
+    if compression == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "bz2":
+        import bz2
+
+        return bz2.BZ2File(raw, mode="rb")
+    if compression == "xz":
+        import lzma
+
+        return lzma.LZMAFile(raw, mode="rb")
+    if compression == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"cannot read {path}: .zst files need the zstandard package "
+                            "(pip install zstandard)") from None
+        import io
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+    raise DataError(f"cannot read {path}: unknown compression {compression!r}")
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes of an uncompressed file from ``offset``."""
+    fs, p = filesystem(path)
+    try:
+        with fs.open(p, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(path, exc) from None
+
+
+def read_all(path: str) -> bytes:
+    """The whole (decompressed) content of ``path``."""
+    try:
+        with open_binary(path) as f:
+            return f.read()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt archive, a vanished file ...
+        raise read_error(path, exc) from None
+
+
+def iter_blocks(path: str, block: int = _BLOCK) -> Iterator[bytes]:
+    """The (decompressed) content of ``path`` in blocks of about ``block`` bytes."""
+    try:
+        with open_binary(path) as f:
+            while True:
+                b = f.read(block)
+                if not b:
+                    return
+                yield b
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(path, exc) from None

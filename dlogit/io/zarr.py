@@ -1,0 +1,146 @@
+"""Zarr (optional ``zarr`` package): a group holding the features, labels and weights as arrays.
+
+Layout: ``data.zarr`` is a group with a 2-D array ``X`` (rows x features), the labels in the 1-D array
+named by ``label`` (default ``label``) and, when ``weights`` names one, the weights in another 1-D
+array. ``path`` may instead name a 2-D array itself (``data.zarr/X``); its labels are then ``labels``
+(another Zarr array, or a ``.npy``). Chunks of X along the rows map to dlogit chunks: whole Zarr
+chunks are grouped into chunks of about ``chunk_bytes`` (at least ``chunk_rows`` rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dlogit.errors import DataError
+from dlogit.io import fs as fsio
+from dlogit.io.source import DatasetInfo, Piece, Source, rows_per_chunk
+
+X_NAME = "X"
+
+
+@dataclass(frozen=True)
+class ZarrLayout:
+    X: str  # path of the features array
+    labels: str | None  # path of a Zarr labels array, or of a .npy
+    weights: str | None  # path of a Zarr weights array (a .npy goes through source.weights_path)
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError:
+        raise DataError("reading Zarr data needs the zarr package (pip install zarr)") from None
+    return zarr
+
+
+def _open(path: str) -> Any:
+    zarr = _zarr()
+    try:
+        return zarr.open(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - missing store, not a Zarr store
+        raise fsio.read_error(path, exc) from None
+
+
+def _join(group: str, name: str) -> str:
+    return f"{group.rstrip('/')}/{name}"
+
+
+def _vector(path: str, what: str, n: int) -> Any:
+    if path.lower().endswith(".npy"):
+        from dlogit.io.npy import open_vector
+
+        return open_vector(path, what, n)
+    a = _open(path)
+    if not hasattr(a, "shape") or len(a.shape) != 1:
+        raise DataError(f"{what} in {path} must be a 1-D array")
+    if a.shape[0] != n:
+        raise DataError(f"the data has {n} rows but {path} has {a.shape[0]} {what}")
+    return a
+
+
+def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
+    node = _open(source.path)
+    labels_path = source.labels
+    weights_path = None
+    if hasattr(node, "array_keys"):  # a group
+        arrays = sorted(node.array_keys())
+        if X_NAME not in arrays:
+            raise DataError(f"the Zarr group {source.path} has no array {X_NAME!r} (arrays: "
+                            f"{', '.join(arrays) or 'none'})")
+        x_path = _join(source.path, X_NAME)
+        X = node[X_NAME]
+        if labels_path is None and source.label is not None:
+            if source.label in arrays:
+                labels_path = _join(source.path, source.label)
+            elif source.require_label:
+                raise DataError(f"the Zarr group {source.path} has no label array {source.label!r} (arrays: "
+                                f"{', '.join(arrays)}): name it with --label, or give --labels")
+        if source.weights is not None and source.weights_path is None:
+            if source.weights not in arrays:
+                raise DataError(f"the Zarr group {source.path} has no weights array {source.weights!r}")
+            weights_path = _join(source.path, source.weights)
+    else:
+        x_path, X = source.path, node
+        if source.weights is not None and source.weights_path is None:
+            raise DataError(f"{source.path} is one Zarr array: give the weights as a .npy file")
+    if len(X.shape) != 2:
+        raise DataError(f"{x_path} must be a 2-D array (rows x features), got shape {tuple(X.shape)}")
+    xdtype = np.dtype(X.dtype)
+    if xdtype.kind not in "fiub":
+        raise DataError(f"{x_path} must hold numbers, got dtype {xdtype}")
+    n, d = (int(s) for s in X.shape)
+    if labels_path is None and source.require_label:
+        raise DataError(f"{source.path} is a Zarr array: give its labels with --labels")
+    labels = _vector(labels_path, "labels", n) if labels_path is not None else None
+    if weights_path is not None:
+        w = _vector(weights_path, "weights", n)
+        if np.dtype(w.dtype).kind not in "fiub":
+            raise DataError(f"weights in {weights_path} are not numeric")
+    dtype = source.dtype or (xdtype.name if xdtype.kind == "f" else "float64")
+    per = rows_per_chunk(source, d * np.dtype(dtype).itemsize)
+    step = int(X.chunks[0])
+    groups = max(1, -(-per // step))  # whole Zarr chunks per dlogit chunk
+    ranges = [(s, min(n, s + groups * step)) for s in range(0, n, groups * step)]
+    notices = []
+    if np.dtype(dtype) != xdtype:
+        notices.append(f"{x_path} holds {xdtype.name}: each chunk is converted to {dtype} on read")
+    return DatasetInfo(source=source, kind="zarr", n_features=d, feature_names=None, sparse=False, dtype=dtype,
+                       pieces=ranges, piece_rows=[e - s for s, e in ranges], has_labels=labels is not None,
+                       has_weights=source.weights is not None, notices=notices,
+                       label_dtype=np.dtype(labels.dtype).str if labels is not None else None,
+                       layout=ZarrLayout(x_path, labels_path, weights_path))
+
+
+def _rows(path: str, s: int, e: int) -> np.ndarray:
+    if path.lower().endswith(".npy"):
+        from dlogit.io.npy import open_npy, rows_of
+
+        return rows_of(open_npy(path), s, e)
+    try:
+        return np.asarray(_open(path)[s:e])
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise fsio.read_error(path, exc) from None
+
+
+def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
+    from dlogit.io.npy import weights_slice
+
+    lay: ZarrLayout = info.layout
+    out = []
+    for i in info.units[u]:
+        s, e = info.pieces[i]
+        X = np.ascontiguousarray(_rows(lay.X, s, e), dtype=info.dtype)
+        y = _rows(lay.labels, s, e) if lay.labels is not None else None
+        if lay.weights is not None:
+            w = np.asarray(_rows(lay.weights, s, e), dtype=np.float64)
+        elif info.source.weights_path is not None:
+            w = weights_slice(info, s, e - s)
+        else:
+            w = None
+        out.append(Piece(X, y, w))
+    return out
