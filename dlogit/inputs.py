@@ -44,13 +44,13 @@ def _is_dask_frame(x: Any) -> bool:
 
 def _frame_to_dask_array(df: Any, what: str) -> tuple[Any, list[str] | None]:
     """A Dask DataFrame/Series as a Dask array (partitions -> row chunks of unknown size)."""
-    if hasattr(df, "columns"):
+    if getattr(df, "ndim", 1) == 2:
         bad = [str(c) for c, t in df.dtypes.items() if np.dtype(t).kind not in "fiub"]
         if bad:
             raise DataError(f"column {bad[0]!r} of {what} is not numeric"
                             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-        return df.to_dask_array(lengths=False), [str(c) for c in df.columns]
-    return df.to_dask_array(lengths=False), None
+        return df.to_dask_array(lengths=None), [str(c) for c in df.columns]
+    return df.to_dask_array(lengths=None), None
 
 
 def _arrow_like(x: Any) -> Any:
