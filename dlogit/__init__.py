@@ -17,10 +17,11 @@ from dlogit.errors import (  # noqa: E402
     OutputError,
 )
 from dlogit.estimator import LogisticRegression, load_model  # noqa: E402
+from dlogit.estimator_cv import LogisticRegressionCV  # noqa: E402
 from dlogit.spec import CheckpointSpec as Checkpoint  # noqa: E402
 
 __all__ = [
     "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",
-    "Interrupted", "LogisticRegression", "ModelError", "OutputError", "__version__", "load_model",
+    "Interrupted", "LogisticRegression", "LogisticRegressionCV", "ModelError", "OutputError", "__version__", "load_model",
     "read_data", "synthetic",
 ]

@@ -305,6 +305,20 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         return float(accuracy_score(to_numpy(y), to_numpy(pred),
                                     sample_weight=None if sample_weight is None else to_numpy(sample_weight)))
 
+    def summary(self, X: Any, y: Any, sample_weight: Any = None, *, client: Any = None) -> Any:
+        """Coefficient table of a binary fit: coefficient, standard error, z, p-value, 95 % interval.
+
+        The standard errors come from the Hessian at the fitted coefficients on ``(X, y)`` (the data of
+        the fit), reduced over its chunks (on the workers for Dask data). Unpenalized fits give the usual
+        maximum-likelihood standard errors; L2-penalized ones those of the penalized estimator
+        (:mod:`dlogit.summary`). ``print(model.summary(X, y))`` prints the table; ``.frame`` is a
+        pandas DataFrame.
+        """
+        from dlogit.summary import model_summary
+
+        check_is_fitted(self, "coef_")
+        return model_summary(self, X, y, sample_weight, client)
+
     # ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], **extra_meta: Any) -> None:
         """Write the model to ``path`` (.npz, see :mod:`dlogit.model_io`)."""
@@ -316,9 +330,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
         classes = np.asarray(self.classes_)
         names = getattr(self, "feature_names_in_", None)
-        params = {k: getattr(self, k) for k in PARAMS}
-        if isinstance(params["class_weight"], dict):
-            params["class_weight"] = {str(k): float(v) for k, v in params["class_weight"].items()}
+        params = self._saved_params()
         meta = {"params": params, "family": self._family.name, "n_classes": len(classes),
                 "class_counts": [int(c) for c in getattr(self, "class_counts_", [])],
                 "classes_kind": Classes(classes, np.zeros(len(classes), np.int64), np.zeros(len(classes))).kind,
@@ -334,6 +346,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
                      for k in ("loss", "grad_norm", "step_seconds")}}
         arrays.update(getattr(self, "_extra_arrays", {}))
         save_arrays(path, arrays, meta)
+
+
+    def _saved_params(self) -> dict[str, Any]:
+        """The parameters written to the model file (JSON)."""
+        params = {k: getattr(self, k) for k in PARAMS}
+        if isinstance(params["class_weight"], dict):
+            params["class_weight"] = {str(k): float(v) for k, v in params["class_weight"].items()}
+        return params
 
 
 def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:

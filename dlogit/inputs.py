@@ -68,6 +68,11 @@ def _wrap_value_error(exc: ValueError) -> DataError:
     return exc if isinstance(exc, DataError) else DataError(str(exc).strip() or "bad input")
 
 
+def is_dask_input(*arrays: Any) -> bool:
+    """True when any of ``arrays`` is a Dask collection."""
+    return any(_is_dask_collection(a) for a in arrays if a is not None)
+
+
 def prepare_fit(est: Any, X: Any, y: Any, sample_weight: Any, client: Any) -> FitData:
     """Validate and shape the fit's inputs (sets ``n_features_in_`` / ``feature_names_in_`` on est)."""
     from dlogit import engine

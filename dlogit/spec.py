@@ -82,6 +82,7 @@ class FitPlan:
     theta0: np.ndarray
     data_fingerprint: str
     sparse: bool = False
+    stats: ChunkStats | None = field(default=None, repr=False, compare=False)
 
     def row_weights(self, codes: np.ndarray, sample_weight: Any) -> Any:
         """A chunk's effective row weights (sample weights times class multipliers), or None."""
@@ -112,16 +113,20 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
     weight_sum = float(stats.weight_sum if mult is None else np.dot(mult, classes.weight_sums))
     if not weight_sum > 0:
         raise DataError("the row weights sum to 0: nothing to fit")
-    if spec.precondition and spec.solver != "gd":
-        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.rows,
-                                      center=spec.fit_intercept, l2=spec.l2)
-        reparam = Reparam(layout, scale, shift)
-    else:
-        reparam = Reparam.identity(layout)
+    reparam = make_reparam(spec, layout, stats, spec.l2)
     theta0 = initial_theta(spec, layout)
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
-                   sparse=stats.nnz < stats.rows * stats.n_features)
+                   sparse=stats.nnz < stats.rows * stats.n_features, stats=stats)
+
+
+def make_reparam(spec: FitSpec, layout: ParamLayout, stats: ChunkStats, l2: float) -> Reparam:
+    """The solver's coordinates: preconditioned (L-BFGS, Newton) unless turned off or ``gd``."""
+    if spec.precondition and spec.solver != "gd":
+        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.rows,
+                                      center=spec.fit_intercept, l2=l2)
+        return Reparam(layout, scale, shift)
+    return Reparam.identity(layout)
 
 
 def initial_theta(spec: FitSpec, layout: ParamLayout) -> np.ndarray:

@@ -1,0 +1,390 @@
+"""A regularization path with cross-validation: every fold of a penalty fitted in one pass per step.
+
+For each penalty of the path (the largest first), the ``m`` fold models are trained *together*: each
+fold has its own solver (the same solver, tolerances and warm start a separate fit would use), running
+in its own thread, and every objective evaluation a solver asks for is batched with those of the other
+folds into one pass over the data (:class:`dlogit.folds.FoldChunk`: one read of X serves all ``m``
+fold gradients). Each fold's iterates are exactly those of a separate fit on its training rows, so the
+scores equal scikit-learn's ``GridSearchCV`` over the same folds. The next penalty starts every fold
+from its solution at the previous one (warm start down the path). Held-out scores come from one more
+pass per penalty. Nothing here knows where the chunks live: a :class:`FoldSource` evaluates them.
+
+Scores (higher is better, like scikit-learn's scorers): ``neg_log_loss`` (the held-out mean
+cross-entropy, negated, weighted by the sample weights) and ``accuracy``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from dlogit.errors import ConfigError, DataError, Interrupted
+from dlogit.events import ProgressEmitter, Send, new_run_id
+from dlogit.family import class_multipliers
+from dlogit.objective import Objective
+from dlogit.spec import FitPlan, FitSpec, make_reparam
+
+SCORINGS = ("neg_log_loss", "accuracy")
+
+
+class FoldSource(Protocol):
+    """All chunks of the data, evaluated per fold (the sum over chunks along the fixed tree)."""
+
+    n_folds: int
+
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None) -> np.ndarray: ...
+
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None) -> np.ndarray: ...
+
+    def fold_scores(self, thetas: np.ndarray) -> np.ndarray: ...
+
+    def class_weight_sums(self, n_classes: int) -> np.ndarray: ...
+
+
+@dataclass
+class PathPoint:
+    l2: float
+    l1: float
+    fold_scores: np.ndarray
+    n_iter: np.ndarray
+    status: list[str]
+    thetas: np.ndarray  # (m, P) the fold models, model coordinates
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.fold_scores))
+
+
+@dataclass
+class PathResult:
+    points: list[PathPoint]
+    scoring: str
+    best: int
+    path_id: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def score_from_sums(scoring: str, sums: np.ndarray) -> np.ndarray:
+    """Fold scores from held-out sums (loss sum, correct count, weight) per fold."""
+    weight = np.where(sums[:, 2] > 0, sums[:, 2], np.nan)
+    if scoring == "neg_log_loss":
+        return -sums[:, 0] / weight
+    if scoring == "accuracy":
+        return sums[:, 1] / weight
+    raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+
+
+def penalty_grid(values: Any, kind: str, lam_max: float, n_default: int = 10) -> list[float]:
+    """The penalties of a path, largest first: given values, or ``int`` log-spaced ones from ``lam_max``
+    (the smallest L1 penalty that zeroes every coefficient; for L2, 50 times that gradient scale) down
+    a ratio of 1e-4 (L2) or 1e-3 (L1)."""
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        n = int(values)
+        if n < 1:
+            raise ConfigError(f"a path needs at least one {kind} value, got {n}")
+        top = lam_max * (50.0 if kind == "l2" else 1.0)
+        ratio = 1e-4 if kind == "l2" else 1e-3
+        if not top > 0:
+            raise ConfigError(f"cannot build a {kind} path: the gradient at the intercept-only model is 0")
+        return [float(v) for v in np.geomspace(top, top * ratio, n)] if n > 1 else [float(top)]
+    vals = [float(v) for v in np.atleast_1d(values)]
+    if not vals or any(not (math.isfinite(v) and v >= 0) for v in vals):
+        raise ConfigError(f"{kind} values must be finite and >= 0, got {values!r}")
+    return sorted(vals, reverse=True)
+
+
+class _Batcher:
+    """Collects one request per live fold thread, evaluates them together, hands the answers back."""
+
+    def __init__(self, m: int) -> None:
+        self.cond = threading.Condition()
+        self.live = set(range(m))
+        self.pending: dict[int, tuple[str, np.ndarray, np.ndarray | None]] = {}
+        self.answers: dict[int, Any] = {}
+        self.abort: BaseException | None = None
+
+    def request(self, f: int, kind: str, theta: np.ndarray, v: np.ndarray | None = None) -> Any:
+        with self.cond:
+            if self.abort is not None:
+                raise _Aborted()
+            self.pending[f] = (kind, np.array(theta, copy=True), None if v is None else np.array(v, copy=True))
+            self.cond.notify_all()
+            while f not in self.answers:
+                if self.abort is not None:
+                    raise _Aborted()
+                self.cond.wait()
+            return self.answers.pop(f)
+
+    def done(self, f: int) -> None:
+        with self.cond:
+            self.live.discard(f)
+            self.cond.notify_all()
+
+    def next_batch(self) -> dict[int, tuple[str, np.ndarray, np.ndarray | None]] | None:
+        with self.cond:
+            while self.live and not all(f in self.pending for f in self.live):
+                self.cond.wait(0.5)
+            if not self.live:
+                return None
+            batch, self.pending = self.pending, {}
+            return batch
+
+    def answer(self, answers: dict[int, Any]) -> None:
+        with self.cond:
+            self.answers.update(answers)
+            self.cond.notify_all()
+
+    def stop(self, exc: BaseException) -> None:
+        with self.cond:
+            self.abort = exc
+            self.cond.notify_all()
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _FoldEvaluator:
+    """One fold's view for :class:`dlogit.training._Problem`: sums / H.v answered by the batcher."""
+
+    kernel = "folds"
+
+    def __init__(self, batcher: _Batcher, f: int) -> None:
+        self.batcher, self.f = batcher, f
+
+    def sums(self, theta: np.ndarray) -> np.ndarray:
+        return self.batcher.request(self.f, "sums", theta)
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self.batcher.request(self.f, "hvp", theta, v)
+
+
+def fold_plans(spec: FitSpec, plan: FitPlan, source: FoldSource) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per-fold class multipliers (``class_weight`` computed on each training fold, as a separate fit
+    would) and per-fold weight sums (the objectives' denominators)."""
+    K = plan.classes.n
+    sums = source.class_weight_sums(K)  # (m, K)
+    mults = []
+    for f in range(source.n_folds):
+        if np.any(sums[f] <= 0) and spec.class_weight == "balanced":
+            raise DataError(f"fold {f} has no training rows of class {plan.classes.display()[int(np.argmin(sums[f]))]}: "
+                            "class_weight='balanced' cannot weight it (use fewer folds)")
+        cls = replace(plan.classes, weight_sums=sums[f])
+        m = class_multipliers(cls, spec.class_weight)
+        mults.append(np.ones(K) if m is None else m)
+    mult = np.asarray(mults)
+    weight_sums = (mult * sums).sum(axis=1)
+    if np.any(weight_sums <= 0):
+        raise DataError("a training fold has no weight: use fewer folds")
+    return (None if spec.class_weight is None else mult), weight_sums
+
+
+def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray | None,
+              weight_sums: np.ndarray, starts: np.ndarray, emitter: ProgressEmitter,
+              stop: Callable[[], str | None] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
+    from dlogit.solvers import SolverOptions, get
+    from dlogit.training import _Problem, _solver_problem
+
+    m = source.n_folds
+    solver = get(spec.solver)
+    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory)
+    batcher = _Batcher(m)
+    results: list[Any] = [None] * m
+    errors: list[BaseException] = []
+    l1w = plan.reparam.l1_weights(spec.l1) if spec.l1 > 0 else None
+
+    def run(f: int) -> None:
+        try:
+            obj = Objective(plan.layout, float(weight_sums[f]), spec.l2, spec.fit_intercept)
+            fplan = replace(plan, theta0=starts[f])
+            problem = _Problem(_FoldEvaluator(batcher, f), obj, fplan, spec.l1, solver.needs_hvp)
+            sp = _solver_problem(problem, plan.layout.size, l1w)
+            th0 = starts[f] if plan.reparam.is_identity else plan.reparam.to_solver(starts[f])
+            state = solver.init(sp, th0, opts)
+            while state.status is None:
+                state = solver.step(sp, state, opts)
+                progress[f] = (state.n_iter, state.loss, state.grad_norm)
+            results[f] = (problem.user(np.asarray(state.theta)), state)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the driving thread
+            errors.append(exc)
+            batcher.stop(exc)
+        finally:
+            batcher.done(f)
+
+    progress: dict[int, tuple[int, float, float]] = {}
+    threads = [threading.Thread(target=run, args=(f,), name=f"dlogit-fold-{f}", daemon=True) for f in range(m)]
+    for t in threads:
+        t.start()
+    rounds = 0
+    try:
+        while True:
+            batch = batcher.next_batch()
+            if batch is None or errors:
+                break
+            reason = stop() if stop is not None else None
+            if reason is not None:
+                raise Interrupted(reason)
+            answers = _evaluate_batch(source, batch, m, plan.layout.size, mult)
+            batcher.answer(answers)
+            if progress:
+                rounds += 1
+                vals = list(progress.values())
+                emitter.step(rounds - 1, float(np.mean([v[1] for v in vals])),
+                             float(np.max([v[2] for v in vals])))
+    except BaseException as exc:
+        batcher.stop(exc)
+        for t in threads:
+            t.join(timeout=5)
+        raise
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    thetas = np.stack([r[0] for r in results])
+    return thetas, np.array([r[1].n_iter for r in results]), [r[1].status for r in results]
+
+
+def _evaluate_batch(source: FoldSource, batch: dict[int, tuple[str, np.ndarray, np.ndarray | None]], m: int,
+                    P: int, mult: np.ndarray | None) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    kinds = {kind for kind, _, _ in batch.values()}
+    if "sums" in kinds:
+        thetas = np.zeros((m, P))
+        for f, (kind, th, _) in batch.items():
+            if kind == "sums":
+                thetas[f] = th
+        sums = source.fold_sums(thetas, mult)
+        out.update({f: sums[f] for f, (kind, _, _) in batch.items() if kind == "sums"})
+    if "hvp" in kinds:
+        thetas, vs = np.zeros((m, P)), np.zeros((m, P))
+        for f, (kind, th, v) in batch.items():
+            if kind == "hvp":
+                thetas[f], vs[f] = th, v
+        hv = source.fold_hvp(thetas, vs, mult)
+        out.update({f: hv[f] for f, (kind, _, _) in batch.items() if kind == "hvp"})
+    return out
+
+
+def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[tuple[float, float]],
+             scoring: str, send: Send, *, mode: str, info: dict[str, Any] | None = None,
+             stop: Callable[[], str | None] | None = None, path_id: str | None = None) -> PathResult:
+    """Fit the path (penalties largest first, warm-started) and score every fold; see the module."""
+    if scoring not in SCORINGS:
+        raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    path_id = path_id or f"path-{new_run_id()}"
+    mult, weight_sums = fold_plans(spec, plan, source)
+    m = source.n_folds
+    starts = np.tile(plan.theta0, (m, 1))
+    points: list[PathPoint] = []
+    t0 = time.time()
+    for k, (l2, l1) in enumerate(penalties):
+        s = spec.with_(run=new_run_id(), l2=float(l2), l1=float(l1))
+        p = replace(plan, reparam=make_reparam(s, plan.layout, plan.stats, l2)) if plan.stats is not None else plan
+        emitter = ProgressEmitter(send, s.run, n_rows=plan.n_rows, row_bytes=plan.n_features * 8,
+                                  period=spec.period, interval=spec.interval)
+        from dlogit.training import start_params
+
+        cv = {"folds": m, "index": k, "of": len(penalties), "l2": float(l2), "l1": float(l1)}
+        emitter.start({**start_params(s, p, mode, "folds", None, dict(info or {})), "cv": cv, "path": path_id})
+        try:
+            thetas, n_iter, status = fit_folds(source, s, p, mult, weight_sums, starts, emitter, stop)
+        except Interrupted as exc:
+            emitter.end("interrupted", 0, math.nan, math.nan, exc.message)
+            raise
+        except BaseException as exc:
+            emitter.end("failed", 0, math.nan, math.nan, f"{type(exc).__name__}: {exc}")
+            raise
+        scores = score_from_sums(scoring, source.fold_scores(thetas))
+        nnz = int(np.mean([np.count_nonzero(plan.layout.coef(t)) for t in thetas]))
+        emitter.end("converged" if all(st == "converged" for st in status) else status[0], int(n_iter.max()),
+                    float(-scores.mean()) if scoring == "neg_log_loss" else float(scores.mean()), math.nan,
+                    "", n_nonzero=nnz)
+        points.append(PathPoint(float(l2), float(l1), scores, n_iter, status, thetas))
+        starts = thetas
+        best = _best(points)
+        send({"type": "path", "run": path_id, "time": time.time(), "scoring": scoring, "folds": m,
+              "points": [{"l2": q.l2, "l1": q.l1, "mean": q.mean, "std": q.std,
+                          "fold_scores": [float(v) for v in q.fold_scores], "n_iter": int(q.n_iter.max()),
+                          "n_nonzero": int(np.mean([np.count_nonzero(plan.layout.coef(t)) for t in q.thetas]))}
+                         for q in points],
+              "best": best, "done": k == len(penalties) - 1, "seconds": time.time() - t0})
+    return PathResult(points, scoring, _best(points), path_id)
+
+
+def _best(points: list[PathPoint]) -> int:
+    """The point with the highest mean score (the first, i.e. the most penalized, among ties)."""
+    means = np.array([p.mean for p in points])
+    means = np.where(np.isfinite(means), means, -np.inf)
+    return int(np.argmax(means))
+
+
+class LocalFoldSource:
+    """A :class:`FoldSource` over chunks held by this process (in-process fits and a worker's task)."""
+
+    def __init__(self, chunks: list[tuple[Any, Any, Any]], plan: FitPlan, scheme: Any) -> None:
+        from dlogit.folds import FoldChunk
+
+        self.n_folds = int(scheme.n_folds)
+        self.n_chunks = len(chunks)
+        self.chunks = []
+        start = 0
+        for X, y, w in chunks:
+            n = int(X.shape[0])
+            codes = plan.classes.encode(y)
+            self.chunks.append(FoldChunk(X, codes, w, scheme.fold_of(start, start + n), self.n_folds,
+                                         plan.layout, plan.family))
+            start += n
+        if start != plan.n_rows:
+            raise DataError(f"the folds cover {start} rows of {plan.n_rows}")
+
+    def _tree(self, fn: Callable[[Any], Any]) -> np.ndarray:
+        from dlogit._xp import to_numpy
+        from dlogit.objective import node_sum
+
+        return to_numpy(node_sum(lambda i: fn(self.chunks[i]), 0, self.n_chunks))
+
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None) -> np.ndarray:
+        return self._tree(lambda c: c.sums(thetas, mult))
+
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None) -> np.ndarray:
+        return self._tree(lambda c: c.hvp(thetas, vs, mult))
+
+    def fold_scores(self, thetas: np.ndarray) -> np.ndarray:
+        return self._tree(lambda c: c.scores(thetas))
+
+    def class_weight_sums(self, n_classes: int) -> np.ndarray:
+        return self._tree(lambda c: c.class_weight_sums(n_classes))
+
+
+def intercept_only(plan: FitPlan) -> np.ndarray:
+    """The intercept-only model (coefficients 0, intercepts at the weighted class log-odds)."""
+    theta = np.zeros(plan.layout.size)
+    S = np.maximum(plan.classes.weight_sums, 1e-300)
+    b = plan.layout.intercept(theta)
+    if plan.family.name == "binomial":
+        b[0] = math.log(S[1] / S[0])
+    else:
+        b[:] = np.log(S) - np.log(S).mean()
+    return theta
+
+
+def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray]) -> float:
+    """The largest coefficient gradient of the mean loss at the intercept-only model: the smallest L1
+    penalty for which every coefficient is zero (the top of an L1 path)."""
+    theta = intercept_only(plan)
+    s = sums_at(theta)
+    g = np.asarray(s[1:], dtype=np.float64) / plan.weight_sum
+    return float(np.max(np.abs(plan.layout.coef(g)))) if plan.layout.n_features else 0.0

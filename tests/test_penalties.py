@@ -1,0 +1,154 @@
+"""Penalties and solvers: L1 / elastic net (KKT, exact zeros, scikit-learn's saga), Newton, standard
+errors against statsmodels, and the cross-validated path against GridSearchCV over the same folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlogit
+from _exact import exact_optimum
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return (X - X.mean(0)) / X.std(0), y
+
+
+def kkt_violation(model, X, y, l1, l2):
+    """max over coordinates of the KKT residual of f + l1 ||w||_1 at the fitted model (binary)."""
+    n = len(y)
+    z = X @ model.coef_[0] + model.intercept_[0]
+    r = 1 / (1 + np.exp(-z)) - y
+    g = X.T @ r / n + 2 * l2 * model.coef_[0]
+    w = model.coef_[0]
+    nz = w != 0
+    res = np.where(nz, np.abs(g + l1 * np.sign(w)), np.maximum(np.abs(g) - l1, 0.0))
+    return float(np.max(res)), abs(float(r.mean()))
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "gd"])
+@pytest.mark.parametrize("l1, l2", [(0.02, 0.0), (0.01, 0.005)])
+def test_l1_and_elastic_net_satisfy_kkt_with_exact_zeros(cancer, solver, l1, l2):
+    X, y = cancer
+    kw = {"lr": 1.0, "max_iter": 20000} if solver == "gd" else {}
+    m = dlogit.LogisticRegression(solver=solver, l1=l1, l2=l2, tol=1e-8, **kw).fit(X, y)
+    assert m.status_ == "converged"
+    worst, gb = kkt_violation(m, X, y, l1, l2)
+    assert worst <= 1e-7 and gb <= 1e-7
+    zeros = int(np.sum(m.coef_ == 0.0))
+    assert zeros > 5 and m.n_nonzero_ == X.shape[1] - zeros  # exact zeros, counted
+
+
+def test_elastic_net_matches_scikit_learn_saga_and_its_support(cancer):
+    """l1 = l1_ratio / (C n), l2 = (1 - l1_ratio) / (2 C n): scikit-learn's elastic net, same optimum."""
+    from sklearn.linear_model import LogisticRegression as SK
+
+    X, y = cancer
+    n = len(y)
+    C, ratio = 0.5, 0.7
+    sk = SK(penalty="elasticnet", C=C, l1_ratio=ratio, solver="saga", tol=1e-12, max_iter=200000).fit(X, y)
+    ours = dlogit.LogisticRegression(l1=ratio / (C * n), l2=(1 - ratio) / (2 * C * n), tol=1e-10).fit(X, y)
+    np.testing.assert_array_equal(ours.coef_ != 0, sk.coef_ != 0)
+    np.testing.assert_allclose(ours.coef_, sk.coef_, atol=1e-5)
+    np.testing.assert_allclose(ours.intercept_, sk.intercept_, atol=1e-5)
+
+
+def test_multinomial_l1_is_sparse_and_exact(cancer):
+    from sklearn.datasets import load_wine
+
+    X, y = load_wine(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    m = dlogit.LogisticRegression(l1=0.02, l2=0.0, tol=1e-8).fit(X, y)
+    assert m.status_ == "converged" and m.coef_.shape == (3, 13)
+    assert 0 < m.n_nonzero_ < m.coef_.size and np.sum(m.coef_ == 0.0) == m.coef_.size - m.n_nonzero_
+
+
+def test_newton_reaches_the_exact_optimum_quickly(cancer):
+    X, y = cancer
+    m = dlogit.LogisticRegression(solver="newton", l2=1e-4, tol=1e-10).fit(X, y)
+    assert m.status_ == "converged" and m.n_iter_ <= 40
+    coef, b = exact_optimum(X, y, 2, 1e-4)
+    np.testing.assert_allclose(m.coef_, coef, rtol=1e-7, atol=1e-9)
+    with pytest.raises(dlogit.ConfigError, match="does not support l1"):
+        dlogit.LogisticRegression(solver="newton", l1=0.1).fit(X, y)
+
+
+def test_summary_matches_statsmodels_logit(cancer):
+    sm = pytest.importorskip("statsmodels.api")
+    X, y = cancer
+    X = X[:, :6]
+    m = dlogit.LogisticRegression(l2=0.0, solver="newton", tol=1e-11).fit(X, y)
+    s = m.summary(X, y)
+    ref = sm.Logit(y, sm.add_constant(X)).fit(disp=0, tol=1e-12)
+    order = np.r_[np.arange(1, 7), 0]  # statsmodels puts the constant first
+    np.testing.assert_allclose(s.coef, ref.params[order], rtol=1e-6)
+    np.testing.assert_allclose(s.std_err, ref.bse[order], rtol=1e-6)
+    np.testing.assert_allclose(s.p_value, ref.pvalues[order], rtol=1e-5, atol=1e-300)
+    np.testing.assert_allclose(s.frame["ci_low"], ref.conf_int()[order, 0], rtol=1e-6)
+    text = str(s)
+    assert "std err" in text and "intercept" in text and "maximum-likelihood" in text
+    with pytest.raises(dlogit.ConfigError, match="L1"):
+        dlogit.LogisticRegression(l1=0.1).fit(X, y).summary(X, y)
+    pen = dlogit.LogisticRegression(l2=0.01).fit(X, y).summary(X, y)
+    assert pen.penalized and "penalized" in str(pen)
+
+
+def test_summary_on_dask_data_is_reduced_on_the_workers(client2, cancer):
+    import dask.array as da
+
+    X, y = cancer
+    X = X[:, :6]  # well conditioned: the table does not depend on the chunking beyond rounding
+    m = dlogit.LogisticRegression(l2=0.0, solver="newton", tol=1e-11).fit(X, y)
+    here = m.summary(X, y)
+    there = m.summary(da.from_array(X, chunks=(100, X.shape[1])), da.from_array(y, chunks=100), client=client2)
+    np.testing.assert_allclose(there.std_err, here.std_err, rtol=1e-10)
+
+
+def test_cv_path_equals_grid_search_over_the_same_folds():
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression as SK
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X, y = X[:500], y[:500]
+    X = (X - X.mean(0)) / X.std(0)
+    l2s = [1e-1, 1e-2, 1e-3, 1e-4]
+    for scoring in ("neg_log_loss", "accuracy"):
+        cv = dlogit.LogisticRegressionCV(l2=l2s, cv=5, tol=1e-10, scoring=scoring).fit(X, y)
+        gs = GridSearchCV(SK(tol=1e-12, max_iter=10000), {"C": [1 / (2 * 400 * lam) for lam in l2s]},
+                          cv=KFold(5), scoring=scoring).fit(X, y)
+        assert cv.best_index_ == gs.best_index_ and cv.l2_ == l2s[gs.best_index_]
+        np.testing.assert_allclose(cv.cv_results_["mean_test_score"], gs.cv_results_["mean_test_score"],
+                                   rtol=1e-6)
+        for k in range(5):
+            np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
+                                       gs.cv_results_[f"split{k}_test_score"], rtol=1e-6)
+    refit = dlogit.LogisticRegression(l2=cv.l2_, tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(cv.coef_, refit.coef_, rtol=1e-6, atol=1e-8)
+
+
+def test_cv_splitters_l1_grids_newton_and_events(cancer):
+    from sklearn.model_selection import KFold
+
+    X, y = cancer
+    seen = []
+    a = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=KFold(4), tol=1e-9).fit(X, y, callback=seen.append)
+    b = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=4, tol=1e-9).fit(X, y)
+    np.testing.assert_array_equal(a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"])
+    paths = [e for e in seen if e["type"] == "path"]
+    assert len(paths) == 2 and paths[-1]["done"] and len(paths[-1]["points"]) == 2
+    starts = [e for e in seen if e["type"] == "start"]
+    assert all(e["params"]["cv"]["folds"] == 4 for e in starts[:2])
+    n = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=4, solver="newton", tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(n.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"], rtol=1e-6)
+    grid = dlogit.LogisticRegressionCV(l2=0.0, l1=5, cv=3, tol=1e-7).fit(X, y)
+    l1s = grid.cv_results_["param_l1"]
+    assert len(l1s) == 5 and np.all(np.diff(l1s) < 0)  # largest first
+    top = dlogit.LogisticRegression(l2=0.0, l1=l1s[0], tol=1e-8).fit(X, y)
+    assert top.n_nonzero_ == 0  # lambda_max: the smallest L1 penalty that zeroes every coefficient
+    assert dlogit.LogisticRegression(l2=0.0, l1=0.99 * l1s[0], tol=1e-8).fit(X, y).n_nonzero_ > 0
+    assert grid.path_.points[-1].thetas[:, :-1].any()
