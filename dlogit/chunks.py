@@ -456,6 +456,124 @@ def _cuda_sums(kernels: Any, X: Any, y: Any, w: Any, b: float, sw: Any) -> tuple
 
 
 # --------------------------------------------------------------------------------------------------
+# multinomial, dense, CPU: two GEMMs per cache block, classes along the rows of Z
+
+
+class DenseMultinomialCPU:
+    """Multinomial sums of a dense NumPy chunk: per cache block ``Z = W @ X_b.T`` (K x rows: the
+    per-row max, log-sum-exp and normalization reduce over a short leading axis, which NumPy vectorizes
+    along the rows), the residuals in place, then ``G += R @ X_b`` while the block is in cache. Blocks
+    that are not aligned, C-contiguous float32/float64 stream through a scratch buffer; work buffers
+    are made once."""
+
+    def __init__(self, X: np.ndarray, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family,
+                 *, kernel: str = "auto", curvature: bool = False) -> None:
+        self.blocks = b = _Blocks(X)
+        self.n, self.d = b.n, b.d
+        self.layout = layout
+        self.K = K = layout.n_outputs
+        self.codes = np.ascontiguousarray(codes, dtype=np.int64)
+        self.sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+        m = b.rows
+        self._z = np.empty(K * m)
+        self._zn = np.empty(K * m, b.dtype) if b.dtype != np.float64 else None
+        self._mx, self._s = np.empty(m), np.empty(m)
+        self._gb = np.empty((K, self.d), b.dtype)
+        # flat index of each row's own class in its block's (K, rows) Z
+        self._own = [self.codes[lo:hi] * (hi - lo) + np.arange(hi - lo) for lo, hi in b.ranges]
+        self.keep = curvature
+        self._p = [np.empty((K, hi - lo)) for lo, hi in b.ranges] if curvature else []
+        self._curv_theta: np.ndarray | None = None
+        self.kernel = "blas"
+
+    def _zview(self, k: int) -> np.ndarray:
+        return self._z[: self.K * k].reshape(self.K, k)
+
+    def _product(self, M: np.ndarray, Xb: np.ndarray, k: int) -> np.ndarray:
+        """``M @ X_b.T`` (K x k) in float64."""
+        Z = self._zview(k)
+        if self._zn is None:
+            np.dot(M, Xb.T, out=Z)
+        else:
+            Zn = self._zn[: self.K * k].reshape(self.K, k)
+            np.dot(M, Xb.T, out=Zn)
+            np.copyto(Z, Zn)
+        return Z
+
+    def sums(self, theta: Any) -> np.ndarray:
+        L = self.layout
+        dt = self.blocks.dtype
+        th = np.asarray(theta, dtype=np.float64)
+        W = L.coef(th).astype(dt, copy=False)
+        b = L.intercept(th)
+        out = np.zeros(1 + L.size)
+        G = L.coef(out[1:])
+        gb = L.intercept(out[1:])
+        loss = 0.0
+        for j, (lo, hi) in enumerate(self.blocks.ranges):
+            k = hi - lo
+            Xb = self.blocks.get(lo, hi)
+            Z = self._product(W, Xb, k)
+            Z += b[:, None]
+            mx, S = self._mx[:k], self._s[:k]
+            np.max(Z, axis=0, out=mx)
+            own = self._own[j]
+            zc = Z.ravel()[own]
+            Z -= mx
+            np.exp(Z, out=Z)
+            np.sum(Z, axis=0, out=S)
+            terms = mx + np.log(S) - zc  # logsumexp - z_own
+            Z /= S
+            if self.keep:
+                np.copyto(self._p[j], Z)
+            Z.ravel()[own] -= 1.0
+            if self.sw is not None:
+                swb = self.sw[lo:hi]
+                loss += float(np.dot(terms, swb))
+                Z *= swb
+            else:
+                loss += float(_sum(terms))
+            gb += Z.sum(axis=1)
+            Rb = Z if dt == np.float64 else Z.astype(dt)
+            np.dot(Rb, Xb, out=self._gb)
+            G += self._gb
+        out[0] = loss
+        if self.keep:
+            self._curv_theta = np.array(th, copy=True)
+        return out
+
+    def hvp(self, theta: Any, v: Any) -> np.ndarray:
+        if not self.keep:
+            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+        th = np.asarray(theta, dtype=np.float64)
+        if self._curv_theta is None or not np.array_equal(self._curv_theta, th):
+            self.sums(th)
+        L = self.layout
+        dt = self.blocks.dtype
+        vv = np.asarray(v, dtype=np.float64)
+        V = L.coef(vv).astype(dt, copy=False)
+        vb = L.intercept(vv)
+        out = np.zeros(L.size)
+        O = L.coef(out)
+        ob = L.intercept(out)
+        for j, (lo, hi) in enumerate(self.blocks.ranges):
+            k = hi - lo
+            Xb = self.blocks.get(lo, hi)
+            U = self._product(V, Xb, k)
+            U += vb[:, None]
+            P = self._p[j]
+            U *= P  # P * U
+            T = U - P * U.sum(axis=0)
+            if self.sw is not None:
+                T *= self.sw[lo:hi]
+            ob += T.sum(axis=1)
+            Tb = T if dt == np.float64 else T.astype(dt)
+            np.dot(Tb, Xb, out=self._gb)
+            O += self._gb
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
 # SciPy CSR chunks on the CPU: one-pass Numba kernels (dlogit.kernels.sparse)
 
 #: CSR chunks with at most this many features use the one-pass Numba kernels; wider ones the two SciPy
@@ -577,6 +695,7 @@ def _dense_binomial_cpu(X: Any, codes: Any, sw: Any, layout: ParamLayout, family
 #: (array kind, family name) -> evaluator factory; pairs not listed use :class:`LinearChunk`
 EVALUATORS: dict[tuple[str, str], Factory] = {
     ("numpy", "binomial"): _dense_binomial_cpu,
+    ("numpy", "multinomial"): DenseMultinomialCPU,
     ("cupy", "binomial"): CudaBinomial,
     ("scipy-csr", "binomial"): _csr_cpu(CSRBinomialCPU),
     ("scipy-csr", "multinomial"): _csr_cpu(CSRMultinomialCPU),
