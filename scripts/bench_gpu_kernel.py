@@ -7,8 +7,10 @@ For each shape it reports, in milliseconds (median of CUDA-event-timed repeats):
   device-to-device copy reaches (bytes read + bytes written over its time);
 * ``cublas``  :func:`dlogit.kernels.cuda.reference_chunk_sums` (X @ w, then X.T @ r: two reads of X);
 * ``fused``   :func:`dlogit.kernels.cuda.fused_chunk_sums` (one read of X);
+* ``fused_weighted`` the same with per-row float64 weights (one read of X plus 8 bytes a row);
 
-with each time's ratio to the floor. Shapes (float32): 16.7M x 256, 4.2M x 784, 67M x 32; ``--scale``
+with each time's ratio to the floor, and the persistent grid each kernel got (SMs x resident blocks
+from the CUDA occupancy calculator). Shapes (float32): 16.7M x 256, 4.2M x 784, 67M x 32; ``--scale``
 multiplies the row counts. Without CuPy or a CUDA device it prints ``no GPU: skipped`` and exits 0.
 
     python scripts/bench_gpu_kernel.py [--scale 0.1] [--repeats 20] [--json out.json]
@@ -91,6 +93,7 @@ def _bench_shape(cp: Any, n: int, d: int, dtype: str, rate: float, repeats: int)
     X = rs.standard_normal((n, d), dtype=dtype)
     w = (rs.standard_normal(d, dtype=dtype) / np.sqrt(d)).astype(dtype)
     y = (rs.random_sample(n, dtype=dtype) < 0.5).astype(dtype)
+    sw = rs.uniform(0.5, 2.0, n, dtype=cp.float64)
     b = 0.1
     nbytes = X.nbytes
     floor_ms = nbytes / rate * 1e3
@@ -98,6 +101,7 @@ def _bench_shape(cp: Any, n: int, d: int, dtype: str, rate: float, repeats: int)
 
     t_ref = _time_ms(cp, lambda: K.reference_chunk_sums(X, y, w, b, True), repeats)
     t_fused = _time_ms(cp, lambda: K.fused_chunk_sums(X, y, w, b, True), repeats)
+    t_weighted = _time_ms(cp, lambda: K.fused_chunk_sums(X, y, w, b, True, sample_weight=sw), repeats)
 
     # agreement (float64 accumulation in both; the reference's GEMVs run in the input dtype)
     lf, gf, bf = (v.get() for v in K.fused_chunk_sums(X, y, w, b, True))
@@ -106,6 +110,10 @@ def _bench_shape(cp: Any, n: int, d: int, dtype: str, rate: float, repeats: int)
     reproducible = all(np.asarray(a).tobytes() == np.asarray(c).tobytes() for a, c in zip((lf, gf, bf), again))
     rel_loss = abs(float(lf) - float(lr)) / max(abs(float(lr)), 1e-300)
     rel_grad = float(np.linalg.norm(gf - gr) / max(np.linalg.norm(gr), 1e-300))
+    _, gwf, _ = (v.get() for v in K.fused_chunk_sums(X, y, w, b, True, sample_weight=sw))
+    _, gwr, _ = (v.get() for v in K.reference_chunk_sums(X, y, w, b, True, sample_weight=sw))
+    rel_grad_weighted = float(np.linalg.norm(gwf - gwr) / max(np.linalg.norm(gwr), 1e-300))
+    weighted_ms = statistics.median(t_weighted)
 
     ref_ms = statistics.median(t_ref)
     fused_ms = statistics.median(t_fused)
@@ -117,7 +125,8 @@ def _bench_shape(cp: Any, n: int, d: int, dtype: str, rate: float, repeats: int)
         "fused_ms": fused_ms, "fused_ratio": fused_ms / floor_ms,
         "fused_min_ms": min(t_fused), "cublas_min_ms": min(t_ref),
         "fused_GBps": nbytes / (fused_ms * 1e-3) / 1e9,
-        "rel_diff_loss": rel_loss, "rel_diff_grad": rel_grad,
+        "fused_weighted_ms": weighted_ms, "fused_weighted_ratio": weighted_ms / floor_ms,
+        "rel_diff_loss": rel_loss, "rel_diff_grad": rel_grad, "rel_diff_grad_weighted": rel_grad_weighted,
         "bitwise_reproducible": reproducible,
         "repeats": repeats,
     }
@@ -128,6 +137,8 @@ def run(scale: float = 1.0, repeats: int = 20) -> dict:
     cp = _gpu()
     if cp is None:
         return {"skipped": "no GPU"}
+    from dlogit.kernels import cuda as K
+
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
@@ -148,6 +159,7 @@ def run(scale: float = 1.0, repeats: int = 20) -> dict:
         "scale": scale,
         "copy_GBps": rate / 1e9,
         "shapes": results,
+        "grids": K.resident_blocks_seen(),
     }
 
 
@@ -156,7 +168,7 @@ def format_table(res: dict) -> str:
         return f"{res['skipped']}: skipped"
     header = (
         f"{'X':>26} {'GB':>6} {'floor ms':>9} {'cuBLAS ms':>10} {'x floor':>8} {'fused ms':>9} {'x floor':>8}"
-        f" {'fused GB/s':>10}  kernel"
+        f" {'fused GB/s':>10} {'weighted ms':>11}  kernel"
     )
     lines = [
         f"device: {res['device']}   copy rate (read + write): {res['copy_GBps']:.0f} GB/s   scale {res['scale']}",
@@ -166,7 +178,8 @@ def format_table(res: dict) -> str:
         shape = f"{r['rows']:,} x {r['cols']} {r['dtype']}"
         lines.append(
             f"{shape:>26} {r['bytes'] / 1e9:6.2f} {r['floor_ms']:9.2f} {r['cublas_ms']:10.2f} {r['cublas_ratio']:7.2f}x"
-            f" {r['fused_ms']:9.2f} {r['fused_ratio']:7.2f}x {r['fused_GBps']:10.0f}  {r['kernel']}"
+            f" {r['fused_ms']:9.2f} {r['fused_ratio']:7.2f}x {r['fused_GBps']:10.0f} {r['fused_weighted_ms']:11.2f}"
+            f"  {r['kernel']}"
         )
     lines.append("fused vs cuBLAS rel. diff (loss, grad): " + ", ".join(
         f"{r['cols']}: {r['rel_diff_loss']:.1e}, {r['rel_diff_grad']:.1e}" for r in res["shapes"]))

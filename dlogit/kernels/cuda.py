@@ -1,20 +1,23 @@
 """Fused one-pass logistic-regression chunk sums on a CUDA GPU (CuPy RawKernel).
 
-For one chunk ``X`` (n, d), labels ``y`` (n,), weights ``w`` (d,) and intercept ``b`` this module
-computes, with ``z = X @ w + b`` and ``p = sigmoid(z)``::
+For one chunk ``X`` (n, d), labels ``y`` (n,), weights ``w`` (d,), intercept ``b`` and optional
+per-row weights ``s`` (n,) (all ones when not given) this module computes, with ``z = X @ w + b``
+and ``p = sigmoid(z)``::
 
-    loss_sum   = sum_i log1pexp(z_i) - y_i z_i
-    grad_w_sum = X.T @ (p - y)
-    grad_b_sum = sum_i (p_i - y_i)          (0 when fit_intercept is False)
+    loss_sum   = sum_i s_i (log1pexp(z_i) - y_i z_i)
+    grad_w_sum = X.T @ (s * (p - y))
+    grad_b_sum = sum_i s_i (p_i - y_i)          (0 when fit_intercept is False)
 
 reading ``X`` from device memory **once** (the two-pass cuBLAS form, ``X @ w`` then ``X.T @ r``, reads
 it twice). All arithmetic after the load is float64: each element of ``X`` is widened exactly, ``z``,
-the loss terms, the residuals and every partial sum are float64. Each thread block writes one partial
-row ``[loss, grad_b, grad_w[0..d-1]]`` into a ``(n_blocks, d + 2)`` float64 buffer and a second kernel
-sums the rows in a fixed order, so results are bitwise reproducible from run to run on a given device
-(no atomics anywhere; the grid size depends only on ``n``, ``d``, the dtype and the device model).
+the loss terms, the residuals, the row weights and every partial sum are float64. Each thread block
+writes one partial row ``[loss, grad_b, grad_w[0..d-1]]`` into a ``(n_blocks, d + 2)`` float64 buffer
+and a second kernel sums the rows in a fixed order, so results are bitwise reproducible from run to
+run on a given device (no atomics anywhere; the grid size depends only on ``n``, ``d``, the dtype, the
+device model and the compiled kernel's resource use, see :func:`max_resident_blocks`).
 
-Two kernel families, chosen by ``d`` (see ``docs/gpu-kernel.md``):
+The CUDA C++ source is ``logistic.cu`` next to this module (package data), read at import into
+:data:`KERNEL_SOURCE`. Two kernel families, chosen by ``d`` (see ``docs/gpu-kernel.md``):
 
 ``narrow`` (d <= 64 when rows are 16-byte aligned, d <= 32 otherwise)
     A team of ``TPR`` lanes per row (one 16-byte vector each), several rows per warp instruction, the
@@ -28,27 +31,37 @@ Two kernel families, chosen by ``d`` (see ``docs/gpu-kernel.md``):
     shared memory, the residuals in shared memory, then the ``X.T r`` product over the tile while it
     is still on chip.
 
-Wider rows fall back to :func:`reference_chunk_sums` (cuBLAS, two passes).
+Each family is a template with a flag ``SW``: the weighted instantiation (``SW = 1``) reads one
+float64 weight per row; the unweighted one (``SW = 0``) is compiled without that load or the
+multiplications, so rows without weights cost nothing extra. Wider rows fall back to
+:func:`reference_chunk_sums` (cuBLAS, two passes).
 
 Importing this module does not import CuPy; only calling the functions does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "BLOCK",
+    "KERNEL_PATH",
     "KERNEL_SOURCE",
     "LaunchPlan",
     "all_kernel_names",
     "explicit_instantiations",
     "fused_chunk_sums",
+    "max_resident_blocks",
     "plan_launch",
     "reference_chunk_sums",
 ]
+
+logger = logging.getLogger("dlogit.kernels.cuda")
 
 #: threads per block of the main kernels (the CUDA source assumes exactly this)
 BLOCK = 256
@@ -64,418 +77,10 @@ NARROW_MAX_KR = {4: 4, 8: 8}
 #: dynamic shared memory available without opting in
 _DEFAULT_SMEM_LIMIT = 48 * 1024
 
-KERNEL_SOURCE = r"""
-// dlogit: fused one-pass logistic-regression chunk sums.  See dlogit/kernels/cuda.py and
-// docs/gpu-kernel.md.  Block size is fixed at DL_BLOCK threads; all sums are float64 and combined
-// in a fixed order (no atomics), so results are reproducible bit for bit.
-#define DL_BLOCK 256
-#define DL_WARPS 8
-#define DL_FULL 0xffffffffu
-// V-vectors per thread in the tile kernel's prefetch buffer: a tile holds at most DL_VPT * DL_BLOCK * V
-// elements (32 KiB with 16-byte vectors).
-#define DL_VPT 8
-// minimum resident blocks per SM the compiler must allow (register cap 65536 / (256 * this)); the tile
-// kernel's NC >= 16 variants (d > 2048 float32 / 1024 float64) keep 32+ accumulators and take 1
-#ifndef DL_TILE_MIN_BLOCKS
-#define DL_TILE_MIN_BLOCKS 2
-#endif
-#ifndef DL_NARROW_MIN_BLOCKS
-#define DL_NARROW_MIN_BLOCKS 2
-#endif
-
-typedef long long dl_i64;
-
-#ifndef DL_SMEM_DECLARED
-extern __shared__ __align__(16) unsigned char dl_smem[];
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// 16-byte (or scalar) streaming loads of X; X is read exactly once, so evict-first (__ldcs).
-template <typename T, int V> struct DlVec;
-template <> struct DlVec<float, 4> {
-    static __device__ __forceinline__ void load(const float* p, float* o) {
-        const float4 v = __ldcs(reinterpret_cast<const float4*>(p));
-        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
-    }
-};
-template <> struct DlVec<double, 2> {
-    static __device__ __forceinline__ void load(const double* p, double* o) {
-        const double2 v = __ldcs(reinterpret_cast<const double2*>(p));
-        o[0] = v.x; o[1] = v.y;
-    }
-};
-template <> struct DlVec<float, 1> {
-    static __device__ __forceinline__ void load(const float* p, float* o) { o[0] = __ldcs(p); }
-};
-template <> struct DlVec<double, 1> {
-    static __device__ __forceinline__ void load(const double* p, double* o) { o[0] = __ldcs(p); }
-};
-
-template <int X> struct DlLog2 { static const int value = 1 + DlLog2<X / 2>::value; };
-template <> struct DlLog2<1> { static const int value = 0; };
-
-// ---------------------------------------------------------------------------------------------
-// Per-row loss term log1pexp(z) - y z and residual sigmoid(z) - y, in float64.
-// log1pexp uses scikit-learn's cut-offs (-37, 18, 33.3; log1p serves both (-37, -2] and (-2, 18]),
-// one exp per row shared with the sigmoid: e = exp(z) for z <= 18, exp(-z) above.
-__device__ __forceinline__ void dl_logistic(const double z, const double yv, double& loss, double& resid) {
-    const bool low = z <= 18.0;
-    const double e = exp(low ? z : -z);
-    double l;
-    if (z <= -37.0) {
-        l = e;
-    } else if (low) {
-        l = log1p(e);
-    } else if (z <= 33.3) {
-        l = z + e;
-    } else {
-        l = z;
-    }
-    loss = l - yv * z;
-    const double p = low ? e / (1.0 + e) : 1.0 / (1.0 + e);
-    resid = p - yv;
-}
-
-// Sum of one double per thread over the block; every thread gets the same value.
-// Fixed butterfly + fixed-order sum of the warp totals: deterministic.  All threads must call it.
-__device__ __forceinline__ double dl_block_sum(double v, double* red) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(DL_FULL, v, o);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double s = 0.0;
-#pragma unroll
-    for (int i = 0; i < DL_WARPS; ++i) s += red[i];
-    return s;
-}
-
-// The block's totals of the loss and intercept-gradient accumulators, written by thread 0 to the
-// first two slots of this block's partial row (d + 2 doubles), which it returns.  All threads must call it.
-__device__ __forceinline__ double* dl_block_scalars(double loss_acc, double gb_acc, double* red,
-                                                   double* partial, int d, int tid) {
-    const double loss_b = dl_block_sum(loss_acc, red);
-    const double gb_b = dl_block_sum(gb_acc, red);
-    double* out = partial + (dl_i64)blockIdx.x * (d + 2);
-    if (tid == 0) {
-        out[0] = loss_b;
-        out[1] = gb_b;
-    }
-    return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// tile kernel: any d with d <= DL_VPT * DL_BLOCK * V.
-// A tile is R consecutive rows (R a power of two, R * d <= DL_VPT * DL_BLOCK * V), i.e. one
-// contiguous span of X, loaded as a flat array of V-wide vectors (the host checks that every tile
-// start is 16-byte aligned when V > 1).  Shared memory layout (bytes, 16-aligned pieces):
-//   ws[d2] double (w widened) | zp[256] double | rs[256] double | red[8] double | xs[R * stride] T
-// Only whole V-vectors go through the prefetch registers; the < V trailing elements of the chunk's
-// last tile (when rows * d is not a multiple of V) are copied by thread 0 at store time.
-template <typename T, int V, int VPT>
-__device__ __forceinline__ void dl_load_tile(const T* __restrict__ X, const dl_i64 n, const int d,
-                                             const int R, const dl_i64 t, T (&buf)[VPT][V]) {
-    const dl_i64 row0 = t * R;
-    const dl_i64 rem = n - row0;
-    const int rows = rem < R ? (int)rem : R;
-    const int nv = rows * d / V;
-    const T* Xt = X + row0 * d;
-#pragma unroll
-    for (int k = 0; k < VPT; ++k) {
-        const int v = (int)threadIdx.x + k * DL_BLOCK;
-        if (v < nv) DlVec<T, V>::load(Xt + (dl_i64)v * V, buf[k]);
-    }
-}
-
-template <typename T, int V, int NC>
-__global__ void __launch_bounds__(DL_BLOCK, NC >= 16 ? 1 : DL_TILE_MIN_BLOCKS)
-dlogit_tile_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __restrict__ w,
-                   const double b, const dl_i64 n, const int d, const int R, const int stride,
-                   const dl_i64 ntiles, double* __restrict__ partial) {
-    constexpr int VPT = DL_VPT;
-    const int tid = threadIdx.x;
-    const int d2 = (d + 1) & ~1;
-    double* ws = reinterpret_cast<double*>(dl_smem);
-    double* zp = ws + d2;
-    double* rs = zp + DL_BLOCK;
-    double* red = rs + DL_BLOCK;
-    T* xs = reinterpret_cast<T*>(red + DL_WARPS);
-
-    for (int j = tid; j < d; j += DL_BLOCK) ws[j] = (double)__ldg(w + j);
-
-    // dot phase: thread = (row drow, column slice dslice); columns dslice, dslice + S, ...
-    const int S = DL_BLOCK / R;
-    const int drow = tid & (R - 1);
-    const int dslice = tid / R;
-    const int Rw = R > 32 ? R : 32;                 // after the in-warp reduction: groups of Rw threads
-    const int NG = DL_BLOCK / Rw;
-    const bool zwriter = (tid & (Rw - 1)) < R;
-    const int zslot = (tid / Rw) * R + drow;
-    // gradient phase: thread = (row group gq, column gj [+ c * DL_BLOCK]); rows gq, gq + Q, ...
-    const int Q = d >= DL_BLOCK ? 1 : DL_BLOCK / d;
-    const int gq = tid / d;
-    const int gj = tid - gq * d;
-    const bool gactive = gq < Q;
-    // flat element index -> (row, column) for the shared-memory store; exact for e < 2^22
-    const float inv_d = 1.0f / (float)d;
-
-    double gacc[NC];
-#pragma unroll
-    for (int c = 0; c < NC; ++c) gacc[c] = 0.0;
-    double loss_acc = 0.0, gb_acc = 0.0;
-
-    T buf[VPT][V];
-    dl_i64 t = blockIdx.x;
-    if (t < ntiles) dl_load_tile<T, V, VPT>(X, n, d, R, t, buf);
-    for (; t < ntiles; t += gridDim.x) {
-        const dl_i64 row0 = t * R;
-        const dl_i64 rem = n - row0;
-        const int rows = rem < R ? (int)rem : R;
-        const int E = rows * d;
-        const double yv = tid < rows ? (double)__ldg(y + row0 + tid) : 0.0;
-
-        __syncthreads();  // (A) the previous tile's readers of xs / rs are done
-        const int nv = E / V;
-#pragma unroll
-        for (int k = 0; k < VPT; ++k) {
-            const int v = (int)threadIdx.x + k * DL_BLOCK;
-            if (v < nv) {
-                const int e0 = v * V;
-                int r = (int)(((float)e0 + 0.5f) * inv_d);
-                int c = e0 - r * d;
-#pragma unroll
-                for (int u = 0; u < V; ++u) {
-                    xs[r * stride + c] = buf[k][u];
-                    if (++c == d) { c = 0; ++r; }
-                }
-            }
-        }
-        if (V > 1 && tid == 0) {
-            const T* Xt = X + row0 * d;
-            for (int e = nv * V; e < E; ++e) {
-                const int r = e / d;
-                xs[r * stride + (e - r * d)] = Xt[e];
-            }
-        }
-        const dl_i64 tn = t + gridDim.x;
-        if (tn < ntiles) dl_load_tile<T, V, VPT>(X, n, d, R, tn, buf);  // in flight during the math
-        __syncthreads();  // (B) the tile is in shared memory
-
-        double acc = 0.0;
-        if (drow < rows) {
-            const T* xr = xs + drow * stride;
-#pragma unroll 4
-            for (int j = dslice; j < d; j += S) acc = fma((double)xr[j], ws[j], acc);
-        }
-        for (int o = R; o < 32; o <<= 1) acc += __shfl_xor_sync(DL_FULL, acc, o);
-        if (zwriter) zp[zslot] = acc;
-        __syncthreads();  // (C) partial dot products are in zp
-
-        if (tid < rows) {
-            double dot = 0.0;
-            for (int g = 0; g < NG; ++g) dot += zp[g * R + tid];
-            double l, r;
-            dl_logistic(dot + b, yv, l, r);
-            loss_acc += l;
-            gb_acc += r;
-            rs[tid] = r;
-        }
-        __syncthreads();  // (D) residuals are in rs
-
-        if (gactive) {
-            for (int i = gq; i < rows; i += Q) {
-                const double r = rs[i];
-                const T* xr = xs + i * stride;
-#pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    const int j = gj + c * DL_BLOCK;
-                    if (j < d) gacc[c] = fma(r, (double)xr[j], gacc[c]);
-                }
-            }
-        }
-    }
-
-    double* out = dl_block_scalars(loss_acc, gb_acc, red, partial, d, tid);
-    if (Q == 1) {
-        if (gactive) {
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                const int j = gj + c * DL_BLOCK;
-                if (j < d) out[2 + j] = gacc[c];
-            }
-        }
-    } else {
-        // Q * d <= DL_BLOCK: the row groups' sums go through zp (free after dl_block_sum's barriers)
-        if (gactive) zp[gq * d + gj] = gacc[0];
-        __syncthreads();
-        for (int j = tid; j < d; j += DL_BLOCK) {
-            double s = 0.0;
-            for (int q = 0; q < Q; ++q) s += zp[q * d + j];
-            out[2 + j] = s;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// narrow kernel: d = C * V with C <= TPR <= 32 (TPR a power of two).  A team of TPR lanes holds one
-// row (lane tl holds columns tl*V .. tl*V+V-1), G = 32 / TPR teams per warp, and a warp processes a
-// batch of BR = G * KR consecutive rows (KR load instructions, all in flight together).  The KR
-// partial dot products per lane are reduced over the team by recursive halving: after log2(KR)
-// halving steps lane tl owns row kk = tl / (TPR / KR) of its team, the remaining butterfly steps
-// finish the sum, so each row's non-linearity is evaluated by TPR / KR lanes (1 when KR == TPR).
-template <typename T, int V, int TPR, int KR>
-__device__ __forceinline__ void dl_load_batch(const T* __restrict__ X, const T* __restrict__ y,
-                                              const dl_i64 n, const int d, const dl_i64 bi,
-                                              const int g, const int tl, const bool cact, const int kk,
-                                              T (&buf)[KR][V], double& yv) {
-    constexpr int G = 32 / TPR;
-    constexpr int BR = G * KR;
-    const dl_i64 base = bi * BR + g;
-#pragma unroll
-    for (int k = 0; k < KR; ++k) {
-        const dl_i64 row = base + k * G;
-        if (cact && row < n) {
-            DlVec<T, V>::load(X + row * d + tl * V, buf[k]);
-        } else {
-#pragma unroll
-            for (int u = 0; u < V; ++u) buf[k][u] = T(0);
-        }
-    }
-    const dl_i64 yrow = base + kk * G;
-    yv = yrow < n ? (double)__ldg(y + yrow) : 0.0;
-}
-
-template <typename T, int V, int TPR, int KR>
-__global__ void __launch_bounds__(DL_BLOCK, DL_NARROW_MIN_BLOCKS)
-dlogit_narrow_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __restrict__ w,
-                     const double b, const dl_i64 n, const int d, const dl_i64 nbatches,
-                     double* __restrict__ partial) {
-    constexpr int G = 32 / TPR;
-    constexpr int BR = G * KR;
-    constexpr int SPREAD = TPR / KR;
-    constexpr int LOG_T = DlLog2<TPR>::value;
-    constexpr int LOG_K = DlLog2<KR>::value;
-    const int tid = threadIdx.x;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const int g = lane / TPR;
-    const int tl = lane % TPR;
-    const int C = d / V;
-    const bool cact = tl < C;
-    const int kk = tl / SPREAD;
-    const bool owner = (tl % SPREAD) == 0;
-
-    double wd[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) wd[u] = cact ? (double)__ldg(w + tl * V + u) : 0.0;
-    double acc[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) acc[u] = 0.0;
-    double loss_acc = 0.0, gb_acc = 0.0;
-
-    const dl_i64 NW = (dl_i64)gridDim.x * DL_WARPS;
-    dl_i64 bi = (dl_i64)blockIdx.x * DL_WARPS + warp;
-    T nxt[KR][V];
-    double ynxt = 0.0;
-    if (bi < nbatches) dl_load_batch<T, V, TPR, KR>(X, y, n, d, bi, g, tl, cact, kk, nxt, ynxt);
-    for (; bi < nbatches; bi += NW) {
-        // widen once: the same registers feed the dot product and the gradient
-        double xc[KR][V];
-#pragma unroll
-        for (int k = 0; k < KR; ++k) {
-#pragma unroll
-            for (int u = 0; u < V; ++u) xc[k][u] = (double)nxt[k][u];
-        }
-        const double yv = ynxt;
-        if (bi + NW < nbatches) dl_load_batch<T, V, TPR, KR>(X, y, n, d, bi + NW, g, tl, cact, kk, nxt, ynxt);
-
-        double p[KR];
-#pragma unroll
-        for (int k = 0; k < KR; ++k) {
-            double s = 0.0;
-#pragma unroll
-            for (int u = 0; u < V; ++u) s = fma(xc[k][u], wd[u], s);
-            p[k] = s;
-        }
-#pragma unroll
-        for (int step = 0; step < LOG_T; ++step) {
-            const int o = TPR >> (step + 1);
-            if (step < LOG_K) {
-                const int half = KR >> (step + 1);
-                const bool upper = (tl & o) != 0;
-#pragma unroll
-                for (int i = 0; i < half; ++i) {
-                    const double send = upper ? p[i] : p[i + half];
-                    const double keep = upper ? p[i + half] : p[i];
-                    p[i] = keep + __shfl_xor_sync(DL_FULL, send, o);
-                }
-            } else {
-                p[0] += __shfl_xor_sync(DL_FULL, p[0], o);
-            }
-        }
-
-        const dl_i64 rz = bi * BR + kk * G + g;
-        double r = 0.0;
-        if (rz < n) {
-            double l;
-            dl_logistic(p[0] + b, yv, l, r);
-            if (owner) {
-                loss_acc += l;
-                gb_acc += r;
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < KR; ++k) {
-            const double rk = __shfl_sync(DL_FULL, r, g * TPR + k * SPREAD);
-#pragma unroll
-            for (int u = 0; u < V; ++u) acc[u] = fma(rk, xc[k][u], acc[u]);
-        }
-    }
-
-    // teams -> warp (fixed butterfly), warps -> block (fixed order through shared memory)
-#pragma unroll
-    for (int o = TPR; o < 32; o <<= 1) {
-#pragma unroll
-        for (int u = 0; u < V; ++u) acc[u] += __shfl_xor_sync(DL_FULL, acc[u], o);
-    }
-    double* wsum = reinterpret_cast<double*>(dl_smem);  // [DL_WARPS][TPR * V]
-    double* red = wsum + DL_WARPS * TPR * V;
-    if (g == 0) {
-#pragma unroll
-        for (int u = 0; u < V; ++u) wsum[warp * (TPR * V) + tl * V + u] = acc[u];
-    }
-    double* out = dl_block_scalars(loss_acc, gb_acc, red, partial, d, tid);
-    for (int j = tid; j < d; j += DL_BLOCK) {
-        double s = 0.0;
-        for (int wi = 0; wi < DL_WARPS; ++wi) s += wsum[wi * (TPR * V) + j];
-        out[2 + j] = s;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Column sums of the (nblocks, width) partial buffer in a fixed order; 32 columns per block, the 8
-// warps take every 8th row, then warp sums are added in order.  out[1] = 0 without an intercept.
-extern "C" __global__ void __launch_bounds__(DL_BLOCK)
-dlogit_finalize(const double* __restrict__ partial, const int nblocks, const int width,
-                const int fit_intercept, double* __restrict__ out) {
-    const int tx = threadIdx.x & 31;
-    const int ty = threadIdx.x >> 5;
-    const int col = blockIdx.x * 32 + tx;
-    double* sm = reinterpret_cast<double*>(dl_smem);
-    double s = 0.0;
-    if (col < width) {
-        for (int r = ty; r < nblocks; r += DL_WARPS) s += partial[(dl_i64)r * width + col];
-    }
-    sm[ty * 32 + tx] = s;
-    __syncthreads();
-    if (ty == 0 && col < width) {
-        double t = 0.0;
-        for (int k = 0; k < DL_WARPS; ++k) t += sm[k * 32 + tx];
-        if (col == 1 && !fit_intercept) t = 0.0;
-        out[col] = t;
-    }
-}
-"""
+#: the CUDA C++ source file (shipped as package data; nvcc and the CPU emulator tests compile it too)
+KERNEL_PATH = Path(__file__).with_name("logistic.cu")
+#: its text, read once at import
+KERNEL_SOURCE = resources.files(__package__).joinpath("logistic.cu").read_text(encoding="utf-8")
 
 FINALIZE_NAME = "dlogit_finalize"
 FINALIZE_SMEM = 8 * 32 * 8
@@ -500,6 +105,7 @@ class LaunchPlan:
     ``kind`` is ``"narrow"``, ``"tile"`` or ``"reference"`` (rows too wide for the fused kernels).
     ``units`` is the number of work items the persistent grid loops over (row batches of a warp for
     ``narrow``, tiles for ``tile``); ``units_per_block`` how many of them one block takes per sweep.
+    ``weighted`` selects the instantiation that reads per-row weights (template flag ``SW``).
     """
 
     kind: str
@@ -509,6 +115,7 @@ class LaunchPlan:
     smem: int = 0
     units: int = 0
     units_per_block: int = 1
+    weighted: bool = False
     # tile kernel
     rows_per_tile: int = 0
     stride: int = 0
@@ -539,16 +146,37 @@ def _tile_stride(d: int, rows: int, itemsize: int) -> int:
     return g * m
 
 
-def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: str = "auto") -> LaunchPlan:
+def _tile_name(ctype: str, vec: int, nc: int, weighted: bool) -> str:
+    return f"dlogit_tile_kernel<{ctype}, {vec}, {nc}, {int(weighted)}>"
+
+
+def _narrow_name(ctype: str, vec: int, tpr: int, kr: int, weighted: bool) -> str:
+    return f"dlogit_narrow_kernel<{ctype}, {vec}, {tpr}, {kr}, {int(weighted)}>"
+
+
+def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: str = "auto",
+                weighted: bool = False) -> LaunchPlan:
     """Choose the kernel and its parameters for an ``(n, d)`` chunk (pure Python, no GPU needed).
 
     Parameters
     ----------
-    n, d : chunk shape (n >= 1, d >= 1)
-    itemsize : 4 (float32) or 8 (float64)
-    aligned16 : whether ``X``'s base address is a multiple of 16 bytes
-    variant : ``"auto"``, or force ``"narrow"`` / ``"tile"`` / ``"reference"`` (tests, benchmarks);
-        a forced variant that cannot handle the shape raises ``ValueError``.
+    n, d : int
+        Chunk shape (``n >= 1``, ``d >= 1``).
+    itemsize : int
+        4 (float32) or 8 (float64).
+    aligned16 : bool
+        Whether ``X``'s base address is a multiple of 16 bytes.
+    variant : str
+        ``"auto"``, or force ``"narrow"`` / ``"tile"`` / ``"reference"`` (tests, benchmarks); a forced
+        variant that cannot handle the shape raises ``ValueError``.
+    weighted : bool
+        Whether rows carry weights (the ``SW = 1`` instantiation). The choice of family, the shared
+        memory and the work units do not depend on it, so the weighted grid equals the unweighted one
+        whenever both kernels have the same occupancy.
+
+    Returns
+    -------
+    LaunchPlan
     """
     if itemsize not in (4, 8):
         raise ValueError(f"itemsize must be 4 or 8, got {itemsize}")
@@ -556,6 +184,7 @@ def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: 
         raise ValueError(f"plan_launch needs n >= 1 and d >= 1, got n={n}, d={d}")
     if variant not in ("auto", "narrow", "tile", "reference"):
         raise ValueError(f"unknown variant {variant!r}")
+    weighted = bool(weighted)
     ctype = _ctype(itemsize)
     vmax = 16 // itemsize
 
@@ -571,8 +200,8 @@ def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: 
         units = -(-n // rows_per_batch)
         smem = (8 * tpr * vec + 8) * 8
         return LaunchPlan(
-            kind="narrow", name=f"dlogit_narrow_kernel<{ctype}, {vec}, {tpr}, {kr}>", itemsize=itemsize,
-            vec=vec, smem=smem, units=units, units_per_block=8, tpr=tpr, kr=kr,
+            kind="narrow", name=_narrow_name(ctype, vec, tpr, kr, weighted), itemsize=itemsize,
+            vec=vec, smem=smem, units=units, units_per_block=8, weighted=weighted, tpr=tpr, kr=kr,
         )
 
     vec = 0
@@ -589,7 +218,7 @@ def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: 
     if vec == 0:
         if variant == "tile":
             raise ValueError(f"d={d} (itemsize {itemsize}, aligned={aligned16}) is too wide for the tile kernel")
-        return LaunchPlan(kind="reference", itemsize=itemsize)
+        return LaunchPlan(kind="reference", itemsize=itemsize, weighted=weighted)
 
     stride = _tile_stride(d, rows, itemsize)
     nc = _pow2_ceil(-(-d // BLOCK))
@@ -598,26 +227,32 @@ def plan_launch(n: int, d: int, itemsize: int, aligned16: bool = True, variant: 
     smem = -(-smem // 16) * 16
     units = -(-n // rows)
     return LaunchPlan(
-        kind="tile", name=f"dlogit_tile_kernel<{ctype}, {vec}, {nc}>", itemsize=itemsize, vec=vec,
-        smem=smem, units=units, units_per_block=1, rows_per_tile=rows, stride=stride, nc=nc,
+        kind="tile", name=_tile_name(ctype, vec, nc, weighted), itemsize=itemsize, vec=vec,
+        smem=smem, units=units, units_per_block=1, weighted=weighted, rows_per_tile=rows, stride=stride,
+        nc=nc,
     )
 
 
-def all_kernel_names(itemsize: int) -> list[str]:
-    """Every template instantiation :func:`plan_launch` can ask for (for ahead-of-time compile checks)."""
+def all_kernel_names(itemsize: int, weighted: bool | None = None) -> list[str]:
+    """Every template instantiation :func:`plan_launch` can ask for (for ahead-of-time compile checks).
+
+    ``weighted`` None gives both the unweighted and the weighted instantiations; True or False one set.
+    """
+    flags = (False, True) if weighted is None else (bool(weighted),)
     ctype = _ctype(itemsize)
     vmax = 16 // itemsize
     names = []
-    for vec in (vmax, 1):
-        nc = 1
-        while nc <= _pow2_ceil(-(-(TILE_VPT * BLOCK * vec) // BLOCK)):
-            names.append(f"dlogit_tile_kernel<{ctype}, {vec}, {nc}>")
-            nc *= 2
-    for vec, dmax in ((vmax, NARROW_MAX_D), (1, NARROW_MAX_D_SCALAR)):
-        tpr = 1
-        while tpr <= _pow2_ceil(dmax // vec):
-            names.append(f"dlogit_narrow_kernel<{ctype}, {vec}, {tpr}, {min(tpr, NARROW_MAX_KR[itemsize])}>")
-            tpr *= 2
+    for sw in flags:
+        for vec in (vmax, 1):
+            nc = 1
+            while nc <= _pow2_ceil(-(-(TILE_VPT * BLOCK * vec) // BLOCK)):
+                names.append(_tile_name(ctype, vec, nc, sw))
+                nc *= 2
+        for vec, dmax in ((vmax, NARROW_MAX_D), (1, NARROW_MAX_D_SCALAR)):
+            tpr = 1
+            while tpr <= _pow2_ceil(dmax // vec):
+                names.append(_narrow_name(ctype, vec, tpr, min(tpr, NARROW_MAX_KR[itemsize]), sw))
+                tpr *= 2
     return names
 
 
@@ -626,7 +261,7 @@ def explicit_instantiations(names: list[str]) -> str:
     lines = []
     for name in names:
         ctype = "double" if "<double" in name else "float"
-        ptrs = f"const {ctype}*, const {ctype}*, const {ctype}*, double, long long, int"
+        ptrs = f"const {ctype}*, const {ctype}*, const double*, const {ctype}*, double, long long, int"
         if name.startswith("dlogit_tile_kernel"):
             sig = f"{ptrs}, int, int, long long, double*"
         elif name.startswith("dlogit_narrow_kernel"):
@@ -672,41 +307,54 @@ def _get_kernel(cp: Any, name: str) -> Any:
     return kern
 
 
-def _max_resident_blocks(cp: Any, kern: Any, name: str, smem: int) -> int:
-    """Blocks of ``BLOCK`` threads that fit on the device at once (the persistent grid's size).
+def max_resident_blocks(cp: Any, kern: Any, name: str, smem: int) -> int:
+    """Blocks of :data:`BLOCK` threads of ``kern`` that fit on the current device at once.
 
-    Computed once per (device, kernel, shared memory) from the kernel's register count and the
-    device's limits; the grid, and with it the fixed summation order, depends only on these.
+    This is the persistent grid's size (at most), and with it the fixed summation order: it must be a
+    pure function of the device model and the compiled kernel. It is the device's multiprocessor count
+    times the CUDA occupancy calculator's answer for ``kern`` at ``BLOCK`` threads and ``smem`` bytes of
+    dynamic shared memory (``cuOccupancyMaxActiveBlocksPerMultiprocessor``, which accounts for the
+    kernel's registers, its static shared memory and the device's per-SM limits). Computed once per
+    (device, kernel, shared memory) and cached.
+
+    There is no fallback: a different guess would silently change the grid, hence the order of the
+    additions that bitwise reproducibility relies on. If CuPy cannot answer (an attribute missing from
+    its API, a CUDA error) or the answer is zero, this raises :class:`RuntimeError` naming the kernel.
     """
     dev = cp.cuda.Device()
-    key = (dev.id, name, smem)
+    key = (int(dev.id), name, int(smem))
     cached = _resident.get(key)
     if cached is not None:
         return cached
+    cuda_errors = (cp.cuda.runtime.CUDARuntimeError, cp.cuda.driver.CUDADriverError)
     try:
-        attrs = dev.attributes
-        n_sm = int(attrs["MultiProcessorCount"])
-    except Exception:  # noqa: BLE001 - attribute names differ across CuPy versions
-        attrs = {}
         n_sm = int(cp.cuda.runtime.getDeviceProperties(dev.id)["multiProcessorCount"])
-    try:
-        regs = max(1, int(kern.num_regs))
-        regs_sm = int(attrs.get("MaxRegistersPerMultiprocessor", 65536))
-        smem_sm = int(attrs.get("MaxSharedMemoryPerMultiprocessor", 228 * 1024))
-        threads_sm = int(attrs.get("MaxThreadsPerMultiProcessor", 2048))
-        static = int(getattr(kern, "shared_size_bytes", 0))
-        warp_regs = -(-regs * 32 // 256) * 256  # registers are allocated per warp in units of 256
-        by_regs = regs_sm // (warp_regs * (BLOCK // 32))
-        by_smem = smem_sm // (smem + static + 1024)  # 1 KiB per block is reserved by the system
-        by_threads = threads_sm // BLOCK
-        per_sm = max(1, min(by_regs, by_smem, by_threads))
-    except Exception:  # noqa: BLE001
-        per_sm = 2
-    _resident[key] = n_sm * per_sm
-    return n_sm * per_sm
+        occupancy = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor
+        per_sm = int(occupancy(kern.kernel.ptr, BLOCK, int(smem)))
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise RuntimeError(
+            f"cannot size the grid of {name}: this CuPy ({getattr(cp, '__version__', '?')}) does not offer "
+            f"the device's multiprocessor count or the CUDA occupancy calculator ({type(exc).__name__}: {exc})"
+        ) from exc
+    except cuda_errors as exc:
+        raise RuntimeError(f"cannot size the grid of {name} ({smem} B dynamic shared memory): {exc}") from exc
+    if n_sm < 1 or per_sm < 1:
+        raise RuntimeError(
+            f"{name} cannot run with {BLOCK} threads and {smem} B of dynamic shared memory on device "
+            f"{dev.id}: the occupancy calculator allows {per_sm} block(s) per multiprocessor ({n_sm} SMs)"
+        )
+    total = n_sm * per_sm
+    logger.debug("dlogit: %s, %d B dynamic shared memory: %d SMs x %d resident blocks", name, smem, n_sm, per_sm)
+    _resident[key] = total
+    return total
 
 
-def _prepare(cp: Any, X: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
+def resident_blocks_seen() -> dict[str, int]:
+    """The grids sized so far in this process, ``"device/kernel/smem" -> blocks`` (for reports)."""
+    return {f"{dev}/{name}/{smem}": v for (dev, name, smem), v in sorted(_resident.items())}
+
+
+def _prepare(cp: Any, X: Any, y: Any, w: Any, sample_weight: Any = None) -> tuple[Any, Any, Any, Any]:
     X = cp.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
@@ -720,7 +368,13 @@ def _prepare(cp: Any, X: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
         raise ValueError(f"y has {y.shape[0]} entries for {n} rows")
     if w.shape[0] != d:
         raise ValueError(f"w has {w.shape[0]} entries for {d} columns")
-    return X, y, w
+    if sample_weight is not None:
+        sample_weight = cp.asarray(sample_weight)
+        if sample_weight.ndim != 1 or sample_weight.shape[0] != n:
+            raise ValueError(f"sample_weight must have shape ({n},), got {sample_weight.shape}")
+        # float64 whatever X's dtype: weights are never rounded to float32
+        sample_weight = cp.ascontiguousarray(sample_weight.astype(cp.float64, copy=False))
+    return X, y, w, sample_weight
 
 
 def _as_float(b: Any) -> float:
@@ -728,35 +382,50 @@ def _as_float(b: Any) -> float:
 
 
 def fused_chunk_sums(
-    X: Any, y: Any, w: Any, b: float, fit_intercept: bool = True, *, variant: str = "auto"
+    X: Any, y: Any, w: Any, b: float, fit_intercept: bool = True, *, sample_weight: Any = None,
+    variant: str = "auto",
 ) -> tuple[Any, Any, Any]:
     """Loss and gradient sums of one chunk, reading ``X`` from device memory once.
 
-    ``X``: CuPy (n, d) C-contiguous float32 or float64; ``y``: CuPy (n,) of 0/1 in the same dtype;
-    ``w``: CuPy (d,) in the dtype of ``X``; ``b``: Python float.
+    Parameters
+    ----------
+    X : cupy.ndarray
+        (n, d) float32 or float64 (a non-contiguous ``X`` is copied).
+    y : cupy.ndarray
+        (n,) labels 0/1 (cast to ``X``'s dtype).
+    w : cupy.ndarray
+        (d,) weights (cast to ``X``'s dtype).
+    b : float
+        Intercept (a Python float avoids a device sync).
+    fit_intercept : bool
+        When False ``grad_b_sum`` is 0 (``b`` still enters ``z``).
+    sample_weight : cupy.ndarray, optional
+        (n,) per-row weights ``s`` (held as float64). None means every weight is 1, at no extra cost
+        (the unweighted kernel runs). Values are not checked here (no host sync): the caller validates.
+    variant : str
+        Force a kernel family (``"narrow"``, ``"tile"``, ``"reference"``); the default picks by ``d``.
 
-    Returns ``(loss_sum, grad_w_sum, grad_b_sum)`` where, with ``z = X @ w + b``, ``p = sigmoid(z)``:
-
-    - ``loss_sum = sum_i log1pexp(z_i) - y_i * z_i`` (stable for any finite ``z``)
-    - ``grad_w_sum = X.T @ (p - y)``, shape ``(d,)``, CuPy float64
-    - ``grad_b_sum = sum(p - y)`` (0 when ``fit_intercept`` is False; ``b`` still enters ``z``)
-
-    ``loss_sum`` and ``grad_b_sum`` are CuPy 0-d float64 arrays; nothing here synchronizes with the host.
-    All three are views of one fresh ``(d + 2,)`` buffer. ``variant`` forces a kernel family
-    (``"narrow"``, ``"tile"``, ``"reference"``); the default picks by ``d``. Rows wider than 32 KiB use
-    the two-pass :func:`reference_chunk_sums`.
+    Returns
+    -------
+    loss_sum, grad_w_sum, grad_b_sum
+        With ``z = X @ w + b`` and ``p = sigmoid(z)``: ``loss_sum = sum_i s_i (log1pexp(z_i) - y_i z_i)``
+        (stable for any finite ``z``), ``grad_w_sum = X.T @ (s * (p - y))`` of shape ``(d,)`` and
+        ``grad_b_sum = sum_i s_i (p_i - y_i)``. ``loss_sum`` and ``grad_b_sum`` are CuPy 0-d float64
+        arrays and ``grad_w_sum`` a float64 vector, all three views of one fresh ``(d + 2,)`` buffer;
+        nothing here synchronizes with the host. Rows wider than 32 KiB use the two-pass
+        :func:`reference_chunk_sums`.
     """
     import numpy as np
 
     cp = _cupy()
-    X, y, w = _prepare(cp, X, y, w)
+    X, y, w, sw = _prepare(cp, X, y, w, sample_weight)
     b = _as_float(b)
     n, d = X.shape
     if n == 0 or d == 0:
-        return reference_chunk_sums(X, y, w, b, fit_intercept)
-    plan = plan_launch(n, d, X.dtype.itemsize, X.data.ptr % 16 == 0, variant)
+        return reference_chunk_sums(X, y, w, b, fit_intercept, sample_weight=sw)
+    plan = plan_launch(n, d, X.dtype.itemsize, X.data.ptr % 16 == 0, variant, weighted=sw is not None)
     if plan.kind == "reference":
-        return reference_chunk_sums(X, y, w, b, fit_intercept)
+        return reference_chunk_sums(X, y, w, b, fit_intercept, sample_weight=sw)
 
     kern = _get_kernel(cp, plan.name)
     if plan.smem > _DEFAULT_SMEM_LIMIT:
@@ -764,13 +433,15 @@ def fused_chunk_sums(
         if _smem_raised.get(key, 0) < plan.smem:
             kern.max_dynamic_shared_size_bytes = plan.smem  # opt in above 48 KiB (wide rows only)
             _smem_raised[key] = plan.smem
-    grid = plan.grid(_max_resident_blocks(cp, kern, plan.name, plan.smem))
+    grid = plan.grid(max_resident_blocks(cp, kern, plan.name, plan.smem))
     partial = cp.empty((grid, d + 2), dtype=cp.float64)
+    # without weights the SW = 0 kernel never reads the pointer: any valid float64 pointer will do
+    swp = sw if sw is not None else partial
     if plan.kind == "tile":
-        args = (X, y, w, np.float64(b), np.int64(n), np.int32(d), np.int32(plan.rows_per_tile),
+        args = (X, y, swp, w, np.float64(b), np.int64(n), np.int32(d), np.int32(plan.rows_per_tile),
                 np.int32(plan.stride), np.int64(plan.units), partial)
     else:
-        args = (X, y, w, np.float64(b), np.int64(n), np.int32(d), np.int64(plan.units), partial)
+        args = (X, y, swp, w, np.float64(b), np.int64(n), np.int32(d), np.int64(plan.units), partial)
     kern((grid,), (BLOCK,), args, shared_mem=plan.smem)
 
     out = cp.empty(d + 2, dtype=cp.float64)
@@ -807,16 +478,17 @@ def _logistic_terms(cp: Any) -> Any:
     return ew
 
 
-def reference_chunk_sums(X: Any, y: Any, w: Any, b: float, fit_intercept: bool = True) -> tuple[Any, Any, Any]:
+def reference_chunk_sums(X: Any, y: Any, w: Any, b: float, fit_intercept: bool = True, *,
+                         sample_weight: Any = None) -> tuple[Any, Any, Any]:
     """Same contract as :func:`fused_chunk_sums`, computed with cuBLAS in two passes over ``X``.
 
     ``z = X @ w`` and ``X.T @ r`` run in the input dtype (cuBLAS GEMV); ``z`` is widened to float64
-    before the intercept is added, the loss terms and residuals are float64, and the results are
-    returned as float64. Used for comparison, as the fallback for rows wider than the fused kernels
-    take, and for empty chunks.
+    before the intercept is added, the loss terms, residuals and row weights are float64, and the
+    results are returned as float64. Used for comparison, as the fallback for rows wider than the fused
+    kernels take, and for empty chunks.
     """
     cp = _cupy()
-    X, y, w = _prepare(cp, X, y, w)
+    X, y, w, sw = _prepare(cp, X, y, w, sample_weight)
     b = _as_float(b)
     n, d = X.shape
     if n == 0:
@@ -824,6 +496,9 @@ def reference_chunk_sums(X: Any, y: Any, w: Any, b: float, fit_intercept: bool =
         return zero, cp.zeros(d, dtype=cp.float64), zero.copy()
     z = X @ w if d else cp.zeros(n, dtype=X.dtype)
     loss_terms, r = _logistic_terms(cp)(z, y, b)
+    if sw is not None:
+        loss_terms *= sw
+        r *= sw
     loss = loss_terms.sum()
     grad_w = (X.T @ r.astype(X.dtype)).astype(cp.float64) if d else cp.zeros(0, dtype=cp.float64)
     grad_b = r.sum() if fit_intercept else cp.zeros((), dtype=cp.float64)
