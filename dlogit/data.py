@@ -91,11 +91,38 @@ def _to_device(a: np.ndarray, gpu: bool) -> Any:
 
 
 def _meta(dtype: Any, ndim: int, gpu: bool) -> Any:
+    """The Dask meta of a chunk: a CuPy array when CuPy imports here, else NumPy (a CPU client driving
+    GPU workers: the chunks are still made on the workers' GPUs)."""
     if gpu:
-        import cupy
+        try:
+            import cupy
 
-        return cupy.empty((0,) * ndim, dtype=dtype)
+            return cupy.empty((0,) * ndim, dtype=dtype)
+        except Exception:  # noqa: BLE001 - no CuPy (or no device) on the client: NumPy meta is fine
+            pass
     return np.empty((0,) * ndim, dtype=dtype)
+
+
+def to_device(block: Any) -> Any:
+    """Move one chunk to the GPU of the worker computing it (dense -> CuPy, sparse -> cupyx CSR).
+
+    Runs on the workers (``X.map_blocks(to_device)``): the client needs no CuPy."""
+    import cupy
+
+    if hasattr(block, "nnz"):
+        import cupyx.scipy.sparse as cps
+
+        return cps.csr_matrix(block)
+    return cupy.asarray(block)
+
+
+def on_device(a: Any) -> Any:
+    """A Dask array whose chunks are moved to the workers' GPUs where they are computed."""
+    sparse = hasattr(getattr(a, "_meta", None), "nnz")
+    meta = _meta(a.dtype, a.ndim, gpu=not sparse)
+    if sparse:
+        meta = a._meta
+    return a.map_blocks(to_device, dtype=a.dtype, meta=meta)
 
 
 def synthetic(rows: int, cols: int, seed: int = 0, dtype: str = "float64", chunk_rows: int | None = None,
