@@ -38,9 +38,10 @@ class FoldSource(Protocol):
 
     n_folds: int
 
-    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None) -> np.ndarray: ...
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None, models: list[int]) -> np.ndarray: ...
 
-    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None) -> np.ndarray: ...
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None,
+                 models: list[int]) -> np.ndarray: ...
 
     def fold_scores(self, thetas: np.ndarray) -> np.ndarray: ...
 
@@ -259,22 +260,17 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
 
 def _evaluate_batch(source: FoldSource, batch: dict[int, tuple[str, np.ndarray, np.ndarray | None]], m: int,
                     P: int, mult: np.ndarray | None) -> dict[int, Any]:
+    """One pass per kind of request, over only the folds that asked (in fold order: deterministic)."""
     out: dict[int, Any] = {}
-    kinds = {kind for kind, _, _ in batch.values()}
-    if "sums" in kinds:
-        thetas = np.zeros((m, P))
-        for f, (kind, th, _) in batch.items():
-            if kind == "sums":
-                thetas[f] = th
-        sums = source.fold_sums(thetas, mult)
-        out.update({f: sums[f] for f, (kind, _, _) in batch.items() if kind == "sums"})
-    if "hvp" in kinds:
-        thetas, vs = np.zeros((m, P)), np.zeros((m, P))
-        for f, (kind, th, v) in batch.items():
-            if kind == "hvp":
-                thetas[f], vs[f] = th, v
-        hv = source.fold_hvp(thetas, vs, mult)
-        out.update({f: hv[f] for f, (kind, _, _) in batch.items() if kind == "hvp"})
+    sums = sorted(f for f, (kind, _, _) in batch.items() if kind == "sums")
+    if sums:
+        got = source.fold_sums(np.stack([batch[f][1] for f in sums]), mult, sums)
+        out.update(zip(sums, got))
+    hvps = sorted(f for f, (kind, _, _) in batch.items() if kind == "hvp")
+    if hvps:
+        got = source.fold_hvp(np.stack([batch[f][1] for f in hvps]), np.stack([batch[f][2] for f in hvps]),
+                              mult, hvps)
+        out.update(zip(hvps, got))
     return out
 
 
@@ -356,11 +352,14 @@ class LocalFoldSource:
 
         return to_numpy(node_sum(lambda i: fn(self.chunks[i]), 0, self.n_chunks))
 
-    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None) -> np.ndarray:
-        return self._tree(lambda c: c.sums(thetas, mult))
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None, models: list[int]) -> np.ndarray:
+        sel = None if len(models) == self.n_folds else models
+        return self._tree(lambda c: c.sums(thetas, mult, sel))
 
-    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None) -> np.ndarray:
-        return self._tree(lambda c: c.hvp(thetas, vs, mult))
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None,
+                 models: list[int]) -> np.ndarray:
+        sel = None if len(models) == self.n_folds else models
+        return self._tree(lambda c: c.hvp(thetas, vs, mult, sel))
 
     def fold_scores(self, thetas: np.ndarray) -> np.ndarray:
         return self._tree(lambda c: c.scores(thetas))

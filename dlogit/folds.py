@@ -23,7 +23,9 @@ import numpy as np
 from dlogit._xp import get_xp, to_numpy
 from dlogit.family import Family, ParamLayout
 
-#: rows per block of a fold evaluation: Z is (rows, m * K') float64
+#: rows per block of a fold evaluation: about this many bytes of X (the block is read twice while in
+#: cache: once for the margins, once for the gradients), and at most FOLD_BLOCK_ELEMENTS margins
+FOLD_BLOCK_BYTES = 4 << 20
 FOLD_BLOCK_ELEMENTS = 1 << 21
 
 
@@ -76,7 +78,12 @@ class ExplicitFolds:
 
 
 class FoldChunk:
-    """The fold models' sums of one chunk (see the module docstring); any array kind, any family."""
+    """The fold models' sums of one chunk (see the module docstring); any array kind, any family.
+
+    Margins are kept models-major, ``Z`` of shape (m * K', rows) from one product ``W @ X_b.T``, so the
+    element-wise terms run over contiguous rows and the sums over rows are contiguous reductions; the
+    gradients are one product ``R @ X_b`` (m * K', d) while the block is still in cache.
+    """
 
     def __init__(self, X: Any, codes: Any, sample_weight: Any, folds: np.ndarray, n_folds: int,
                  layout: ParamLayout, family: Family) -> None:
@@ -85,6 +92,8 @@ class FoldChunk:
             X = X.tocsr()
         elif not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
             X = X.astype(get_xp(X).float64)
+        elif not X.flags.c_contiguous:
+            X = get_xp(X).ascontiguousarray(X)
         self.X = X
         xp = get_xp(X.data if sparse else X)
         self.xp = xp
@@ -96,65 +105,132 @@ class FoldChunk:
         self.sw = xp.ones(self.n) if sample_weight is None else xp.asarray(sample_weight, dtype=xp.float64)
         self.folds = xp.asarray(np.asarray(folds, dtype=np.int64))
         k = layout.n_outputs
-        rows = max(64, FOLD_BLOCK_ELEMENTS // max(1, self.m * k))
+        row_bytes = (X.nnz / max(1, self.n) * 12) if sparse else self.d * X.dtype.itemsize
+        rows = max(64, min(FOLD_BLOCK_ELEMENTS // max(1, self.m * k),
+                           int(FOLD_BLOCK_BYTES // max(1.0, row_bytes))))
         self.blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
         self.dtype = X.dtype
         self.kernel = "folds"
+        self.sign = 1.0 - 2.0 * self.codes.astype(xp.float64)
+        # flat positions of each row's own class in a block's (m, K, rows) margins, per block
+        self._own: list[Any] = []
+        if k > 1:
+            for lo, hi in self.blocks:
+                r = hi - lo
+                base = (xp.arange(self.m)[:, None] * k * r)
+                self._own.append(base + self.codes[lo:hi][None, :] * r + xp.arange(r)[None, :])
+        self._train: dict[int, Any] = {}
+        self._test: Any = None
 
-    def _weights(self, lo: int, hi: int, mult: Any, train: bool) -> Any:
-        """(rows, m) weights: training rows of each fold (times its class weights), or held-out rows."""
+    def _weights(self, lo: int, hi: int, mult: Any, train: bool, models: Any = None) -> Any:
+        """(m, rows) weights: training rows of each fold (times its class weights), or held-out rows.
+        Made once per chunk (and class-weight table) and kept: m floats a row, beside d for X."""
         xp = self.xp
-        fm = self.folds[lo:hi, None] == xp.arange(self.m)[None, :]
-        inside = ~fm if train else fm
-        v = self.sw[lo:hi, None] * inside
-        if train and mult is not None:
-            v = v * xp.asarray(mult).T[self.codes[lo:hi]]
-        return v
+        key = 0 if mult is None else id(mult)
+        if train:
+            table = self._train.get(key)
+            if table is None:
+                table = self.sw[None, :] * (self.folds[None, :] != xp.arange(self.m)[:, None])
+                if mult is not None:
+                    table = table * xp.asarray(mult)[:, self.codes]
+                self._train = {key: xp.ascontiguousarray(table)}  # one table at a time (a path uses one)
+        else:
+            table = self._test
+            if table is None:
+                table = self._test = self.sw[None, :] * (self.folds[None, :] == xp.arange(self.m)[:, None])
+        return table[:, lo:hi] if models is None else table[models, lo:hi]
 
     def _margins(self, Xb: Any, thetas: Any) -> Any:
+        """``Z`` (q * K', rows) float64 for the q stacked models ``thetas`` (q, P)."""
         xp = self.xp
         L = self.layout
         k, d = L.n_outputs, L.n_features
-        W = thetas[:, : k * d].reshape(self.m * k, d)
-        b = thetas[:, k * d:].reshape(self.m * k)
-        Z = Xb @ W.T.astype(self.dtype, copy=False)
+        q = thetas.shape[0]
+        W = thetas[:, : k * d].reshape(q * k, d)
+        b = thetas[:, k * d:].reshape(q * k)
+        Z = W.astype(self.dtype, copy=False) @ Xb.T
         Z = Z.toarray() if hasattr(Z, "toarray") else Z
-        return (xp.asarray(Z).astype(xp.float64, copy=False) + b[None, :]).reshape(-1, self.m, k)
+        Z = xp.asarray(Z).astype(xp.float64, copy=False)
+        Z += b[:, None]
+        return Z
 
-    def sums(self, thetas: Any, mult: Any = None) -> Any:
-        """Training sums of the ``m`` fold models: (m, 1 + P) float64 (P the layout's size)."""
+    def _grad(self, R: Any, Xb: Any) -> Any:
+        xp = self.xp
+        G = R.astype(self.dtype, copy=False) @ Xb
+        G = G.toarray() if hasattr(G, "toarray") else G
+        return xp.asarray(G).astype(xp.float64, copy=False)
+
+    def _binomial_terms(self, Z: Any, sign: Any) -> tuple[Any, Any]:
+        """In place: ``Z`` becomes the signed residuals' sigmoid factor; returns (loss terms, residuals)."""
+        xp = self.xp
+        s = Z
+        s *= sign
+        e = xp.abs(s)
+        xp.negative(e, out=e)
+        xp.exp(e, out=e)
+        xp.log1p(e, out=e)
+        l = xp.maximum(s, 0.0)
+        l += e  # log1pexp(s)
+        xp.subtract(s, l, out=s)
+        xp.exp(s, out=s)
+        s *= sign  # sigmoid(z) - y
+        return l, s
+
+    def _own_of(self, j: int, models: Any) -> Any:
+        """Flat positions of the rows' own classes in a block's (q, K, rows) margins."""
+        if models is None:
+            return self._own[j]
+        xp = self.xp
+        k = self.layout.n_outputs
+        lo, hi = self.blocks[j]
+        r = hi - lo
+        base = xp.arange(len(models))[:, None] * k * r
+        return base + self.codes[lo:hi][None, :] * r + xp.arange(r)[None, :]
+
+    def _softmax(self, Z: Any, j: int, hi_lo: int, models: Any = None) -> tuple[Any, Any, Any, Any]:
+        """Per row and model: log-sum-exp and the probabilities, Z (q*K, rows) -> (q, K, rows) views."""
+        xp = self.xp
+        k = self.layout.n_outputs
+        q = Z.shape[0] // k
+        own = self._own_of(j, models)
+        Z3 = Z.reshape(q, k, hi_lo)
+        mx = Z3.max(axis=1, keepdims=True)
+        zc = Z.ravel()[own]  # (q, rows) the own class's margins
+        Z3 -= mx
+        xp.exp(Z3, out=Z3)
+        S = Z3.sum(axis=1, keepdims=True)
+        lse = (mx + xp.log(S))[:, 0, :]
+        Z3 /= S
+        return Z3, lse, zc, own
+
+    def sums(self, thetas: Any, mult: Any = None, models: Any = None) -> Any:
+        """Training sums of the fold models ``models`` (default all m; ``thetas`` one row each):
+        (q, 1 + P) float64 (P the layout's size)."""
         xp = self.xp
         L = self.layout
         k, d = L.n_outputs, L.n_features
-        th = xp.asarray(thetas, dtype=xp.float64).reshape(self.m, L.size)
-        out = xp.zeros((self.m, 1 + L.size), dtype=xp.float64)
-        for lo, hi in self.blocks:
+        th = xp.asarray(thetas, dtype=xp.float64).reshape(-1, L.size)
+        q = th.shape[0]
+        out = xp.zeros((q, 1 + L.size), dtype=xp.float64)
+        for j, (lo, hi) in enumerate(self.blocks):
+            r = hi - lo
             Xb = self.X[lo:hi]
             Z = self._margins(Xb, th)
-            v = self._weights(lo, hi, mult, train=True)
-            c = self.codes[lo:hi]
+            v = self._weights(lo, hi, mult, True, models)
             if k == 1:
-                sign = (1.0 - 2.0 * c.astype(xp.float64))[:, None]
-                s = sign * Z[:, :, 0]
-                l = xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s)))
-                R = (sign * xp.exp(s - l) * v)[:, :, None]
-                loss = (l * v).sum(axis=0)
+                l, R = self._binomial_terms(Z, self.sign[None, lo:hi])
+                R *= v
+                loss = (l * v).sum(axis=1)
             else:
-                mx = Z.max(axis=2, keepdims=True)
-                E = xp.exp(Z - mx)
-                S = E.sum(axis=2, keepdims=True)
-                lse = (mx + xp.log(S))[:, :, 0]
-                rows = xp.arange(hi - lo)
-                loss = ((lse - Z[rows, :, c]) * v).sum(axis=0)
-                R = E / S
-                R[rows, :, c] -= 1.0
-                R *= v[:, :, None]
-            G = Xb.T @ R.reshape(hi - lo, self.m * k).astype(self.dtype, copy=False)
-            G = G.toarray() if hasattr(G, "toarray") else G
-            G = xp.asarray(G).astype(xp.float64, copy=False).T.reshape(self.m, k * d)
+                P, lse, zc, own = self._softmax(Z, j, r, models)
+                loss = ((lse - zc) * v).sum(axis=1)
+                P.ravel()[own] -= 1.0
+                P *= v[:, None, :]
+                R = P.reshape(q * k, r)
+            G = self._grad(R, Xb)  # (q * K, d)
             out[:, 0] += loss
-            out[:, 1: 1 + k * d] += G
-            out[:, 1 + k * d:] += R.sum(axis=0)
+            out[:, 1: 1 + k * d] += G.reshape(q, k * d)
+            out[:, 1 + k * d:] += R.sum(axis=1).reshape(q, k)
         return out
 
     def scores(self, thetas: Any) -> Any:
@@ -163,55 +239,49 @@ class FoldChunk:
         th = xp.asarray(thetas, dtype=xp.float64).reshape(self.m, self.layout.size)
         out = xp.zeros((self.m, 3), dtype=xp.float64)
         k = self.layout.n_outputs
-        for lo, hi in self.blocks:
+        for j, (lo, hi) in enumerate(self.blocks):
+            r = hi - lo
             Z = self._margins(self.X[lo:hi], th)
             u = self._weights(lo, hi, None, train=False)
             c = self.codes[lo:hi]
             if k == 1:
-                z = Z[:, :, 0]
-                sign = (1.0 - 2.0 * c.astype(xp.float64))[:, None]
-                s = sign * z
-                l = xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s)))
-                correct = (z > 0) == (c[:, None] == 1)
+                correct = (Z > 0) == (c[None, :] == 1)
+                l, _ = self._binomial_terms(Z, self.sign[None, lo:hi])
             else:
-                mx = Z.max(axis=2, keepdims=True)
-                lse = (mx + xp.log(xp.exp(Z - mx).sum(axis=2, keepdims=True)))[:, :, 0]
-                rows = xp.arange(hi - lo)
-                l = lse - Z[rows, :, c]
-                correct = Z.argmax(axis=2) == c[:, None]
-            out[:, 0] += (l * u).sum(axis=0)
-            out[:, 1] += (correct * u).sum(axis=0)
-            out[:, 2] += u.sum(axis=0)
+                correct = Z.reshape(self.m, k, r).argmax(axis=1) == c[None, :]
+                _, lse, zc, _ = self._softmax(Z, j, r)
+                l = lse - zc
+            out[:, 0] += (l * u).sum(axis=1)
+            out[:, 1] += (correct * u).sum(axis=1)
+            out[:, 2] += u.sum(axis=1)
         return out
 
-    def hvp(self, thetas: Any, vs: Any, mult: Any = None) -> Any:
-        """H.v of each fold model's training loss sum: (m, P), one pass (margins of theta and v together)."""
+    def hvp(self, thetas: Any, vs: Any, mult: Any = None, models: Any = None) -> Any:
+        """H.v of the fold models' training loss sums: (q, P), one pass (margins of theta and v)."""
         xp = self.xp
         L = self.layout
         k, d = L.n_outputs, L.n_features
-        th = xp.asarray(thetas, dtype=xp.float64).reshape(self.m, L.size)
-        vv = xp.asarray(vs, dtype=xp.float64).reshape(self.m, L.size)
-        out = xp.zeros((self.m, L.size), dtype=xp.float64)
-        for lo, hi in self.blocks:
+        th = xp.asarray(thetas, dtype=xp.float64).reshape(-1, L.size)
+        vv = xp.asarray(vs, dtype=xp.float64).reshape(-1, L.size)
+        q = th.shape[0]
+        out = xp.zeros((q, L.size), dtype=xp.float64)
+        for j, (lo, hi) in enumerate(self.blocks):
+            r = hi - lo
             Xb = self.X[lo:hi]
             Z = self._margins(Xb, th)
             U = self._margins(Xb, vv)
-            v = self._weights(lo, hi, mult, train=True)
+            v = self._weights(lo, hi, mult, True, models)
             if k == 1:
-                sign = (1.0 - 2.0 * self.codes[lo:hi].astype(xp.float64))[:, None]
-                s = sign * Z[:, :, 0]
+                s = Z * self.sign[None, lo:hi]
                 l = xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s)))
-                T = (xp.exp(s - 2.0 * l) * U[:, :, 0] * v)[:, :, None]
+                T = xp.exp(s - 2.0 * l) * U * v
             else:
-                mx = Z.max(axis=2, keepdims=True)
-                P = xp.exp(Z - mx)
-                P /= P.sum(axis=2, keepdims=True)
-                PU = P * U
-                T = (PU - P * PU.sum(axis=2, keepdims=True)) * v[:, :, None]
-            G = Xb.T @ T.reshape(hi - lo, self.m * k).astype(self.dtype, copy=False)
-            G = G.toarray() if hasattr(G, "toarray") else G
-            out[:, : k * d] += xp.asarray(G).astype(xp.float64, copy=False).T.reshape(self.m, k * d)
-            out[:, k * d:] += T.sum(axis=0)
+                P, _, _, _ = self._softmax(Z, j, r, models)
+                U3 = U.reshape(q, k, r)
+                PU = P * U3
+                T = ((PU - P * PU.sum(axis=1, keepdims=True)) * v[:, None, :]).reshape(q * k, r)
+            out[:, : k * d] += self._grad(T, Xb).reshape(q, k * d)
+            out[:, k * d:] += T.sum(axis=1).reshape(q, k)
         return out
 
     def class_weight_sums(self, n_classes: int) -> np.ndarray:
