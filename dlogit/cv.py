@@ -387,3 +387,51 @@ def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray]) -> fl
     s = sums_at(theta)
     g = np.asarray(s[1:], dtype=np.float64) / plan.weight_sum
     return float(np.max(np.abs(plan.layout.coef(g)))) if plan.layout.n_features else 0.0
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """What a path asks: penalty values or grid sizes, the folds, the score (travels to a worker)."""
+
+    l2: Any
+    l1: Any
+    folds: Any  # an int (K contiguous folds) or an ExplicitFolds
+    scoring: str = "neg_log_loss"
+
+
+def is_grid(v: Any) -> bool:
+    """A list of values, or an int (the number of log-spaced values), as opposed to one penalty."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, np.integer)):
+        return True
+    return np.ndim(v) > 0
+
+
+def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpec, send: Send, *,
+                   mode: str, weighted: bool, info: dict[str, Any] | None = None,
+                   stop: Callable[[], str | None] | None = None) -> PathResult:
+    """Validate, plan and fit a whole path on chunks held by this process (in-process, or the one task
+    of a worker-local path): the validation pass, lambda_max, the penalties, the folds, every point."""
+    from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
+    from dlogit.folds import KFoldScheme
+    from dlogit.spec import make_plan
+
+    shard = Shard(dict(enumerate(raw)), len(raw))
+    stats = merged_stats(dict(shard.stats()), len(raw))
+    plan = make_plan(spec, stats, weighted_input=weighted)
+    n = plan.n_rows
+    if isinstance(path.folds, (int, np.integer)):
+        if path.folds > n:
+            raise DataError(f"cv={path.folds} folds need at least {path.folds} rows, got {n}")
+        scheme: Any = KFoldScheme(n, int(path.folds))
+    else:
+        scheme = path.folds
+    source = LocalFoldSource(raw, plan, scheme)
+    shard.prepare(spec, plan, curvature=False)
+    lam = lambda_max(plan, LocalEvaluator(shard).sums)
+    l2s = penalty_grid(path.l2, "l2", lam) if is_grid(path.l2) else [float(path.l2)]
+    l1s = penalty_grid(path.l1, "l1", lam) if is_grid(path.l1) else [float(path.l1)]
+    penalties = sorted({(a, b) for a in l2s for b in l1s}, key=lambda p: (-(p[0] + p[1]), -p[0]))
+    return run_path(source, spec, plan, penalties, path.scoring, send, mode=mode,
+                    info={"n_chunks": len(raw), **(info or {})}, stop=stop)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from dlogit.cv import SCORINGS, LocalFoldSource, PathResult, lambda_max, penalty_grid, run_path
-from dlogit.errors import ConfigError, DataError
+from dlogit.cv import SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks
+from dlogit.errors import ConfigError
 from dlogit.estimator import LogisticRegression, ParameterError
 
 
@@ -85,9 +85,9 @@ class LogisticRegressionCV(LogisticRegression):
         """The spec of one fit (the path sets the penalties of each point)."""
         params = self.get_params()
         base = LogisticRegression(**{k: v for k, v in params.items() if k in LogisticRegression().get_params()})
-        base.l2 = self._scalar("l2") if not _is_grid(self.l2) else 0.0
-        base.l1 = self._scalar("l1") if not _is_grid(self.l1) else 0.0
-        if _is_grid(self.l1) or self.l1:
+        base.l2 = self._scalar("l2") if not is_grid(self.l2) else 0.0
+        base.l1 = self._scalar("l1") if not is_grid(self.l1) else 0.0
+        if is_grid(self.l1) or self.l1:
             from dlogit.solvers import get
 
             if not get(self.solver).supports_l1:
@@ -106,41 +106,31 @@ class LogisticRegressionCV(LogisticRegression):
             callback: Any = None) -> LogisticRegressionCV:
         """Fit the path with cross-validation, choose the penalty, and refit (see the class docstring)."""
         from dlogit import engine, inputs
-        from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
-        from dlogit.folds import ExplicitFolds, KFoldScheme
-        from dlogit.spec import make_plan
+        from dlogit.folds import ExplicitFolds
 
         self._check_params()
         if checkpoint is not None:
             raise ConfigError("checkpoints are not written for cross-validation paths (each point is short)")
         data = inputs.prepare_fit(self, X, y, sample_weight, client)
-        if data.dask:
-            raise ConfigError("LogisticRegressionCV on Dask data runs through the cluster path "
-                              "(dlogit.cv on the engine); compute the data or use the CLI with --cv")
         spec = self.make_spec(data.n_features, info=data.info)
         t0 = time.perf_counter()
-        ws = data.w_chunks if data.w_chunks is not None else [None] * len(data.X_chunks)
-        raw = list(zip(data.X_chunks, data.y_chunks, ws))
-        shard = Shard(dict(enumerate(raw)), len(raw))
-        stats = merged_stats(dict(shard.stats()), len(raw))
-        plan = make_plan(spec, stats, weighted_input=data.w_chunks is not None)
-        n = plan.n_rows
-        if isinstance(self.cv, (int, np.integer)):
-            if self.cv > n:
-                raise DataError(f"cv={self.cv} folds need at least {self.cv} rows, got {n}")
-            scheme: Any = KFoldScheme(n, int(self.cv))
-        else:
-            Xs = np.empty((n, 0))
+        folds: Any = int(self.cv) if isinstance(self.cv, (int, np.integer)) else None
+        if folds is None:
+            if data.dask:
+                raise ConfigError("a cross-validation splitter needs in-memory data; on Dask data give "
+                                  "cv=K (K contiguous folds)")
+            n = sum(int(x.shape[0]) for x in data.X_chunks)
             yall = np.concatenate([np.asarray(c) for c in data.y_chunks])
-            scheme = ExplicitFolds.from_splits(list(self.cv.split(Xs, yall)), n)
-        source = LocalFoldSource(raw, plan, scheme)
-        shard.prepare(spec, plan, curvature=False)
-        lam = lambda_max(plan, LocalEvaluator(shard).sums)
-        l2s = penalty_grid(self.l2, "l2", lam) if _is_grid(self.l2) else [float(self.l2)]
-        l1s = penalty_grid(self.l1, "l1", lam) if _is_grid(self.l1) else [float(self.l1)]
-        penalties = sorted({(a, b) for a in l2s for b in l1s}, key=lambda p: (-(p[0] + p[1]), -p[0]))
-        result = run_path(source, spec, plan, penalties, self.scoring, callback or (lambda m: None),
-                          mode="in-process", info={"n_chunks": len(raw)})
+            folds = ExplicitFolds.from_splits(list(self.cv.split(np.empty((n, 0)), yall)), n)
+        path = PathSpec(self.l2, self.l1, folds, self.scoring)
+        if data.dask:
+            result = engine.fit_path_dask(data.client, data.X, data.y, data.w, spec, path, callback,
+                                          mode=self.mode)
+        else:
+            ws = data.w_chunks if data.w_chunks is not None else [None] * len(data.X_chunks)
+            result = path_on_chunks(list(zip(data.X_chunks, data.y_chunks, ws)), spec, path,
+                                    callback or (lambda m: None), mode="in-process",
+                                    weighted=data.w_chunks is not None)
         self._set_path(result)
         if self.refit:
             best = result.points[result.best]
@@ -148,7 +138,10 @@ class LogisticRegressionCV(LogisticRegression):
             params.update(l2=best.l2, l1=best.l1)
             final = LogisticRegression(**params)
             fspec = final.make_spec(data.n_features, warm_start=best.thetas.mean(axis=0), info=data.info)
-            r = engine.fit_arrays(data.X_chunks, data.y_chunks, data.w_chunks, fspec, callback)
+            if data.dask:
+                r = engine.fit_dask(data.client, data.X, data.y, data.w, fspec, callback, mode=self.mode)
+            else:
+                r = engine.fit_arrays(data.X_chunks, data.y_chunks, data.w_chunks, fspec, callback)
             self._set_result(r, fspec)
             self._extra_arrays = self._path_arrays()
         self.fit_seconds_ = time.perf_counter() - t0
@@ -191,10 +184,3 @@ class LogisticRegressionCV(LogisticRegression):
               "l2_grid": [p.l2 for p in self.path_.points], "l1_grid": [p.l1 for p in self.path_.points]}
         super().save(path, cv=cv, **extra_meta)
 
-
-def _is_grid(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, np.integer)):
-        return True
-    return np.ndim(v) > 0

@@ -4,8 +4,10 @@
     .venv/bin/python scripts/bench.py [--quick] [--json bench.json] [--lbfgs-rows 2000000]
 
 Sections (each prints absolute figures and the ratio to its baseline):
-  coordination  per-step overhead on a local cluster of 4 workers (step wall time minus the slowest
-                worker's compute) vs a dask.array graph per step and one client.submit per shard
+  coordination  per-step overhead on local clusters of 2, 4 and 8 workers (the driver's wall time of a
+                step minus the slowest worker's compute); on 4 workers also a client that reaches only
+                the scheduler over +10 ms each way vs one beside the cluster, and a dask.array graph
+                per step and one client.submit per shard
   textbook      400x784, 10 001 GD steps through dlogit (worker-local mode, cluster start-up excluded)
                 vs the plain in-process NumPy loop; also dlogit with the BLAS kernel forced
   kernel        one chunk evaluation, fused one-pass CPU kernel vs the BLAS path, over chunk shapes
@@ -20,6 +22,7 @@ The data is generated here (or on the workers); nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -47,74 +50,160 @@ def _median(xs):
 
 
 # ------------------------------------------------------------------------------------------------
-def bench_coordination(steps: int) -> dict:
+class _DelayRelay:
+    """A TCP relay on 127.0.0.1 that holds every chunk of bytes ``delay`` seconds in each direction
+    (order kept): a client behind it reaches only the scheduler, over a link of 2 x ``delay`` RTT."""
+
+    def __init__(self, target: str, delay: float) -> None:
+        import asyncio
+        import threading
+
+        host, port = target.rsplit("/", 1)[-1].rsplit(":", 1)
+        self.loop = asyncio.new_event_loop()
+
+        async def pipe(reader, writer) -> None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(OSError):
+                while data := await reader.read(1 << 16):
+                    loop.call_later(delay, writer.write, data)
+            loop.call_later(delay, writer.close)
+
+        async def handle(reader, writer) -> None:
+            r2, w2 = await asyncio.open_connection(host, int(port))
+            with contextlib.suppress(asyncio.CancelledError):  # close() ends every connection
+                await asyncio.gather(pipe(reader, w2), pipe(r2, writer))
+
+        self.server = self.loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _coordination_fit(client, X, y, steps: int) -> tuple[object, float]:
+    """A distributed gd fit of ``steps`` steps through the engine; the result and its wall time."""
+    from dlogit.engine import fit_dask
+    from dlogit.events import new_run_id
+    from dlogit.spec import FitSpec
+
+    spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1)
+    t0 = time.perf_counter()
+    result = fit_dask(client, X, y, None, spec, mode="distributed")
+    return result, time.perf_counter() - t0
+
+
+def _naive_steps(client, X, y) -> tuple[float, float]:
+    """Median seconds of one gradient step done naively: a dask.array graph per step, and one
+    client.submit per worker-pinned chunk with the sums gathered."""
     import dask.array as da
 
-    import dlogit
+    from dlogit.chunks import chunk_sums
+
+    Xp, yp = client.persist([X, y])
+    theta = np.zeros(X.shape[1] + 1)
+
+    def graph_step():
+        parts = da.map_blocks(lambda xb, yb: chunk_sums(xb, yb[:, 0], theta)[None, :], Xp, yp[:, None],
+                              dtype=float, chunks=((1,) * Xp.numblocks[0], (X.shape[1] + 3,)))
+        return client.compute(parts.sum(axis=0)).result()
+
+    graph = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        graph_step()
+        graph.append(time.perf_counter() - t0)
+    xs = client.compute(list(Xp.to_delayed().ravel()))
+    ys = client.compute(list(yp.to_delayed().ravel()))
+    subm = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        futs = [client.submit(chunk_sums, a, b, theta, pure=False) for a, b in zip(xs, ys)]
+        sum(client.gather(futs))
+        subm.append(time.perf_counter() - t0)
+    return _median(graph[2:]), _median(subm[2:])
+
+
+def bench_coordination(steps: int) -> dict:
+    """Per step: the driver's wall time of a reduction minus the slowest worker's evaluation (the
+    coordination), on 2, 4 and 8 local workers (one 100 x 784 chunk each); on 4 workers also a client
+    that reaches only the scheduler through a relay adding 10 ms each way, against one beside the
+    cluster, and the two naive baselines (a dask.array graph per step, one submit per shard)."""
+    import dask
+    from distributed import Client
+
     from dlogit.data import synthetic
-    from dlogit.loss import chunk_sums
 
-    cluster, client = _cluster(4)
-    try:
-        X, y = synthetic(400, 784, seed=0, chunk_rows=100)  # 4 chunks, one per worker
-        m = dlogit.LogisticRegression(solver="gd", max_iter=steps, mode="distributed", tol=0.0,
-                                      callback=None)
-        # measure per step: wall time of the engine's step and the slowest worker's compute
-        from dlogit import engine
-
-        walls, overheads = [], []
-        orig = engine.DaskFit._step
-
-        def timed(self, theta):
-            t0 = time.perf_counter()
-            out = orig(self, theta)
-            wall = time.perf_counter() - t0
-            walls.append(wall)
-            overheads.append(wall - max(self.worker_seconds.values()))
-            return out
-
-        engine.DaskFit._step = timed
+    out: dict = {"data": "100x784 float64 per worker (one chunk each), gd", "steps": steps, "by_workers": {},
+                 "goal_overhead_ms": 1.0, "goal_wan_ms": 1.0}
+    for n in (2, 4, 8):
+        cluster, client = _cluster(n)
         try:
-            m.fit(X, y, client=client)
+            X, y = synthetic(100 * n, 784, seed=0, chunk_rows=100)
+            _coordination_fit(client, X, y, 50)  # links, kernels and imports warm
+            near, near_s = _coordination_fit(client, X, y, steps)
+            t = near.extra["reduce_seconds"][10:]
+            row = {"step_ms": _median(t[:, 0]) * 1e3, "overhead_ms": _median(t[:, 0] - t[:, 1]) * 1e3,
+                   "slowest_worker_ms": _median(t[:, 1]) * 1e3, "tree_radix": dask.config.get(
+                       "dlogit.engine.tree-radix"), "overhead_ms_by_radix": {}}
+            for radix in (2, 4, n):  # the same cluster, one after the other: the binomial tree, the default, a star
+                with dask.config.set({"dlogit.engine.tree-radix": radix}):
+                    r, _ = _coordination_fit(client, X, y, steps)
+                tr = r.extra["reduce_seconds"][10:]
+                row["overhead_ms_by_radix"][radix] = _median(tr[:, 0] - tr[:, 1]) * 1e3
+            out["by_workers"][n] = row
+            others = ", ".join(f"radix {k}: {v:.3f} ms" for k, v in row["overhead_ms_by_radix"].items())
+            print(f"coordination, {n} workers: step {row['step_ms']:.3f} ms, overhead over the slowest "
+                  f"worker {row['overhead_ms']:.3f} ms (tree radix {row['tree_radix']}; {others})", flush=True)
+            if n != 4:
+                continue
+            out.update(dlogit_step_ms=row["step_ms"], dlogit_overhead_ms=row["overhead_ms"],
+                       goal_met=row["overhead_ms"] <= 1.0)
+            relay = _DelayRelay(cluster.scheduler_address, 0.010)
+            near_steps, far_steps, near_fits, far_fits = [], [], [], []
+            try:
+                with Client(relay.address, set_as_default=False, timeout=60) as far_client:
+                    _coordination_fit(far_client, X, y, 50)
+                    for _ in range(3):  # interleaved: a burst of load on the machine hits both alike
+                        for who, steps_, fits in ((client, near_steps, near_fits), (far_client, far_steps, far_fits)):
+                            r, wall = _coordination_fit(who, X, y, steps)
+                            steps_.append(_median(r.history_step_seconds[10:]) * 1e3)
+                            fits.append(wall)
+            finally:
+                relay.close()
+            near_step, far_step = _median(near_steps), _median(far_steps)
+            near_s, far_s = _median(near_fits), _median(far_fits)
+            out["wan"] = {"link": "client <-> scheduler relay, +10 ms each way", "near_step_ms": near_step,
+                          "far_step_ms": far_step, "step_difference_ms": far_step - near_step,
+                          "near_fit_s": near_s, "far_fit_s": far_s,
+                          "fit_difference_per_step_ms": (far_s - near_s) / steps * 1e3,
+                          "near_step_ms_all": near_steps, "far_step_ms_all": far_steps}
+            out["wan_goal_met"] = abs(far_step - near_step) <= 1.0
+            print(f"coordination, 4 workers, client behind +10 ms each way: step {far_step:.3f} ms vs "
+                  f"{near_step:.3f} ms beside the cluster ({far_step - near_step:+.3f} ms; whole fit "
+                  f"{far_s:.2f} s vs {near_s:.2f} s, {(far_s - near_s) / steps * 1e3:+.3f} ms per step)",
+                  flush=True)
+            graph, subm = _naive_steps(client, X, y)
+            ours = row["step_ms"] / 1e3
+            out.update(dask_array_graph_step_ms=graph * 1e3, submit_per_shard_step_ms=subm * 1e3,
+                       speedup_vs_graph=graph / ours, speedup_vs_submit=subm / ours)
         finally:
-            engine.DaskFit._step = orig
-        ours_wall = _median(walls[10:])
-        ours_over = _median(overheads[10:])
-
-        # baseline 1: a dask.array graph per step
-        Xp, yp = client.persist([X, y])
-        theta = np.zeros(785)
-
-        def graph_step():
-            parts = da.map_blocks(lambda xb, yb: chunk_sums(xb, yb[:, 0], theta)[None, :], Xp, yp[:, None],
-                                  dtype=float, chunks=((1,) * Xp.numblocks[0], (787,)))
-            return client.compute(parts.sum(axis=0)).result()
-
-        graph = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            graph_step()
-            graph.append(time.perf_counter() - t0)
-
-        # baseline 2: one client.submit per worker-pinned chunk per step, sums gathered
-        xs = client.compute(list(Xp.to_delayed().ravel()))
-        ys = client.compute(list(yp.to_delayed().ravel()))
-        subm = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            futs = [client.submit(chunk_sums, a, b, theta, pure=False) for a, b in zip(xs, ys)]
-            sum(client.gather(futs))
-            subm.append(time.perf_counter() - t0)
-        return {"workers": 4, "data": "400x784 float64, 4 chunks", "steps": steps,
-                "dlogit_step_ms": ours_wall * 1e3, "dlogit_overhead_ms": ours_over * 1e3,
-                "dask_array_graph_step_ms": _median(graph[2:]) * 1e3,
-                "submit_per_shard_step_ms": _median(subm[2:]) * 1e3,
-                "speedup_vs_graph": _median(graph[2:]) / ours_wall,
-                "speedup_vs_submit": _median(subm[2:]) / ours_wall,
-                "goal_overhead_ms": 1.0, "goal_met": ours_over * 1e3 <= 1.0}
-    finally:
-        client.close()
-        cluster.close()
+            client.close()
+            cluster.close()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,8 +384,12 @@ def bench_lbfgs(rows: int, with_dask_ml: bool) -> tuple[dict, dict]:
                 out["dask_ml_s"] = time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001
                 out["dask_ml_error"] = f"{type(exc).__name__}: {exc}"[:200]
-        Xn = client.compute(Xd).result()
-        yn = client.compute(yd).result()
+        # a fair baseline: arrays that come back from Dask can be unaligned, and NumPy/BLAS then run
+        # several times slower (dask/distributed#8985) -- scikit-learn gets aligned C-contiguous copies
+        Xn = np.array(client.compute(Xd).result(), order="C", copy=True)
+        yn = np.array(client.compute(yd).result(), order="C", copy=True)
+        assert Xn.flags.aligned and Xn.flags.c_contiguous and yn.flags.aligned
+        out["sklearn_input"] = "aligned C-contiguous float64 copy (asserted)"
         del Xd, yd
     finally:
         client.close()
