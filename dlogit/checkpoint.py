@@ -82,8 +82,9 @@ def read_meta(path: str) -> dict[str, Any]:
 class Checkpointer:
     """Writes checkpoints for one fit (see the module docstring)."""
 
-    def __init__(self, directory: str, every: float, meta: dict[str, Any]) -> None:
+    def __init__(self, directory: str, every: float, meta: dict[str, Any], mode: int | None = None) -> None:
         self.directory = directory
+        self.mode = mode  # the client's 0o666 & ~umask when the fit runs on a worker; else this process's
         self.path = checkpoint_path(directory)
         self.every = float(every)
         self.meta = meta
@@ -106,7 +107,7 @@ class Checkpointer:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta, default=str)), **arrays)
 
-        atomic_write(self.path, save)
+        atomic_write(self.path, save, mode=self.mode)
         self._last = time.monotonic()
         self.written += 1
 

@@ -86,11 +86,11 @@ def check_distinct(paths: dict[str, str | os.PathLike[str] | None]) -> None:
         seen.append((name, p))
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], mode: int | None = None) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    The file ends up with the mode a plain ``open(path, "w")`` would give it (``0o666 & ~umask``);
-    on any failure the temporary file is removed and ``path`` is left as it was.
+    The file ends up with ``mode`` when given, else the mode a plain ``open(path, "w")`` would give it
+    (``0o666 & ~umask``); on any failure the temporary file is removed and ``path`` is left as it was.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -104,7 +104,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, (0o666 & ~current_umask()) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         try:

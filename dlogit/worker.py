@@ -96,6 +96,9 @@ def quiet_local_worker() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread of the worker process
         pass
+    else:  # the CLI starts local workers with SIGINT blocked (dlogit.cli.children_start_without_sigint)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def dask_setup(worker: Any) -> None:

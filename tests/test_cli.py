@@ -1,11 +1,22 @@
-"""The CLI end to end: real local clusters, real files, and every bad input as one line + exit 2."""
+"""The CLI end to end: real files, real clusters, and every bad input as one line + exit 2.
+
+Two tests run ``dlogit`` as a real process with its own local cluster (the textbook run, 1 vs 2
+workers); the rest run the CLI in this process (``dlogit.cli.main``) against one shared cluster of
+worker processes, which is what ``--scheduler`` does anyway, without paying a cluster start per case.
+Output contract: notices and progress on stdout; stderr holds warnings and the one error line.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,33 +25,105 @@ import dlogit
 
 DLOGIT = [sys.executable, "-m", "dlogit"]
 
+pytestmark = pytest.mark.timeout(300)
+
 
 def run(*args, timeout=180):
-    return subprocess.run([*DLOGIT, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*DLOGIT, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def cli(capfd, *args, env: dict[str, str] | None = None) -> Result:
+    """``dlogit ARGS`` in this process; restores what main() changes process-wide."""
+    from dlogit.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    np_err = np.geterr()
+    old_env = {k: os.environ.get(k) for k in (env or {})}
+    capfd.readouterr()
+    rc = 0
+    try:
+        os.environ.update(env or {})
+        with warnings.catch_warnings():
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for s, h in saved.items():
+            signal.signal(s, h)
+        np.seterr(**np_err)
+    out, err = capfd.readouterr()
+    return Result(rc, out, err)
 
 
 def last_json(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def newton_optimum(X: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """The exact minimizer (w..., b) of (1/n) sum [log(1+e^z) - y z] + l2 ||w||^2, by Newton."""
+    n, d = X.shape
+    A = np.hstack([X, np.ones((n, 1))])
+    P = np.r_[np.full(d, 2.0 * l2), 0.0]
+    theta = np.zeros(d + 1)
+    for _ in range(100):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (A @ theta)))
+        step = np.linalg.solve((A.T * (p * (1 - p))) @ A / n + np.diag(P), A.T @ (p - y) / n + P * theta)
+        theta -= step
+        if np.all(np.abs(step) <= 1e-15 * np.maximum(1.0, np.abs(theta))):
+            break
+    return theta
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=50) as lc:
+        yield lc.scheduler_address
+
+
 @pytest.fixture(scope="module")
 def csv_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     path = d / "train.csv"
-    r = run("generate", str(path), "--rows", "300", "--cols", "6", "--seed", "4")
+    r = run("generate", path, "--rows", "300", "--cols", "6", "--seed", "4")
     assert r.returncode == 0, r.stderr
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# real processes with their own local cluster
 
 
 def test_default_train_is_the_textbook_run():
     r = run("train", "--workers", "2")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no notice (no "no usable GPU"), no warning
     lines = r.stdout.splitlines()
     assert any(line.startswith("dashboard: http://127.0.0.1:") for line in lines)
     losses = [float(line.split()[3]) for line in lines if line.startswith("step ")]
     assert len(losses) == 11  # every 1000 steps, 0..10000
     assert losses[0] > 10 and losses[-1] < 0.2 and losses == sorted(losses, reverse=True)
     assert "training accuracy 1.0000" in r.stdout
+    assert "done: max_iter after 10001 iterations" in r.stdout
     assert "worker-local mode, fused kernel" in r.stdout  # small data: one worker, one-pass CPU kernel
 
 
@@ -48,131 +131,203 @@ def test_workers_1_and_2_give_the_same_model(tmp_path):
     outs = []
     for n in ("1", "2"):
         out = tmp_path / f"m{n}.npz"
-        r = run("train", "--workers", n, "--max-iter", "500", "--json", "--out", str(out))
+        r = run("train", "--workers", n, "--max-iter", "500", "--json", "--out", out)
         assert r.returncode == 0, r.stderr
         s = last_json(r.stdout)
-        assert s["n_iter"] == 500 and s["workers"] == int(n) and s["seconds"] > 0
+        assert s["n_iter"] == 500 and s["workers"] == int(n) and s["seconds"] > 0 and s["solver"] == "gd"
         outs.append(np.load(out)["coef"])
     # same chunks, same reduction tree: equal up to alignment-dependent SIMD rounding in NumPy/BLAS
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-15)
 
 
-def test_train_csv_predict_evaluate(csv_file, tmp_path):
+# --------------------------------------------------------------------------------------------------
+# in this process, on the shared cluster
+
+
+def test_train_csv_predict_evaluate(capfd, csv_file, tmp_path, scheduler):
     model = tmp_path / "m.npz"
-    r = run("train", str(csv_file), "--label", "label", "--solver", "lbfgs", "--workers", "2",
-            "--chunk-rows", "70", "--mode", "distributed", "--tol", "1e-9", "--json", "--out", str(model))
-    assert r.returncode == 0, r.stderr
-    s = last_json(r.stdout)
-    assert s["status"] == "converged" and 0 < s["accuracy"] <= 1
+    r = cli(capfd, "train", csv_file, "--label", "label", "--chunk-rows", "70", "--mode", "distributed",
+            "--scheduler", scheduler, "--json", "--out", model)
+    assert r.rc == 0, r.err
+    s = last_json(r.out)
+    assert s["solver"] == "lbfgs" and s["status"] == "converged" and s["mode"] == "distributed"
+    assert s["classes"] == ["0", "1"] and 0 < s["accuracy"] <= 1
     X = np.loadtxt(csv_file, delimiter=",", skiprows=1)
-    ref = dlogit.LogisticRegression(solver="lbfgs", tol=1e-9).fit(X[:, :-1], X[:, -1])
-    np.testing.assert_allclose(np.load(model)["coef"], ref.coef_, rtol=1e-5, atol=1e-8)
+    ref = newton_optimum(X[:, :-1], X[:, -1], l2=0.01)
+    m = np.load(model)
+    np.testing.assert_allclose(np.r_[m["coef"][0], m["intercept"]], ref, rtol=1e-5, atol=1e-7)
 
     pred = tmp_path / "pred.csv"
-    r = run("predict", str(model), str(csv_file), "--out", str(pred))
-    assert r.returncode == 0, r.stderr
-    got = np.loadtxt(pred, delimiter=",", skiprows=1)
-    np.testing.assert_allclose(got[:, 0], ref.predict_proba(X[:, :-1])[:, 1], rtol=1e-5)
+    r = cli(capfd, "predict", model, csv_file, "--out", pred)
+    assert r.rc == 0 and r.err == "", r.err
+    import pandas as pd
 
-    r = run("evaluate", str(model), str(csv_file), "--json")
-    assert r.returncode == 0, r.stderr
-    m = last_json(r.stdout)
+    got = pd.read_csv(pred)
+    assert list(got.columns) == ["label", "proba_0", "proba_1"]
+    p = 1 / (1 + np.exp(-(X[:, :-1] @ ref[:-1] + ref[-1])))
+    np.testing.assert_allclose(got["proba_1"], p, rtol=1e-5)
+    np.testing.assert_allclose(got["proba_0"] + got["proba_1"], 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(got["label"], (p > 0.5).astype(int))
+
+    r = cli(capfd, "evaluate", model, csv_file, "--json")
+    assert r.rc == 0, r.err
+    m = last_json(r.out)
     assert set(m) >= {"logloss", "accuracy", "roc_auc"}
     assert m["accuracy"] == pytest.approx(s["accuracy"])
     from sklearn.metrics import log_loss, roc_auc_score
 
-    p = ref.predict_proba(X[:, :-1])[:, 1]
     assert m["roc_auc"] == pytest.approx(roc_auc_score(X[:, -1], p), rel=1e-6)
-    assert m["logloss"] == pytest.approx(log_loss(X[:, -1], p), rel=1e-4)
+    assert m["logloss"] == pytest.approx(log_loss(X[:, -1], p), rel=1e-5)
+
+
+def test_any_labels_train_and_predict_back_as_labels(capfd, tmp_path, scheduler):
+    """Labels need not be 0/1: strings, and three classes (multinomial) come back as themselves."""
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((240, 3))
+    names = np.array(["cat", "dog", "emu"])
+    y = names[np.argmax(X @ rng.standard_normal((3, 3)) + 0.3 * rng.standard_normal((240, 3)), axis=1)]
+    data = tmp_path / "animals.csv"
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "kind": y}).to_csv(data, index=False)
+    model = tmp_path / "m.npz"
+    r = cli(capfd, "train", data, "--label", "kind", "--scheduler", scheduler, "--json", "--out", model)
+    assert r.rc == 0, r.err
+    s = last_json(r.out)
+    assert s["classes"] == ["cat", "dog", "emu"] and s["family"] == "multinomial"
+    ref = dlogit.LogisticRegression().fit(X, y)
+    pred = tmp_path / "p.parquet"
+    r = cli(capfd, "predict", model, data, "--out", pred)  # --label from the model: excluded again
+    assert r.rc == 0, r.err
+    got = pd.read_parquet(pred)
+    assert list(got.columns) == ["label", "proba_cat", "proba_dog", "proba_emu"]
+    np.testing.assert_array_equal(got["label"].to_numpy(), ref.predict(X))
+    np.testing.assert_allclose(got[["proba_cat", "proba_dog", "proba_emu"]].to_numpy(), ref.predict_proba(X),
+                               rtol=1e-5, atol=1e-8)
+    r = cli(capfd, "predict", model, data, "--out", tmp_path / "p.npy")
+    assert r.rc == 2 and len(r.err_lines) == 1 and "not numeric" in r.err
 
 
 @pytest.mark.parametrize("ext", ["parquet", "npy"])
-def test_train_parquet_and_npy(tmp_path, ext):
+def test_train_parquet_and_npy(capfd, tmp_path, ext, scheduler):
     path = tmp_path / f"d.{ext}"
-    assert run("generate", str(path), "--rows", "200", "--cols", "5").returncode == 0
-    args = ["--labels", str(tmp_path / "d.labels.npy")] if ext == "npy" else []
-    r = run("train", str(path), *args, "--solver", "lbfgs", "--workers", "1", "--json")
-    assert r.returncode == 0, r.stderr
-    assert last_json(r.stdout)["status"] == "converged"
+    assert cli(capfd, "generate", path, "--rows", "200", "--cols", "5").rc == 0
+    args = ["--labels", tmp_path / "d.labels.npy"] if ext == "npy" else []
+    r = cli(capfd, "train", path, *args, "--scheduler", scheduler, "--json")
+    assert r.rc == 0, r.err
+    assert last_json(r.out)["status"] == "converged"
 
 
 def _write_csv(path, header, rows):
     with open(path, "w") as f:
         f.write(header + "\n")
-        for row in rows:
-            f.write(",".join(str(v) for v in row) + "\n")
+        f.writelines(",".join(str(v) for v in row) + "\n" for row in rows)
 
 
 BAD = {
     "nan": ("a,b,label", [[1, "nan", 0], [2, 3, 1]], "NaN or infinite"),
     "inf": ("a,b,label", [[1, "inf", 0], [2, 3, 1]], "NaN or infinite"),
-    "labels": ("a,b,label", [[1, 2, 0], [2, 3, 2]], "labels must be 0 or 1"),
+    "missing-label": ("a,b,label", [[1, 2, 0], [2, 3, ""], [3, 1, 1]], "missing value"),
+    "inf-label": ("a,b,label", [[1, 2, 0], [2, 3, "inf"], [3, 1, 1]], "NaN or infinite"),
     "single": ("a,b,label", [[1, 2, 1], [2, 3, 1]], "only one class"),
     "empty": ("a,b,label", [], "no rows"),
     "text": ("a,b,label", [[1, "x", 0], [2, "y", 1]], "not numeric"),
     "nolabel": ("a,b,c", [[1, 2, 0], [2, 3, 1]], "label column 'label' not found"),
+    "ragged": ("a,b,label", [[1, 2, 0], [2, 3, 1, 5]], "cannot read"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_csv_input_is_one_line_and_exit_2(tmp_path, case):
+def test_bad_csv_input_is_one_line_and_exit_2(capfd, tmp_path, case, scheduler):
     header, rows, match = BAD[case]
     path = tmp_path / "bad.csv"
     _write_csv(path, header, rows)
     out = tmp_path / "model.npz"
-    r = run("train", str(path), "--workers", "1", "--out", str(out))
-    assert r.returncode == 2, r.stdout + r.stderr
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and match in err[0], r.stderr
-    assert "Traceback" not in r.stderr
+    r = cli(capfd, "train", path, "--scheduler", scheduler, "--out", out)
+    assert r.rc == 2, r.out + r.err
+    assert len(r.err_lines) == 1 and match in r.err_lines[0] and r.err.startswith("dlogit: error: "), r.err
+    assert "Traceback" not in r.err
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".dlogit-")]
 
 
-def test_length_mismatch_and_unreadable_files(tmp_path):
+def test_labels_are_not_only_0_and_1(capfd, tmp_path, scheduler):
+    path = tmp_path / "l.csv"
+    _write_csv(path, "a,b,label", [[1, 2, 0], [2, 3, 2], [3, 1, 0], [0, 2, 2]])
+    r = cli(capfd, "train", path, "--scheduler", scheduler, "--json")
+    assert r.rc == 0, r.err
+    assert last_json(r.out)["classes"] == ["0", "2"]
+
+
+def test_length_mismatch_and_unreadable_files(capfd, tmp_path, scheduler):
     X = tmp_path / "x.npy"
     np.save(X, np.ones((4, 2)))
     np.save(tmp_path / "y.npy", np.array([0.0, 1.0, 1.0]))
     cases = [
-        (["train", str(X), "--labels", str(tmp_path / "y.npy")], "4 rows but"),
-        (["train", str(tmp_path / "missing.csv")], "cannot read"),
-        (["train", str(tmp_path / "data.txt")], "cannot tell the format"),
-        (["predict", str(tmp_path / "nomodel.npz"), str(X), "--out", str(tmp_path / "p.csv")],
-         "model file not found"),
+        (["train", X, "--labels", tmp_path / "y.npy"], "4 rows but"),
+        (["train", tmp_path / "missing.csv"], "cannot read"),
+        (["train", tmp_path / "data.txt"], "cannot tell the format"),
+        (["predict", tmp_path / "nomodel.npz", X, "--out", tmp_path / "p.csv"], "model file not found"),
         (["train", "--synthetic", "10y5"], "ROWSxCOLS"),
     ]
     for args, match in cases:
-        r = run(*args, "--workers", "1") if args[0] == "train" else run(*args)
-        assert r.returncode == 2, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1 and match in r.stderr, (args, r.stderr)
+        r = cli(capfd, *args, "--scheduler", scheduler) if args[0] == "train" else cli(capfd, *args)
+        assert r.rc == 2, (args, r.err)
+        assert len(r.err_lines) == 1 and match in r.err, (args, r.err)
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_bad_cpu_kernel_setting_is_one_line_and_exit_2(tmp_path):
+def test_bad_cpu_kernel_setting_is_one_line_and_exit_2(capfd, tmp_path):
+    import dask
+
     out = tmp_path / "m.npz"
-    env = {**os.environ, "DASK_DLOGIT__CPU_KERNEL": "fastest"}
-    r = subprocess.run([*DLOGIT, "train", "--workers", "1", "--out", str(out)], capture_output=True,
-                       text=True, timeout=120, env=env, check=False)
-    assert r.returncode == 2, r.stdout + r.stderr
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "dlogit.cpu-kernel must be one of auto, fused, blas" in err[0], r.stderr
-    assert "dashboard" not in r.stdout and not out.exists()  # rejected before any cluster starts
+    with dask.config.set({"dlogit.cpu-kernel": "fastest"}):
+        r = cli(capfd, "train", "--workers", "1", "--out", out)
+    assert r.rc == 2, r.out + r.err
+    assert len(r.err_lines) == 1 and "dlogit.cpu-kernel must be one of auto, fused, blas" in r.err, r.err
+    assert "dashboard" not in r.out and not out.exists()  # rejected before any cluster starts
 
 
-def test_unreachable_scheduler_fails_fast():
-    import socket
-
+def test_unreachable_scheduler_fails_fast(capfd):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = run("train", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2s", timeout=60)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "cannot reach the Dask scheduler" in r.stderr
+    t0 = time.monotonic()
+    r = cli(capfd, "train", "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2s")
+    assert r.rc == 2 and time.monotonic() - t0 < 30
+    assert len(r.err_lines) == 1 and "cannot reach the Dask scheduler" in r.err
 
 
-def test_predict_rejects_wrong_feature_count(csv_file, tmp_path):
+def test_predict_rejects_wrong_feature_count(capfd, csv_file, tmp_path, scheduler):
     model = tmp_path / "m.npz"
-    assert run("train", "--synthetic", "50x3", "--workers", "1", "--max-iter", "5", "--out",
-               str(model)).returncode == 0
-    r = run("predict", str(model), str(csv_file), "--out", str(tmp_path / "p.csv"))
-    assert r.returncode == 2 and "6 feature columns" in r.stderr
+    assert cli(capfd, "train", "--synthetic", "50x3", "--scheduler", scheduler, "--max-iter", "5", "--out",
+               model).rc == 0
+    r = cli(capfd, "predict", model, csv_file, "--out", tmp_path / "p.csv")
+    assert r.rc == 2 and len(r.err_lines) == 1 and "6 feature columns" in r.err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_notices_and_progress_go_to_stdout(capfd, tmp_path, scheduler):
+    """stdout: notices ('dropped column ...'), progress and the summary; stderr: nothing on success."""
+    rng = np.random.default_rng(0)
+    import pandas as pd
+
+    X = rng.standard_normal((200, 2))
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "label": (X[:, 0] > 0).astype(int)}).to_csv(tmp_path / "d.csv")
+    r = cli(capfd, "train", tmp_path / "d.csv", "--scheduler", scheduler, "--progress", "1", "--l2", "0.1")
+    assert r.rc == 0 and r.err == "", r.err
+    assert "dlogit: dropped column 'Unnamed: 0'" in r.out
+    assert any(line.startswith("step 0 ") for line in r.out.splitlines())
+    assert any(line.startswith("done: converged") for line in r.out.splitlines())
+    r = cli(capfd, "train", tmp_path / "d.csv", "--scheduler", scheduler, "--quiet")
+    assert r.rc == 0 and r.err == "" and "dropped column" not in r.out
+
+
+def test_help_lists_exit_codes_and_new_options(capfd):
+    r = cli(capfd, "--help")
+    assert r.rc == 0 and "Exit codes:" in r.out
+    for code in ("0 ", "2 ", "3 ", "130", "143"):
+        assert code in r.out.split("Exit codes:")[1]
+    r = cli(capfd, "train", "--help")
+    assert r.rc == 0
+    for opt in ("--checkpoint", "--checkpoint-every", "--resume", "--keep-diverged", "--index-col", "--verbose"):
+        assert opt in r.out, opt

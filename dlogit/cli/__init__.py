@@ -7,8 +7,11 @@ coefficients); 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -26,7 +29,15 @@ class NotConverged(DlogitError):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlogit")
 def cli() -> None:
-    """Distributed logistic regression on Dask clusters of NumPy or CuPy chunks."""
+    """Distributed logistic regression on Dask clusters of NumPy or CuPy chunks.
+
+    \b
+    Exit codes:
+      0    success
+      2    bad input, options or environment (one line on stderr; nothing written)
+      3    the fit did not converge to a usable model (diverged; no model unless --keep-diverged)
+      130  interrupted (Ctrl-C); 143 terminated (SIGTERM) -- resume with --resume when checkpointing
+    """
 
 
 def _register() -> None:
@@ -48,9 +59,15 @@ def _register() -> None:
 _register()
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a ``\\r`` or a newline inside a user's file name or argument)
+    written as escapes, so that it prints as exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def say(message: str) -> None:
     """One line on stderr, prefixed ``dlogit: ``."""
-    click.echo(f"dlogit: {message}", err=True)
+    click.echo(f"dlogit: {one_line(message)}", err=True)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -61,7 +78,7 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.split("\n")[0].strip() if text else type(exc).__name__
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -80,6 +97,37 @@ def install_signal_handlers() -> dict[int, Any]:
     return previous
 
 
+@contextlib.contextmanager
+def children_start_without_sigint() -> Iterator[None]:
+    """Worker processes started meanwhile begin with SIGINT blocked.
+
+    A terminal's Ctrl-C goes to its whole foreground process group; a local worker process leaves
+    that group in its preload (:func:`dlogit.worker.quiet_local_worker`, which also ignores SIGINT and
+    then unblocks it), but a Ctrl-C during the seconds before -- while it imports -- would put a
+    ``KeyboardInterrupt`` traceback into it. A signal mask survives ``fork`` and ``exec``, so the
+    thread that spawns the worker (``multiprocessing``'s spawn) blocks SIGINT around the spawn; this
+    process keeps handling Ctrl-C as usual (only the spawning thread's mask changes, briefly)."""
+    import multiprocessing.util as mp_util
+
+    original = mp_util.spawnv_passfds
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+
+    def spawn_blocked(path: Any, args: Any, passfds: Any) -> int:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return original(path, args, passfds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    mp_util.spawnv_passfds = spawn_blocked
+    try:
+        yield
+    finally:
+        mp_util.spawnv_passfds = original
+
+
 def ignore_signals() -> None:
     """While shutting down after an interruption: a second Ctrl-C must not leave orphans behind."""
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,11 +137,54 @@ def ignore_signals() -> None:
             pass
 
 
+def _exit_now(code: int, hard: bool) -> None:
+    """Exit after an interruption. The fit is stopped, its checkpoint written and the cluster closed
+    by now; in a real ``dlogit`` process (``hard``) leftover work must not hold the exit -- a local
+    scheduler may still be materializing a large graph in a thread that the interpreter would join,
+    for minutes -- so stop any child process still there and leave at once."""
+    if not hard:
+        sys.exit(code)
+    import logging
+
+    logging.disable(logging.CRITICAL)  # half-started cluster tasks complain as they are collected
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    with contextlib.suppress(Exception):  # psutil missing or /proc unreadable: exit anyway
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
+        _, left = psutil.wait_procs(children, timeout=3)
+        for child in left:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    os._exit(code)
+
+
 def _usage_line(exc: click.exceptions.UsageError) -> str:
     msg = exc.format_message()
     ctx = exc.ctx
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     return f"{msg}{hint}"
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the CLI: ``dlogit: warning: <first line>`` on stderr; NumPy's
+    floating-point warnings never (a fit that overflowed ends "diverged" and says so)."""
+    if issubclass(category, RuntimeWarning) and "numpy" in (filename or ""):
+        return
+    lines = str(message).strip().splitlines()
+    text = lines[0] if lines else category.__name__
+    try:
+        click.echo(f"dlogit: warning: {one_line(text)}", err=True)
+    except (OSError, ValueError):  # stderr closed
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
 
     np.seterr(all="ignore")  # dlogit says what went wrong itself (non-finite loss -> diverged)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
+    warnings.showwarning = _one_line_warning
     install_signal_handlers()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -116,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         say("aborted")
         sys.exit(130)
     except click.exceptions.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # bare `dlogit`: its help
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         fail(_usage_line(exc), exc.exit_code)
     except click.exceptions.ClickException as exc:
         fail(exc.format_message(), exc.exit_code if exc.exit_code else EXIT_BAD_INPUT)
@@ -129,12 +224,13 @@ def main(argv: list[str] | None = None) -> None:
         ignore_signals()
         code = 143 if exc.signum == signal.SIGTERM else 130
         where = f"; checkpoint in {exc.checkpoint} (resume with --resume)" if exc.checkpoint else ""
-        say(f"{exc.message}{where}")
-        sys.exit(code)
+        what = "terminated" if code == 143 else (exc.message or "interrupted")
+        say(f"{what}{where}")
+        _exit_now(code, argv is None)
     except KeyboardInterrupt:
         ignore_signals()
         say("interrupted")
-        sys.exit(130)
+        _exit_now(130, argv is None)
     except BrokenPipeError:
         sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

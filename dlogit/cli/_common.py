@@ -12,15 +12,20 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
     """``(model, X, y, w)`` for DATA read the way the model's training data was read (the same
     label/weights columns, separator and categorical encoding, unless the options say otherwise);
     non-finite features and a feature mismatch are one-line :class:`DataError`s."""
+    from dataclasses import replace
+
     from dlogit.cli._options import source_from_options
     from dlogit.data import load_local
     from dlogit.errors import DataError
     from dlogit.estimator import load_model
     from dlogit.stats import chunk_stats
 
-    from dataclasses import replace
-
     model = load_model(model_path)
+    if model.status_ == "diverged":
+        from dlogit.errors import ModelError
+
+        raise ModelError(f"{model_path} holds a fit that diverged (kept with --keep-diverged): its "
+                         "predictions would be meaningless; train again (see the advice it printed)")
     trained = model.meta_.get("source", {}) or {}
     opts = dict(opts)
     for key in ("label", "sep", "index_col", "n_features"):  # read DATA the way training read its data
@@ -42,5 +47,24 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
         raise DataError(f"{data} has {X.shape[1]} feature columns but the model was trained on {want}")
     if names and info.feature_names and list(info.feature_names) != list(names):
         raise DataError(f"the feature columns of {data} differ from those the model was trained on")
+    _check_finite(X, data)
     chunk_stats(X, y if require_label else None, w, require_labels=require_label)  # NaN/inf, shapes, weights
     return model, X, y, w
+
+
+def _check_finite(X: Any, data: str) -> None:
+    """A :class:`DataError` naming the first row of DATA with a NaN or infinite feature (a missing cell
+    reads as NaN): a prediction for such a row would be meaningless."""
+    from dlogit.errors import DataError
+
+    values = X.data if hasattr(X, "indptr") else np.asarray(X)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    n = int(bad.sum())
+    if hasattr(X, "indptr"):
+        row = int(np.searchsorted(X.indptr, int(np.argmax(bad)), side="right")) - 1
+    else:
+        row = int(np.argmax(bad.any(axis=1)))
+    raise DataError(f"{data}: row {row + 1} has a missing, NaN or infinite feature value ({n} such value(s) "
+                    "in all); fill or drop those rows first")

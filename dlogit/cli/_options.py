@@ -10,6 +10,29 @@ import click
 FORMAT_CHOICES = ["csv", "tsv", "parquet", "npy", "libsvm", "zarr"]
 
 
+class FiniteFloat(click.ParamType):
+    """A finite float, at least ``min`` (``positive``: strictly above it): ``inf``/``nan`` are usage errors."""
+
+    name = "float"
+
+    def __init__(self, min: float = 0.0, positive: bool = False) -> None:
+        self.min, self.positive = float(min), positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"must be a finite number, got {value!r}", param, ctx)
+        if x < self.min or (self.positive and x == self.min):
+            bound = f"> {self.min:g}" if self.positive else f">= {self.min:g}"
+            self.fail(f"must be {bound}, got {value!r}", param, ctx)
+        return x
+
+
 def duration(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> float | None:
     """A click callback: ``30``, ``2.5s``, ``5min`` -> seconds (a bad value is one usage line)."""
     if value is None:
@@ -23,6 +46,64 @@ def duration(ctx: click.Context | None, param: click.Parameter | None, value: An
     if not seconds > 0:
         raise click.BadParameter(f"must be positive, got {value!r}")
     return seconds
+
+
+_CONFIG_DURATIONS = ("connect-timeout", "checkpoint-every", "engine.heartbeat", "engine.replica-every",
+                     "engine.attach-timeout", "engine.recover-timeout", "monitor.interval")
+_CONFIG_BYTES = ("chunk-bytes", "engine.worker-local-bytes", "engine.worker-local-bytes-gpu")
+_CONFIG_INTS = ("max-classes", "engine.max-recoveries", "engine.tree-radix")
+
+
+def config_duration(key: str) -> float:
+    """``dlogit.<key>`` in seconds; a bad value is a one-line :class:`~dlogit.errors.ConfigError`."""
+    import dask
+
+    from dlogit.errors import ConfigError
+
+    value = dask.config.get(f"dlogit.{key}")
+    try:
+        seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError(f"dlogit.{key} must be a duration (e.g. 30s, 5min), got {value!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"dlogit.{key} must be positive, got {value!r}")
+    return seconds
+
+
+def check_config() -> None:
+    """Check the ``dlogit.*`` settings a command may read (YAML, ``DASK_DLOGIT__*``) before any work,
+    so that a bad value is one line naming the key, not a traceback from deep inside a fit."""
+    import dask
+
+    from dlogit.errors import ConfigError
+
+    def present(key: str) -> bool:
+        return dask.config.get(f"dlogit.{key}", None) is not None
+
+    for key in _CONFIG_DURATIONS:
+        if present(key):
+            config_duration(key)
+    for key in _CONFIG_BYTES:
+        if present(key):
+            value = dask.config.get(f"dlogit.{key}")
+            try:
+                ok = int(dask.utils.parse_bytes(value)) >= 1
+            except (ValueError, TypeError, KeyError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"dlogit.{key} must be a size (e.g. 128MiB), got {value!r}")
+    for key in _CONFIG_INTS:
+        if present(key):
+            value = dask.config.get(f"dlogit.{key}")
+            try:
+                ok = int(value) == float(value) and int(value) >= 1
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"dlogit.{key} must be a positive integer, got {value!r}")
+    value = dask.config.get("dlogit.precondition", True)
+    if not isinstance(value, bool) and str(value).lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"dlogit.precondition must be true or false, got {value!r}")
 
 
 def byte_size(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> int | None:

@@ -21,7 +21,7 @@ import click
 
 logger = logging.getLogger("dlogit.cli.cluster")
 
-from dlogit.cluster import is_loopback  # noqa: E402  (re-exported for the tests)
+from dlogit.cluster import is_loopback
 
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
@@ -32,7 +32,7 @@ def exposure_warning(host: str, tls: bool) -> str | None:
     if tls or is_loopback(host):
         return None
     return (
-        f"warning: binding the scheduler to {host} without TLS: anyone who can reach this "
+        f"dlogit: warning: binding the scheduler to {host} without TLS: anyone who can reach this "
         "address can run arbitrary code on the workers; use --tls-ca-file/--tls-cert/--tls-key "
         "or keep --host 127.0.0.1 and tunnel (ssh -L)"
     )
@@ -114,7 +114,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
        tls_ca_file, tls_cert, tls_key) -> None:
     """Start a scheduler and workers here and keep them running until Ctrl-C / SIGTERM."""
     from dlogit import cluster as dcluster
-    from dlogit.errors import DlogitError
+    from dlogit.errors import ClusterError, DlogitError
 
     try:
         security = dcluster.make_security(tls_ca_file, tls_cert, tls_key)
@@ -149,10 +149,13 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
                 # already said above, once, in this command's words
                 warnings.filterwarnings("ignore", message=r"binding the cluster to .* without TLS",
                                         category=RuntimeWarning)
-                lc = dcluster.start_local_cluster(**kwargs)
+                from dlogit.cli import children_start_without_sigint
+
+                with children_start_without_sigint():  # a Ctrl-C while the workers import is ours alone
+                    lc = dcluster.start_local_cluster(**kwargs)
         except (DlogitError, OSError, ValueError, ImportError) as exc:
-            click.echo(f"error: cannot start the cluster: {exc}", err=True)
-            sys.exit(2)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"cannot start the cluster: {text}") from None
 
         address = lc.scheduler_address
         if scheduler_file:
@@ -173,18 +176,17 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
         while not stop.wait(0.5):
             status = getattr(getattr(lc, "scheduler", None), "status", None)
             if status is not None and getattr(status, "name", str(status)) in ("closed", "failed"):
-                click.echo("error: the scheduler stopped", err=True)
-                sys.exit(1)
+                raise ClusterError("the scheduler stopped")
     finally:
         # a second Ctrl-C while closing must not leave orphans behind: ignore it
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         if lc is not None:
-            click.echo("stopping...", err=True)
+            click.echo("stopping...")
             try:
                 lc.close(timeout=30)
             except Exception as exc:  # noqa: BLE001 - still remove the file and exit cleanly
-                click.echo(f"warning: closing the cluster: {exc}", err=True)
+                click.echo(f"dlogit: warning: closing the cluster: {str(exc).strip()[:200]}", err=True)
         if wrote_file:
             try:
                 os.unlink(scheduler_file)
@@ -192,4 +194,4 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
                 pass
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    click.echo("stopped", err=True)
+    click.echo("stopped")

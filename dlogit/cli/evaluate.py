@@ -30,7 +30,7 @@ def roc_auc(pos: np.ndarray, score: np.ndarray, weights: np.ndarray | None = Non
     return float(np.sum(group_pos * (below + 0.5 * group_neg)) / (wp * wn))
 
 
-def metrics(model, X, y, w=None) -> dict[str, float]:  # noqa: ANN001
+def metrics(model, X, y, w=None) -> dict[str, float]:
     """Weighted log-loss (no penalty), accuracy and ROC-AUC (binary) or macro one-vs-rest AUC."""
     from dlogit.family import get_family
 
@@ -51,11 +51,11 @@ def metrics(model, X, y, w=None) -> dict[str, float]:  # noqa: ANN001
         aucs = [a for a in aucs if np.isfinite(a)]
         auc = float(np.mean(aucs)) if aucs else float("nan")
         name = "roc_auc_ovr_macro"
-    return {"logloss": loss, "accuracy": acc, name: auc, "rows": int(len(codes)),
+    return {"logloss": loss, "accuracy": acc, name: auc, "rows": len(codes),
             "weighted": w is not None, "n_classes": int(K)}
 
 
-def _classes_of(model):  # noqa: ANN001, ANN202
+def _classes_of(model):
     from dlogit.family import Classes
 
     classes = np.asarray(model.classes_)

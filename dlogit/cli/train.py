@@ -18,7 +18,15 @@ from typing import Any
 
 import click
 
-from dlogit.cli._options import cluster_options, data_options, duration, source_from_options
+from dlogit.cli._options import (
+    FiniteFloat,
+    check_config,
+    cluster_options,
+    config_duration,
+    data_options,
+    duration,
+    source_from_options,
+)
 
 
 class _PlainProgress:
@@ -66,13 +74,13 @@ def _warn(message: str) -> None:
               help="Weight classes inversely to their frequency (S / (K S_k)).")
 @click.option("--solver", type=click.Choice(["gd", "lbfgs", "newton"]), default=None,
               help="[default: lbfgs for a DATA file, gd for synthetic data (the textbook run)]")
-@click.option("--l2", type=float, default=0.01, show_default=True, help="L2 strength in l2*||W||^2.")
-@click.option("--l1", type=float, default=0.0, show_default=True,
+@click.option("--l2", type=FiniteFloat(), default=0.01, show_default=True, help="L2 strength in l2*||W||^2.")
+@click.option("--l1", type=FiniteFloat(), default=0.0, show_default=True,
               help="L1 strength in l1*||W||_1 (sparse coefficients; lbfgs runs OWL-QN, gd is proximal).")
-@click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate (gd).")
+@click.option("--lr", type=FiniteFloat(positive=True), default=0.1, show_default=True, help="Learning rate (gd).")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None,
               help="[default: 10001 for gd, 1000 for lbfgs, 100 for newton]")
-@click.option("--tol", type=click.FloatRange(min=0), default=None,
+@click.option("--tol", type=FiniteFloat(), default=None,
               help="Stop at ||grad|| <= tol (with L1: the minimum-norm subgradient) [default: 0 for gd, 1e-6 otherwise].")
 @click.option("--init", type=click.Choice(["normal", "zeros"]), default=None,
               help="Starting coefficients (intercepts start at 0) [default: normal for synthetic data, zeros for files].")
@@ -107,12 +115,16 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
 
     from dlogit import data as data_mod
     from dlogit.cli import NotConverged
-    from dlogit.errors import ConfigError
+    from dlogit.engine import SchedulerLost
+    from dlogit.errors import ClusterError, ConfigError, DlogitError
     from dlogit.estimator import LogisticRegression
     from dlogit.files import check_output
     from dlogit.spec import CheckpointSpec
 
+    check_config()
     cluster = {k: opts.pop(k) for k in list(opts) if k in _CLUSTER_KEYS}
+    if cluster["connect_timeout"] is None:
+        cluster["connect_timeout"] = config_duration("connect-timeout")
     if data and synthetic_shape:
         raise ConfigError("give either DATA or --synthetic, not both")
     synthetic = data is None
@@ -132,10 +144,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         check_output(out, inputs=inputs, suffixes=(".npz",), what="model")
     ckpt = None
     if checkpoint is not None:
-        import dask
-
-        every = checkpoint_every if checkpoint_every is not None else dask.utils.parse_timedelta(
-            dask.config.get("dlogit.checkpoint-every", "30s"))
+        every = checkpoint_every if checkpoint_every is not None else config_duration("checkpoint-every")
         for src in inputs:
             if src and os.path.abspath(src) == os.path.abspath(checkpoint):
                 raise ConfigError(f"--checkpoint {checkpoint} is one of the inputs")
@@ -149,7 +158,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     _check_plan(cluster.get("workers"), synthetic and rows, opts.get("chunk_rows"))
 
     t0 = time.perf_counter()
-    with _cluster(cluster, quiet, verbose) as (client, kind):
+    with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose) as (client, kind):
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
         if synthetic:
@@ -171,7 +180,8 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                            "feature_names": ds.info.feature_names, "sep": source.sep,
                            "index_col": source.index_col, "n_features": source.n_features,
                            "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
-        _check_chunks(int(X.numblocks[0]), X.shape[0])
+        if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
+            _check_chunks(int(X.numblocks[0]), X.shape[0])
         X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
         progress = _progress(spec.max_iter, period, quiet)
@@ -180,7 +190,18 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint, callback=progress)
+                tracker = _StepTracker(progress)
+                try:
+                    model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
+                              callback=tracker)
+                except SchedulerLost:
+                    raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
+                except (DlogitError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # the client's own failure once the scheduler is gone
+                    if _scheduler_gone(client, exc):
+                        raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
+                    raise
         finally:
             progress.close()
         if not synthetic and ds.info.feature_names:
@@ -192,23 +213,20 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             with client.as_current():
                 accuracy = model.score(X, y, sample_weight=None)
         workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-    for w_ in caught:
-        if not (w_.category.__name__ == "ConvergenceWarning" and model.status_ == "diverged"):
-            click.echo(f"dlogit: warning: {w_.message}", err=True)
+    _report_warnings(caught, model.status_)
     if not usable:
         if out and keep_diverged:
             model.save(out, source=meta_source, accuracy=None)
-        advice = ("lower --lr (e.g. --lr 0.01) or standardize the columns" if solver == "gd"
-                  else "standardize the columns or raise --l2")
         kept = f"; model written to {out} (--keep-diverged)" if out and keep_diverged else "; no model written"
-        raise NotConverged(f"the fit diverged ({model.message_ or 'non-finite coefficients'}): {advice}{kept}")
+        raise NotConverged(f"the fit diverged: {_divergence_why(model.message_)}; "
+                           f"{_divergence_advice(model.message_, solver, lr, l2, init)}{kept}")
     if out:
         model.save(out, source=meta_source, accuracy=accuracy)
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
                "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
                "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
                "mode": model.mode_, "kernel": model.kernel_, "solver": solver,
-               "family": model.family_, "n_classes": int(len(model.classes_)),
+               "family": model.family_, "n_classes": len(model.classes_),
                "classes": [str(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
                "coef_norm": float(np.linalg.norm(model.coef_)),
                "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
@@ -221,7 +239,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s), "
                f"{model.mode_} mode, {model.kernel_} kernel{classes})")
     sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if l1 > 0 else ""
-    click.echo(f"loss {model.loss_:.6f}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
+    click.echo(f"loss {_num(model.loss_)}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
                f"{sparsity}")
     if out:
         click.echo(f"model written to {out}")
@@ -231,9 +249,91 @@ _CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "host", "dashboard_address"
                  "scheduler_file", "connect_timeout", "tls_ca_file", "tls_cert", "tls_key")
 
 
+class _StepTracker:
+    """Passes every event to the progress printer, remembering the last step seen."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.step: int | None = None
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "progress" and msg.get("step"):
+            self.step = int(msg["step"][-1])
+        self.inner(msg)
+
+
+def _scheduler_gone(client: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` from a fit means the client lost its scheduler (it no longer runs, or Dask
+    cancelled the fit's task for that reason)."""
+    if "scheduler-connection-lost" in str(exc):
+        return True
+    return getattr(client, "status", "running") not in ("running", "newly-created")
+
+
+def _lost_scheduler(step: int | None, ckpt: Any) -> str:
+    where = f" at step {step}" if step is not None else " during the fit"
+    text = f"lost the Dask scheduler{where}"
+    if ckpt is not None:
+        path = os.path.join(ckpt.directory, "checkpoint.npz")
+        if os.path.exists(path):
+            return f"{text}; resume with --resume (the checkpoint {path} holds the last saved step)"
+        return f"{text}; no checkpoint was written yet"
+    return f"{text}; the fit is lost (--checkpoint DIR lets a fit resume)"
+
+
+def _num(x: float) -> str:
+    """A loss for a summary line: six decimals in the usual range, else six significant digits."""
+    return f"{x:.6f}" if 1e-4 <= abs(x) < 1e6 else f"{x:.6g}"
+
+
+def _report_warnings(caught: list[warnings.WarningMessage], status: str) -> None:
+    """The fit's warnings, each once and on one line (NumPy floating-point warnings never: a fit that
+    overflowed says so itself, as status "diverged")."""
+    seen = set()
+    for w in caught:
+        if w.category.__name__ == "ConvergenceWarning" and status == "diverged":
+            continue
+        if issubclass(w.category, RuntimeWarning) and "numpy" in (w.filename or ""):
+            continue
+        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else w.category.__name__
+        if text not in seen:
+            seen.add(text)
+            _warn(text)
+
+
+def _divergence_why(message: str | None) -> str:
+    """What the solver saw, without its own generic advice (the CLI gives its own, in option names)."""
+    import re
+
+    text = (message or "the coefficients became non-finite").strip().splitlines()[0]
+    m = re.match(r"^(.*?\))\s*:\s", text)
+    return m.group(1) if m else text
+
+
+def _divergence_advice(message: str | None, solver: str, lr: float, l2: float, init: str) -> str:
+    """One piece of advice that would fix the run, in the CLI's option names."""
+    if "starting point" in (message or ""):
+        if init == "normal":
+            return "use --init zeros, or standardize the columns"
+        return "the feature values are too large to compute with in float64: standardize (rescale) the columns"
+    if solver == "gd":
+        # gd needs lr < 2/L and the penalty alone makes L >= 2*l2: lr < 1/l2 at the very least
+        safe = min(lr / 10, 0.5 / l2) if l2 > 0 else lr / 10
+        return (f"lower --lr (try --lr {safe:.2g}), standardize the columns, or use --solver lbfgs "
+                "(it copes with unscaled columns)")
+    return "standardize the columns or raise --l2"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _check_plan(workers: int | None, rows: int | None, chunk_rows: int | None) -> None:
     """One-line warnings for plans that cannot work well (before anything starts)."""
-    cores = os.cpu_count() or 1
+    cores = _cores()
     if workers is not None and workers > 4 * cores:
         _warn(f"--workers {workers} on {cores} core(s): start-up will be slow and the workers will "
               f"compete for the cores; use --workers {max(1, cores)} (one per core) or a real cluster")
@@ -260,6 +360,30 @@ def _to_gpu(a: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _quiet_dask_logs(verbose: bool) -> Any:
+    """Dask's own log lines (a client reconnecting, a comm closing, with tracebacks) stay off the
+    terminal unless --verbose: dlogit says what happened in its own one line."""
+    import logging
+
+    if verbose:
+        yield
+        return
+    names = ["distributed", "asyncio"] + [n for n in list(logging.root.manager.loggerDict)
+                                          if n.startswith("distributed.")]
+    saved = {}
+    for name in names:
+        lg = logging.getLogger(name)
+        if name in ("distributed", "asyncio") or lg.level != logging.NOTSET:
+            saved[name] = lg.level
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
 def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
     """Yield ``(client, kind)``: an existing scheduler when one is named, else a local cluster."""
     from distributed import Client
@@ -282,10 +406,14 @@ def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
     if not quiet:
         what = f"{n} CPU worker(s)" if n else ("GPU workers" if opts["gpus"] else "workers")
         click.echo(f"dlogit: starting a local cluster ({what})...")
-    cluster = start_local_cluster(workers=opts["workers"], gpus=opts["gpus"], host=opts["host"],
-                                  dashboard_address=opts["dashboard_address"],
-                                  rmm_pool_size=opts["rmm_pool_size"], security=security)
+    from dlogit.cli import children_start_without_sigint
+
+    cluster = None
     try:
+        with children_start_without_sigint():  # a Ctrl-C while they import is ours alone
+            cluster = start_local_cluster(workers=opts["workers"], gpus=opts["gpus"], host=opts["host"],
+                                          dashboard_address=opts["dashboard_address"],
+                                          rmm_pool_size=opts["rmm_pool_size"], security=security)
         client = Client(cluster, security=security, set_as_default=False)
         try:
             if cluster.kind == "cpu" and opts["workers"] is None and verbose:
@@ -297,7 +425,8 @@ def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
         finally:
             _close_quietly(client)
     finally:
-        _close_quietly(cluster)
+        if cluster is not None:
+            _close_quietly(cluster)
 
 
 def _close_quietly(obj: Any) -> None:
@@ -310,33 +439,49 @@ def _close_quietly(obj: Any) -> None:
 
 
 def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, Any]:
-    """Read or generate the data on the workers and keep it there (timed apart from the fit), showing
-    how many chunks are loaded on a terminal."""
+    """Read or generate the data on the workers and keep it there (timed apart from the fit).
+
+    A load that takes more than a second shows how many chunks are in: rewritten in place on a
+    terminal, else one line every few seconds (stdout, like every notice)."""
     from distributed import futures_of
 
     arrays = [a for a in (X, y, w) if a is not None]
-    persisted = client.persist(arrays)
+    with warnings.catch_warnings():  # dask's advice about graph size is not for a CLI user
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        persisted = client.persist(arrays)
     futs = [f for a in persisted for f in futures_of(a)]
-    total = len(futs)
-    tty = sys.stderr.isatty() and not quiet
+    x_futs = futures_of(persisted[0])
+    total = len(x_futs)  # chunks of X (the labels and weights come with them)
+    tty = _isatty(sys.stdout)
     t0 = time.monotonic()
+    next_show = t0 + 1.0
+    shown = False
     while True:
-        done = sum(f.done() for f in futs)
-        if done == total:
-            break
         errored = next((f for f in futs if f.status == "error"), None)
         if errored is not None:
             errored.result()  # raises the reader's DataError
-        if tty and time.monotonic() - t0 > 1.0:
-            click.echo(f"\rdlogit: loading data: {done}/{total} chunks", err=True, nl=False)
+        if all(f.done() for f in futs):
+            break
+        done = sum(f.done() for f in x_futs)
+        now = time.monotonic()
+        if not quiet and now >= next_show:
+            line = f"dlogit: loading data: {done}/{total} chunks"
+            click.echo(f"\r{line}" if tty else line, nl=not tty)
+            next_show = now + (0.2 if tty else 5.0)
+            shown = True
         time.sleep(0.05)
-    for f in futs:
-        if f.status == "error":
-            f.result()
-    if tty and time.monotonic() - t0 > 1.0:
-        click.echo(f"\rdlogit: loading data: {total}/{total} chunks", err=True)
+    if shown:
+        line = f"dlogit: loading data: {total}/{total} chunks in {time.monotonic() - t0:.1f}s"
+        click.echo(f"\r{line}" if tty else line)
     it = iter(persisted)
     return next(it), next(it), (next(it) if w is not None else None)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _say_dashboard(client: Any, quiet: bool) -> None:
