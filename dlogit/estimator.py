@@ -169,7 +169,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             run=run or new_run_id(), solver=self.solver, max_iter=max_iter, tol=tol, lr=float(self.lr),
             l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
             init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
-            precondition=bool(dask.config.get("dlogit.precondition", True)),
+            precondition=_config_bool("dlogit.precondition", True),
             max_classes=int(dask.config.get("dlogit.max-classes", 1000)),
             period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
             checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
@@ -230,9 +230,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         if self.status_ == "diverged":
             warnings.warn(f"{self.solver} diverged: {r.message}", ConvergenceWarning, stacklevel=3)
         elif self.status_ in ("max_iter", "stalled") and spec.tol > 0:
-            hint = "increase max_iter" if self.status_ == "max_iter" else "loosen tol"
-            warnings.warn(f"{self.solver} did not converge in {self.n_iter_} iterations "
-                          f"({r.message}): optimality {self.grad_norm_:.3g} > tol = {spec.tol:g}; {hint}",
+            why = r.message or ("increase max_iter" if self.status_ == "max_iter" else "loosen tol")
+            warnings.warn(f"{self.solver} did not converge in {self.n_iter_} iterations: {why}",
                           ConvergenceWarning, stacklevel=3)
 
     # ---------------------------------------------------------------------------------------------
@@ -356,6 +355,21 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         return params
 
 
+def _config_bool(key: str, default: bool) -> bool:
+    """A boolean dask config value (``DASK_DLOGIT__PRECONDITION=false`` arrives as a string)."""
+    import dask
+
+    value = dask.config.get(key, default)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:
     if checkpoint is None:
         return None
@@ -368,7 +382,10 @@ def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:
         spec = CheckpointSpec(os.fspath(checkpoint), every=float(every), resume=False)
     from dlogit.checkpoint import check_directory
 
-    spec = CheckpointSpec(os.path.abspath(spec.directory), spec.every, spec.resume)
+    from dlogit.files import current_umask
+
+    mode = spec.mode if spec.mode is not None else 0o666 & ~current_umask()  # the client's umask
+    spec = CheckpointSpec(os.path.abspath(spec.directory), spec.every, spec.resume, mode)
     check_directory(spec.directory, spec.resume)
     return spec
 

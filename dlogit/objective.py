@@ -188,6 +188,15 @@ class Reparam:
         return out
 
 
+def column_spread(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int) -> np.ndarray:
+    """Each column's standard deviation from the scaled moments (1 where a column has no spread)."""
+    n = max(1, int(n_rows))
+    mean_s = col_sum / n
+    std = col_max * np.sqrt(np.maximum(col_sq / n - mean_s * mean_s, 0.0))
+    ok = np.isfinite(std) & (std > 1e-12 * col_max) & (std > 0)
+    return np.where(ok, std, 1.0)
+
+
 def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int,
                    center: bool, l2: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Column scales and shifts from scaled moments (see :class:`dlogit.stats.ChunkStats`).

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dlogit.family import Classes, Family, ParamLayout, class_multipliers, family_for
-from dlogit.objective import Reparam, preconditioner
+from dlogit.objective import Reparam, column_spread, preconditioner
 from dlogit.stats import ChunkStats
 
 
@@ -24,6 +24,9 @@ class CheckpointSpec:
     directory: str
     every: float = 30.0
     resume: bool = False
+    #: file mode of the checkpoints (default: the client's umask applied to 0o666, wherever they are
+    #: written -- a worker's own umask may differ)
+    mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class FitPlan:
     data_fingerprint: str
     sparse: bool = False
     stats: ChunkStats | None = field(default=None, repr=False, compare=False)
+    #: per parameter, the factor that turns a gradient into the gradient in standardized coordinates
+    #: (each coefficient's column's standard deviation; 1 for intercepts): the scale-free stopping rule
+    #: of the preconditioned solvers
+    standardize: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def row_weights(self, codes: np.ndarray, sample_weight: Any) -> Any:
         """A chunk's effective row weights (sample weights times class multipliers), or None."""
@@ -115,9 +122,12 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("the row weights sum to 0: nothing to fit")
     reparam = make_reparam(spec, layout, stats, spec.l2)
     theta0 = initial_theta(spec, layout)
+    std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.rows)
+    standardize = np.ones(layout.size)
+    standardize[: layout.n_outputs * layout.n_features] = np.tile(std, layout.n_outputs)
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
-                   sparse=stats.nnz < stats.rows * stats.n_features, stats=stats)
+                   sparse=stats.nnz < stats.rows * stats.n_features, stats=stats, standardize=standardize)
 
 
 def make_reparam(spec: FitSpec, layout: ParamLayout, stats: ChunkStats, l2: float) -> Reparam:

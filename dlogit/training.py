@@ -43,16 +43,22 @@ class Evaluator(Protocol):
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray: ...
 
 
-def subgradient_norm(theta: np.ndarray, grad: np.ndarray, l1: float, penalized: np.ndarray) -> float:
-    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1)."""
+def subgradient_norm(theta: np.ndarray, grad: np.ndarray, l1: float, penalized: np.ndarray,
+                     standardize: np.ndarray | None = None) -> float:
+    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1), each
+    component divided by ``standardize`` when given (the subgradient in standardized coordinates:
+    coefficients of columns divided by their standard deviation)."""
     if not l1:
-        return float(np.sqrt(np.dot(grad, grad)))
+        g = grad if standardize is None else grad / standardize
+        return float(np.sqrt(np.dot(g, g)))
     g = grad.copy()
     w = theta[penalized]
     gp = grad[penalized]
     nz = w != 0
     out = np.where(nz, gp + l1 * np.sign(w), np.sign(gp) * np.maximum(np.abs(gp) - l1, 0.0))
     g[penalized] = out
+    if standardize is not None:
+        g /= standardize
     return float(np.sqrt(np.dot(g, g)))
 
 
@@ -67,6 +73,10 @@ class _Problem:
         self.identity = plan.reparam.is_identity
         self.l1 = float(l1)
         self.penalized = plan.layout.penalized()
+        # preconditioned solvers stop on the scale-free measure: the (sub)gradient in standardized
+        # coordinates (for a column of spread 1e4 -- an income -- the raw gradient cannot get below
+        # ~1e-6 within float64, while the optimum is reached to 1e-9); gd keeps the plain gradient
+        self.standardize = None if plan.reparam.is_identity else plan.standardize
         self._last_theta_s: np.ndarray | None = None
         self._last_user: tuple[np.ndarray, np.ndarray] | None = None
         self.needs_hvp = needs_hvp
@@ -97,7 +107,7 @@ class _Problem:
             theta, grad = self._last_user
         else:
             theta, grad = self.R.to_user(theta_s), self.R.grad_to_user(grad_s)
-        return subgradient_norm(theta, grad, self.l1, self.penalized)
+        return subgradient_norm(theta, grad, self.l1, self.penalized, self.standardize)
 
 
 def _solver_problem(p: _Problem, n_params: int, l1_weights: np.ndarray | None) -> Any:
@@ -124,13 +134,20 @@ def start_params(spec: FitSpec, plan: FitPlan, mode: str, kernel: str, resumed_f
 
 def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, mode: str,
             info: dict[str, Any] | None = None, stop: Stop | None = None,
-            emitter_hook: Callable[[ProgressEmitter], None] | None = None) -> FitResult:
+            emitter_hook: Callable[[ProgressEmitter], None] | None = None,
+            start: tuple[Any, dict[str, list[float]]] | None = None,
+            on_step: Callable[[Any, dict[str, list[float]]], None] | None = None) -> FitResult:
     """Run the solver named in ``spec`` on ``evaluator``; return the :class:`FitResult`.
 
     ``stop()`` is polled between steps; a non-``None`` answer (the reason) stops the fit: a checkpoint
     is written when checkpointing is on, the end event says "interrupted", and
     :class:`~dlogit.errors.Interrupted` is raised. A ``KeyboardInterrupt`` raised inside a step (Ctrl-C
     in this process) is handled the same way, from the last completed step.
+
+    ``start`` is an in-memory checkpoint ``(solver state, history)`` to continue from (the on-cluster
+    driver restarted on another worker); it takes precedence over ``spec.checkpoint.resume``.
+    ``on_step(state, history)`` is called after every completed step (the driver copies its in-memory
+    checkpoint to other workers from there); it must copy what it keeps.
     """
     from dlogit import checkpoint as ckpt
     from dlogit.solvers import SolverOptions, get
@@ -156,12 +173,17 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     resumed_from = None
     state = None
     if spec.checkpoint is not None:
-        writer = ckpt.Checkpointer(spec.checkpoint.directory, spec.checkpoint.every, expect)
-        if spec.checkpoint.resume:
+        writer = ckpt.Checkpointer(spec.checkpoint.directory, spec.checkpoint.every, expect,
+                                   mode=spec.checkpoint.mode)
+        if spec.checkpoint.resume and start is None:
             loaded = ckpt.load(spec.checkpoint.directory, expect)
             state = loaded.state
             history = {k: [float(x) for x in loaded.history.get(k, [])] for k in history}
             resumed_from = int(state.n_iter)
+    if start is not None:
+        state = start[0]
+        history = {k: [float(x) for x in start[1].get(k, [])] for k in history}
+        resumed_from = int(state.n_iter)
 
     emitter.start(start_params(spec, plan, mode, evaluator.kernel, resumed_from, info))
     t_last = time.perf_counter()
@@ -199,6 +221,8 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
                 history["step_seconds"].append(now - t_last)
                 t_last = now
                 committed = state
+                if on_step is not None:
+                    on_step(state, history)
                 emitter.step(state.n_iter - 1, float(state.loss), float(state.grad_norm))
                 if writer is not None and writer.due():
                     writer.write(state, history)

@@ -6,11 +6,10 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import local_cluster
 
 import dlogit
 from dlogit.data import synthetic, synthetic_numpy
-from conftest import local_cluster
-
 
 # The reduction order is fixed, so runs agree to the last bit except where NumPy/BLAS SIMD loops round
 # differently for differently aligned temporaries (seen once: 5e-14 relative). A different order of
@@ -123,7 +122,7 @@ def test_two_workers_in_one_process_keep_separate_shards():
     from distributed import Client, LocalCluster
 
     Xn, yn = synthetic_numpy(800, 6, seed=5)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster, set_as_default=False) as c:
         X = da.from_array(Xn, chunks=(100, 6))
         y = da.from_array(yn, chunks=100)
@@ -185,7 +184,7 @@ def test_concurrent_fits_from_one_client_get_their_own_events(client2):
 def test_alias_chunks_resolve_to_their_task_and_share_the_graph():
     """``from_delayed`` chunks are aliases: the engine computes the real task (one scheduler round
     trip less) and keeps the array's one graph (copying it per chunk made 3000-chunk fits 4x slower)."""
-    from dlogit.engine.placement import _unalias
+    from dlogit.engine.placement import resolve_aliases as _unalias
 
     X, _ = synthetic(60, 3, seed=0, chunk_rows=20)
     chunks = list(X.to_delayed().ravel())
@@ -231,3 +230,79 @@ def test_fused_and_blas_kernels_give_the_same_model(client2):
     np.testing.assert_allclose(dist_blas.coef_, dist.coef_, rtol=1e-10)
     with dask.config.set({"dlogit.cpu-kernel": "fast"}), pytest.raises(ConfigError, match="cpu-kernel"):
         dlogit.LogisticRegression(**kw).fit(Xn, yn)
+
+
+# --------------------------------------------------------------------------------------------------
+# the pieces of distributed mode that need no cluster
+
+@pytest.mark.parametrize("radix", [2, 3, 4, 16])
+def test_worker_tree_reaches_every_worker_once_in_contiguous_subtrees(radix):
+    from dlogit.engine.placement import knomial_children
+
+    def subtree(i, n):
+        return [i, *(j for c in knomial_children(i, n, radix) for j in subtree(c, n))]
+
+    def hops(i, n):
+        return max((1 + hops(c, n) for c in knomial_children(i, n, radix)), default=0)
+
+    for n in range(1, 40):
+        parent = {}
+        for i in range(n):
+            for c in knomial_children(i, n, radix):
+                assert c not in parent and c > i
+                parent[c] = i
+        assert sorted(parent) == list(range(1, n))
+        for i in range(n):  # a subtree is a run of positions: merged node sums stay few
+            assert sorted(subtree(i, n)) == list(range(i, i + len(subtree(i, n))))
+        bound = 0 if n == 1 else int(np.ceil(np.log(n) / np.log(radix) - 1e-9))
+        assert hops(0, n) <= bound, (n, radix)
+        if n == radix ** bound:  # log_radix(n) hops, not fewer: a tree, not a star
+            assert hops(0, n) == bound
+    assert knomial_children(0, 8, 8) == list(range(1, 8))  # a radix of n or more: a star
+
+
+def test_merging_node_sums_on_the_way_up_gives_the_bits_of_the_fixed_tree():
+    """Whatever workers hold which chunks and however the tree groups them, completing the nodes
+    inside each subtree and then the root adds the same pairs in the same order as the driver
+    completing everything at once."""
+    from dlogit.engine.shard import complete_nodes, covering_nodes
+    from dlogit.objective import complete_tree, node_sum, owned_nodes
+
+    rng = np.random.default_rng(7)
+    for n_chunks in (1, 2, 5, 13, 64):
+        leaves = rng.standard_normal((n_chunks, 9)) * 10.0 ** rng.integers(-8, 8, (n_chunks, 1))
+        leaf = leaves.__getitem__
+        truth = node_sum(leaf, 0, n_chunks)
+        for _ in range(20):
+            owner = rng.integers(0, 5, n_chunks)
+            parts = {}
+            for w in range(5):  # each worker's own nodes, as Shard.node_sums gives them
+                for lo, hi in owned_nodes(np.flatnonzero(owner == w), n_chunks):
+                    parts[(lo, hi)] = node_sum(leaf, lo, hi)
+            nodes = list(parts)
+            rng.shuffle(nodes)
+            cut = int(rng.integers(0, len(nodes) + 1))
+            merged = {}
+            for group in (nodes[:cut], nodes[cut:]):  # two subtrees merge what they can
+                targets = covering_nodes(group, n_chunks)
+                merged.update(zip(targets, complete_nodes({k: parts[k] for k in group}, targets)))
+            root = complete_tree(merged, n_chunks)
+            assert np.array_equal(root, truth)
+            assert np.array_equal(root, complete_tree(parts, n_chunks))
+
+
+def test_arrays_on_the_wire_roundtrip_inline_and_as_frames():
+    from distributed.protocol import Serialized
+
+    from dlogit.engine.transport import INLINE_BYTES, _loads, pack, unpack
+
+    small = [np.arange(5.0), np.ones((2, 3))]
+    field = pack(small)
+    assert isinstance(field, dict)  # inline: a few hundred bytes
+    for a, b in zip(unpack(field), small):
+        np.testing.assert_array_equal(a, b)
+    big = [np.arange(INLINE_BYTES // 8 + 1, dtype=np.float64), np.arange(6.0).reshape(2, 3)[:, ::2]]
+    field = pack(big)
+    assert isinstance(field, Serialized) and len(field.frames) == 2  # raw frames, no msgpack of data
+    for a, b in zip(_loads(field.header, field.frames), big):
+        np.testing.assert_array_equal(a, b)

@@ -280,7 +280,7 @@ def test_tls_cluster(tmp_path, tls_files, data, reference):
         assert c.address.startswith("tls://127.0.0.1:"), c.address
         tls = ["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
         model = tmp_path / "model.npz"
-        # distributed mode: the client also opens direct (TLS) connections to the workers
+        # distributed mode: the driver runs on a worker and steps the others over the cluster's TLS comms
         out = run_dlogit("train", data["x"], "--labels", data["y_path"], *LBFGS_CLI, "--mode", "distributed",
                          "--json", "--out", str(model), "--scheduler", c.address, *tls)
         assert_trained(out, model, reference)
@@ -332,12 +332,12 @@ def test_worker_killed_mid_fit(tmp_path, loss_data, mode):
             X, y, _ = dlogit.read_data(loss_data["x"], labels=loss_data["y_path"], chunk_rows=LOSS_CHUNK,
                                        client=client)
             assert X.dtype == np.float64
-            model = dlogit.LogisticRegression(**params, mode=mode, callback=events.append)
+            model = dlogit.LogisticRegression(**params, mode=mode)
             result: dict = {}
 
             def fit():
                 try:
-                    model.fit(X, y, client=client)
+                    model.fit(X, y, client=client, callback=events.append)
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     result["error"] = exc
 

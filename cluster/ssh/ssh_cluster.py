@@ -13,8 +13,14 @@ on every worker host (shared file system or identical copies).
 
 SSH itself goes through asyncssh (`pip install asyncssh`), which reads ~/.ssh/config
 keys and known_hosts like OpenSSH; host keys are checked (no known_hosts=None here).
-The scheduler and dashboard ports are opened on the scheduler host: keep them on a
-private network, or configure TLS in the dask config of every host
+
+This machine talks to the scheduler only: the fit's driver runs on a worker and the
+workers exchange the steps among themselves over Dask's own connections (dlogit opens
+no port). With --tunnel it reaches the scheduler through a port forwarded over the SSH
+connection to the first host, so nothing of the cluster need be reachable from here
+(a laptop outside the hosts' network); otherwise the scheduler port of the first host
+must be. The scheduler and dashboard ports are opened on the scheduler host: keep them
+on a private network, or configure TLS in the dask config of every host
 (distributed.comm.tls.*) and pass --tls with the client's --tls-* files.
 """
 
@@ -51,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--tls-ca-file")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--tunnel", action="store_true",
+                   help="reach the scheduler through a port forwarded over SSH to the first host")
     p.add_argument("--dry-run", action="store_true", help="print the cluster plan as JSON and exit")
     args = p.parse_args(argv)
     args.hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
@@ -91,11 +99,40 @@ def cluster_kwargs(args) -> dict:
     }
 
 
+def tunnelled_cluster(kwargs: dict, security=None):
+    """What ``distributed.SSHCluster(**kwargs)`` starts, but this machine reaches the scheduler
+    through a local port forwarded over the SSH connection to the first host (the workers use the
+    scheduler's own address)."""
+    from distributed.deploy.spec import SpecCluster
+    from distributed.deploy.ssh import Scheduler, Worker
+
+    class TunnelledScheduler(Scheduler):
+        async def start(self):
+            await super().start()  # the scheduler runs; self.address is its own address
+            proto, rest = self.address.split("://", 1)
+            host, port = rest.rsplit(":", 1)
+            self.tunnel = await self.connection.forward_local_port("127.0.0.1", 0, host.strip("[]"),
+                                                                   int(port))
+            self.external_address = f"{proto}://127.0.0.1:{self.tunnel.get_port()}"
+
+    def options(host: str) -> dict:
+        return {"address": host, "connect_options": kwargs["connect_options"],
+                "remote_python": kwargs["remote_python"]}
+
+    scheduler = {"cls": TunnelledScheduler,
+                 "options": {**options(kwargs["hosts"][0]), "kwargs": kwargs["scheduler_options"]}}
+    workers = {i: {"cls": Worker, "options": {**options(host), "kwargs": kwargs["worker_options"],
+                                              "worker_class": kwargs["worker_class"]}}
+               for i, host in enumerate(kwargs["hosts"][1:])}
+    extra = {"security": security} if security is not None else {}
+    return SpecCluster(workers, scheduler, name="SSHCluster", **extra)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     kwargs = cluster_kwargs(args)
     if args.dry_run:
-        print(json.dumps(kwargs, indent=2))
+        print(json.dumps({**kwargs, "tunnel": args.tunnel}, indent=2))
         return 0
 
     # imported late so that --help and --dry-run work without a cluster stack
@@ -106,7 +143,8 @@ def main(argv=None) -> int:
 
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
     cluster_extra = {"security": security} if security is not None else {}
-    with SSHCluster(**kwargs, **cluster_extra) as cluster, Client(cluster, security=security) as client:
+    cluster = tunnelled_cluster(kwargs, security) if args.tunnel else SSHCluster(**kwargs, **cluster_extra)
+    with cluster, Client(cluster, security=security) as client:
         print(f"scheduler {client.scheduler.address}  dashboard {client.dashboard_link}", file=sys.stderr)
         X, y, _info = dlogit.read_data(args.data, label=args.label, labels=args.labels,
                                        chunk_rows=args.chunk_rows, client=client)

@@ -1,5 +1,5 @@
 """The engine: runs :func:`dlogit.training.run_fit` in one of three modes; the only layer of dlogit
-that imports ``distributed``.
+that imports ``distributed``. It opens no port of its own.
 
 ``in-process``
     NumPy / CuPy / SciPy-sparse arrays in this process (:mod:`dlogit.engine.local`).
@@ -9,15 +9,19 @@ that imports ``distributed``.
     (:mod:`dlogit.engine.dask_fit`). Stopped by the client at a step boundary when it is interrupted;
     stops by itself when its client goes away.
 ``distributed``
-    Every worker holds a shard (:mod:`dlogit.engine.shard`) resident in its process; a step sends
-    ``theta`` to every shard over the shard transport (:mod:`dlogit.engine.transport`), each worker
-    reduces its chunks following the fixed chunk tree and answers with its node sums, and the driver
-    completes the tree. A lost worker's chunks are re-assigned to the survivors (Dask recomputes them)
-    and the step is retried: the result does not depend on the placement.
+    Every worker holds a shard (:mod:`dlogit.engine.shard`) resident in its process; the driver runs as
+    one task on a worker (:mod:`dlogit.engine.driver`) and sends each step down a tree of workers over
+    Dask's own comms (:mod:`dlogit.engine.transport`); each worker reduces its chunks and its
+    children's answers following the fixed chunk tree, so the root's sums do not depend on the
+    placement. A lost worker's chunks are re-assigned to the survivors (Dask recomputes them) and the
+    step is retried; a lost driver is restarted by Dask on another worker from its in-memory
+    checkpoint.
 
-Modules: ``shard`` (chunks of one process: validate, prepare, evaluate), ``local`` (in-process),
-``dask_fit`` (the two Dask modes), ``transport`` (shard server and links), ``placement`` (which worker
-gets which chunks), ``control`` (stopping fits on workers), ``routing`` (progress events to clients).
+Modules: ``shard`` (chunks of one process: validate, prepare, evaluate, merge node sums), ``local``
+(in-process), ``dask_fit`` (the client side of the two Dask modes), ``driver`` (the on-cluster driver
+of distributed mode), ``transport`` (step links and control over Dask comms), ``placement`` (which
+worker gets which chunks; the tree of workers), ``control`` (stopping fits on workers), ``routing``
+(progress events to clients).
 """
 
 from __future__ import annotations

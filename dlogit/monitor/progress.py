@@ -41,6 +41,19 @@ def _eta_text(seconds: float) -> str:
     return f"{h}:{m:02d}:{sec:02d}"
 
 
+
+def _loss(x: float) -> str:
+    """A loss for the terminal: six decimals in the usual range, six significant digits outside it
+    (a diverged 4e196 is not printed with 200 digits)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    if math.isfinite(x) and 1e-4 <= abs(x) < 1e6 or x == 0.0:
+        return f"{x:.6f}"
+    return f"{x:.6g}"
+
+
 class TerminalProgress:
     """Show fit progress: a ``rich`` bar on a TTY, plain lines otherwise.
 
@@ -181,7 +194,7 @@ class TerminalProgress:
                 self._recent.append(s)
             if not self.tty and step % self.period == 0:
                 self._print(
-                    f"step {step}  loss {loss:.6f}  grad_norm {gn:.6g}  step_ms {s * 1e3:.3f}"
+                    f"step {step}  loss {_loss(loss)}  grad_norm {gn:.6g}  step_ms {s * 1e3:.3f}"
                 )
         if self.tty and n:
             self._update_rich(secs[n - 1])
@@ -203,7 +216,7 @@ class TerminalProgress:
         secs = ev.get("seconds")
         parts = [f"end  status {status}", f"n_iter {ev.get('n_iter', '?')}"]
         if loss is not None:
-            parts.append(f"loss {_num(loss, '.6f')}")
+            parts.append(f"loss {_loss(loss)}")
         if gn is not None:
             parts.append(f"grad_norm {_num(gn, '.6g')}")
         if ev.get("n_nonzero") is not None:
@@ -283,7 +296,7 @@ class TerminalProgress:
                 pass
         fields: dict[str, Any] = {
             "completed": self._step or 0,
-            "loss": "-" if math.isnan(self._loss) else f"{self._loss:.6f}",
+            "loss": "-" if math.isnan(self._loss) else _loss(self._loss),
             "eta": "0:00:00" if done else _eta_text(self._eta()),
         }
         if step_ms != "-":

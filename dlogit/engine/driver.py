@@ -1,0 +1,508 @@
+"""The on-cluster driver of a distributed fit: one long-running task on a worker runs the solver loop.
+
+Why a worker and not the scheduler: the loop does array work (the objective, the solver's vectors,
+the preconditioner) that belongs next to the data, needs dlogit and its numeric stack where it runs,
+and would otherwise sit on the scheduler's one event loop, which every client and worker of the
+cluster shares; a worker task also gets Dask's own rescheduling when its process dies.
+
+:func:`drive` is the task (:class:`DaskFit <dlogit.engine.dask_fit.DaskFit>` submits it; its client
+then only waits, receives the progress events and gets the result). It secedes from the worker's
+thread pool (so the worker's own shard tasks still run) and, through the worker's client:
+
+1. installs :class:`~dlogit.engine.transport.EnginePlugin` (idempotent) and asks every worker for the
+   highest epoch of this fit and the newest in-memory checkpoint (a driver restarted by Dask after its
+   worker died continues from it), takes the next epoch and fences older drivers' shards;
+2. attaches the chunks where the client placed them (tasks taking the client's chunk futures, so Dask
+   recomputes lost chunks from their graph), merges the validation summaries into the
+   :class:`~dlogit.spec.FitPlan` and prepares the shards;
+3. links the tree of workers (:func:`~dlogit.engine.placement.worker_tree`, rooted at this process)
+   and runs :func:`~dlogit.training.run_fit` on it; every ``dlogit.engine.replica-every`` seconds it
+   copies the solver state and history to the root's children (:meth:`Driver.replicate`);
+4. on a lost worker (connection closed, or silent for ``dlogit.engine.heartbeat``) it removes the
+   worker from the scheduler when it is still listed (a frozen process), spreads its chunks over the
+   survivors, re-attaches them and retries the step: the fixed chunk tree gives the same sums;
+5. at the end, or when stopped (the client's Ctrl-C, a cancelled task), drops the fit's state on
+   every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from dlogit.engine import control
+from dlogit.engine.local import needs_curvature
+from dlogit.engine.placement import balanced_ranges, spread_orphans, worker_tree
+from dlogit.engine.shard import Shard, merged_stats
+from dlogit.engine.transport import (
+    DriverLinks,
+    EnginePlugin,
+    ShardsMissing,
+    WorkerLost,
+    local_plugin,
+    subtree_spec,
+)
+from dlogit.errors import ClusterError, DataError, Interrupted
+from dlogit.events import TOPIC
+from dlogit.objective import Node
+from dlogit.spec import FitPlan, FitResult, FitSpec, make_plan
+
+logger = logging.getLogger("dlogit.engine")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The ``dlogit.engine.*`` settings a distributed fit runs with (read once, on the client)."""
+
+    heartbeat: float = 30.0
+    attach_timeout: float = 600.0
+    recover_timeout: float = 60.0
+    max_recoveries: int = 10
+    replica_every: float = 1.0
+    tree_radix: int = 4
+
+    @classmethod
+    def from_config(cls) -> EngineSettings:
+        import dask
+        from dask.utils import parse_timedelta
+
+        from dlogit.errors import ConfigError
+
+        def seconds(key: str, default: str) -> float:
+            return float(parse_timedelta(dask.config.get(f"dlogit.engine.{key}", default)))
+
+        out = cls(heartbeat=seconds("heartbeat", "30s"), attach_timeout=seconds("attach-timeout", "600s"),
+                  recover_timeout=seconds("recover-timeout", "60s"),
+                  max_recoveries=int(dask.config.get("dlogit.engine.max-recoveries", 10)),
+                  replica_every=seconds("replica-every", "1s"),
+                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)))
+        if not out.heartbeat > 0:
+            raise ConfigError(f"dlogit.engine.heartbeat must be positive, got {out.heartbeat}")
+        if out.tree_radix < 2:
+            raise ConfigError(f"dlogit.engine.tree-radix must be at least 2, got {out.tree_radix}")
+        return out
+
+
+@dataclass(frozen=True)
+class ChunkRefs:
+    """The fit's chunks as the keys of futures the client holds (never dependencies of the driver's
+    task: the chunks stay where they are), their rows, and where the client placed them."""
+
+    x: tuple[Any, ...]
+    y: tuple[Any, ...]
+    w: tuple[Any, ...] | None
+    rows: tuple[float, ...]
+    assign: dict[str, list[int]]
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class ShardInfo:
+    """Where one attached shard lives and which tree nodes it answers for."""
+
+    shard_id: str
+    worker: str
+    indices: list[int]
+    nodes: list[Node]
+
+
+# --------------------------------------------------------------------------------------------------
+# tasks
+
+
+def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunks: int, xs: list[Any],
+                ys: list[Any], ws: list[Any] | None, prepare: tuple[FitSpec, FitPlan, bool] | None
+                ) -> dict[str, Any]:
+    """On a worker: hold these chunks as a shard of the fit; validate and summarize them (the first
+    attach), or prepare them with the fit's plan (chunks moved after a loss)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    plugin = local_plugin(worker)
+    chunks = {i: (x, y, None if ws is None else ws[j]) for j, (i, x, y) in enumerate(zip(indices, xs, ys))}
+    shard = Shard(chunks, n_chunks, where=f"worker {worker.address}")
+    out: dict[str, Any] = {"worker": worker.address, "shard": shard_id, "nodes": shard.nodes}
+    if prepare is None:
+        out["stats"] = shard.stats()
+    else:
+        out["kernel"] = shard.prepare(*prepare)
+    plugin.add_shard(run, epoch, shard_id, shard, key=worker.get_current_task())
+    return out
+
+
+def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[str, Any]) -> tuple[str, Any]:
+    """The distributed fit's task: ``("ok", FitResult)`` or ``("interrupted", (message, checkpoint))``
+    (a task must not raise KeyboardInterrupt)."""
+    from distributed import get_worker, secede
+
+    worker = get_worker()
+    stop = control.stop_check(spec.run)
+    secede()  # the worker's own shard tasks run beside this one, even on a single-threaded worker
+    driver = Driver(worker, spec, refs, settings, info, stop)
+    try:
+        return "ok", driver.run()
+    except Interrupted as exc:
+        return "interrupted", (exc.message, exc.checkpoint)
+    finally:
+        driver.close()
+        control.clear(spec.run)
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+
+
+class Driver:
+    """One incarnation of a distributed fit's driver (see the module docstring)."""
+
+    def __init__(self, worker: Any, spec: FitSpec, refs: ChunkRefs, settings: EngineSettings,
+                 info: dict[str, Any], stop: Any) -> None:
+        self.worker = worker
+        self.spec = spec
+        self.refs = refs
+        self.settings = settings
+        self.info = info
+        self.stop = stop
+        self.client: Any = None
+        self.links: DriverLinks | None = None
+        self.epoch = 0
+        self.shards: dict[str, ShardInfo] = {}
+        self.kernels: dict[str, str] = {}  # shard id -> its kernel names, once prepared
+        #: shard id -> its attaching task's future: Dask releases the key (and the worker the shard)
+        #: when this driver's worker goes away, or when the driver lets go of it
+        self.attached: dict[str, Any] = {}
+        self.plan: FitPlan | None = None
+        self.curvature = needs_curvature(spec.solver)
+        self.excluded: set[str] = set()
+        self.touched: set[str] = set()
+        self.recoveries = 0
+        self.emitter: Any = None
+        self.replica_targets: list[str] = []
+        self._last_replica = time.monotonic()
+        self._replica_cost = 0.0
+        self.resumed_from: int | None = None
+        self._ids = itertools.count()
+        #: per reduction (the last 100 000): the wall time at the driver and the slowest worker's
+        #: evaluation, in seconds (their difference is the coordination)
+        self.timing: deque[tuple[float, float]] = deque(maxlen=100_000)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _alive(self) -> list[str]:
+        return sorted(w for w in self.client.scheduler_info(n_workers=-1)["workers"] if w not in self.excluded)
+
+    def run(self) -> FitResult:
+        from distributed import get_client
+
+        from dlogit.training import run_fit
+
+        self.client = get_client()
+        self.client.register_plugin(EnginePlugin())
+        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat)
+        alive = self._alive()
+        self.touched.update(alive)
+        begun = links.control({w: {} for w in alive}, "begin", missing_ok=True)
+        self.epoch = 1 + max((a["epoch"] for a in begun.values() if a), default=0)
+        links.epoch = self.epoch
+        checkpoints = [a["checkpoint"] for a in begun.values() if a and a.get("checkpoint")]
+        best = max(checkpoints, key=lambda c: (c["epoch"], c["n_iter"]), default=None)
+        links.control({w: {"epoch": self.epoch} for w in alive}, "fence", missing_ok=True)
+
+        kept, moved = spread_orphans(self.refs.assign, self.refs.rows, alive)
+        assign = {w: sorted(kept.get(w, []) + moved.get(w, [])) for w in set(kept) | set(moved)}
+        infos = self._attach(assign, prepare=None)
+        parts = {tuple(node): st for info in infos for node, st in info["stats"]}
+        stats = merged_stats(parts, self.refs.n_chunks)
+        self.plan = make_plan(self.spec, stats, weighted_input=self.refs.w is not None)
+        try:
+            self._prepare(list(self.shards.values()))
+            self._open_tree()
+        except WorkerLost as exc:  # lost before the first step: its chunks go elsewhere, prepared
+            self._recover(exc)
+        kernel = "+".join(sorted({k for ks in self.kernels.values() for k in ks.split("+") if k}))
+
+        start = None
+        if best is not None:
+            from dlogit.solvers import state_from_arrays
+
+            start = (state_from_arrays(best["state"]), best["history"])
+            self.resumed_from = best.get("resumed_from")
+            logger.warning("dlogit: fit %s continues on %s from step %d (its driver's worker was lost)",
+                           self.spec.run, self.worker.address, int(best["n_iter"]))
+        info = {**self.info, "workers": sorted({s.worker for s in self.shards.values()}),
+                "driver": self.worker.address}
+        result = run_fit(_TreeEvaluator(self, kernel), self.spec, self.plan, self._send, mode="distributed",
+                         info=info, stop=self.stop, emitter_hook=self._hook, start=start,
+                         on_step=self.replicate)
+        if start is not None:  # the user sees their own resume (a file), not the driver's restarts
+            result = replace(result, resumed_from=self.resumed_from)
+        result.extra["driver_epoch"] = self.epoch
+        result.extra["recoveries"] = self.recoveries
+        result.extra["reduce_seconds"] = np.asarray(self.timing, dtype=np.float64).reshape(-1, 2)
+        return result
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "start" and self.resumed_from is None and self.epoch == 1:
+            self.resumed_from = msg.get("params", {}).get("resumed_from")
+        self.worker.log_event(TOPIC, msg)
+
+    def _hook(self, emitter: Any) -> None:
+        self.emitter = emitter
+
+    def _attach(self, assign: dict[str, list[int]], prepare: tuple[FitSpec, FitPlan, bool] | None
+                ) -> list[dict[str, Any]]:
+        """Attach the chunks of ``assign`` (worker -> chunk indices) as one shard per worker."""
+        from distributed import Future
+
+        refs, c = self.refs, self.client
+        futures, placed = [], []
+        for w, idx in sorted(assign.items()):
+            if not idx:
+                continue
+            sid = f"{self.epoch}.{next(self._ids)}"
+            xs = [Future(refs.x[i], c) for i in idx]
+            ys = [Future(refs.y[i], c) for i in idx]
+            ws = None if refs.w is None else [Future(refs.w[i], c) for i in idx]
+            futures.append(c.submit(attach_task, self.spec.run, self.epoch, sid, idx, refs.n_chunks, xs, ys, ws,
+                                    prepare, key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
+                                    allow_other_workers=True, pure=False))
+            placed.append(list(idx))
+            self.touched.add(w)
+        timeout = self.settings.attach_timeout
+        try:
+            for f in futures:  # all settle first: no shard may register after the clean-up
+                with contextlib.suppress(Exception):
+                    f.exception(timeout=timeout)
+            if not all(f.done() for f in futures):
+                raise ClusterError(f"the workers did not load their shards within {timeout:g}s "
+                                   "(dlogit.engine.attach-timeout)")
+            infos, failed = [], None
+            for f, idx in zip(futures, placed):
+                if f.status != "finished":
+                    failed = failed or f
+                    continue
+                info = f.result()
+                infos.append(info)
+                self.attached[info["shard"]] = f  # held: the shard lives as long as this key
+                self.shards[info["shard"]] = ShardInfo(info["shard"], info["worker"], idx,
+                                                       [tuple(n) for n in info["nodes"]])
+                if "kernel" in info:
+                    self.kernels[info["shard"]] = info["kernel"]
+                self.touched.add(info["worker"])
+            if failed is not None:
+                failed.result()  # raises the task's error (a DataError, a lost worker, ...)
+        finally:
+            held = {id(f) for f in self.attached.values()}
+            for f in futures:
+                if id(f) not in held:
+                    f.release()
+        return infos
+
+    def _prepare(self, shards: list[ShardInfo]) -> None:
+        """Build the shards' evaluators from the plan, where they are (their kernels in
+        ``self.kernels``); a worker lost meanwhile raises :class:`WorkerLost` once the others are done."""
+        from distributed.protocol import ToPickle
+
+        assert self.links is not None
+        by_worker: dict[str, list[str]] = {}
+        for s in shards:
+            by_worker.setdefault(s.worker, []).append(s.shard_id)
+        spec, plan = ToPickle(self.spec), ToPickle(self.plan)
+        answers = self.links.control({w: {"epoch": self.epoch, "shards": sids, "spec": spec, "plan": plan,
+                                          "curvature": self.curvature} for w, sids in by_worker.items()},
+                                     "prepare", errors="return")
+        failed: list[BaseException] = []
+        for w, answer in answers.items():
+            if isinstance(answer, BaseException):
+                failed.append(answer)
+            else:
+                self.kernels.update(zip(by_worker[w], answer["kernels"]))
+        if failed:  # a worker's own error before a lost worker (which a recovery handles)
+            raise next((e for e in failed if not isinstance(e, WorkerLost)), failed[0])
+
+    def _open_tree(self) -> None:
+        """Link the tree of the workers holding shards, rooted at this process."""
+        assert self.links is not None
+        me = self.worker.address
+        holders: dict[str, list[str]] = {}
+        first: dict[str, int] = {}
+        for s in sorted(self.shards.values(), key=lambda s: min(s.indices)):
+            holders.setdefault(s.worker, []).append(s.shard_id)
+            first.setdefault(s.worker, min(s.indices))
+        order = [me] + sorted((w for w in holders if w != me), key=first.__getitem__)
+        tree = worker_tree(order, self.settings.tree_radix)
+        nodes = {s.shard_id: s.nodes for s in self.shards.values()}
+        spec = subtree_spec(me, tree, holders, nodes, self.refs.n_chunks)
+        own = local_plugin(self.worker).shards_of(self.spec.run, self.epoch, holders.get(me, []))
+        self.links.open(spec, own)
+        self.replica_targets = list(tree[me])
+
+    # -- steps -----------------------------------------------------------------------------------
+    def reduce(self, op: str, *arrays: np.ndarray) -> np.ndarray:
+        """The root sums of ``op`` at ``arrays``, surviving lost workers."""
+        assert self.links is not None
+        args = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+        while True:
+            t0 = time.perf_counter()
+            try:
+                values, seconds = self.links.step(op, args)
+                break
+            except WorkerLost as exc:
+                self._recover(exc)
+        self.timing.append((time.perf_counter() - t0, max(seconds.values(), default=0.0)))
+        if self.emitter is not None:
+            self.emitter.worker_seconds = seconds
+        return np.array(values[0], dtype=np.float64)  # a fresh array: received frames are read-only
+
+    def replicate(self, state: Any, history: dict[str, list[float]]) -> None:
+        """``run_fit``'s ``on_step``: copy the solver state and history to the root's children (the
+        in-memory checkpoint), at most every ``replica-every`` seconds and at most ~5% of the time."""
+        now = time.monotonic()
+        if not self.replica_targets or now - self._last_replica < max(self.settings.replica_every,
+                                                                      20.0 * self._replica_cost):
+            return
+        from distributed.protocol import ToPickle
+
+        from dlogit.solvers import state_to_arrays
+
+        assert self.links is not None
+        t0 = time.perf_counter()
+        payload = ToPickle({"state": state_to_arrays(state), "history": {k: list(v) for k, v in history.items()},
+                            "resumed_from": self.resumed_from})
+        with contextlib.suppress(WorkerLost):  # a lost worker shows in the next step
+            self.links.control({w: {"epoch": self.epoch, "n_iter": int(state.n_iter), "payload": payload}
+                                for w in self.replica_targets}, "checkpoint", reply=False, missing_ok=True)
+        self._replica_cost = time.perf_counter() - t0
+        self._last_replica = time.monotonic()
+
+    # -- faults ----------------------------------------------------------------------------------
+    def _recover(self, exc: WorkerLost) -> None:
+        assert self.links is not None
+        limit = self.settings.max_recoveries
+        self.recoveries += 1
+        if self.recoveries > limit:
+            raise ClusterError(f"lost workers {self.recoveries} times during the fit (last: {exc}); "
+                               f"giving up (dlogit.engine.max-recoveries={limit})") from exc
+        self.links.close_tree()
+        if exc.worker == self.worker.address:
+            raise ClusterError(f"the driver's own worker failed a step: {exc}") from exc
+        if isinstance(exc, ShardsMissing):  # up, but restarted: its chunks are attached again
+            logger.warning("dlogit: worker %s %s; attaching its chunks again", exc.worker, exc.why)
+            self._reattach([s for s in self.shards.values() if s.worker == exc.worker], self._alive())
+            return
+        listed = exc.worker in self._alive()
+        if listed:
+            logger.warning("dlogit: worker %s failed the step (%s); removing it from the cluster and moving "
+                           "its chunks to the others", exc.worker, exc.why)
+            with contextlib.suppress(Exception):
+                self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
+        else:
+            logger.warning("dlogit: lost worker %s; moving its chunks to the others and retrying the step",
+                           exc.worker)
+        self.excluded.add(exc.worker)
+        deadline = time.monotonic() + self.settings.recover_timeout
+        while True:
+            alive = self._alive()
+            if alive:
+                break
+            if time.monotonic() > deadline:
+                raise ClusterError("no Dask workers left to continue the fit") from exc
+            time.sleep(0.2)
+        self._reattach([s for s in self.shards.values() if s.worker not in alive], alive)
+
+    def _reattach(self, lost: list[ShardInfo], alive: list[str]) -> None:
+        """Forget the ``lost`` shards, spread every chunk no shard holds over ``alive`` workers, attach
+        and prepare them there (Dask recomputes lost chunks from their graph), link the tree again."""
+        for s in lost:
+            self.shards.pop(s.shard_id, None)
+            self.kernels.pop(s.shard_id, None)
+            fut = self.attached.pop(s.shard_id, None)
+            if fut is not None:
+                fut.release()
+        covered = {i for s in self.shards.values() for i in s.indices}
+        orphans = [i for i in range(self.refs.n_chunks) if i not in covered]
+        targets = [w for w in alive if w not in {s.worker for s in lost}] or alive
+        moved_pos = balanced_ranges([self.refs.rows[i] for i in orphans], targets) if orphans else {}
+        moved = {w: [orphans[p] for p in pos] for w, pos in moved_pos.items()}
+        try:
+            self._attach(moved, prepare=(self.spec, self.plan, self.curvature))
+            self._open_tree()
+        except WorkerLost as again:
+            self._recover(again)
+        except (DataError, ClusterError):
+            raise
+        except Exception as again:  # noqa: BLE001 - a worker died while re-attaching: try again
+            self._recover(WorkerLost(lost[0].worker if lost else "?",
+                                     f"re-attach failed: {type(again).__name__}: {again}"))
+
+    # -- the end ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        links = self.links
+        if links is None:
+            return
+        links.close_tree()
+        with contextlib.suppress(Exception):
+            alive = set(self._alive()) if self.client is not None else set()
+            links.control({w: {"epoch": self.epoch} for w in sorted((self.touched | alive) - self.excluded)},
+                          "drop", missing_ok=True)
+        with contextlib.suppress(Exception):  # this process's own state, whatever happened above
+            plugin = local_plugin(self.worker)
+            state = plugin.runs.get(self.spec.run)
+            if state is None or state.epoch <= self.epoch:
+                plugin.drop(self.spec.run)
+        for fut in self.attached.values():
+            with contextlib.suppress(Exception):
+                fut.release()
+        self.attached.clear()
+        links.close()
+        self.links = None
+
+
+class _TreeEvaluator:
+    """The loop's :class:`~dlogit.training.Evaluator` over the tree of workers."""
+
+    def __init__(self, driver: Driver, kernel: str) -> None:
+        self.driver = driver
+        self.kernel = kernel
+
+    def sums(self, theta: np.ndarray) -> np.ndarray:
+        return self.driver.reduce("sums", theta)
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return self.driver.reduce("hvp", theta, v)
+
+
+def scheduler_functions() -> dict[str, Any]:
+    """Functions run on the scheduler (``run_on_scheduler``), defined here so that they travel by
+    value: the scheduler need not have dlogit installed.
+
+    ``remove(address)`` treats a worker that stopped answering as dead (its keys are recomputed, its
+    tasks rescheduled); ``silence(key)`` is ``(worker, seconds since the scheduler last heard from
+    it)`` for the worker running task ``key``, or ``None``.
+    """
+
+    async def remove(address: str, dask_scheduler: Any = None) -> None:
+        import time as _time
+
+        await dask_scheduler.remove_worker(address=address, stimulus_id=f"dlogit-unresponsive-{_time.time()}",
+                                           close=True)
+
+    def silence(key: Any, dask_scheduler: Any = None) -> tuple[str, float] | None:
+        import time as _time
+
+        ts = dask_scheduler.tasks.get(key)
+        ws = getattr(ts, "processing_on", None)
+        if ws is None:
+            return None
+        return ws.address, _time.time() - ws.last_seen
+
+    return {"remove": remove, "silence": silence}

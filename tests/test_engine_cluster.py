@@ -1,0 +1,563 @@
+"""Distributed mode on real clusters of worker processes on loopback: the driver runs on the cluster,
+steps travel over Dask's own comms, and faults (a killed or frozen worker, the driver's own worker, a
+client that goes away) leave the same model and nothing behind on the workers.
+
+Every model is compared with the same fit in this process (or on the same cluster from a client
+beside it): the fixed chunk tree makes them agree to the last bits whatever the placement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cluster_helpers as H
+
+import dlogit
+from dlogit.data import synthetic_numpy
+from dlogit.engine.transport import engine_state
+
+# see tests/test_engine.py: runs agree to the last bit but for SIMD rounding of aligned temporaries
+SAME = {"rtol": 1e-12, "atol": 1e-15}
+GD = {"solver": "gd", "lr": 0.5, "l2": 1e-3, "tol": 0.0, "init": "zeros", "progress_period": 25}
+
+
+def _cluster(n: int, **kw):
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL, **kw)
+
+
+def _data(rows: int = 4000, cols: int = 30, chunk: int = 500, seed: int = 3):
+    Xn, yn = synthetic_numpy(rows, cols, seed=seed)
+    return Xn, yn, da.from_array(Xn, chunks=(chunk, cols)), da.from_array(yn, chunks=chunk)
+
+
+def _vector(m) -> np.ndarray:
+    return np.r_[np.ravel(m.coef_), np.ravel(m.intercept_)]
+
+
+def _reference(Xn, yn, chunk: int, **kw) -> np.ndarray:
+    return _vector(dlogit.LogisticRegression(chunk_rows=chunk, **kw).fit(Xn, yn))
+
+
+def _last_step(events: list[dict]) -> int:
+    return max((s for e in list(events) if e.get("type") == "progress" for s in e["step"]), default=-1)
+
+
+def _wait_for_step(events: list[dict], step: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _last_step(events) < step:
+        assert time.monotonic() < deadline, f"no progress past step {_last_step(events)}"
+        time.sleep(0.01)
+
+
+def _states(client) -> dict:
+    """``engine_state`` of every worker; ``{}`` while a worker is going or coming (a killed one)."""
+    try:
+        return client.run(engine_state)
+    except OSError:  # CommClosedError: the scheduler's broadcast met a worker that just died
+        return {}
+
+
+def _assert_nothing_left(client, timeout: float = 15.0) -> None:
+    """No fit's state (shards, checkpoint copies, links) and no dlogit thread on any worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _states(client)
+        if states and all(not s["runs"] and not s["threads"] for s in states.values()):
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+
+
+def _pid_of(client, worker: str) -> int:
+    return client.run(os.getpid, workers=[worker])[worker]
+
+
+class _Fit(threading.Thread):
+    """A fit running in a thread (the test watches its progress events meanwhile)."""
+
+    def __init__(self, client, X, y, **params):
+        super().__init__(daemon=True)
+        self.events: list[dict] = []
+        self.model = dlogit.LogisticRegression(mode="distributed", **params)
+        self.args = (client, X, y)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        client, X, y = self.args
+        try:
+            self.model.fit(X, y, client=client, callback=self.events.append)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+    def starts(self) -> list[dict]:
+        return [e for e in list(self.events) if e["type"] == "start"]
+
+
+# --------------------------------------------------------------------------------------------------
+# a client that reaches nothing but the scheduler
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def _relay(server: socket.socket, connect) -> None:
+    """Accept on ``server`` forever; pipe each connection to a new ``connect()`` socket."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        try:
+            other = connect()
+        except OSError:
+            conn.close()
+            continue
+        for x, y in ((conn, other), (other, conn)):
+            threading.Thread(target=_pump, args=(x, y), daemon=True).start()
+
+
+CLIENT_SCRIPT = r'''
+import socket, subprocess, sys, threading
+import numpy as np
+
+sock_path, out, workers = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+sys.path.insert(0, sys.argv[4])
+from test_engine_cluster import _relay, GD
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+for w in workers:  # this namespace cannot reach the workers
+    host, port = w.rsplit("/", 1)[-1].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        sys.exit(f"worker {w} is reachable from the client's namespace")
+    except OSError:
+        pass
+inner = socket.create_server(("127.0.0.1", 0))
+def to_unix():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    return s
+threading.Thread(target=_relay, args=(inner, to_unix), daemon=True).start()
+
+import dask.array as da
+from distributed import Client
+import dlogit
+from dlogit.data import synthetic_numpy
+
+Xn, yn = synthetic_numpy(4000, 30, seed=3)
+with Client(f"tcp://127.0.0.1:{inner.getsockname()[1]}", timeout=30) as c:
+    X, y = da.from_array(Xn, chunks=(500, 30)), da.from_array(yn, chunks=500)
+    events = []
+    m = dlogit.LogisticRegression(mode="distributed", max_iter=300, **GD).fit(X, y, client=c,
+                                                                               callback=events.append)
+    steps = [s for e in events if e["type"] == "progress" for s in e["step"]]
+    np.savez(out, coef=m.coef_, intercept=m.intercept_, n_iter=m.n_iter_, mode=m.mode_,
+             steps=np.asarray(steps), step_seconds=m.history_["step_seconds"])
+'''
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs root and unshare(1) for a network namespace")
+def test_client_reaching_only_the_scheduler_trains_the_same_model(tmp_path):
+    """The client runs in a network namespace of its own: it reaches the scheduler through a Unix
+    socket relay and no worker at all (checked there). It trains the same model as a client beside
+    the cluster, with every progress event."""
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT)
+    sock_path = str(tmp_path / "scheduler.sock")
+    with _cluster(3) as cluster:
+        from distributed import Client
+
+        host, port = cluster.scheduler_address.rsplit("/", 1)[-1].rsplit(":", 1)
+        outer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        outer.bind(sock_path)
+        outer.listen(16)
+        threading.Thread(target=_relay, args=(outer, lambda: socket.create_connection((host, int(port)))),
+                         daemon=True).start()
+        try:
+            with Client(cluster, set_as_default=False) as c:
+                workers = sorted(c.scheduler_info()["workers"])
+                Xn, yn, X, y = _data()
+                here = dlogit.LogisticRegression(mode="distributed", max_iter=300, **GD).fit(X, y, client=c)
+            out = tmp_path / "model.npz"
+            proc = subprocess.run(["unshare", "-n", sys.executable, str(script), sock_path, str(out),
+                                   ",".join(workers), str(Path(__file__).resolve().parent)],
+                                  env=H.subprocess_env(), capture_output=True, text=True, timeout=180, check=False)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        finally:
+            outer.close()
+    with np.load(out) as z:
+        assert str(z["mode"]) == "distributed" and int(z["n_iter"]) == 300
+        np.testing.assert_allclose(np.r_[z["coef"].ravel(), z["intercept"].ravel()], _vector(here), **SAME)
+        assert list(z["steps"]) == list(range(300))
+    np.testing.assert_allclose(_vector(here), _reference(Xn, yn, 500, max_iter=300, **GD), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS: the cluster's own listeners and nothing else
+
+def _listening(pids: list[int]) -> set[tuple[int, int]]:
+    import psutil
+
+    return {(pid, c.laddr.port) for pid in pids
+            for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+
+@pytest.mark.timeout(180)
+def test_tls_cluster_steps_over_its_own_listeners(tmp_path):
+    """On a TLS cluster a distributed fit opens no listening socket in any worker process, and every
+    connection of a worker process during the fit has one end at a Dask (TLS) listener."""
+    import psutil
+    from distributed import Client
+
+    from dlogit.cluster import make_security
+
+    ca, cert, key = H.make_tls_files(tmp_path / "tls")
+    sec = make_security(ca, cert, key)
+    Xn, yn, X, y = _data()
+    with _cluster(3, protocol="tls://", security=sec) as cluster, \
+            Client(cluster, security=sec, set_as_default=False) as c:
+        assert cluster.scheduler_address.startswith("tls://")
+        pids = list(c.run(os.getpid).values())
+        dask_ports = {int(a.rsplit(":", 1)[1]) for a in [cluster.scheduler_address, *c.scheduler_info()["workers"]]}
+        parents = {psutil.Process(p).ppid() for p in pids}  # this process: the nannies and the scheduler
+        before = _listening(pids)
+        seen: dict[str, object] = {}
+
+        def callback(msg: dict) -> None:
+            if msg["type"] == "progress" and "during" not in seen and max(msg["step"]) >= 100:
+                seen["during"] = _listening(pids)
+                seen["conns"] = [(c.laddr.port, c.raddr.port) for p in pids
+                                 for c in psutil.Process(p).net_connections(kind="inet")
+                                 if c.status == psutil.CONN_ESTABLISHED]
+                seen["parent_ports"] = {c.laddr.port for p in parents
+                                       for c in psutil.Process(p).net_connections(kind="inet")
+                                       if c.status == psutil.CONN_LISTEN}
+
+        m = dlogit.LogisticRegression(mode="distributed", max_iter=400, **GD).fit(X, y, client=c,
+                                                                                   callback=callback)
+        assert m.mode_ == "distributed"
+        assert seen.get("during") == before, (before, seen.get("during"))
+        listeners = dask_ports | seen["parent_ports"]
+        assert seen["conns"] and all(a in listeners or b in listeners for a, b in seen["conns"]), seen["conns"]
+        assert _listening(pids) == before
+        _assert_nothing_left(c)
+    np.testing.assert_allclose(_vector(m), _reference(Xn, yn, 500, max_iter=400, **GD), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# faults
+
+LONG = 1500  # gd steps: long enough to stop a worker mid-fit, even on a fast machine
+
+
+@pytest.mark.timeout(240)
+def test_driver_worker_killed_mid_fit_continues_from_its_checkpoint():
+    """SIGKILL the process running the fit's driver: Dask reruns the driver on another worker, which
+    continues from the in-memory checkpoint the workers hold and ends with the same model."""
+    from distributed import Client
+
+    Xn, yn, X, y = _data(16000, 40, 2000, seed=11)
+    ref = _reference(Xn, yn, 2000, max_iter=LONG, **GD)
+    with dask.config.set({"dlogit.engine.replica-every": "0.05s"}), _cluster(3) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        fit = _Fit(c, X, y, max_iter=LONG, **GD)
+        fit.start()
+        _wait_for_step(fit.events, 300)
+        driver = fit.starts()[0]["params"]["driver"]
+        pid = _pid_of(c, driver)
+        step = _last_step(fit.events)
+        os.kill(pid, signal.SIGKILL)
+        fit.join(180)
+        assert not fit.is_alive() and fit.error is None, repr(fit.error)
+        starts = fit.starts()
+        assert len(starts) == 2, [s["params"].get("driver") for s in starts]
+        assert starts[1]["params"]["driver"] != driver
+        # not from scratch: from a copy at most ~0.05 s (replica-every) older than the events seen
+        assert step - 200 <= starts[1]["params"]["resumed_from"] <= LONG
+        assert fit.model.n_iter_ == LONG and fit.model.resumed_from_ is None
+        assert len(fit.model.history_["loss"]) == LONG
+        _assert_nothing_left(c)
+    np.testing.assert_allclose(_vector(fit.model), ref, rtol=1e-10)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("who", ["shard", "grandchild", "driver"])
+def test_frozen_worker_is_caught_by_the_heartbeat(who):
+    """SIGSTOP a worker mid-fit with ``dlogit.engine.heartbeat`` at 3 s: a frozen shard worker is
+    caught by its parent in the tree -- the driver, or a worker in the middle of the (binomial) tree
+    that keeps its own link alive meanwhile and names the frozen one --, the frozen driver's worker
+    by the client's watchdog; either way the fit goes on within the heartbeat bound, the frozen
+    worker (and only it) is removed, and the model is the same."""
+    from distributed import Client
+
+    heartbeat = 3.0
+    Xn, yn, X, y = _data(16000, 40, 2000, seed=11)
+    ref = _reference(Xn, yn, 2000, max_iter=LONG, **GD)
+    settings = {"dlogit.engine.heartbeat": f"{heartbeat}s", "dlogit.engine.replica-every": "0.05s",
+                "dlogit.engine.tree-radix": 2}
+    with dask.config.set(settings), _cluster(4 if who == "grandchild" else 3) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        fit = _Fit(c, X, y, max_iter=LONG, **GD)
+        fit.start()
+        _wait_for_step(fit.events, 200)
+        params = fit.starts()[0]["params"]
+        driver = params["driver"]
+        others = [w for w in params["workers"] if w != driver]
+        if who == "grandchild":  # binomial tree over 4: driver -> {2, 1}, 2 -> {3}; 3 holds the last chunk
+            held = {w: s["runs"][fit.starts()[0]["run"]]["chunks"] for w, s in c.run(engine_state).items()}
+            victim = next(w for w in others if 7 in held[w])
+        else:
+            victim = driver if who == "driver" else others[0]
+        pid = _pid_of(c, victim)
+        step = _last_step(fit.events)
+        os.kill(pid, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        try:
+            deadline = t_stop + heartbeat + 30
+            while _last_step(fit.events) <= step + 50 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            resumed = time.monotonic() - t_stop
+            fit.join(180)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not fit.is_alive() and fit.error is None, repr(fit.error)
+        # the heartbeat, the watchdog's period (heartbeat / 3) and a restart on a loaded 2-core box
+        print(f"frozen {who}: the fit went on {resumed:.1f}s after SIGSTOP (heartbeat {heartbeat:g}s)",
+              file=sys.stderr)
+        assert resumed < heartbeat + 8, resumed
+        alive = c.scheduler_info()["workers"]
+        assert victim not in alive and all(w in alive for w in params["workers"] if w != victim)
+        assert fit.model.n_iter_ == LONG
+        if who == "driver":
+            assert len(fit.starts()) == 2 and fit.starts()[1]["params"]["resumed_from"] >= step - 200
+        _assert_nothing_left(c)
+    np.testing.assert_allclose(_vector(fit.model), ref, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# several fits, and fits that are stopped
+
+@pytest.fixture(scope="module")
+def client4():
+    """Four workers: with the binomial tree (``dlogit.engine.tree-radix`` 2) the driver's process has
+    two children and one of them a child of its own, so steps are forwarded and node sums merged on
+    the way up; with the default radix (4) it is a star."""
+    from distributed import Client
+
+    with _cluster(4) as cluster, Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+@pytest.mark.timeout(180)
+def test_large_parameter_vectors_travel_as_frames_through_the_tree(client4):
+    """A multinomial model with 20 classes x 600 features: theta and every node sum exceed the inline
+    limit, so they travel as raw frames, forwarded and merged by a worker in the middle of the tree;
+    the model equals the in-process fit."""
+    from dlogit.engine.transport import INLINE_BYTES
+
+    rng = np.random.default_rng(0)
+    Xn = rng.standard_normal((1600, 600))
+    yn = rng.integers(0, 20, 1600)
+    assert (20 * 600 + 20) * 8 > INLINE_BYTES
+    X, y = da.from_array(Xn, chunks=(200, 600)), da.from_array(yn, chunks=200)
+    kw = {"solver": "gd", "lr": 0.5, "max_iter": 30, "tol": 0.0}
+    events: list[dict] = []
+    with dask.config.set({"dlogit.engine.tree-radix": 2}):
+        m = dlogit.LogisticRegression(mode="distributed", **kw).fit(X, y, client=client4,
+                                                                     callback=events.append)
+    start = next(e for e in events if e["type"] == "start")
+    assert len(start["params"]["workers"]) == 4
+    here = dlogit.LogisticRegression(chunk_rows=200, **kw).fit(Xn, yn)
+    np.testing.assert_allclose(m.coef_, here.coef_, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(m.intercept_, here.intercept_, rtol=1e-10, atol=1e-14)
+
+
+def _driver_on_the_worker_loop(on: bool, dask_worker=None) -> None:
+    from dlogit.engine import transport
+
+    transport.OWN_LOOP_SCHEMES = () if on else ("tcp", "tls", "inproc")
+
+
+@pytest.mark.timeout(120)
+def test_driver_comms_on_the_worker_loop_give_the_same_model(client4):
+    """For comm schemes other than tcp/tls/inproc (ucx, ucxx, ws) the driver's comms live on the
+    worker's own event loop; forced here on tcp, that path trains the same model."""
+    Xn, yn, X, y = _data(3000, 12, 300, seed=5)
+    client4.run(_driver_on_the_worker_loop, True)
+    try:
+        m = dlogit.LogisticRegression(mode="distributed", max_iter=200, **GD).fit(X, y, client=client4)
+    finally:
+        client4.run(_driver_on_the_worker_loop, False)
+    np.testing.assert_allclose(_vector(m), _reference(Xn, yn, 300, max_iter=200, **GD), rtol=1e-10)
+    _assert_nothing_left(client4)
+
+
+@pytest.mark.timeout(120)
+def test_newton_steps_use_the_hessian_products_of_the_tree(client4):
+    """Newton asks the shards for H.v (two arrays per step): the same iterates as in this process."""
+    Xn, yn, X, y = _data(3000, 12, 300, seed=5)
+    kw = {"solver": "newton", "tol": 1e-10}
+    with dask.config.set({"dlogit.engine.tree-radix": 2}):
+        m = dlogit.LogisticRegression(mode="distributed", **kw).fit(X, y, client=client4)
+    here = dlogit.LogisticRegression(chunk_rows=300, **kw).fit(Xn, yn)
+    assert m.n_iter_ == here.n_iter_
+    np.testing.assert_allclose(_vector(m), _vector(here), rtol=1e-10)
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_fits_on_one_cluster_leave_nothing_behind(client4):
+    Xn, yn, X, y = _data()
+    Xn2, yn2, X2, y2 = _data(3000, 12, 300, seed=5)
+    fits = [_Fit(client4, X, y, max_iter=400, **GD), _Fit(client4, X2, y2, max_iter=500, **GD)]
+    for f in fits:
+        f.start()
+    for f in fits:
+        f.join(150)
+        assert not f.is_alive() and f.error is None, repr(f.error)
+    assert {e["run"] for e in fits[0].events}.isdisjoint({e["run"] for e in fits[1].events})
+    np.testing.assert_allclose(_vector(fits[0].model), _reference(Xn, yn, 500, max_iter=400, **GD), rtol=1e-10)
+    np.testing.assert_allclose(_vector(fits[1].model), _reference(Xn2, yn2, 300, max_iter=500, **GD),
+                               rtol=1e-10)
+    _assert_nothing_left(client4)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_fit_at_a_step_boundary(client4):
+    """KeyboardInterrupt in the client while it waits: the driver stops at a step boundary, the
+    client raises Interrupted within ~2 s, and the workers hold nothing of the fit."""
+    _, _, X, y = _data(16000, 40, 2000, seed=11)
+    events: list[dict] = []
+    hit: dict[str, float] = {}
+
+    def interrupt() -> None:
+        _wait_for_step(events, 100)
+        hit["t"] = time.monotonic()
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(dlogit.errors.Interrupted):
+        dlogit.LogisticRegression(mode="distributed", max_iter=100_000, **GD).fit(
+            X, y, client=client4, callback=events.append)
+    took = time.monotonic() - hit["t"]
+    assert took < 4.0, took
+    end = [e for e in events if e["type"] == "end"]
+    assert end and end[-1]["status"] == "interrupted" and end[-1]["n_iter"] < 100_000
+    _assert_nothing_left(client4)
+
+
+CANCEL_SCRIPT = r'''
+import sys
+import dask.array as da
+from distributed import Client
+import dlogit
+from dlogit.data import synthetic_numpy
+
+Xn, yn = synthetic_numpy(16000, 40, seed=11)
+with Client(sys.argv[1], timeout=30) as c:
+    dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0).fit(
+        da.from_array(Xn, chunks=(2000, 40)), da.from_array(yn, chunks=2000), client=c)
+'''
+
+
+@pytest.mark.timeout(150)
+def test_client_killed_mid_fit_leaves_nothing_on_the_workers(client4, tmp_path):
+    """A client process killed (SIGKILL) in the middle of a fit: the scheduler releases the fit's
+    task, the driver notices at a step boundary and drops the shards, links and threads everywhere."""
+    from distributed import Client
+
+    from dlogit.events import TOPIC
+
+    script = tmp_path / "client.py"
+    script.write_text(CANCEL_SCRIPT)
+    events: list[dict] = []
+    address = client4.scheduler.address
+    with Client(address, set_as_default=False) as watcher:  # another client sees the fit's events
+        watcher.subscribe_topic(TOPIC, lambda ev: events.append(ev[1] if isinstance(ev, tuple) else ev))
+        proc = subprocess.Popen([sys.executable, str(script), address], env=H.subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_step(events, 100, timeout=90)
+            assert any(r["runs"] for r in client4.run(engine_state).values())
+        finally:
+            proc.kill()
+            proc.wait(30)
+        _assert_nothing_left(client4, timeout=30)
+        deadline = time.monotonic() + 10
+        while not [e for e in events if e.get("type") == "end"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ends = [e for e in events if e.get("type") == "end"]
+        assert ends and ends[-1]["status"] == "interrupted", ends
+
+
+@pytest.mark.timeout(150)
+def test_client_and_driver_worker_killed_together_free_the_shards(client4, tmp_path):
+    """The client process and the driver's worker killed at once: nobody is left to drop the fit,
+    but the shards live as long as the tasks that attached them, whose keys Dask releases with the
+    driver's worker: every worker frees its shards, links and thread (only the small copy of the
+    solver state stays, for a driver that could take over)."""
+    from distributed import Client
+
+    from dlogit.events import TOPIC
+
+    script = tmp_path / "client.py"
+    script.write_text(CANCEL_SCRIPT)
+    events: list[dict] = []
+    address = client4.scheduler.address
+    with Client(address, set_as_default=False) as watcher:
+        watcher.subscribe_topic(TOPIC, lambda ev: events.append(ev[1] if isinstance(ev, tuple) else ev))
+        proc = subprocess.Popen([sys.executable, str(script), address], env=H.subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_step(events, 100, timeout=90)
+            start = next(e for e in events if e.get("type") == "start")
+            run, driver = start["run"], start["params"]["driver"]
+            pid = _pid_of(client4, driver)
+            assert any(s["runs"].get(run, {}).get("shards") for s in client4.run(engine_state).values())
+        finally:
+            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+    deadline = time.monotonic() + 30
+    while True:
+        states = _states(client4)
+        left = {w: s for w, s in states.items()
+                if s["threads"] or any(r["shards"] or r["links"] or r["thread"] for r in s["runs"].values())}
+        if states and not left:
+            break
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)
+    from dlogit.engine.transport import drop_run
+
+    client4.run(drop_run, run)  # the state copies: what a client's clean-up drops
+    _assert_nothing_left(client4)
