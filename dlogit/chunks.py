@@ -58,14 +58,16 @@ def _direct(X: np.ndarray) -> bool:
 
 
 class _Blocks:
-    """Row blocks of a dense CPU chunk of about ``CPU_BLOCK_BYTES``, read in place or via scratch."""
+    """Row blocks of a dense CPU chunk of about ``CPU_BLOCK_BYTES`` (or ``rows`` rows), read in place or
+    via scratch."""
 
-    def __init__(self, X: np.ndarray) -> None:
+    def __init__(self, X: np.ndarray, rows: int | None = None) -> None:
         self.X = X
         self.n, self.d = (int(v) for v in X.shape)
         self.dtype = compute_dtype(X.dtype)
         self.direct = _direct(X)
-        rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * self.dtype.itemsize))
+        if rows is None:
+            rows = max(64, CPU_BLOCK_BYTES // max(1, self.d * self.dtype.itemsize))
         self.ranges = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
         self.rows = min(rows, self.n)
         self._scratch = None if self.direct else np.empty((self.rows, self.d), self.dtype)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dlogit.errors import ConfigError, DataError, Interrupted
-from dlogit.events import ProgressEmitter, Send, new_run_id
+from dlogit.events import ProgressEmitter, Send
 from dlogit.family import class_multipliers
 from dlogit.objective import Objective
 from dlogit.spec import FitPlan, FitSpec, make_reparam
@@ -280,14 +280,14 @@ def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[t
     """Fit the path (penalties largest first, warm-started) and score every fold; see the module."""
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
-    path_id = path_id or f"path-{new_run_id()}"
+    path_id = path_id or f"{spec.run}/path"
     mult, weight_sums = fold_plans(spec, plan, source)
     m = source.n_folds
     starts = np.tile(plan.theta0, (m, 1))
     points: list[PathPoint] = []
     t0 = time.time()
     for k, (l2, l1) in enumerate(penalties):
-        s = spec.with_(run=new_run_id(), l2=float(l2), l1=float(l1))
+        s = spec.with_(run=f"{spec.run}/p{k}", l2=float(l2), l1=float(l1))
         p = replace(plan, reparam=make_reparam(s, plan.layout, plan.stats, l2)) if plan.stats is not None else plan
         emitter = ProgressEmitter(send, s.run, n_rows=plan.n_rows, row_bytes=plan.n_features * 8,
                                   period=spec.period, interval=spec.interval)
@@ -325,47 +325,6 @@ def _best(points: list[PathPoint]) -> int:
     means = np.array([p.mean for p in points])
     means = np.where(np.isfinite(means), means, -np.inf)
     return int(np.argmax(means))
-
-
-class LocalFoldSource:
-    """A :class:`FoldSource` over chunks held by this process (in-process fits and a worker's task)."""
-
-    def __init__(self, chunks: list[tuple[Any, Any, Any]], plan: FitPlan, scheme: Any) -> None:
-        from dlogit.folds import FoldChunk
-
-        self.n_folds = int(scheme.n_folds)
-        self.n_chunks = len(chunks)
-        self.chunks = []
-        start = 0
-        for X, y, w in chunks:
-            n = int(X.shape[0])
-            codes = plan.classes.encode(y)
-            self.chunks.append(FoldChunk(X, codes, w, scheme.fold_of(start, start + n), self.n_folds,
-                                         plan.layout, plan.family))
-            start += n
-        if start != plan.n_rows:
-            raise DataError(f"the folds cover {start} rows of {plan.n_rows}")
-
-    def _tree(self, fn: Callable[[Any], Any]) -> np.ndarray:
-        from dlogit._xp import to_numpy
-        from dlogit.objective import node_sum
-
-        return to_numpy(node_sum(lambda i: fn(self.chunks[i]), 0, self.n_chunks))
-
-    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None, models: list[int]) -> np.ndarray:
-        sel = None if len(models) == self.n_folds else models
-        return self._tree(lambda c: c.sums(thetas, mult, sel))
-
-    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None,
-                 models: list[int]) -> np.ndarray:
-        sel = None if len(models) == self.n_folds else models
-        return self._tree(lambda c: c.hvp(thetas, vs, mult, sel))
-
-    def fold_scores(self, thetas: np.ndarray) -> np.ndarray:
-        return self._tree(lambda c: c.scores(thetas))
-
-    def class_weight_sums(self, n_classes: int) -> np.ndarray:
-        return self._tree(lambda c: c.class_weight_sums(n_classes))
 
 
 def intercept_only(plan: FitPlan) -> np.ndarray:
@@ -413,13 +372,25 @@ def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpe
                    stop: Callable[[], str | None] | None = None) -> PathResult:
     """Validate, plan and fit a whole path on chunks held by this process (in-process, or the one task
     of a worker-local path): the validation pass, lambda_max, the penalties, the folds, every point."""
-    from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
-    from dlogit.folds import KFoldScheme
+    from dlogit.engine.local import needs_curvature
+    from dlogit.engine.shard import LocalEvaluator, Shard, ShardFoldSource, merged_stats
     from dlogit.spec import make_plan
 
     shard = Shard(dict(enumerate(raw)), len(raw))
+    rows = shard.row_counts()
     stats = merged_stats(dict(shard.stats()), len(raw))
-    plan = make_plan(spec, stats, weighted_input=weighted)
+    plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path, [rows[i] for i in range(len(raw))])
+    shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
+    penalties = path_penalties(plan, path, LocalEvaluator(shard).sums)
+    return run_path(ShardFoldSource(shard, plan.folds.n_folds), spec, plan, penalties, path.scoring, send,
+                    mode=mode, info={"n_chunks": len(raw), **(info or {})}, stop=stop)
+
+
+def with_folds(plan: FitPlan, path: PathSpec, chunk_rows: list[int]) -> FitPlan:
+    """The plan of a path: the fold scheme (``cv=K`` contiguous folds over the rows, or explicit ones)
+    and every chunk's first row."""
+    from dlogit.folds import FoldPlan, KFoldScheme
+
     n = plan.n_rows
     if isinstance(path.folds, (int, np.integer)):
         if path.folds > n:
@@ -427,11 +398,16 @@ def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpe
         scheme: Any = KFoldScheme(n, int(path.folds))
     else:
         scheme = path.folds
-    source = LocalFoldSource(raw, plan, scheme)
-    shard.prepare(spec, plan, curvature=False)
-    lam = lambda_max(plan, LocalEvaluator(shard).sums)
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(chunk_rows)[:-1]]))
+    return replace(plan, folds=FoldPlan(scheme, offsets))
+
+
+def path_penalties(plan: FitPlan, path: PathSpec, sums_at: Callable[[np.ndarray], np.ndarray]
+                   ) -> list[tuple[float, float]]:
+    """The (l2, l1) points of a path, the most penalized first (lambda_max from one pass)."""
+    needs = is_grid(path.l2) and isinstance(path.l2, (int, np.integer)) or (
+        is_grid(path.l1) and isinstance(path.l1, (int, np.integer)))
+    lam = lambda_max(plan, sums_at) if needs else 0.0
     l2s = penalty_grid(path.l2, "l2", lam) if is_grid(path.l2) else [float(path.l2)]
     l1s = penalty_grid(path.l1, "l1", lam) if is_grid(path.l1) else [float(path.l1)]
-    penalties = sorted({(a, b) for a in l2s for b in l1s}, key=lambda p: (-(p[0] + p[1]), -p[0]))
-    return run_path(source, spec, plan, penalties, path.scoring, send, mode=mode,
-                    info={"n_chunks": len(raw), **(info or {})}, stop=stop)
+    return sorted({(a, b) for a in l2s for b in l1s}, key=lambda p: (-(p[0] + p[1]), -p[0]))

@@ -77,6 +77,23 @@ class ExplicitFolds:
         return cls(folds, len(splits))
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """The folds of a path: the scheme and the global index of each chunk's first row (travels to the
+    workers with the fit's plan; each holder builds its chunks' :class:`FoldChunk`)."""
+
+    scheme: Any
+    offsets: tuple[int, ...]
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.scheme.n_folds)
+
+    def folds_of(self, chunk: int, n_rows: int) -> np.ndarray:
+        start = self.offsets[chunk]
+        return self.scheme.fold_of(start, start + n_rows)
+
+
 class FoldChunk:
     """The fold models' sums of one chunk (see the module docstring); any array kind, any family.
 
@@ -90,10 +107,6 @@ class FoldChunk:
         sparse = hasattr(X, "nnz")
         if sparse:
             X = X.tocsr()
-        elif not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
-            X = X.astype(get_xp(X).float64)
-        elif not X.flags.c_contiguous:
-            X = get_xp(X).ascontiguousarray(X)
         self.X = X
         xp = get_xp(X.data if sparse else X)
         self.xp = xp
@@ -109,7 +122,20 @@ class FoldChunk:
         rows = max(64, min(FOLD_BLOCK_ELEMENTS // max(1, self.m * k),
                            int(FOLD_BLOCK_BYTES // max(1.0, row_bytes))))
         self.blocks = [(lo, min(lo + rows, self.n)) for lo in range(0, self.n, rows)]
-        self.dtype = X.dtype
+        # dense NumPy chunks that are not aligned, C-contiguous float32/float64 (a chunk deserialized by
+        # Dask often is not) stream through an aligned scratch block: full BLAS speed, and the same
+        # products -- the same bits -- however the chunk arrived
+        self._host = None
+        if not sparse and xp is np:
+            from dlogit.chunks import _Blocks
+
+            self._host = _Blocks(X, rows)
+            self.dtype = self._host.dtype
+        elif not sparse and not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
+            self.X = X = X.astype(xp.float64)
+            self.dtype = X.dtype
+        else:
+            self.dtype = X.dtype
         self.kernel = "folds"
         self.sign = 1.0 - 2.0 * self.codes.astype(xp.float64)
         # flat positions of each row's own class in a block's (m, K, rows) margins, per block
@@ -139,6 +165,9 @@ class FoldChunk:
             if table is None:
                 table = self._test = self.sw[None, :] * (self.folds[None, :] == xp.arange(self.m)[:, None])
         return table[:, lo:hi] if models is None else table[models, lo:hi]
+
+    def _block(self, lo: int, hi: int) -> Any:
+        return self.X[lo:hi] if self._host is None else self._host.get(lo, hi)
 
     def _margins(self, Xb: Any, thetas: Any) -> Any:
         """``Z`` (q * K', rows) float64 for the q stacked models ``thetas`` (q, P)."""
@@ -214,7 +243,7 @@ class FoldChunk:
         out = xp.zeros((q, 1 + L.size), dtype=xp.float64)
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
-            Xb = self.X[lo:hi]
+            Xb = self._block(lo, hi)
             Z = self._margins(Xb, th)
             v = self._weights(lo, hi, mult, True, models)
             if k == 1:
@@ -241,7 +270,7 @@ class FoldChunk:
         k = self.layout.n_outputs
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
-            Z = self._margins(self.X[lo:hi], th)
+            Z = self._margins(self._block(lo, hi), th)
             u = self._weights(lo, hi, None, train=False)
             c = self.codes[lo:hi]
             if k == 1:
@@ -267,7 +296,7 @@ class FoldChunk:
         out = xp.zeros((q, L.size), dtype=xp.float64)
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
-            Xb = self.X[lo:hi]
+            Xb = self._block(lo, hi)
             Z = self._margins(Xb, th)
             U = self._margins(Xb, vv)
             v = self._weights(lo, hi, mult, True, models)

@@ -90,6 +90,8 @@ class FitPlan:
     #: (each coefficient's column's standard deviation; 1 for intercepts): the scale-free stopping rule
     #: of the preconditioned solvers
     standardize: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the folds of a cross-validated path (:class:`dlogit.folds.FoldPlan`), or None for one fit
+    folds: Any = field(default=None, repr=False, compare=False)
 
     def row_weights(self, codes: np.ndarray, sample_weight: Any) -> Any:
         """A chunk's effective row weights (sample weights times class multipliers), or None."""

@@ -152,3 +152,24 @@ def test_cv_splitters_l1_grids_newton_and_events(cancer):
     assert top.n_nonzero_ == 0  # lambda_max: the smallest L1 penalty that zeroes every coefficient
     assert dlogit.LogisticRegression(l2=0.0, l1=0.99 * l1s[0], tol=1e-8).fit(X, y).n_nonzero_ > 0
     assert grid.path_.points[-1].thetas[:, :-1].any()
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_cv_path_on_a_cluster_equals_the_in_process_path(cancer, n_workers):
+    """Dask data: the on-cluster driver evaluates every fold in one pass per step down the tree of
+    workers; with the same chunks the path, the choice and the refit equal the in-process ones."""
+    import dask.array as da
+    from conftest import local_cluster
+
+    X, y = cancer
+    kw = {"l2": [1e-2, 1e-3], "cv": 5, "tol": 1e-9}
+    here = dlogit.LogisticRegressionCV(chunk_rows=100, **kw).fit(X, y)
+    dX, dy = da.from_array(X, chunks=(100, X.shape[1])), da.from_array(y, chunks=100)
+    with local_cluster(n_workers) as c:
+        seen = []
+        there = dlogit.LogisticRegressionCV(**kw).fit(dX, dy, client=c, callback=seen.append)
+    np.testing.assert_allclose(there.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"],
+                               rtol=1e-12)
+    assert there.best_index_ == here.best_index_
+    np.testing.assert_allclose(there.coef_, here.coef_, rtol=1e-10, atol=1e-13)
+    assert any(e["type"] == "path" and e["done"] for e in seen)  # path events reach the client

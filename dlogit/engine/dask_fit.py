@@ -81,7 +81,7 @@ class DaskFit:
     """One fit on Dask arrays through a :class:`distributed.Client`."""
 
     def __init__(self, client: Any, X: Any, y: Any, w: Any, spec: FitSpec, callback: Callback | None,
-                 mode: str = "auto") -> None:
+                 mode: str = "auto", path: Any = None) -> None:
         if X.ndim != 2:
             raise DataError(f"X must be 2-D (rows x features), got {X.ndim}-D")
         if y.ndim != 1:
@@ -92,6 +92,7 @@ class DaskFit:
         w = None if w is None else _align_rows(X, w, "sample_weight")
         self.client = client
         self.X = X
+        self.path = path  # a cross-validated path (dlogit.cv.PathSpec): always the on-cluster driver
         self.spec = spec
         self.callback = callback
         self.mode = mode
@@ -185,7 +186,7 @@ class DaskFit:
             raise ClusterError("the Dask cluster has no workers")
         if self.n_chunks == 0:
             raise DataError("no rows to train on (the data is empty)")
-        mode = self._choose_mode(workers)
+        mode = "distributed" if self.path is not None else self._choose_mode(workers)
         if mode == "worker-local":
             return self._run_worker_local(workers)
         if mode == "distributed":
@@ -236,7 +237,7 @@ class DaskFit:
                          None if self.ws is None else tuple(f.key for f in self.ws),
                          tuple(self.rows), {w: list(idx) for w, idx in assign.items()})
         try:
-            task = dask.delayed(drive, pure=False)(self.spec, refs, self.settings, self.info,
+            task = dask.delayed(drive, pure=False)(self.spec, refs, self.settings, self.info, self.path,
                                                    dask_key_name=f"dlogit-fit-{self.spec.run}")
             return self._run_task(task, target)
         finally:
@@ -256,7 +257,8 @@ class DaskFit:
             except KeyboardInterrupt as exc:
                 kind, value = self._stop_remote(fut, exc)
             except Exception as exc:
-                if self.client.status in ("closing", "closed") or _is_comm_error(exc):
+                lost = "scheduler-connection-lost" in str(exc) or self.client.status != "running"
+                if lost or _is_comm_error(exc):
                     raise SchedulerLost("lost the Dask scheduler during the fit") from None
                 raise
             finished = True
@@ -315,6 +317,18 @@ def _is_comm_error(exc: BaseException) -> bool:
     from distributed.comm.core import CommClosedError
 
     return isinstance(exc, (CommClosedError, OSError)) or "CommClosed" in type(exc).__name__
+
+
+def fit_path_dask(client: Any, X: Any, y: Any, w: Any, spec: FitSpec, path: Any,
+                  callback: Callback | None = None, mode: str = "auto") -> Any:
+    """A cross-validated regularization path on Dask arrays (:mod:`dlogit.cv`): the on-cluster driver
+    evaluates every fold of a penalty in one pass down the tree of workers."""
+    from distributed import KilledWorker
+
+    try:
+        return DaskFit(client, X, y, w, spec, callback, mode=mode, path=path).run()
+    except KilledWorker as exc:
+        raise ClusterError(f"a worker died repeatedly while running the path: {exc}") from exc
 
 
 def fit_dask(client: Any, X: Any, y: Any, w: Any, spec: FitSpec, callback: Callback | None = None,

@@ -134,21 +134,24 @@ def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunk
     out: dict[str, Any] = {"worker": worker.address, "shard": shard_id, "nodes": shard.nodes}
     if prepare is None:
         out["stats"] = shard.stats()
+        out["rows"] = shard.row_counts()
     else:
         out["kernel"] = shard.prepare(*prepare)
     plugin.add_shard(run, epoch, shard_id, shard, key=worker.get_current_task())
     return out
 
 
-def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[str, Any]) -> tuple[str, Any]:
-    """The distributed fit's task: ``("ok", FitResult)`` or ``("interrupted", (message, checkpoint))``
-    (a task must not raise KeyboardInterrupt)."""
+def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[str, Any],
+          path: Any = None) -> tuple[str, Any]:
+    """The distributed fit's task: ``("ok", FitResult)`` (or a :class:`~dlogit.cv.PathResult` for a
+    cross-validated path) or ``("interrupted", (message, checkpoint))`` (a task must not raise
+    KeyboardInterrupt)."""
     from distributed import get_worker, secede
 
     worker = get_worker()
     stop = control.stop_check(spec.run)
     secede()  # the worker's own shard tasks run beside this one, even on a single-threaded worker
-    driver = Driver(worker, spec, refs, settings, info, stop)
+    driver = Driver(worker, spec, refs, settings, info, stop, path)
     try:
         return "ok", driver.run()
     except Interrupted as exc:
@@ -166,8 +169,9 @@ class Driver:
     """One incarnation of a distributed fit's driver (see the module docstring)."""
 
     def __init__(self, worker: Any, spec: FitSpec, refs: ChunkRefs, settings: EngineSettings,
-                 info: dict[str, Any], stop: Any) -> None:
+                 info: dict[str, Any], stop: Any, path: Any = None) -> None:
         self.worker = worker
+        self.path = path  # a cross-validated path (dlogit.cv.PathSpec), or None for one fit
         self.spec = spec
         self.refs = refs
         self.settings = settings
@@ -223,6 +227,11 @@ class Driver:
         parts = {tuple(node): st for info in infos for node, st in info["stats"]}
         stats = merged_stats(parts, self.refs.n_chunks)
         self.plan = make_plan(self.spec, stats, weighted_input=self.refs.w is not None)
+        if self.path is not None:
+            from dlogit.cv import with_folds
+
+            rows = {int(i): int(r) for info in infos for i, r in info["rows"].items()}
+            self.plan = with_folds(self.plan, self.path, [rows[i] for i in range(self.refs.n_chunks)])
         try:
             self._prepare(list(self.shards.values()))
             self._open_tree()
@@ -240,6 +249,12 @@ class Driver:
                            self.spec.run, self.worker.address, int(best["n_iter"]))
         info = {**self.info, "workers": sorted({s.worker for s in self.shards.values()}),
                 "driver": self.worker.address}
+        if self.path is not None:  # every fold of a penalty in one pass down the tree
+            from dlogit.cv import path_penalties, run_path
+
+            penalties = path_penalties(self.plan, self.path, lambda th: self.reduce("sums", th))
+            return run_path(_TreeFoldSource(self, self.plan.folds.n_folds), self.spec, self.plan, penalties,
+                            self.path.scoring, self._send, mode="distributed", info=info, stop=self.stop)
         result = run_fit(_TreeEvaluator(self, kernel), self.spec, self.plan, self._send, mode="distributed",
                          info=info, stop=self.stop, emitter_hook=self._hook, start=start,
                          on_step=self.replicate)
@@ -479,6 +494,31 @@ class _TreeEvaluator:
 
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         return self.driver.reduce("hvp", theta, v)
+
+
+class _TreeFoldSource:
+    """A cross-validated path's :class:`~dlogit.cv.FoldSource` over the tree of workers."""
+
+    def __init__(self, driver: Driver, n_folds: int) -> None:
+        self.driver = driver
+        self.n_folds = n_folds
+
+    @staticmethod
+    def _mult(mult: np.ndarray | None) -> np.ndarray:
+        return np.zeros(0) if mult is None else np.asarray(mult, dtype=np.float64)
+
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None, models: list[int]) -> np.ndarray:
+        return self.driver.reduce("fold_sums", thetas, np.asarray(models, float), self._mult(mult))
+
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None,
+                 models: list[int]) -> np.ndarray:
+        return self.driver.reduce("fold_hvp", thetas, vs, np.asarray(models, float), self._mult(mult))
+
+    def fold_scores(self, thetas: np.ndarray) -> np.ndarray:
+        return self.driver.reduce("fold_scores", thetas)
+
+    def class_weight_sums(self, n_classes: int) -> np.ndarray:
+        return self.driver.reduce("fold_class_sums", np.array([float(n_classes)]))
 
 
 def scheduler_functions() -> dict[str, Any]:

@@ -24,7 +24,9 @@ class _EventRouter:
     def _handle(self, event: Any) -> None:
         msg = event[1] if isinstance(event, tuple) else event
         if isinstance(msg, dict):
-            handler = self.handlers.get(msg.get("run"))
+            run = str(msg.get("run"))
+            # the points of a path are runs "<fit>/p<k>" and the path "<fit>/path": routed to the fit
+            handler = self.handlers.get(run) or self.handlers.get(run.split("/", 1)[0])
             if handler is not None:
                 handler(msg)
 

@@ -42,6 +42,7 @@ class Shard:
         self.nodes: list[Node] = owned_nodes(self.raw, self.n_chunks)
         self.where = where
         self.evaluators: dict[int, Any] = {}
+        self.fold_chunks: dict[int, Any] = {}  # a cross-validated path's chunks (plan.folds)
         self.kernel = ""
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
@@ -53,17 +54,30 @@ class Shard:
         return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
 
     # -- preparation -------------------------------------------------------------------------------
+    def row_counts(self) -> dict[int, int]:
+        """Rows of each held chunk (before :meth:`prepare`)."""
+        return {i: int(X.shape[0]) for i, (X, _, _) in self.raw.items()}
+
     def prepare(self, spec: FitSpec, plan: FitPlan, curvature: bool) -> str:
-        """Build the evaluators; return the kernel names used (``+``-joined when they differ)."""
+        """Build the evaluators (and, for a cross-validated path, each chunk's
+        :class:`~dlogit.folds.FoldChunk`); return the kernel names used (``+``-joined when they differ)."""
         evaluators = {}
+        folds = {}
         for i, (X, y, w) in self.raw.items():
             codes = plan.classes.encode(y, what=f"labels of chunk {i}")
+            if plan.folds is not None:
+                from dlogit.folds import FoldChunk
+
+                folds[i] = FoldChunk(X, codes, None if w is None else to_numpy(w).astype(np.float64),
+                                     plan.folds.folds_of(i, int(X.shape[0])), plan.folds.n_folds,
+                                     plan.layout, plan.family)
             weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
             if weights is not None and type(X).__module__.startswith("cupy"):
                 weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
             evaluators[i] = prepare_chunk(X, codes, weights, plan.layout, plan.family,
                                           kernel=spec.cpu_kernel, curvature=curvature)
         self.evaluators = evaluators
+        self.fold_chunks = folds
         self.raw = {}
         self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
         return self.kernel
@@ -80,6 +94,34 @@ class Shard:
         th, vv = self._theta(theta), self._theta(v)
         return np.stack([to_numpy(node_sum(lambda i: ev[i].hvp(th, vv), lo, hi)) for lo, hi in self.nodes])
 
+    # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
+    def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
+        fc = self.fold_chunks
+        return np.stack([to_numpy(node_sum(lambda i: fn(fc[i]), lo, hi)) for lo, hi in self.nodes])
+
+    def node_fold_sums(self, thetas: np.ndarray, models: np.ndarray, mult: np.ndarray) -> np.ndarray:
+        """(nodes, q, 1 + P): training sums of the fold models ``models`` (float ids) at ``thetas``
+        (q, P); ``mult`` (m, K) the folds' class multipliers or empty."""
+        sel, m = self._models(models), (mult if mult.size else None)
+        return self._fold_nodes(lambda c: c.sums(thetas, m, sel))
+
+    def node_fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, models: np.ndarray,
+                      mult: np.ndarray) -> np.ndarray:
+        sel, m = self._models(models), (mult if mult.size else None)
+        return self._fold_nodes(lambda c: c.hvp(thetas, vs, m, sel))
+
+    def node_fold_scores(self, thetas: np.ndarray) -> np.ndarray:
+        return self._fold_nodes(lambda c: c.scores(thetas))
+
+    def node_fold_class_sums(self, n_classes: np.ndarray) -> np.ndarray:
+        k = int(np.asarray(n_classes).reshape(-1)[0])
+        return self._fold_nodes(lambda c: c.class_weight_sums(k))
+
+    def _models(self, models: np.ndarray) -> list[int] | None:
+        first = next(iter(self.fold_chunks.values()), None)
+        ids = [int(v) for v in np.asarray(models).reshape(-1)]
+        return None if first is None or len(ids) == first.m else ids
+
     def _theta(self, theta: np.ndarray) -> Any:
         if self.on_gpu:
             import cupy
@@ -90,7 +132,39 @@ class Shard:
 
 #: what a step can ask of a shard: name -> method taking NumPy arrays, returning one row per owned node.
 #: A new operation is one method on :class:`Shard` and one entry here (the transport is generic).
-STEP_OPS: dict[str, Callable[..., np.ndarray]] = {"sums": Shard.node_sums, "hvp": Shard.node_hvp}
+STEP_OPS: dict[str, Callable[..., np.ndarray]] = {
+    "sums": Shard.node_sums, "hvp": Shard.node_hvp,
+    "fold_sums": Shard.node_fold_sums, "fold_hvp": Shard.node_fold_hvp,
+    "fold_scores": Shard.node_fold_scores, "fold_class_sums": Shard.node_fold_class_sums,
+}
+
+
+class ShardFoldSource:
+    """A cross-validated path's :class:`~dlogit.cv.FoldSource` over a shard holding every chunk."""
+
+    def __init__(self, shard: Shard, n_folds: int) -> None:
+        self.shard = shard
+        self.n_folds = n_folds
+
+    def _root(self, values: np.ndarray) -> np.ndarray:
+        return complete_tree(dict(zip(self.shard.nodes, values)), self.shard.n_chunks)
+
+    def fold_sums(self, thetas: np.ndarray, mult: np.ndarray | None, models: list[int]) -> np.ndarray:
+        return self._root(self.shard.node_fold_sums(thetas, np.asarray(models, float), _arr(mult)))
+
+    def fold_hvp(self, thetas: np.ndarray, vs: np.ndarray, mult: np.ndarray | None,
+                 models: list[int]) -> np.ndarray:
+        return self._root(self.shard.node_fold_hvp(thetas, vs, np.asarray(models, float), _arr(mult)))
+
+    def fold_scores(self, thetas: np.ndarray) -> np.ndarray:
+        return self._root(self.shard.node_fold_scores(thetas))
+
+    def class_weight_sums(self, n_classes: int) -> np.ndarray:
+        return self._root(self.shard.node_fold_class_sums(np.array([float(n_classes)])))
+
+
+def _arr(a: np.ndarray | None) -> np.ndarray:
+    return np.zeros(0) if a is None else np.asarray(a, dtype=np.float64)
 
 
 class LocalEvaluator:
