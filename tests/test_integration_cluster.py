@@ -160,7 +160,7 @@ def test_python_api_on_recipe_cluster(tcp_cluster, data, reference, mode):
     with Client(tcp_cluster.address, set_as_default=False, timeout=30) as client:
         X, y, _ = dlogit.read_data(data["x"], labels=data["y_path"], chunk_rows=CHUNK, client=client)
         assert X.numblocks[0] == ROWS // CHUNK
-        m = dlogit.LogisticRegression(**LBFGS, mode=mode, callback=events.append).fit(X, y, client=client)
+        m = dlogit.LogisticRegression(**LBFGS, mode=mode).fit(X, y, client=client, callback=events.append)
     assert H.rel_diff(H.model_vector(m), reference) <= REL_TOL
     start = next(e for e in events if e["type"] == "start")
     if mode == "distributed":

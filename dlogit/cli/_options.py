@@ -33,6 +33,21 @@ class FiniteFloat(click.ParamType):
         return x
 
 
+class PenaltyValues(FiniteFloat):
+    """One penalty (``0.01``) or a comma-separated list of them (``1e-4,1e-3,1e-2``: a path)."""
+
+    name = "float[,float...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (float, int, tuple)):
+            return value
+        parts = [p for p in str(value).split(",") if p.strip()]
+        if not parts:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        vals = tuple(super(PenaltyValues, self).convert(p.strip(), param, ctx) for p in parts)
+        return vals[0] if len(vals) == 1 else vals
+
+
 def duration(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> float | None:
     """A click callback: ``30``, ``2.5s``, ``5min`` -> seconds (a bad value is one usage line)."""
     if value is None:

@@ -20,6 +20,7 @@ import click
 
 from dlogit.cli._options import (
     FiniteFloat,
+    PenaltyValues,
     check_config,
     cluster_options,
     config_duration,
@@ -74,9 +75,20 @@ def _warn(message: str) -> None:
               help="Weight classes inversely to their frequency (S / (K S_k)).")
 @click.option("--solver", type=click.Choice(["gd", "lbfgs", "newton"]), default=None,
               help="[default: lbfgs for a DATA file, gd for synthetic data (the textbook run)]")
-@click.option("--l2", type=FiniteFloat(), default=0.01, show_default=True, help="L2 strength in l2*||W||^2.")
-@click.option("--l1", type=FiniteFloat(), default=0.0, show_default=True,
+@click.option("--l2", type=PenaltyValues(), default=0.01, show_default=True,
+              help="L2 strength in l2*||W||^2; several (1e-4,1e-3,1e-2) make a path for --cv.")
+@click.option("--l1", type=PenaltyValues(), default=0.0, show_default=True,
               help="L1 strength in l1*||W||_1 (sparse coefficients; lbfgs runs OWL-QN, gd is proximal).")
+@click.option("--l2-path", type=click.IntRange(min=1), default=None, metavar="N",
+              help="A path of N L2 values, log-spaced from the largest useful one (with --cv).")
+@click.option("--l1-path", type=click.IntRange(min=1), default=None, metavar="N",
+              help="A path of N L1 values, from the smallest that zeroes every coefficient (with --cv).")
+@click.option("--cv", "cv", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Choose the penalty by K-fold cross-validation (contiguous folds), then refit on all data.")
+@click.option("--scoring", type=click.Choice(["neg_log_loss", "accuracy"]), default="neg_log_loss",
+              show_default=True, help="Held-out score of --cv.")
+@click.option("--summary", "with_summary", is_flag=True,
+              help="Print the coefficient table (std err, z, p-value, 95%% interval) of a binary fit.")
 @click.option("--lr", type=FiniteFloat(positive=True), default=0.1, show_default=True, help="Learning rate (gd).")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None,
               help="[default: 10001 for gd, 1000 for lbfgs, 100 for newton]")
@@ -101,7 +113,8 @@ def _warn(message: str) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Also print informational notices.")
 @cluster_options
 def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight: str | None,
-          solver: str | None, l2: float, l1: float, lr: float, max_iter: int | None, tol: float | None,
+          solver: str | None, l2: Any, l1: Any, l2_path: int | None, l1_path: int | None, cv: int | None,
+          scoring: str, with_summary: bool, lr: float, max_iter: int | None, tol: float | None,
           init: str | None, no_intercept: bool, mode: str, out: str | None, keep_diverged: bool,
           checkpoint: str | None, checkpoint_every: float | None, resume: bool, as_json: bool, period: int,
           quiet: bool, verbose: bool, **opts: Any) -> None:
@@ -149,10 +162,28 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             if src and os.path.abspath(src) == os.path.abspath(checkpoint):
                 raise ConfigError(f"--checkpoint {checkpoint} is one of the inputs")
         ckpt = CheckpointSpec(checkpoint, every=float(every), resume=resume)
-    model = LogisticRegression(solver=solver, l2=l2, l1=l1, lr=lr, max_iter=max_iter, tol=tol,
-                               fit_intercept=not no_intercept, class_weight=class_weight, init=init,
-                               random_state=seed, chunk_rows=opts.get("chunk_rows"), progress_period=period,
-                               mode=mode)
+    if l2_path is not None:
+        l2 = l2_path
+    if l1_path is not None:
+        l1 = l1_path
+    path = cv is not None
+    if not path and (isinstance(l2, tuple) or isinstance(l1, tuple) or l2_path or l1_path):
+        raise ConfigError("several penalty values (or --l2-path/--l1-path) need --cv K to choose among them")
+    if path and ckpt is not None:
+        raise ConfigError("--checkpoint is not available with --cv (each point of a path is short)")
+    common = dict(solver=solver, lr=lr, max_iter=max_iter, tol=tol, fit_intercept=not no_intercept,
+                  class_weight=class_weight, init=init, random_state=seed, chunk_rows=opts.get("chunk_rows"),
+                  progress_period=period, mode=mode)
+    if path:
+        from dlogit.estimator_cv import LogisticRegressionCV
+
+        model = LogisticRegressionCV(l2=list(l2) if isinstance(l2, tuple) else l2,
+                                     l1=list(l1) if isinstance(l1, tuple) else l1, cv=cv, scoring=scoring,
+                                     **common)
+    else:
+        model = LogisticRegression(l2=l2, l1=l1, **common)
+    if with_summary and (path and (isinstance(l1, (tuple, int)) and l1) or (not path and l1 > 0)):
+        raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
     quiet = quiet or as_json
     _check_plan(cluster.get("workers"), synthetic and rows, opts.get("chunk_rows"))
@@ -174,7 +205,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             if y is None:
                 raise ConfigError(f"{data} has no labels (use --label COLUMN or --labels FILE.npy)")
             if kind == "gpu":
-                X = _to_gpu(X)
+                X = data_mod.on_device(X)  # moved on the workers: the client needs no CuPy
             meta_source = {"data": source.path, "format": ds.info.kind, "label": source.label,
                            "labels": source.labels, "weights": source.weights,
                            "feature_names": ds.info.feature_names, "sep": source.sep,
@@ -192,8 +223,11 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                 warnings.simplefilter("always")
                 tracker = _StepTracker(progress)
                 try:
-                    model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
-                              callback=tracker)
+                    if path:
+                        model.fit(X, y, sample_weight=w, client=client, callback=tracker)
+                    else:
+                        model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
+                                  callback=tracker)
                 except SchedulerLost:
                     raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
                 except (DlogitError, KeyboardInterrupt):
@@ -209,9 +243,12 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         fit_seconds = model.fit_seconds_
         usable = model.status_ != "diverged" and np.all(np.isfinite(model.coef_))
         accuracy = None
+        table = None
         if usable:
             with client.as_current():
                 accuracy = model.score(X, y, sample_weight=None)
+                if with_summary:
+                    table = model.summary(X, y, sample_weight=w, client=client)
         workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
     _report_warnings(caught, model.status_)
     if not usable:
@@ -223,6 +260,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if out:
         model.save(out, source=meta_source, accuracy=accuracy)
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
+               "l2": float(getattr(model, "l2_", l2)), "l1": float(getattr(model, "l1_", l1)),
                "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
                "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
                "mode": model.mode_, "kernel": model.kernel_, "solver": solver,
@@ -231,16 +269,31 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                "coef_norm": float(np.linalg.norm(model.coef_)),
                "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
                "model": out}
+    if path:
+        summary["cv"] = {"scoring": scoring, "folds": cv, "best_index": int(model.best_index_),
+                         "best_score": float(model.best_score_),
+                         "l2": [float(v) for v in model.cv_results_["param_l2"]],
+                         "l1": [float(v) for v in model.cv_results_["param_l1"]],
+                         "mean_test_score": [float(v) for v in model.cv_results_["mean_test_score"]]}
+    if table is not None:
+        summary["summary"] = {n: {"coef": float(c), "std_err": float(e), "p_value": float(p)}
+                              for n, c, e, p in zip(table.names, table.coef, table.std_err, table.p_value)}
     if as_json:
         click.echo(json.dumps(summary))
         return
+    if path:
+        click.echo(f"cv: best l2 {model.l2_:.4g}, l1 {model.l1_:.4g}: {scoring} {model.best_score_:.6f} "
+                   f"({cv} folds); "
+                   "refit on all the data")
     classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
     click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
                f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s), "
                f"{model.mode_} mode, {model.kernel_} kernel{classes})")
-    sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if l1 > 0 else ""
+    sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if model.n_nonzero_ < model.coef_.size else ""
     click.echo(f"loss {_num(model.loss_)}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
                f"{sparsity}")
+    if table is not None:
+        click.echo(str(table))
     if out:
         click.echo(f"model written to {out}")
 
@@ -346,17 +399,6 @@ def _check_chunks(n_chunks: int, rows: float) -> None:
     if n_chunks > 10_000:
         _warn(f"the data has {n_chunks} chunks: per-chunk overhead will dominate; use larger chunks "
               "(--chunk-rows or --chunk-bytes)")
-
-
-def _to_gpu(a: Any) -> Any:
-    import cupy
-
-    meta = getattr(a, "_meta", None)
-    if meta is not None and hasattr(meta, "nnz"):
-        import cupyx.scipy.sparse as cps
-
-        return a.map_blocks(cps.csr_matrix, dtype=a.dtype, meta=cps.csr_matrix((0, a.shape[1]), dtype=a.dtype))
-    return a.map_blocks(cupy.asarray, dtype=a.dtype, meta=cupy.empty((0,) * a.ndim, dtype=a.dtype))
 
 
 @contextlib.contextmanager
