@@ -4,9 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from dlogit import config as _config  # noqa: E402,F401  (registers dask.config defaults)
-from dlogit.data import read_data, synthetic  # noqa: E402
-from dlogit.errors import (  # noqa: E402
+from dlogit import config as _config  # noqa: F401  (registers dask.config defaults)
+from dlogit.data import read_data, synthetic
+from dlogit.errors import (
     ClusterError,
     ConfigError,
     ConvergenceWarning,
@@ -16,9 +16,9 @@ from dlogit.errors import (  # noqa: E402
     ModelError,
     OutputError,
 )
-from dlogit.estimator import LogisticRegression, load_model  # noqa: E402
-from dlogit.estimator_cv import LogisticRegressionCV  # noqa: E402
-from dlogit.spec import CheckpointSpec as Checkpoint  # noqa: E402
+from dlogit.estimator import LogisticRegression, load_model
+from dlogit.estimator_cv import LogisticRegressionCV
+from dlogit.spec import CheckpointSpec as Checkpoint
 
 __all__ = [
     "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",

@@ -17,6 +17,8 @@ Every chunk, however it arrived (unaligned after Dask deserialization, read-only
 memory map, a strided view, an integer or half dtype), is evaluated at full speed without copying the
 whole chunk: dense CPU chunks that are not aligned, C-contiguous float32/float64 stream through a
 block-sized scratch buffer (see :class:`DenseBinomialCPU`), so the shard's memory is never doubled.
+(Sparse and CuPy chunks of an integer or half dtype are the exception: they are cast once, at
+preparation, to the float type they are evaluated in.)
 """
 
 from __future__ import annotations
@@ -261,10 +263,6 @@ def _row_blocks(X: Any, n_outputs: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
-def _host_float(x: Any) -> float:
-    return float(x)
-
-
 class LinearChunk:
     """Sums of any family on any array kind, from ``X_b @ M`` and ``X_b.T @ R`` per row block.
 
@@ -280,6 +278,8 @@ class LinearChunk:
             X = X.tocsr() if X.format != "csr" else X
         elif kind == "numpy" and not _direct(X):
             X = np.ascontiguousarray(X, dtype=compute_dtype(X.dtype))
+        if kind != "numpy" and X.dtype != compute_dtype(X.dtype):
+            X = X.astype(compute_dtype(X.dtype))  # integer / half chunks: cast once (cuBLAS, cuSPARSE, kernels)
         self.X = X
         self.kind = kind
         self.xp = get_xp(X.data if kind.endswith("csr") else X)
@@ -718,8 +718,18 @@ def chunk_sums(X: Any, y: Any, theta: Any, sample_weight: Any = None, kernel: st
     return prepare_chunk(X, y, sample_weight, layout, Binomial(), kernel=kernel).sums(theta)
 
 
-__all__ = ["EVALUATORS", "LinearChunk", "DenseBinomialCPU", "Multinomial", "SumsLayout", "array_kind",
-           "binomial_terms", "chunk_sums", "multinomial_terms", "prepare_chunk"]
+__all__ = [
+    "EVALUATORS",
+    "DenseBinomialCPU",
+    "LinearChunk",
+    "Multinomial",
+    "SumsLayout",
+    "array_kind",
+    "binomial_terms",
+    "chunk_sums",
+    "multinomial_terms",
+    "prepare_chunk",
+]
 
 
 def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercept: float,

@@ -148,10 +148,10 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
         dashboard_address = f"{host}:8787"
     preload = _scheduler_preload()
     protocol = "tls://" if security is not None else None
-    kwargs: dict[str, Any] = dict(host=host, dashboard_address=dashboard_address, security=security,
-                                  scheduler_port=scheduler_port, silence_logs=silence_logs,
-                                  scheduler_kwargs={"preload": preload} if preload else {},
-                                  preload=[WORKER_PRELOAD], env={LOCAL_WORKER_ENV: "1"})
+    kwargs: dict[str, Any] = {"host": host, "dashboard_address": dashboard_address, "security": security,
+                                  "scheduler_port": scheduler_port, "silence_logs": silence_logs,
+                                  "scheduler_kwargs": {"preload": preload} if preload else {},
+                                  "preload": [WORKER_PRELOAD], "env": {LOCAL_WORKER_ENV: "1"}}
     if protocol:
         kwargs["protocol"] = protocol
     if use_gpu:
@@ -202,7 +202,7 @@ class _dashboard_fallback:
             except OSError:
                 self.kwargs["dashboard_address"] = f"{host}:0"
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 
@@ -234,7 +234,7 @@ def _start(factory: Any, **kwargs: Any) -> Any:
         with warnings.catch_warnings():  # a taken dashboard port falls back to a free one: fine
             warnings.filterwarnings("ignore", message="Port .* is already in use")
             return factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         root = _root_cause(exc)
         detail = f"{type(root).__name__}: {root}" if root is not exc else str(exc)
         raise ClusterError(f"could not start a local cluster: {detail.splitlines()[0]}") from exc

@@ -4,8 +4,9 @@ For each penalty of the path (the largest first), the ``m`` fold models are trai
 fold has its own solver (the same solver, tolerances and warm start a separate fit would use), running
 in its own thread, and every objective evaluation a solver asks for is batched with those of the other
 folds into one pass over the data (:class:`dlogit.folds.FoldChunk`: one read of X serves all ``m``
-fold gradients). Each fold's iterates are exactly those of a separate fit on its training rows, so the
-scores equal scikit-learn's ``GridSearchCV`` over the same folds. The next penalty starts every fold
+fold gradients). Each fold's iterates are those of a separate fit on its training rows up to the
+rounding of the sums (the fold's rows are summed inside each chunk's block rather than alone), so the
+scores equal scikit-learn's ``GridSearchCV`` over the same folds to the solvers' tolerance. The next penalty starts every fold
 from its solution at the previous one (warm start down the path). Held-out scores come from one more
 pass per penalty. Nothing here knows where the chunks live: a :class:`FoldSource` evaluates them.
 
@@ -86,13 +87,11 @@ def score_from_sums(scoring: str, sums: np.ndarray) -> np.ndarray:
 
 
 def penalty_grid(values: Any, kind: str, lam_max: float, n_default: int = 10) -> list[float]:
-    """The penalties of a path, largest first: given values, or ``int`` log-spaced ones from ``lam_max``
+    """The penalties of a path, largest first: given values, or ``int`` (>= 2) log-spaced ones from ``lam_max``
     (the smallest L1 penalty that zeroes every coefficient; for L2, 50 times that gradient scale) down
     a ratio of 1e-4 (L2) or 1e-3 (L1)."""
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    if is_count(values):
         n = int(values)
-        if n < 1:
-            raise ConfigError(f"a path needs at least one {kind} value, got {n}")
         top = lam_max * (50.0 if kind == "l2" else 1.0)
         ratio = 1e-4 if kind == "l2" else 1e-3
         if not top > 0:
@@ -300,12 +299,16 @@ def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[t
         except Interrupted as exc:
             emitter.end("interrupted", 0, math.nan, math.nan, exc.message)
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or a signal turned into one: the path was interrupted
+            reason = getattr(exc, "message", None) or "interrupted"
+            emitter.end("interrupted", 0, math.nan, math.nan, reason)
+            raise Interrupted(reason, getattr(exc, "signum", None)) from None
         except BaseException as exc:
             emitter.end("failed", 0, math.nan, math.nan, f"{type(exc).__name__}: {exc}")
             raise
         scores = score_from_sums(scoring, source.fold_scores(thetas))
         nnz = int(np.mean([np.count_nonzero(plan.layout.coef(t)) for t in thetas]))
-        emitter.end("converged" if all(st == "converged" for st in status) else status[0], int(n_iter.max()),
+        emitter.end(worst_status(status), int(n_iter.max()),
                     float(-scores.mean()) if scoring == "neg_log_loss" else float(scores.mean()), math.nan,
                     "", n_nonzero=nnz)
         points.append(PathPoint(float(l2), float(l1), scores, n_iter, status, thetas))
@@ -320,6 +323,15 @@ def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[t
     return PathResult(points, scoring, _best(points), path_id)
 
 
+#: fold statuses from the worst: a point's status is its worst fold's
+_SEVERITY = ("diverged", "stalled", "max_iter", "converged")
+
+
+def worst_status(statuses: list[str]) -> str:
+    """The status of a path point: its worst fold's (``converged`` only when every fold converged)."""
+    return min(statuses, key=lambda st: _SEVERITY.index(st) if st in _SEVERITY else -1)
+
+
 def _best(points: list[PathPoint]) -> int:
     """The point with the highest mean score (the first, i.e. the most penalized, among ties)."""
     means = np.array([p.mean for p in points])
@@ -327,10 +339,16 @@ def _best(points: list[PathPoint]) -> int:
     return int(np.argmax(means))
 
 
-def intercept_only(plan: FitPlan) -> np.ndarray:
-    """The intercept-only model (coefficients 0, intercepts at the weighted class log-odds)."""
+def intercept_only(plan: FitPlan, fit_intercept: bool = True) -> np.ndarray:
+    """The intercept-only model: coefficients 0, intercepts at the weighted class log-odds (with the
+    class weights' multipliers; all 0 without an intercept)."""
     theta = np.zeros(plan.layout.size)
-    S = np.maximum(plan.classes.weight_sums, 1e-300)
+    if not fit_intercept:
+        return theta
+    S = np.asarray(plan.classes.weight_sums, dtype=np.float64)
+    if plan.multipliers is not None:
+        S = S * plan.multipliers
+    S = np.maximum(S, 1e-300)
     b = plan.layout.intercept(theta)
     if plan.family.name == "binomial":
         b[0] = math.log(S[1] / S[0])
@@ -339,10 +357,10 @@ def intercept_only(plan: FitPlan) -> np.ndarray:
     return theta
 
 
-def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray]) -> float:
+def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray], fit_intercept: bool = True) -> float:
     """The largest coefficient gradient of the mean loss at the intercept-only model: the smallest L1
     penalty for which every coefficient is zero (the top of an L1 path)."""
-    theta = intercept_only(plan)
+    theta = intercept_only(plan, fit_intercept)
     s = sums_at(theta)
     g = np.asarray(s[1:], dtype=np.float64) / plan.weight_sum
     return float(np.max(np.abs(plan.layout.coef(g)))) if plan.layout.n_features else 0.0
@@ -358,13 +376,16 @@ class PathSpec:
     scoring: str = "neg_log_loss"
 
 
+def is_count(v: Any) -> bool:
+    """An int >= 2: the number of log-spaced penalties of a grid (0 and 1 are penalties themselves)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) >= 2
+
+
 def is_grid(v: Any) -> bool:
-    """A list of values, or an int (the number of log-spaced values), as opposed to one penalty."""
-    if isinstance(v, bool):
+    """A list of values, or an int >= 2 (the number of log-spaced values), as opposed to one penalty."""
+    if isinstance(v, (bool, np.bool_)):
         return False
-    if isinstance(v, (int, np.integer)):
-        return True
-    return np.ndim(v) > 0
+    return is_count(v) or np.ndim(v) > 0
 
 
 def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpec, send: Send, *,
@@ -381,7 +402,7 @@ def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpe
     stats = merged_stats(dict(shard.stats()), len(raw))
     plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path, [rows[i] for i in range(len(raw))])
     shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
-    penalties = path_penalties(plan, path, LocalEvaluator(shard).sums)
+    penalties = path_penalties(plan, path, LocalEvaluator(shard).sums, spec.fit_intercept)
     return run_path(ShardFoldSource(shard, plan.folds.n_folds), spec, plan, penalties, path.scoring, send,
                     mode=mode, info={"n_chunks": len(raw), **(info or {})}, stop=stop)
 
@@ -402,12 +423,11 @@ def with_folds(plan: FitPlan, path: PathSpec, chunk_rows: list[int]) -> FitPlan:
     return replace(plan, folds=FoldPlan(scheme, offsets))
 
 
-def path_penalties(plan: FitPlan, path: PathSpec, sums_at: Callable[[np.ndarray], np.ndarray]
-                   ) -> list[tuple[float, float]]:
+def path_penalties(plan: FitPlan, path: PathSpec, sums_at: Callable[[np.ndarray], np.ndarray],
+                   fit_intercept: bool = True) -> list[tuple[float, float]]:
     """The (l2, l1) points of a path, the most penalized first (lambda_max from one pass)."""
-    needs = is_grid(path.l2) and isinstance(path.l2, (int, np.integer)) or (
-        is_grid(path.l1) and isinstance(path.l1, (int, np.integer)))
-    lam = lambda_max(plan, sums_at) if needs else 0.0
+    needs = is_count(path.l2) or is_count(path.l1)
+    lam = lambda_max(plan, sums_at, fit_intercept) if needs else 0.0
     l2s = penalty_grid(path.l2, "l2", lam) if is_grid(path.l2) else [float(path.l2)]
     l1s = penalty_grid(path.l1, "l1", lam) if is_grid(path.l1) else [float(path.l1)]
     return sorted({(a, b) for a in l2s for b in l1s}, key=lambda p: (-(p[0] + p[1]), -p[0]))

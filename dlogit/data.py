@@ -98,7 +98,7 @@ def _meta(dtype: Any, ndim: int, gpu: bool) -> Any:
             import cupy
 
             return cupy.empty((0,) * ndim, dtype=dtype)
-        except Exception:  # noqa: BLE001 - no CuPy (or no device) on the client: NumPy meta is fine
+        except Exception:  # noqa: BLE001, S110 - no CuPy (or no device) on the client: NumPy meta is fine
             pass
     return np.empty((0,) * ndim, dtype=dtype)
 

@@ -18,11 +18,11 @@ import os
 import time
 import warnings
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dlogit import engine
@@ -62,6 +62,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         Iteration cap; default 10001 for ``"gd"``, 1000 for ``"lbfgs"``, 100 for ``"newton"``.
     tol : float, optional
         Stop when the gradient's norm (with L1: the minimum-norm subgradient's) is at most ``tol``;
+        for ``"lbfgs"`` and ``"newton"`` measured in standardized coordinates (each column centred
+        and divided by its standard deviation), so the rule does not depend on the columns' units;
         default 0 (run every step) for ``"gd"`` and 1e-6 otherwise.
     fit_intercept : bool, default True
     class_weight : dict, "balanced" or None
@@ -90,7 +92,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
     fit_seconds_, mode_, kernel_, run_id_, class_counts_
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "solver": [StrOptions({"lbfgs", "gd", "newton"})],
         "l2": [Interval(Real, 0, None, closed="left")],
         "l1": [Interval(Real, 0, None, closed="left")],
@@ -381,7 +383,6 @@ def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:
         every = dask.utils.parse_timedelta(dask.config.get("dlogit.checkpoint-every", "30s"))
         spec = CheckpointSpec(os.fspath(checkpoint), every=float(every), resume=False)
     from dlogit.checkpoint import check_directory
-
     from dlogit.files import current_umask
 
     mode = spec.mode if spec.mode is not None else 0o666 & ~current_umask()  # the client's umask

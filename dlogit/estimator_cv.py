@@ -8,16 +8,16 @@ of one penalty are fitted together, one pass over the data per step (:mod:`dlogi
 from __future__ import annotations
 
 import time
+import warnings
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from dlogit.cv import SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks
-from dlogit.errors import ConfigError
+from dlogit.cv import SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks, worst_status
+from dlogit.errors import ConfigError, ConvergenceWarning
 from dlogit.estimator import LogisticRegression, ParameterError
-
 
 _GRID = [Interval(Real, 0, None, closed="left"), Interval(Integral, 1, None, closed="left"), "array-like"]
 
@@ -53,7 +53,7 @@ class LogisticRegressionCV(LogisticRegression):
     and, after ``refit``, every attribute of :class:`LogisticRegression`.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **LogisticRegression._parameter_constraints,
         "l2": _GRID,
         "l1": _GRID,
@@ -159,6 +159,7 @@ class LogisticRegressionCV(LogisticRegression):
             "param_l2": np.array([p.l2 for p in pts]), "param_l1": np.array([p.l1 for p in pts]),
             "mean_test_score": means, "std_test_score": scores.std(axis=1), "rank_test_score": rank,
             "n_iter": np.array([int(p.n_iter.max()) for p in pts]),
+            "status": np.array([worst_status(list(p.status)) for p in pts]),
         }
         for k in range(scores.shape[1]):
             res[f"split{k}_test_score"] = scores[:, k]
@@ -168,6 +169,13 @@ class LogisticRegressionCV(LogisticRegression):
         self.l2_ = pts[result.best].l2
         self.l1_ = pts[result.best].l1
         self.path_ = result
+        fits = [st for p in pts for st in p.status]
+        bad = [st for st in fits if st != "converged"]
+        if bad:
+            kinds = ", ".join(f"{bad.count(k)} {k}" for k in ("diverged", "stalled", "max_iter") if k in bad)
+            warnings.warn(f"{len(bad)} of {len(fits)} fold fits did not converge ({kinds}): their scores "
+                          "may not be those of the optimum (raise max_iter, or tol for 'stalled')",
+                          ConvergenceWarning, stacklevel=3)
 
     def _path_arrays(self) -> dict[str, np.ndarray]:
         pts = self.path_.points

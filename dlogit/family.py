@@ -25,7 +25,7 @@ that validates the chunks; :class:`Classes` maps labels to class codes 0..K-1 in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -128,7 +128,7 @@ class Classes:
 
     @property
     def n(self) -> int:
-        return int(len(self.values))
+        return len(self.values)
 
     @property
     def kind(self) -> str:
@@ -158,15 +158,21 @@ class Classes:
         y = to_numpy(y)
         if y.size == 0:
             return np.zeros(0, np.int64)
-        try:
-            y = _canonical(y, self.kind) if self.kind != "float" else y.astype(np.float64)
-        except (TypeError, ValueError):
-            raise DataError(f"{what} are not of the model's label type ({self.kind})") from None
-        if self.kind == "int" and y.dtype.kind == "f":
-            y = y.astype(np.float64)
-        codes = np.searchsorted(self.values, y)
+        values = self.values
+        if self.kind in ("int", "bool", "float") and y.dtype.kind in "biuf":
+            # numbers against numeric classes compare as numbers: 0.5 or 2 is no class of {0, 1}
+            # (a cast to the classes' type first would turn them into one)
+            y, values = y.astype(np.float64), values.astype(np.float64)
+        elif self.kind == "bool":
+            raise DataError(f"{what} are not of the model's label type (bool)")
+        else:
+            try:
+                y = _canonical(y, self.kind)
+            except (TypeError, ValueError):
+                raise DataError(f"{what} are not of the model's label type ({self.kind})") from None
+        codes = np.searchsorted(values, y)
         codes = np.minimum(codes, self.n - 1)
-        bad = self.values[codes] != y
+        bad = values[codes] != y
         if bool(bad.any()):
             unknown = np.unique(y[bad])[:5]
             raise DataError(f"{what} hold {int(bad.sum())} value(s) that are not classes of the model: "
@@ -420,5 +426,3 @@ def describe_classes(classes: Classes) -> dict[str, Any]:
             "class_counts": [int(c) for c in classes.counts[:100]]}
 
 
-def stack_labels(parts: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate([to_numpy(p) for p in parts]) if parts else np.zeros(0)

@@ -107,6 +107,8 @@ class FoldChunk:
         sparse = hasattr(X, "nnz")
         if sparse:
             X = X.tocsr()
+            if not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
+                X = X.astype(np.float64)  # integer or half values: cast once, never truncate the models
         self.X = X
         xp = get_xp(X.data if sparse else X)
         self.xp = xp
@@ -145,14 +147,15 @@ class FoldChunk:
                 r = hi - lo
                 base = (xp.arange(self.m)[:, None] * k * r)
                 self._own.append(base + self.codes[lo:hi][None, :] * r + xp.arange(r)[None, :])
-        self._train: dict[int, Any] = {}
+        self._train: dict[bytes, Any] = {}
         self._test: Any = None
 
     def _weights(self, lo: int, hi: int, mult: Any, train: bool, models: Any = None) -> Any:
         """(m, rows) weights: training rows of each fold (times its class weights), or held-out rows.
         Made once per chunk (and class-weight table) and kept: m floats a row, beside d for X."""
         xp = self.xp
-        key = 0 if mult is None else id(mult)
+        # keyed on the class-weight values, not the object: a distributed step brings a new copy
+        key = b"" if mult is None else np.ascontiguousarray(to_numpy(mult), dtype=np.float64).tobytes()
         if train:
             table = self._train.get(key)
             if table is None:
@@ -179,7 +182,9 @@ class FoldChunk:
         b = thetas[:, k * d:].reshape(q * k)
         Z = W.astype(self.dtype, copy=False) @ Xb.T
         Z = Z.toarray() if hasattr(Z, "toarray") else Z
-        Z = xp.asarray(Z).astype(xp.float64, copy=False)
+        # C order always (a sparse product comes back in F order): the (q, K, rows) views of the
+        # softmax and the flat own-class positions rely on it
+        Z = xp.ascontiguousarray(xp.asarray(Z), dtype=xp.float64)
         Z += b[:, None]
         return Z
 

@@ -35,7 +35,7 @@ class FitData:
 
 def _is_dask_collection(x: Any) -> bool:
     mod = type(x).__module__
-    return mod.startswith("dask.") or mod.startswith("dask_expr")
+    return mod.startswith(("dask.", "dask_expr"))
 
 
 def _is_dask_frame(x: Any) -> bool:

@@ -65,9 +65,9 @@ def choose_cpu_kernel(kernel: str, n: int, d: int, dtype: Any, threads: int | No
         return "fused"
     if d < FUSED_MIN_FEATURES or not cpu.available():
         return "blas"
-    if n * d * dtype.itemsize > FUSED_MAX_BYTES_THREADED_BLAS:
-        if (blas_threads() if threads is None else threads) > 1:
-            return "blas"
+    if n * d * dtype.itemsize > FUSED_MAX_BYTES_THREADED_BLAS and (
+            blas_threads() if threads is None else threads) > 1:
+        return "blas"
     return "fused"
 
 

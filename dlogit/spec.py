@@ -86,10 +86,10 @@ class FitPlan:
     data_fingerprint: str
     sparse: bool = False
     stats: ChunkStats | None = field(default=None, repr=False, compare=False)
-    #: per parameter, the factor that turns a gradient into the gradient in standardized coordinates
-    #: (each coefficient's column's standard deviation; 1 for intercepts): the scale-free stopping rule
-    #: of the preconditioned solvers
-    standardize: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the standardized coordinates (each column centred when there is an intercept, and divided by
+    #: its standard deviation) in which the preconditioned solvers measure their (sub)gradient: the
+    #: scale-free stopping rule
+    standardize: Reparam | None = field(default=None, repr=False, compare=False)
     #: the folds of a cross-validated path (:class:`dlogit.folds.FoldPlan`), or None for one fit
     folds: Any = field(default=None, repr=False, compare=False)
 
@@ -125,8 +125,8 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
     reparam = make_reparam(spec, layout, stats, spec.l2)
     theta0 = initial_theta(spec, layout)
     std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.rows)
-    standardize = np.ones(layout.size)
-    standardize[: layout.n_outputs * layout.n_features] = np.tile(std, layout.n_outputs)
+    mean = stats.col_max * stats.col_sum / max(1, stats.rows) if spec.fit_intercept else np.zeros_like(std)
+    standardize = Reparam(layout, std, np.where(np.isfinite(mean), mean, 0.0))
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
                    sparse=stats.nnz < stats.rows * stats.n_features, stats=stats, standardize=standardize)

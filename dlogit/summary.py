@@ -75,11 +75,19 @@ class Summary:
         return "\n".join(lines)
 
 
+def _penalty(model: Any, name: str) -> float:
+    """The penalty the model was fitted with: ``l2_`` / ``l1_`` where a CV model chose one from a grid."""
+    value = getattr(model, name + "_", None)
+    if value is None:
+        value = getattr(model, name, 0.0)
+    return float(value or 0.0)
+
+
 def check_summary_allowed(model: Any) -> None:
     if model.coef_.shape[0] != 1:
         raise ConfigError("summary() is for binary models (this one has "
                           f"{model.coef_.shape[0]} coefficient rows)")
-    if float(getattr(model, "l1", 0.0) or 0.0) > 0:
+    if _penalty(model, "l1") > 0:
         raise ConfigError("summary() needs an unpenalized or L2-penalized fit: an L1 fit's standard errors "
                           "are not given by its Hessian")
     d = model.coef_.shape[1]
@@ -91,7 +99,7 @@ def summarize(model: Any, hessian_sum: np.ndarray, weight_sum: float, n_rows: in
     """The table from the reduced ``(d + 1)^2`` Fisher information of the data at the model."""
     d = model.coef_.shape[1]
     H = np.array(hessian_sum, dtype=np.float64)
-    l2 = float(model.l2)
+    l2 = _penalty(model, "l2")
     if l2:
         H[:d, :d] += 2.0 * weight_sum * l2 * np.eye(d)
     keep = d + 1 if model.fit_intercept else d
@@ -121,7 +129,7 @@ def _chunk_hessian(X: Any, y: Any, w: Any, classes: np.ndarray, mult: Any, coef:
     if mult is not None:
         sw = mult[codes] if sw is None else sw * mult[codes]
     total = float(len(codes)) if sw is None else float(sw.sum())
-    return binomial_hessian(X, codes, sw, coef, b, fit_intercept), total, int(len(codes))
+    return binomial_hessian(X, codes, sw, coef, b, fit_intercept), total, len(codes)
 
 
 def _add(a: tuple[np.ndarray, float, int], b: tuple[np.ndarray, float, int]) -> tuple[np.ndarray, float, int]:
@@ -146,6 +154,8 @@ def model_summary(model: Any, X: Any, y: Any, sample_weight: Any = None, client:
 
         client = client if client is not None else engine.current_client()
         X, _ = inputs.prepare_predict(model, X)
+        if X.numblocks[1] > 1:
+            X = X.rechunk({1: -1})  # one block of whole rows per chunk: each chunk's Hessian needs them
         y = inputs.as_dask_labels(y, X[:, 0])
         w = None if sample_weight is None else inputs.as_dask_labels(sample_weight, X[:, 0])
         xs, ys = X.to_delayed().ravel(), y.to_delayed().ravel()

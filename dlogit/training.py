@@ -5,8 +5,9 @@
 on one worker, or across workers) -- and runs the solver step by step:
 
 * the solver moves in preconditioned coordinates (:class:`~dlogit.objective.Reparam`) while the
-  objective, the stopping rule (the gradient's norm, or with L1 the minimum-norm subgradient's) and
-  everything reported are in the model's own coordinates;
+  objective and everything reported are in the model's own coordinates; the stopping rule is the
+  gradient's norm (with L1 the minimum-norm subgradient's), for preconditioned solvers measured in
+  standardized coordinates (columns centred and divided by their standard deviation);
 * between two steps it checks ``stop()`` (a signal, a cancelled fit), records the history, sends
   progress events and writes a checkpoint every ``checkpoint.every`` seconds;
 * when stopped it writes a checkpoint of the last completed step and raises
@@ -16,7 +17,6 @@ on one worker, or across workers) -- and runs the solver step by step:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +27,8 @@ import numpy as np
 from dlogit.errors import Interrupted
 from dlogit.events import ProgressEmitter, Send
 from dlogit.family import describe_classes, n_nonzero
-from dlogit.objective import Objective
+from dlogit.objective import Objective, Reparam
+from dlogit.solvers import reopen
 from dlogit.spec import FitPlan, FitResult, FitSpec
 
 Stop = Callable[[], "str | None"]
@@ -44,21 +45,18 @@ class Evaluator(Protocol):
 
 
 def subgradient_norm(theta: np.ndarray, grad: np.ndarray, l1: float, penalized: np.ndarray,
-                     standardize: np.ndarray | None = None) -> float:
-    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1), each
-    component divided by ``standardize`` when given (the subgradient in standardized coordinates:
-    coefficients of columns divided by their standard deviation)."""
-    if not l1:
-        g = grad if standardize is None else grad / standardize
-        return float(np.sqrt(np.dot(g, g)))
-    g = grad.copy()
-    w = theta[penalized]
-    gp = grad[penalized]
-    nz = w != 0
-    out = np.where(nz, gp + l1 * np.sign(w), np.sign(gp) * np.maximum(np.abs(gp) - l1, 0.0))
-    g[penalized] = out
+                     standardize: Reparam | None = None) -> float:
+    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1); with
+    ``standardize``, of that subgradient mapped into standardized coordinates (columns centred and
+    divided by their standard deviation: ``(g_W - g_b m) / s``)."""
+    g = grad
+    if l1:
+        g = grad.copy()
+        w = theta[penalized]
+        gp = grad[penalized]
+        g[penalized] = np.where(w != 0, gp + l1 * np.sign(w), np.sign(gp) * np.maximum(np.abs(gp) - l1, 0.0))
     if standardize is not None:
-        g /= standardize
+        g = standardize.grad_to_solver(g)
     return float(np.sqrt(np.dot(g, g)))
 
 
@@ -111,14 +109,11 @@ class _Problem:
 
 
 def _solver_problem(p: _Problem, n_params: int, l1_weights: np.ndarray | None) -> Any:
+    """The solvers' :class:`~dlogit.solvers.Problem` of a fit (or of one fold of a path)."""
     from dlogit.solvers import Problem
 
-    fields = {f.name for f in dataclasses.fields(Problem)}
-    kw: dict[str, Any] = {"fun": p.fun, "n_params": n_params, "l1": l1_weights,
-                          "hvp": p.hvp if p.needs_hvp else None}
-    if "optimality" in fields:
-        kw["optimality"] = p.optimality
-    return Problem(**{k: v for k, v in kw.items() if k in fields})
+    return Problem(fun=p.fun, n_params=n_params, l1=l1_weights, hvp=p.hvp if p.needs_hvp else None,
+                   optimality=p.optimality)
 
 
 def start_params(spec: FitSpec, plan: FitPlan, mode: str, kernel: str, resumed_from: int | None,
@@ -177,7 +172,7 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
                                    mode=spec.checkpoint.mode)
         if spec.checkpoint.resume and start is None:
             loaded = ckpt.load(spec.checkpoint.directory, expect)
-            state = loaded.state
+            state = reopen(loaded.state, opts)  # a finished run goes on under a larger max_iter / smaller tol
             history = {k: [float(x) for x in loaded.history.get(k, [])] for k in history}
             resumed_from = int(state.n_iter)
     if start is not None:

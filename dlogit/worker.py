@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-import dlogit.engine  # noqa: F401  (the engine, the fit loop, the chunk math)
+import dlogit.engine
 import dlogit.solvers  # noqa: F401  (every solver)
-from dlogit.kernels import cpu
 from dlogit.chunks import chunk_sums
+from dlogit.kernels import cpu
 
 
 def warm_up() -> None:

@@ -9,7 +9,7 @@ def exact_optimum(X, codes, K, l2, sw=None, fit_intercept=True):
     """The objective's minimizer by Newton's method with the full Hessian (float64, to ||g|| ~ 1e-14).
 
     f = sum_i s_i l_i / sum_i s_i + l2 ||W||^2 for K = 2 (one coefficient row) or K > 2 (softmax)."""
-    n, d = X.shape
+    n, _d = X.shape
     sw = np.ones(n) if sw is None else np.asarray(sw, float)
     S = sw.sum()
     k = 1 if K == 2 else K

@@ -15,7 +15,7 @@ def _has_gpu() -> bool:
     return cupy_available()
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+def pytest_collection_modifyitems(config, items):
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU and CuPy")

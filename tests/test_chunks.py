@@ -135,7 +135,7 @@ def test_fused_kernel_matches_the_blas_path(rng, dtype, shape):
 def test_blocked_path_reuses_buffers_without_leaking_state(rng, monkeypatch, dtype):
     """One chunk evaluated at many thetas (several cache blocks, a short last block) equals a fresh
     evaluation each time, and the blocked sums equal the one-block sums."""
-    import dlogit.chunks as chunks
+    from dlogit import chunks
 
     X = rng.standard_normal((1050, 12)).astype(dtype)
     codes = rng.integers(0, 2, 1050)
@@ -174,7 +174,7 @@ def _awkward(X, how):
 @pytest.mark.parametrize("kernel", ["blas", "fused"])
 @pytest.mark.parametrize("how", ["unaligned", "fortran", "read-only", "strided"])
 def test_awkward_layouts_give_identical_sums_without_copying_the_chunk(rng, monkeypatch, kernel, how):
-    import dlogit.chunks as chunks
+    from dlogit import chunks
 
     monkeypatch.setattr(chunks, "CPU_BLOCK_BYTES", 64 * 200 * 8)  # several blocks
     X = rng.standard_normal((500, 200))
@@ -235,7 +235,7 @@ def test_csr_binomial_equals_dense(rng, weighted, kernel):
 
 
 def test_wide_csr_chunks_take_the_scipy_products(rng):
-    import dlogit.chunks as chunks
+    from dlogit import chunks
 
     X = sp.random(50, chunks.CSR_FUSED_MAX_FEATURES["binomial"] + 1, density=1e-3, format="csr",
                   random_state=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _exact import exact_optimum
 
 import dlogit
-from _exact import exact_optimum
 from dlogit.data import synthetic_numpy
 
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from dlogit.errors import DataError
-from dlogit.family import (Binomial, Classes, Multinomial, ParamLayout, class_multipliers, family_for,
-                           label_counts, merge_label_counts)
+from dlogit.family import (
+    Binomial,
+    Classes,
+    Multinomial,
+    ParamLayout,
+    class_multipliers,
+    family_for,
+    label_counts,
+    merge_label_counts,
+)
 
 
 @pytest.mark.parametrize("labels, kind", [
@@ -51,6 +59,16 @@ def test_label_errors_are_one_clear_line():
     classes = Classes.from_counts(*label_counts(np.array(["a", "b"])))
     with pytest.raises(DataError, match="not classes of the model: c"):
         classes.encode(np.array(["a", "c"]))
+    # labels that a cast to the classes' type would turn into a class are not classes
+    ints = Classes.from_counts(*label_counts(np.array([0, 1, 1])))
+    with pytest.raises(DataError, match="not classes of the model: 0.5"):
+        ints.encode(np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_array_equal(ints.encode(np.array([1.0, 0.0])), [1, 0])
+    bools = Classes.from_counts(*label_counts(np.array([True, False])))
+    with pytest.raises(DataError, match="not classes of the model: 2"):
+        bools.encode(np.array([0, 1, 2]))
+    with pytest.raises(DataError, match="label type"):
+        bools.encode(np.array(["yes"]))
 
 
 def test_balanced_class_weights_match_scikit_learn():

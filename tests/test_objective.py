@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -115,7 +117,7 @@ def test_stats_merge_in_the_tree_equals_one_pass(rng):
     w = rng.random(1000)
     whole = chunk_stats(X, y, w)
     bounds = [0, 17, 300, 301, 777, 1000]
-    parts = [chunk_stats(X[a:b], y[a:b], w[a:b]) for a, b in zip(bounds, bounds[1:])]
+    parts = [chunk_stats(X[a:b], y[a:b], w[a:b]) for a, b in itertools.pairwise(bounds)]
     merged = node_sum(parts.__getitem__, 0, len(parts), merge_stats)
     assert merged.rows == 1000 and merged.weight_sum == pytest.approx(w.sum(), rel=1e-14)
     np.testing.assert_array_equal(merged.labels[0], [0, 1, 2])

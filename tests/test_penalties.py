@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _exact import exact_optimum
 
 import dlogit
-from _exact import exact_optimum
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_newton_reaches_the_exact_optimum_quickly(cancer):
     X, y = cancer
     m = dlogit.LogisticRegression(solver="newton", l2=1e-4, tol=1e-10).fit(X, y)
     assert m.status_ == "converged" and m.n_iter_ <= 40
-    coef, b = exact_optimum(X, y, 2, 1e-4)
+    coef, _b = exact_optimum(X, y, 2, 1e-4)
     np.testing.assert_allclose(m.coef_, coef, rtol=1e-7, atol=1e-9)
     with pytest.raises(dlogit.ConfigError, match="does not support l1"):
         dlogit.LogisticRegression(solver="newton", l1=0.1).fit(X, y)
@@ -173,3 +173,70 @@ def test_cv_path_on_a_cluster_equals_the_in_process_path(cancer, n_workers):
     assert there.best_index_ == here.best_index_
     np.testing.assert_allclose(there.coef_, here.coef_, rtol=1e-10, atol=1e-13)
     assert any(e["type"] == "path" and e["done"] for e in seen)  # path events reach the client
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int64])
+def test_cv_on_sparse_multinomial_data_equals_dense(dtype):
+    """A sparse chunk's margins come back in F order and integer values must not truncate the fold
+    models: CSR input (float or integer counts) gives the dense path's scores and choice."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    X = rng.poisson(0.7, size=(300, 12)).astype(dtype)
+    W = rng.normal(size=(3, 12))
+    y = np.argmax(X @ W.T + rng.gumbel(size=(300, 3)), axis=1)
+    kw = {"l2": [1e-2, 1e-3], "cv": 3, "tol": 1e-9}
+    dense = dlogit.LogisticRegressionCV(**kw).fit(X.astype(np.float64), y)
+    csr = dlogit.LogisticRegressionCV(**kw).fit(sp.csr_matrix(X), y)
+    np.testing.assert_allclose(csr.cv_results_["mean_test_score"], dense.cv_results_["mean_test_score"],
+                               rtol=1e-8)
+    assert csr.best_index_ == dense.best_index_
+    np.testing.assert_allclose(csr.coef_, dense.coef_, rtol=1e-6, atol=1e-8)
+    # and the held-out scores are those of each fold's own exact optimum (a wrong gradient cannot pass)
+    one = dlogit.LogisticRegression(l2=1e-2, tol=1e-10).fit(X[100:].astype(float), y[100:])
+    p = one.predict_proba(X[:100].astype(float))
+    ref = np.mean(np.log(p[np.arange(100), y[:100]]))
+    np.testing.assert_allclose(csr.cv_results_["split0_test_score"][0], ref, rtol=1e-6)
+
+
+def test_summary_of_a_cv_model_uses_the_chosen_penalty_and_any_column_chunks(client2, cancer):
+    import dask.array as da
+
+    X, y = cancer
+    X = X[:, :6]
+    cv = dlogit.LogisticRegressionCV(l2=[1e-1, 1e-4], cv=3, solver="newton", tol=1e-11).fit(X, y)
+    one = dlogit.LogisticRegression(l2=cv.l2_, solver="newton", tol=1e-11).fit(X, y)
+    a, b = cv.summary(X, y), one.summary(X, y)
+    assert a.penalized == (cv.l2_ > 0)
+    np.testing.assert_allclose(a.std_err, b.std_err, rtol=1e-6)
+    # Dask data split into column chunks too: each chunk's Hessian needs whole rows
+    dX = da.from_array(X, chunks=(200, 3))
+    there = one.summary(dX, da.from_array(y, chunks=200), client=client2)
+    np.testing.assert_allclose(there.std_err, b.std_err, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [{"class_weight": "balanced"}, {"fit_intercept": False},
+                                {"class_weight": {0: 3.0, 1: 1.0}, "fit_intercept": False}])
+def test_the_top_of_an_l1_grid_is_lambda_max_with_class_weights_and_without_intercept(cancer, kw):
+    X, y = cancer
+    X = X + 0.3  # columns off centre, classes 63:37: without an intercept the top differs
+    grid = dlogit.LogisticRegressionCV(l2=0.0, l1=3, cv=3, tol=1e-7, **kw).fit(X, y)
+    top = float(grid.cv_results_["param_l1"][0])
+    assert dlogit.LogisticRegression(l2=0.0, l1=top, tol=1e-9, **kw).fit(X, y).n_nonzero_ == 0
+    assert dlogit.LogisticRegression(l2=0.0, l1=0.98 * top, tol=1e-9, **kw).fit(X, y).n_nonzero_ > 0
+
+
+def test_cv_int_penalties_statuses_and_the_non_convergence_warning(cancer):
+    import warnings
+
+    X, y = cancer
+    # 0 and 1 are penalties, not grid sizes (an int >= 2 is a grid size)
+    one = dlogit.LogisticRegressionCV(l2=[1, 1e-2], l1=0, cv=3, tol=1e-7).fit(X, y)
+    assert list(one.cv_results_["param_l2"]) == [1.0, 1e-2] and list(one.cv_results_["param_l1"]) == [0, 0]
+    assert list(one.cv_results_["status"]) == ["converged", "converged"]
+    with pytest.warns(dlogit.ConvergenceWarning, match="6 of 6 fold fits did not converge .*6 max_iter"):
+        short = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=3, max_iter=2, tol=1e-9).fit(X, y)
+    assert list(short.cv_results_["status"]) == ["max_iter", "max_iter"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dlogit.ConvergenceWarning)
+        dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=3, tol=1e-6).fit(X, y)

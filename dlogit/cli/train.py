@@ -79,9 +79,9 @@ def _warn(message: str) -> None:
               help="L2 strength in l2*||W||^2; several (1e-4,1e-3,1e-2) make a path for --cv.")
 @click.option("--l1", type=PenaltyValues(), default=0.0, show_default=True,
               help="L1 strength in l1*||W||_1 (sparse coefficients; lbfgs runs OWL-QN, gd is proximal).")
-@click.option("--l2-path", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--l2-path", type=click.IntRange(min=2), default=None, metavar="N",
               help="A path of N L2 values, log-spaced from the largest useful one (with --cv).")
-@click.option("--l1-path", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--l1-path", type=click.IntRange(min=2), default=None, metavar="N",
               help="A path of N L1 values, from the smallest that zeroes every coefficient (with --cv).")
 @click.option("--cv", "cv", type=click.IntRange(min=2), default=None, metavar="K",
               help="Choose the penalty by K-fold cross-validation (contiguous folds), then refit on all data.")
@@ -171,9 +171,9 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         raise ConfigError("several penalty values (or --l2-path/--l1-path) need --cv K to choose among them")
     if path and ckpt is not None:
         raise ConfigError("--checkpoint is not available with --cv (each point of a path is short)")
-    common = dict(solver=solver, lr=lr, max_iter=max_iter, tol=tol, fit_intercept=not no_intercept,
-                  class_weight=class_weight, init=init, random_state=seed, chunk_rows=opts.get("chunk_rows"),
-                  progress_period=period, mode=mode)
+    common = {"solver": solver, "lr": lr, "max_iter": max_iter, "tol": tol, "fit_intercept": not no_intercept,
+              "class_weight": class_weight, "init": init, "random_state": seed,
+              "chunk_rows": opts.get("chunk_rows"), "progress_period": period, "mode": mode}
     if path:
         from dlogit.estimator_cv import LogisticRegressionCV
 
@@ -182,11 +182,12 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                                      **common)
     else:
         model = LogisticRegression(l2=l2, l1=l1, **common)
-    if with_summary and (path and (isinstance(l1, (tuple, int)) and l1) or (not path and l1 > 0)):
+    if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
     quiet = quiet or as_json
-    _check_plan(cluster.get("workers"), synthetic and rows, opts.get("chunk_rows"))
+    local = not (cluster.get("scheduler") or cluster.get("scheduler_file"))  # --workers: local cluster only
+    _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
 
     t0 = time.perf_counter()
     with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose) as (client, kind):

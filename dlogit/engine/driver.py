@@ -252,7 +252,8 @@ class Driver:
         if self.path is not None:  # every fold of a penalty in one pass down the tree
             from dlogit.cv import path_penalties, run_path
 
-            penalties = path_penalties(self.plan, self.path, lambda th: self.reduce("sums", th))
+            penalties = path_penalties(self.plan, self.path, lambda th: self.reduce("sums", th),
+                                        self.spec.fit_intercept)
             return run_path(_TreeFoldSource(self, self.plan.folds.n_folds), self.spec, self.plan, penalties,
                             self.path.scoring, self._send, mode="distributed", info=info, stop=self.stop)
         result = run_fit(_TreeEvaluator(self, kernel), self.spec, self.plan, self._send, mode="distributed",

@@ -33,7 +33,7 @@ from dlogit.solvers._base import (
     Solver,
     SolverOptions,
     SolverState,
-    StepCallback,
+    reopen,
     state_from_arrays,
     state_to_arrays,
 )
@@ -101,9 +101,9 @@ __all__ = [
     "Solver",
     "SolverOptions",
     "SolverState",
-    "StepCallback",
     "get",
     "minimize",
+    "reopen",
     "state_from_arrays",
     "state_to_arrays",
 ]

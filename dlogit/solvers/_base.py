@@ -28,7 +28,6 @@ Fun = Callable[[np.ndarray], tuple[float, np.ndarray]]
 Hvp = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(theta, v) -> hessian(f)(theta) @ v``."""
 
-StepCallback = Callable[[int, float, float], None]
 """``callback(step, loss, grad_norm)`` of the legacy ``solve`` functions."""
 
 STATUSES = ("converged", "max_iter", "stalled", "diverged")
@@ -415,10 +414,21 @@ def finish(state: SolverState, options: SolverOptions) -> SolverState:
     return state
 
 
+def reopen(state: SolverState, options: SolverOptions) -> SolverState:
+    """A resumed state under the resumed run's ``max_iter`` and ``tol``: a run that ended ``max_iter``
+    or ``converged`` goes on when the new limits allow more (a larger ``max_iter``, a smaller ``tol``);
+    ``stalled`` and ``diverged`` runs stay over."""
+    if state.status not in ("max_iter", "converged"):
+        return state
+    out = SolverState(theta=state.theta, n_iter=state.n_iter, n_evals=state.n_evals, loss=state.loss,
+                      grad_norm=state.grad_norm, extra=dict(state.extra))
+    return finish(out, options)
+
+
 __all__ = [
-    "EPS", "STATUSES", "Fun", "Hvp", "Problem", "Solver", "SolverOptions", "SolverState", "StepCallback",
+    "EPS", "STATUSES", "Fun", "Hvp", "Problem", "Solver", "SolverOptions", "SolverState",
     "check_state", "check_theta0", "evaluate", "finish", "fmt", "l1_value", "max_iter_message", "measure",
     "norm",
-    "penalty_and_optimality", "pseudo_gradient", "soft_threshold", "stalled_message", "start_state", "state_from_arrays",
+    "penalty_and_optimality", "pseudo_gradient", "reopen", "soft_threshold", "stalled_message", "start_state", "state_from_arrays",
     "state_to_arrays",
 ]

@@ -98,6 +98,11 @@ class GradientDescent:
     def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
         """Report ``theta_k`` and move to ``theta_{k+1}`` (one evaluation, except on the last step)."""
         check_state(state, self.name)
+        if state.extra.get("pending"):  # a max_iter run resumed with a larger max_iter: evaluate its point
+            f, grad = evaluate(problem, state.theta)
+            state = SolverState(theta=state.theta, n_iter=state.n_iter, n_evals=state.n_evals + 1,
+                                loss=state.loss, grad_norm=state.grad_norm,
+                                extra={**state.extra, "f": f, "grad": grad, "pending": False})
         theta, grad = state.theta, state.extra["grad"]
         penalty, measure = penalty_and_optimality(problem, theta, grad)
         loss = float(state.extra["f"]) + penalty
@@ -124,6 +129,7 @@ class GradientDescent:
             new.theta = theta - step
         if new.n_iter >= options.max_iter:
             new.status, new.message = "max_iter", max_iter_message(options, measure)
+            new.extra["pending"] = True  # theta moved, not yet evaluated (f, grad are the last point's)
             return new
         f, grad = evaluate(problem, new.theta)
         new.n_evals += 1
