@@ -240,6 +240,13 @@ def scan_on(client: Any, source: Source) -> DatasetInfo:
     Relative paths are made absolute here first (the workers may run elsewhere).
     """
     source = source.absolute()
+    if source.chunk_bytes is None and source.chunk_rows is None:
+        # the client's dlogit.chunk-bytes, not the workers': the same chunks with or without a client
+        from dataclasses import replace
+
+        from dlogit.io.source import chunk_bytes_of
+
+        source = replace(source, chunk_bytes=chunk_bytes_of(source))
     planned = client.submit(dio.on_workers, dio.plan, source, pure=False)
     info = planned.result()
     n = len(info.surveys)

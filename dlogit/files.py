@@ -53,8 +53,6 @@ def check_output(path: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
     text = os.fspath(path)
     if not text:
         raise OutputError(f"the {what} path is empty")
-    if suffixes and not text.lower().endswith(tuple(s.lower() for s in suffixes)):
-        raise OutputError(f"the {what} file must end in {' or '.join(suffixes)}, got {text!r}")
     if os.path.isdir(text):
         raise OutputError(f"cannot write the {what} to {text}: it is a directory")
     directory = os.path.dirname(os.path.abspath(text))
@@ -62,15 +60,35 @@ def check_output(path: str | os.PathLike[str], *, inputs: Iterable[str | os.Path
         raise OutputError(f"cannot write the {what} to {text}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write the {what} to {text}: directory {directory} is not writable")
-    if os.path.exists(text) and not os.access(text, os.W_OK) and not os.access(directory, os.W_OK):
-        raise OutputError(f"cannot write the {what} to {text}: permission denied")
     for src in inputs:
         if src is None:
             continue
         src = os.fspath(src)
-        if "://" not in src and os.path.exists(src) and _same_file(text, src):
+        if "://" in src:
+            continue
+        if _names_input(text, src):
             raise OutputError(f"the {what} {text} is one of the inputs ({src}); choose another path")
+    if suffixes and not text.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise OutputError(f"the {what} file must end in {' or '.join(suffixes)}, got {text!r}")
     return text
+
+
+def _names_input(out: str, src: str) -> bool:
+    """Whether writing ``out`` would replace a file that ``src`` (a file, a glob, a directory) reads."""
+    import fnmatch
+
+    if any(c in src for c in "*?["):  # a glob: refused when out matches it (or one of its matches)
+        if fnmatch.fnmatch(os.path.abspath(out), os.path.abspath(src)):
+            return True
+        import glob
+
+        return any(_same_file(out, f) for f in glob.glob(src) if os.path.isfile(f))
+    if os.path.isdir(src):  # a directory of parts: nothing inside it
+        try:
+            return os.path.commonpath([os.path.realpath(src), os.path.realpath(out)]) == os.path.realpath(src)
+        except ValueError:
+            return False
+    return os.path.exists(src) and _same_file(out, src)
 
 
 def check_distinct(paths: dict[str, str | os.PathLike[str] | None]) -> None:

@@ -87,7 +87,11 @@ def quiet_local_worker() -> None:
 
     if os.environ.get(LOCAL_WORKER_ENV) != "1":
         return
-    np.seterr(all="ignore")
+    np.seterr(all="ignore")  # this thread only (NumPy 2 keeps the error state per thread and context)
+    import warnings
+
+    # the worker's task threads: a diverging fit's overflow is reported by the fit, in one line
+    warnings.filterwarnings("ignore", category=RuntimeWarning, message=r".*encountered in")
     try:
         os.setpgid(0, 0)
     except OSError:  # not permitted here (e.g. already a group leader): SIGINT is still ignored

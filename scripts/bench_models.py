@@ -164,11 +164,11 @@ def bench_dense(quick: bool, weighted: bool = True) -> dict:
             l2=l2, tol=tol, mode="distributed").fit(X, y, client=client))
         out["dlogit_iter"] = m.n_iter_
         Xn, yn = _gather_aligned(client, X, y)
-        del X, y
+        X = y = None  # free the workers' copy before the next one
         Xc = da.from_array(Xn, chunks=(rows // 16, d))  # sent from the client: unaligned chunks there
         yc = da.from_array(yn, chunks=rows // 16)
         Xc, yc = _persist(client, Xc, yc)
-        mc, out["dlogit_from_array_s"] = _time(lambda: dlogit.LogisticRegression(
+        _, out["dlogit_from_array_s"] = _time(lambda: dlogit.LogisticRegression(
             l2=l2, tol=tol, mode="distributed").fit(Xc, yc, client=client))
         if weighted:
             sw = np.random.default_rng(3).random(rows) * 2
@@ -178,7 +178,7 @@ def bench_dense(quick: bool, weighted: bool = True) -> dict:
             out["weighted_iter"] = mw.n_iter_
             # the same iterations matter: compare the time per objective evaluation pass
             out["weighted_over_unweighted"] = out["dlogit_weighted_s"] / out["dlogit_from_array_s"]
-        del Xc, yc
+        Xc = yc = None
     finally:
         client.close()
         cluster.close()
@@ -210,7 +210,7 @@ def _bandwidth(X: np.ndarray, y: np.ndarray) -> dict:
         for kernel in ("blas", "fused"):
             ev = prepare_chunk(X, y.astype(int), None, layout, Binomial(), kernel=kernel)
             ev.sums(theta)
-            best = min(_time(lambda: ev.sums(theta))[1] for _ in range(5))
+            best = min(_time(lambda ev=ev: ev.sums(theta))[1] for _ in range(5))
             out[f"{kernel}_gb_s"] = X.nbytes / best / 1e9
     out["copy_read_gb_s"] = X.nbytes / best_copy / 1e9  # bytes read per second by a plain copy
     out["best_over_copy"] = max(out["blas_gb_s"], out["fused_gb_s"]) / out["copy_read_gb_s"]
@@ -311,7 +311,7 @@ def bench_path(quick: bool) -> dict:
     from sklearn.linear_model import LogisticRegressionCV as SKCV
 
     n_train = rows * 4 // 5
-    sk, out["sklearn_cv_s"] = _time(lambda: SKCV(Cs=[1 / (2 * n_train * lam) for lam in l2s], cv=KFold(5),
+    _, out["sklearn_cv_s"] = _time(lambda: SKCV(Cs=[1 / (2 * n_train * lam) for lam in l2s], cv=KFold(5),
                                                  scoring="neg_log_loss", tol=1e-6).fit(Xn, yn))
     out["best_l2_dlogit"] = cv.l2_
     out["ratio_vs_separate"] = out["dlogit_path_s"] / out["dlogit_separate_fits_s"]
@@ -379,7 +379,7 @@ def bench_layouts(quick: bool) -> dict:
             for name, A in layouts.items():
                 ev = prepare_chunk(A, codes, None, layout, Binomial(), kernel=kernel)
                 ev.sums(theta)
-                times[name] = min(_time(lambda: ev.sums(theta))[1] for _ in range(7))
+                times[name] = min(_time(lambda ev=ev: ev.sums(theta))[1] for _ in range(7))
             out[kernel] = {k: {"ms": v * 1e3, "over_aligned": v / times["aligned"]} for k, v in times.items()}
     return out
 

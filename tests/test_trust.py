@@ -666,9 +666,9 @@ def test_too_many_chunks_warn_before_the_cluster_starts(capfd, monkeypatch):
     assert warning == ("dlogit: warning: --chunk-rows 1 makes 20000 chunks: per-chunk overhead will dominate; "
                        "leave --chunk-rows unset (about 128 MiB per chunk) or raise it")
     assert "stopped by the test" in error
-    train_cmd._check_chunks(20000, 20000.0)  # what a data file of 20 000 one-row chunks gets after its scan
+    train_cmd._check_chunks(20000)  # what a data file of 20 000 one-row chunks gets after its scan
     assert "the data has 20000 chunks" in capfd.readouterr().err
-    train_cmd._check_chunks(10000, 10000.0)
+    train_cmd._check_chunks(10000)
     assert capfd.readouterr().err == ""
 
 

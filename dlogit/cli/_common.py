@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 
 
-def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_label: bool
-                   ) -> tuple[Any, Any, np.ndarray | None, np.ndarray | None]:
-    """``(model, X, y, w)`` for DATA read the way the model's training data was read (the same
-    label/weights columns, separator and categorical encoding, unless the options say otherwise);
+def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_label: bool,
+                   quiet: bool = False) -> tuple[Any, Any, np.ndarray | None, np.ndarray | None]:
+    """``(model, X, y, w)`` for DATA read the way the model's training data was read (the same label
+    column, separator, index column, feature columns by name, categorical encoding and LIBSVM index
+    base and width, unless the options say otherwise; row weights only with ``--weights``);
     non-finite features and a feature mismatch are one-line :class:`DataError`s."""
     from dataclasses import replace
 
@@ -32,12 +33,17 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
         if opts.get(key) is None and trained.get(key) is not None:
             opts[key] = trained[key]
     source = source_from_options(data, opts, require_label=require_label)
+    if trained.get("format") == "libsvm":  # the base and width training found, never guessed again
+        if source.zero_based is None and trained.get("zero_based") is not None:
+            source = replace(source, zero_based=bool(trained["zero_based"]))
+        if source.n_features is None:
+            source = replace(source, n_features=int(model.n_features_in_))
     encoder = trained.get("encoder")
     names = trained.get("feature_names") or model.meta_.get("feature_names")
     if encoder is None and names and trained.get("format") in ("csv", "tsv", "parquet"):
         source = replace(source, features=tuple(names))  # the model's columns, by name
     local = load_local(source, encoder=encoder)
-    for notice in local.info.notices:
+    for notice in () if quiet else local.info.notices:  # on stdout like train's; none with --json
         import click
 
         click.echo(f"dlogit: {notice}")

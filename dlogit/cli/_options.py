@@ -157,7 +157,7 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Interface the local cluster binds (dashboard included)."),
         click.option("--dashboard-address", default=None,
                      help="Dashboard address of the local cluster [default: HOST:8787, or a free port]."),
-        click.option("--scheduler", envvar="DLOGIT_SCHEDULER", default=None,
+        click.option("--scheduler", default=None,  # DLOGIT_SCHEDULER: read by resolve_scheduler, below
                      help="Existing scheduler address, e.g. tcp://10.0.0.5:8786 [env DLOGIT_SCHEDULER]."),
         click.option("--scheduler-file", type=click.Path(), default=None,
                      help="Scheduler file written by `dask scheduler --scheduler-file`."),

@@ -134,10 +134,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
                                 scheduler_port=(scheduler_port, 0)))
 
     stop = threading.Event()
-    received: list[int] = []
-
     def _on_signal(signum, frame):
-        received.append(signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -69,7 +69,7 @@ def _classes_of(model):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate(model_path: str, data: str, as_json: bool, **opts) -> None:
     """Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC (weighted with --weights)."""
-    model, X, y, w = load_for_model(model_path, data, opts, require_label=True)
+    model, X, y, w = load_for_model(model_path, data, opts, require_label=True, quiet=as_json)
     m = metrics(model, X, y, w)
     if as_json:
         click.echo(json.dumps(m))

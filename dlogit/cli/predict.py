@@ -38,7 +38,8 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
     from dlogit.data import write_table
     from dlogit.files import check_output
 
-    check_output(out, inputs=[data, model_path, opts.get("labels")], what="predictions")
+    check_output(out, inputs=[data, model_path, opts.get("labels"), opts.get("weights")],
+                 suffixes=(".csv", ".tsv", ".parquet", ".npy"), what="predictions")
     from dlogit.family import get_family
 
     model, X, _, _ = load_for_model(model_path, data, opts, require_label=False)

@@ -30,28 +30,9 @@ from dlogit.cli._options import (
 )
 
 
-class _PlainProgress:
-    """Fallback printer (used when the monitoring extra cannot be imported)."""
-
-    def __init__(self, period: int, quiet: bool) -> None:
-        self.period, self.quiet = period, quiet
-
-    def __call__(self, msg: dict[str, Any]) -> None:
-        if self.quiet or msg.get("type") != "progress":
-            return
-        for k, loss in zip(msg["step"], msg["loss"]):
-            if k % self.period == 0:
-                click.echo(f"step {k:>7d}  loss {loss:.6f}")
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(max_iter: int, period: int, quiet: bool) -> Any:
-    try:
-        from dlogit.monitor.progress import TerminalProgress
-    except ImportError:
-        return _PlainProgress(period, quiet)
+    from dlogit.monitor.progress import TerminalProgress
+
     return TerminalProgress(max_iter, period=period, quiet=quiet)
 
 
@@ -149,6 +130,11 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if synthetic:
         rows, cols = data_mod.parse_shape(synthetic_shape or "400x784")
         inputs = []
+        if opts.get("chunk_bytes") and not opts.get("chunk_rows"):  # --chunk-bytes sizes synthetic chunks too
+            import dask.utils
+
+            itemsize = np.dtype(opts.get("dtype") or "float64").itemsize
+            opts["chunk_rows"] = max(1, dask.utils.parse_bytes(opts["chunk_bytes"]) // (cols * itemsize))
     else:
         source = source_from_options(data, opts)
         inputs = [source.path, source.labels, source.weights if source.weights and
@@ -186,7 +172,9 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
     quiet = quiet or as_json
-    local = not (cluster.get("scheduler") or cluster.get("scheduler_file"))  # --workers: local cluster only
+    from dlogit.cluster import resolve_scheduler
+
+    local = not resolve_scheduler(cluster["scheduler"], cluster["scheduler_file"])  # --workers: local only
     _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
 
     t0 = time.perf_counter()
@@ -210,10 +198,13 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             meta_source = {"data": source.path, "format": ds.info.kind, "label": source.label,
                            "labels": source.labels, "weights": source.weights,
                            "feature_names": ds.info.feature_names, "sep": source.sep,
-                           "index_col": source.index_col, "n_features": source.n_features,
+                           "index_col": source.index_col,
+                           "n_features": int(X.shape[1]) if ds.info.kind == "libsvm" else source.n_features,
+                           "zero_based": getattr(ds.info.layout, "zero_based", None)
+                           if ds.info.kind == "libsvm" else None,
                            "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
         if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
-            _check_chunks(int(X.numblocks[0]), X.shape[0])
+            _check_chunks(int(X.numblocks[0]))
         X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
         progress = _progress(spec.max_iter, period, quiet)
@@ -245,21 +236,28 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         usable = model.status_ != "diverged" and np.all(np.isfinite(model.coef_))
         accuracy = None
         table = None
+        no_table = None
         if usable:
             with client.as_current():
                 accuracy = model.score(X, y, sample_weight=None)
                 if with_summary:
-                    table = model.summary(X, y, sample_weight=w, client=client)
+                    try:  # a model without a table (K > 2, L1, a singular Hessian) is still a model
+                        table = model.summary(X, y, sample_weight=w, client=client)
+                    except ConfigError as exc:
+                        no_table = str(exc)
         workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
     _report_warnings(caught, model.status_)
     if not usable:
         if out and keep_diverged:
             model.save(out, source=meta_source, accuracy=None)
         kept = f"; model written to {out} (--keep-diverged)" if out and keep_diverged else "; no model written"
+        one_l2 = max(l2) if isinstance(l2, tuple) else (0.0 if path else float(l2))  # a path: its largest
         raise NotConverged(f"the fit diverged: {_divergence_why(model.message_)}; "
-                           f"{_divergence_advice(model.message_, solver, lr, l2, init)}{kept}")
+                           f"{_divergence_advice(model.message_, solver, lr, one_l2, init)}{kept}")
     if out:
         model.save(out, source=meta_source, accuracy=accuracy)
+    if no_table is not None:
+        _warn(f"no --summary table: {no_table}")
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
                "l2": float(getattr(model, "l2_", l2)), "l1": float(getattr(model, "l1_", l1)),
                "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
@@ -396,7 +394,7 @@ def _check_plan(workers: int | None, rows: int | None, chunk_rows: int | None) -
               "dominate; leave --chunk-rows unset (about 128 MiB per chunk) or raise it")
 
 
-def _check_chunks(n_chunks: int, rows: float) -> None:
+def _check_chunks(n_chunks: int) -> None:
     if n_chunks > 10_000:
         _warn(f"the data has {n_chunks} chunks: per-chunk overhead will dominate; use larger chunks "
               "(--chunk-rows or --chunk-bytes)")

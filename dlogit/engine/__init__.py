@@ -15,7 +15,8 @@ that imports ``distributed``. It opens no port of its own.
     children's answers following the fixed chunk tree, so the root's sums do not depend on the
     placement. A lost worker's chunks are re-assigned to the survivors (Dask recomputes them) and the
     step is retried; a lost driver is restarted by Dask on another worker from its in-memory
-    checkpoint.
+    checkpoint (a cross-validated path's driver restarts the path from its first penalty: a path's
+    state is not replicated). A cross-validated path on Dask data always runs in this mode.
 
 Modules: ``shard`` (chunks of one process: validate, prepare, evaluate, merge node sums), ``local``
 (in-process), ``dask_fit`` (the client side of the two Dask modes), ``driver`` (the on-cluster driver

@@ -38,6 +38,13 @@ logger = logging.getLogger("dlogit.engine")
 Callback = Callable[[dict[str, Any]], None]
 
 
+def _processing_on(key: Any, dask_scheduler: Any = None) -> str | None:
+    """On the scheduler: the worker processing task ``key`` (None when it is not running)."""
+    ts = dask_scheduler.tasks.get(key) if dask_scheduler is not None else None
+    ws = getattr(ts, "processing_on", None) if ts is not None else None
+    return ws.address if ws is not None else None
+
+
 class SchedulerLost(ClusterError):
     """The client lost its connection to the Dask scheduler during a fit."""
 
@@ -169,10 +176,15 @@ class DaskFit:
         done = threading.Event()
         cb = self.callback
 
+        path = self.path is not None
+
         def handler(msg: dict[str, Any]) -> None:
             if cb is not None:
                 cb(msg)
-            if msg.get("type") == "end":
+            # the last event of a fit is its end; of a path, the path event of its last point (each
+            # point's fits end before it)
+            if (msg.get("type") == "path" and msg.get("done")) if path else (
+                    msg.get("type") == "end" and msg.get("run") == run):
                 done.set()
 
         router = listen(self.client)
@@ -213,10 +225,13 @@ class DaskFit:
         checkpoint), wait briefly for it, and report it interrupted."""
         signum = getattr(exc, "signum", None)
         with contextlib.suppress(Exception):
-            self.client.run(control.request_stop, self.spec.run, "interrupted")
+            self.client.run(control.request_stop, self.spec.run, "interrupted", wait=True,
+                            workers=self._task_workers(fut))
+        # the fit stops when its current step ends: wait for that (a long step takes its time), but
+        # not forever, and a second Ctrl-C gives up at once
         try:
-            kind, value = fut.result(timeout=5.0)
-        except Exception:  # noqa: BLE001 - it did not answer in time: cancel it
+            kind, value = fut.result(timeout=max(5.0, 2.0 * self.settings.heartbeat))
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - it did not answer in time: cancel it
             with contextlib.suppress(Exception):
                 fut.cancel()
             kind, value = "interrupted", ("interrupted", None)
@@ -224,6 +239,14 @@ class DaskFit:
             return kind, value
         message, path = value
         raise Interrupted(message, signum, path)
+
+    def _task_workers(self, fut: Any) -> list[str] | None:
+        """The worker running the fit's task (where its stop request matters), or None for all."""
+        with contextlib.suppress(Exception):
+            where = self.client.run_on_scheduler(_processing_on, fut.key)
+            if where:
+                return [where]
+        return None
 
     # -- distributed mode ------------------------------------------------------------------------
     def _run_distributed(self, workers: list[str]) -> FitResult:

@@ -295,9 +295,10 @@ class Driver:
             self.touched.add(w)
         timeout = self.settings.attach_timeout
         try:
+            deadline = time.monotonic() + timeout  # one deadline for the whole attach
             for f in futures:  # all settle first: no shard may register after the clean-up
                 with contextlib.suppress(Exception):
-                    f.exception(timeout=timeout)
+                    f.exception(timeout=max(0.0, deadline - time.monotonic()))
             if not all(f.done() for f in futures):
                 raise ClusterError(f"the workers did not load their shards within {timeout:g}s "
                                    "(dlogit.engine.attach-timeout)")
@@ -401,8 +402,24 @@ class Driver:
         self._last_replica = time.monotonic()
 
     # -- faults ----------------------------------------------------------------------------------
+    def _superseded_or_stopped(self, exc: WorkerLost) -> None:
+        """Before recovering from ``exc``: a fit that was asked to stop (or dropped) stops at this step
+        boundary, and a driver that a newer one replaced changes nothing (it was frozen, and woke up)."""
+        reason = self.stop() if self.stop is not None else None
+        plugin = local_plugin(self.worker)
+        if reason is not None or self.spec.run in plugin.ended:
+            stop = KeyboardInterrupt(reason or "interrupted")
+            stop.message = reason or "interrupted"  # type: ignore[attr-defined]
+            raise stop from None  # run_fit checkpoints the last completed step and says interrupted
+        state = plugin.runs.get(self.spec.run)
+        listed = self.client.scheduler_info(n_workers=-1)["workers"]
+        if (state is not None and state.epoch > self.epoch) or self.worker.address not in listed:
+            raise ClusterError(f"this driver of fit {self.spec.run} (epoch {self.epoch}) was replaced by a "
+                               f"newer one; it leaves the cluster as it is ({exc})") from None
+
     def _recover(self, exc: WorkerLost) -> None:
         assert self.links is not None
+        self._superseded_or_stopped(exc)
         limit = self.settings.max_recoveries
         self.recoveries += 1
         if self.recoveries > limit:
@@ -416,11 +433,14 @@ class Driver:
             self._reattach([s for s in self.shards.values() if s.worker == exc.worker], self._alive())
             return
         listed = exc.worker in self._alive()
-        if listed:
+        if listed and exc.silent:  # frozen: it would hold every later step of every fit
             logger.warning("dlogit: worker %s failed the step (%s); removing it from the cluster and moving "
                            "its chunks to the others", exc.worker, exc.why)
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
+        elif listed:  # its link closed but the cluster still has it: this fit goes on without it
+            logger.warning("dlogit: worker %s failed the step (%s); moving its chunks to the others",
+                           exc.worker, exc.why)
         else:
             logger.warning("dlogit: lost worker %s; moving its chunks to the others and retrying the step",
                            exc.worker)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import threading
 import time
@@ -110,10 +111,13 @@ def keepalive_interval(heartbeat: float) -> float:
 class WorkerLost(Exception):
     """A worker of the tree did not answer (connection closed, or silent for the heartbeat)."""
 
-    def __init__(self, worker: str, why: str) -> None:
+    def __init__(self, worker: str, why: str, silent: bool = False) -> None:
         super().__init__(f"{worker}: {why}")
         self.worker = worker
         self.why = why
+        #: it stopped answering (frozen?) rather than closing its link: the only case that gets a
+        #: listed worker removed from the cluster
+        self.silent = silent
 
 
 class ShardsMissing(WorkerLost):
@@ -183,13 +187,18 @@ async def _open_child(address: str, opening: dict[str, Any], heartbeat: float,
 
 async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> dict[str, Any]:
     """The next answer of ``child`` that is not a keep-alive; :class:`WorkerLost` on silence."""
+    retried = False
     while True:
+        t0 = time.monotonic()
         try:
             msg = await _read(child.comm, heartbeat)
         except (asyncio.TimeoutError, TimeoutError):
+            if not retried and time.monotonic() - t0 > 2.0 * heartbeat:
+                retried = True  # this process was suspended (the timer fired late): read once more
+                continue
             child.comm.abort()
             raise WorkerLost(child.address, f"sent nothing for {heartbeat:g}s "
-                             "(dlogit.engine.heartbeat): frozen?") from None
+                             "(dlogit.engine.heartbeat): frozen?", silent=True) from None
         except OSError as exc:  # CommClosedError is an OSError
             raise WorkerLost(child.address, f"connection closed ({exc})") from None
         if not isinstance(msg, dict):
@@ -197,7 +206,8 @@ async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> 
         if "k" in msg:
             continue
         if "lost" in msg:
-            raise (ShardsMissing if msg.get("missing") else WorkerLost)(msg["lost"], msg.get("why", "lost"))
+            raise (ShardsMissing if msg.get("missing") else WorkerLost)(msg["lost"], msg.get("why", "lost"),
+                                                                        bool(msg.get("silent")))
         if "error" in msg:
             raise StepFailed(f"worker {child.address} failed a {expect}: {msg['error']}")
         return msg
@@ -244,7 +254,8 @@ class TreeNode:
         self.children = children
         self.targets = targets
         self.heartbeat = heartbeat
-        self.last_compute = float("inf")  # unknown before the first step: use the thread
+        #: per op, the seconds its last evaluation here took (unknown before the first: use the thread)
+        self.last_compute: dict[str, float] = {}
         self.order = [address, *(w for c in children for w in c.workers)]
 
     def own(self, op: str, arrays: Sequence[np.ndarray]) -> tuple[dict[Node, Any], float]:
@@ -255,7 +266,7 @@ class TreeNode:
         for shard in self.shards:
             parts.update(zip(shard.nodes, fn(shard, *arrays)))
         dt = time.perf_counter() - t0
-        self.last_compute = dt
+        self.last_compute[op] = dt
         return parts, dt
 
     async def send(self, msg: dict[str, Any]) -> None:
@@ -449,7 +460,8 @@ class EnginePlugin(WorkerPlugin):
                 if errors:
                     raise errors[0]
             except WorkerLost as exc:
-                await comm.write({"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing)})
+                await comm.write({"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing),
+                                  "silent": exc.silent})
                 return
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
                 await comm.write({"error": f"{type(exc).__name__}: {exc}"})
@@ -483,7 +495,7 @@ class EnginePlugin(WorkerPlugin):
             try:
                 if node.children:
                     await node.send({"o": op, "a": pack(arrays)})
-                if node.last_compute < INLINE_SECONDS:
+                if node.last_compute.get(op, math.inf) < INLINE_SECONDS:
                     parts, dt = node.own(op, arrays)
                 else:
                     parts, dt = await loop.run_in_executor(state.thread(run), node.own, op, arrays)
@@ -492,7 +504,8 @@ class EnginePlugin(WorkerPlugin):
                 rows = values[0][None] if len(values) == 1 else np.stack(values)
                 reply: dict[str, Any] = {"v": pack([rows, np.array([seconds[w] for w in node.order])])}
             except WorkerLost as exc:
-                reply = {"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing)}
+                reply = {"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing),
+                         "silent": exc.silent}
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
@@ -555,6 +568,8 @@ async def _checkpoint(plugin: EnginePlugin, run: str, epoch: int, n_iter: int, p
         if run in plugin.ended:
             return
         state = plugin.runs.setdefault(run, RunState(epoch=epoch))
+        if epoch < state.epoch:  # a superseded driver's copy: never resumed from
+            return
         old = state.checkpoint
         if old is None or (epoch, n_iter) >= (old["epoch"], old["n_iter"]):
             state.checkpoint = {"epoch": epoch, "n_iter": n_iter, **payload}
@@ -674,7 +689,12 @@ class DriverLinks:
                     ) -> tuple[list[Any], dict[str, float]]:
         if root.children:
             await root.send({"o": op, "a": pack(arrays)})
-        parts, dt = root.own(op, arrays) if root.shards else ({}, 0.0)
+        if not root.shards:
+            parts, dt = {}, 0.0
+        elif self.loop is None:  # on the worker's own loop: evaluate off it (its heartbeats go on)
+            parts, dt = await asyncio.get_running_loop().run_in_executor(None, root.own, op, arrays)
+        else:
+            parts, dt = root.own(op, arrays)
         seconds = {self.address: dt} if root.shards else {}
         values = await root.gather(parts, seconds)
         return values, seconds

@@ -94,6 +94,8 @@ def _kind(dtype: Any) -> str:
 def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     sep = source.sep or ("\t" if kind == "tsv" else ",")
     files = fsio.expand(source.path, is_csv_name)
+    if any(kind_of_name(f) != "txt" for f in files):  # .csv/.tsv parts: a .txt beside them is a note
+        files = [f for f in files if kind_of_name(f) != "txt"]
     compressed = tuple(split_compression(f)[1] is not None for f in files)
     headers = [text.header_end(f) for f in files]
     names = _names(headers[0][0], sep, files[0])
@@ -144,7 +146,7 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
                        "chunks after reading)")
     info = DatasetInfo(source=source, kind="csv", n_features=0, feature_names=None,
                        sparse=bool(layout.categorical), dtype=dtype, pieces=pieces, piece_rows=piece_rows,
-                       has_labels=layout.label is not None, has_weights=source.weights is not None,
+                       has_labels=layout.label is not None and source.require_label, has_weights=source.weights is not None,
                        encoder=encoder, notices=notices, label_dtype=label_dtype,
                        layout=CsvLayout(tuple(files), compressed, tuple(h[1] for h in headers), sep, layout,
                                         tuple(read_dtypes.items()), bytes_per_row))

@@ -132,7 +132,7 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
         label_dtype = "object" if layout.label_text else np.dtype(_numpy_type(t)).name
     info = DatasetInfo(source=source, kind="parquet", n_features=0, feature_names=None,
                        sparse=bool(layout.categorical), dtype=dtype, pieces=pieces, piece_rows=piece_rows,
-                       has_labels=layout.label is not None, has_weights=source.weights is not None,
+                       has_labels=layout.label is not None and source.require_label, has_weights=source.weights is not None,
                        encoder=encoder, notices=notices, label_dtype=label_dtype,
                        layout=ParquetLayout(layout, ptypes))
     if layout.categorical and encoder is None:

@@ -57,10 +57,10 @@ def detect(source: Source) -> str:
             if fs.isdir(p):
                 if any(fs.exists(posixpath.join(p, m)) for m in _ZARR_MARKERS):
                     return "zarr"
-                for f in fsio.expand(path):
-                    kind = kind_of_name(f)
-                    if kind is not None:
-                        break
+                # the most common data extension decides (a README.txt beside the parts is no data)
+                kinds = [k for k in (kind_of_name(f) for f in fsio.expand(path)) if k is not None]
+                data_kinds = [k for k in kinds if k != "txt"] or kinds
+                kind = max(sorted(set(data_kinds)), key=data_kinds.count) if data_kinds else None
             elif not fs.exists(p):
                 raise FileNotFoundError(path)
         except DataError:

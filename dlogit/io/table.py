@@ -75,10 +75,11 @@ def choose_columns(names: Sequence[str], kinds: dict[str, str], source: Source, 
         raise DataError(f"column {label!r} cannot be both the label and the weights")
     dropped: set[str] = set()
     if source.index_col is not None:
-        if source.index_col not in names:
+        if source.index_col in names:
+            dropped.add(source.index_col)
+        elif encoder is None and source.features is None:  # columns taken by name need no index
             raise DataError(f"index column {source.index_col!r} not found in {path}; "
                             f"columns are: {_shown(names)}")
-        dropped.add(source.index_col)
     elif names and names[0] in _PANDAS_INDEX and names[0] not in (label, weights):
         dropped.add(names[0])
         notices.append(f"dropped column {names[0]!r} (a pandas index); use --index-col to choose another")
@@ -176,8 +177,9 @@ def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | 
         X, unseen = info.encoder.transform(frame, info.dtype)
     else:
         X = dense_features(lambda c: frame[c], lay.numeric, n, info.dtype, path)
+    # labels only where they are needed: predict reads data whose label column may be empty
     y = labels_as(frame[lay.label], info.label_dtype or "float64", lay.label, path) \
-        if lay.label is not None else None
+        if lay.label is not None and info.source.require_label else None
     if lay.weights is not None:
         weights = weights_as(frame[lay.weights], lay.weights, path)
     return Piece(X, y, weights, unseen)

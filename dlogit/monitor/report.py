@@ -17,7 +17,6 @@ import datetime as _dt
 import html
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dlogit.files import atomic_write
 from dlogit.monitor.state import log_positions, penalty_axis, zero_note
 
 HISTORY_KEYS = ("history_loss", "history_grad_norm", "history_step_seconds")
@@ -569,23 +569,6 @@ def _png_report(m: ModelFile, out: Path) -> None:
     plt.close(fig)
 
 
-def _atomic_write(out: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".dlogit-report-", suffix=out.suffix, dir=str(out.parent))
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_report(model: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write an HTML (``.html``/``.htm``) or PNG (``.png``) report of ``model``.
 
@@ -621,10 +604,10 @@ def write_report(model: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise ReportError(f"output directory does not exist: {out.parent}")
     m = load_model_file(model)
     if suffix == ".png":
-        _atomic_write(out, lambda tmp: _png_report(m, tmp))
+        atomic_write(out, lambda tmp: _png_report(m, Path(tmp)))
     else:
         page = _html_report(m)
-        _atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+        atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return out
 
 
