@@ -158,11 +158,25 @@ class Classes:
         y = to_numpy(y)
         if y.size == 0:
             return np.zeros(0, np.int64)
+        original = y
         values = self.values
-        if self.kind in ("int", "bool", "float") and y.dtype.kind in "biuf":
-            # numbers against numeric classes compare as numbers: 0.5 or 2 is no class of {0, 1}
-            # (a cast to the classes' type first would turn them into one)
-            y, values = y.astype(np.float64), values.astype(np.float64)
+        numeric = ("int", "bool", "float")
+        try:
+            ykind = _label_kind(y if y.dtype.kind != "O" else y[: min(len(y), 1_000_000)])
+        except DataError:
+            ykind = None
+        off = None  # labels that cannot be a class whatever their value (0.5 against int classes)
+        if self.kind in numeric and ykind in numeric:
+            # numbers against numeric classes compare as numbers (a cast to the classes' type first
+            # would turn 0.5 or 2 into a class of {0, 1}); integers stay exact as int64
+            if self.kind == "float":
+                y, values = y.astype(np.float64), values.astype(np.float64)
+            elif ykind == "float":
+                yf = y.astype(np.float64)
+                off = ~(np.isfinite(yf) & (yf == np.round(yf)) & (np.abs(yf) < 2.0 ** 63))
+                y, values = np.where(off, 0.0, yf).astype(np.int64), values.astype(np.int64)
+            else:
+                y, values = y.astype(np.int64), values.astype(np.int64)
         elif self.kind == "bool":
             raise DataError(f"{what} are not of the model's label type (bool)")
         else:
@@ -173,8 +187,12 @@ class Classes:
         codes = np.searchsorted(values, y)
         codes = np.minimum(codes, self.n - 1)
         bad = values[codes] != y
+        shown = y
+        if off is not None:
+            bad |= off
+            shown = original
         if bool(bad.any()):
-            unknown = np.unique(y[bad])[:5]
+            unknown = np.unique(shown[bad])[:5]
             raise DataError(f"{what} hold {int(bad.sum())} value(s) that are not classes of the model: "
                             f"{', '.join(_show(v) for v in unknown)}")
         return codes.astype(np.int64)

@@ -77,17 +77,20 @@ def _names_input(out: str, src: str) -> bool:
     """Whether writing ``out`` would replace a file that ``src`` (a file, a glob, a directory) reads."""
     import fnmatch
 
-    if any(c in src for c in "*?["):  # a glob: refused when out matches it (or one of its matches)
-        if fnmatch.fnmatch(os.path.abspath(out), os.path.abspath(src)):
+    if any(c in src for c in "*?["):  # a glob: out matches it component by component (* stops at /)
+        pat = os.path.abspath(src).split(os.sep)
+        parts = os.path.abspath(out).split(os.sep)
+        if len(pat) == len(parts) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pat)):
             return True
         import glob
 
         return any(_same_file(out, f) for f in glob.glob(src) if os.path.isfile(f))
-    if os.path.isdir(src):  # a directory of parts: nothing inside it
-        try:
-            return os.path.commonpath([os.path.realpath(src), os.path.realpath(out)]) == os.path.realpath(src)
-        except ValueError:
-            return False
+    if os.path.isdir(src):  # a directory of parts: a data file anywhere below it would be read
+        from dlogit.io.source import kind_of_name
+
+        base = os.path.basename(out)
+        inside = os.path.realpath(out).startswith(os.path.realpath(src).rstrip(os.sep) + os.sep)
+        return inside and kind_of_name(out) is not None and not base.startswith((".", "_"))
     return os.path.exists(src) and _same_file(out, src)
 
 

@@ -180,8 +180,11 @@ class FoldChunk:
         q = thetas.shape[0]
         W = thetas[:, : k * d].reshape(q * k, d)
         b = thetas[:, k * d:].reshape(q * k)
-        Z = W.astype(self.dtype, copy=False) @ Xb.T
-        Z = Z.toarray() if hasattr(Z, "toarray") else Z
+        if hasattr(Xb, "toarray"):  # sparse: one product with the block transposed
+            Z = W.astype(self.dtype, copy=False) @ Xb.T
+            Z = Z.toarray() if hasattr(Z, "toarray") else Z
+        else:  # dense: (rows, d) @ (d, q K) is the shape BLAS does fastest; then models-major
+            Z = (Xb @ W.T.astype(self.dtype, copy=False)).T
         # C order always (a sparse product comes back in F order): the (q, K, rows) views of the
         # softmax and the flat own-class positions rely on it
         Z = xp.ascontiguousarray(xp.asarray(Z), dtype=xp.float64)

@@ -106,21 +106,29 @@ def _dense_moments(X: Any, at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if xp is np:
         from dlogit.chunks import _Blocks
 
+        # two passes over cache-sized blocks through one scratch buffer: no temporary per block
+        # (on a Dask worker, whose nanny sets MALLOC_TRIM_THRESHOLD_, every freed temporary above
+        # 128 KiB goes back to the OS and the next one page-faults in again: 3x slower)
         blocks = _Blocks(X)
+        tmp = np.empty((blocks.rows, d), dtype=np.float64)
         col_max = np.zeros(d)
+        part = np.empty(d)
         for lo, hi in blocks.ranges:
-            Xb = blocks.get(lo, hi)
-            if Xb.dtype.kind == "f" and not bool(np.isfinite(Xb).all()):
-                bad = int((~np.isfinite(Xb)).sum())
-                raise DataError(f"X contains {bad} NaN or infinite value(s){at}")
-            np.maximum(col_max, np.abs(Xb).max(axis=0), out=col_max)
+            t = tmp[: hi - lo]
+            np.abs(blocks.get(lo, hi), out=t, casting="unsafe")
+            t.max(axis=0, out=part)  # NaN propagates; inf stays: checked once below
+            np.maximum(col_max, part, out=col_max)
+        if X.dtype.kind == "f" and not bool(np.isfinite(col_max).all()):
+            bad = sum(int((~np.isfinite(blocks.get(lo, hi))).sum()) for lo, hi in blocks.ranges)
+            raise DataError(f"X contains {bad} NaN or infinite value(s){at}")
         inv = np.where(col_max > 0, 1.0 / np.where(col_max > 0, col_max, 1.0), 0.0)
         col_sum = np.zeros(d)
         col_sq = np.zeros(d)
         for lo, hi in blocks.ranges:
-            Xs = blocks.get(lo, hi) * inv
-            col_sum += Xs.sum(axis=0)
-            col_sq += np.einsum("ij,ij->j", Xs, Xs)
+            t = tmp[: hi - lo]
+            np.multiply(blocks.get(lo, hi), inv, out=t, casting="unsafe")
+            col_sum += t.sum(axis=0)
+            col_sq += np.einsum("ij,ij->j", t, t)
         return col_max, col_sum, col_sq
     Xf = X.astype(xp.float64) if X.dtype.kind != "f" else X
     if not bool(xp.isfinite(Xf).all()):

@@ -105,6 +105,31 @@ def quiet_local_worker() -> None:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def tune_malloc() -> bool:
+    """Keep freed heap blocks below 4 MiB for reuse (glibc only; ``dlogit.engine.worker-malloc``).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that freed memory returns to
+    the OS; setting it also turns off glibc's adaptive mmap threshold, so every NumPy temporary above
+    128 KiB is a fresh ``mmap`` whose pages fault in on first touch, each time. Measured on a fold
+    pass (5 models, 50 000 x 50): 5.1 ms with this, 9.6 ms without; the dense statistics pass 3x.
+    Blocks of 4 MiB and more (a chunk, a transfer) still come and go by ``mmap``; at most 16 MiB of
+    free heap is kept before trimming. Returns whether it applied."""
+    import ctypes
+    import sys
+
+    import dask
+
+    if not sys.platform.startswith("linux") or not dask.config.get("dlogit.engine.worker-malloc", True):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 4 << 20)) and bool(libc.mallopt(m_trim_threshold, 16 << 20))
+    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+        return False
+
+
 def dask_setup(worker: Any) -> None:
     quiet_local_worker()
+    tune_malloc()
     warm_up()

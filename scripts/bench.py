@@ -16,6 +16,9 @@ Sections (each prints absolute figures and the ratio to its baseline):
                 and dask-ml's lbfgs on the same objective
   memory        peak RSS growth per worker vs the bytes of its shard
   gpu           the fused CUDA kernel vs the HBM floor and cuBLAS (skipped without a GPU)
+  dense multinomial enet path sparse layouts
+                the models, penalties and data benchmarks of scripts/bench_models.py (its docstring
+                says what each compares), run from here too
 The data is generated here (or on the workers); nothing is downloaded.
 """
 
@@ -594,11 +597,14 @@ def main() -> None:
     ap.add_argument("--lbfgs-rows", type=int, default=2_000_000)
     ap.add_argument("--no-dask-ml", action="store_true")
     ap.add_argument("--json", default="bench-results/bench.json")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_models
+
     ap.add_argument("--only", nargs="*", default=None,
-                    choices=["coordination", "textbook", "kernel", "lbfgs", "gpu"])
+                    choices=["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
     args = ap.parse_args()
     rows = 100_000 if args.quick else args.lbfgs_rows
-    want = set(args.only or ["coordination", "textbook", "kernel", "lbfgs", "gpu"])
+    want = set(args.only or ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
                  "cpus": os.cpu_count(), "python": platform.python_version()}
     if "coordination" in want:
@@ -638,6 +644,10 @@ def main() -> None:
     if "gpu" in want:
         res["gpu"] = bench_gpu()
         print(f"gpu: {res['gpu'].get('skipped', 'see JSON')}", flush=True)
+    for name, section in bench_models.SECTIONS.items():
+        if name in want:
+            res[name] = section(args.quick)
+            print(f"{name}: {json.dumps(res[name], default=float)}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2, default=float)

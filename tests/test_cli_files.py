@@ -15,8 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def _svm(path, rows):
     with open(path, "w") as f:
-        for y, feats in rows:
-            f.write(f"{y} " + " ".join(f"{j}:{v}" for j, v in feats) + "\n")
+        f.writelines(f"{y} " + " ".join(f"{j}:{v}" for j, v in feats) + "\n" for y, feats in rows)
     return path
 
 
@@ -79,6 +78,12 @@ def test_outputs_never_replace_inputs_named_by_a_glob_a_directory_or_weights(cap
     assert r.rc == 2 and "inputs" in r.err and (tmp_path / "w.npy").read_bytes() == w_before
     r = cli(capfd, "predict", model, tmp_path / "X.npy", "--out", tmp_path / "p.xlsx")
     assert r.rc == 2 and ".csv" in r.err and not (tmp_path / "p.xlsx").exists()
+    # what is not an input is fine: a model file in the data's directory, a file in a subdirectory
+    # that the glob does not reach
+    assert cli(capfd, "train", d, "--scheduler", scheduler, "--max-iter", "3", "--out", d / "m2.npz").rc == 0
+    (d / "sub").mkdir()
+    assert cli(capfd, "predict", model, str(d / "*.csv"), "--out", d / "sub" / "p.csv").rc == 0
+    assert cli(capfd, "predict", model, tmp_path / "X.npy", "--out", tmp_path / "p.pq").rc == 0
 
 
 def test_predict_and_evaluate_new_tables(capfd, tmp_path, scheduler):  # noqa: F811
@@ -104,7 +109,12 @@ def test_predict_and_evaluate_new_tables(capfd, tmp_path, scheduler):  # noqa: F
     X = new[["a", "b", "c"]].to_numpy()
     p = 1 / (1 + np.exp(-(X @ m["coef"][0] + m["intercept"][0])))
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")["proba_1"], p, rtol=1e-12)
-    new[:5].to_csv(tmp_path / "labelled.csv", index=False)
+    new[:5].to_csv(tmp_path / "labelled.csv")  # with a pandas index: a notice, never in --json output
+    df.drop(columns="id").to_csv(tmp_path / "plain.csv", index=False)
+    model = tmp_path / "plain.npz"
+    assert cli(capfd, "train", tmp_path / "plain.csv", "--scheduler", scheduler, "--out", model).rc == 0
+    r = cli(capfd, "evaluate", model, tmp_path / "labelled.csv")
+    assert r.rc == 0 and "dropped column 'Unnamed: 0'" in r.out, r.err
     r = cli(capfd, "evaluate", model, tmp_path / "labelled.csv", "--json")
     assert r.rc == 0 and json.loads(r.out)["rows"] == 5, r.err
 
@@ -130,10 +140,7 @@ def test_chunk_bytes_sizes_synthetic_chunks_and_the_env_scheduler_yields_to_a_fi
             "--max-iter", "3", "--json")
     assert r.rc == 0, r.err
     # 4 KiB of 5 float64 columns: 102 rows a chunk, 20 chunks (the default would be one)
-    from dlogit.data import synthetic
-
-    X, _ = synthetic(2000, 5, chunk_rows=4096 // 40)
-    assert X.numblocks[0] == 20
+    assert json.loads(r.out.strip().splitlines()[-1])["n_chunks"] == 20
     sf = tmp_path / "scheduler.json"
     sf.write_text(json.dumps({"address": scheduler}))
     r = cli(capfd, "train", "--synthetic", "200x3", "--scheduler-file", sf, "--max-iter", "3", "--json",

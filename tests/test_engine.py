@@ -11,9 +11,10 @@ from conftest import local_cluster
 import dlogit
 from dlogit.data import synthetic, synthetic_numpy
 
-# The reduction order is fixed, so runs agree to the last bit except where NumPy/BLAS SIMD loops round
-# differently for differently aligned temporaries (seen once: 5e-14 relative). A different order of
-# summation would differ by ~1e-8 here, so this still tells a fixed order from a varying one.
+# The reduction order is fixed, so runs agree to the last bit: the same chunks, the same tree, and
+# every dense chunk evaluated through aligned blocks of the same bounds wherever it landed (an
+# unaligned chunk once rounded differently in NumPy/BLAS SIMD loops, 5e-14 relative; the aligned
+# scratch blocks removed that). The tests compare bit for bit.
 
 
 def _fit(client, X, y, mode, **kw):
@@ -305,3 +306,19 @@ def test_arrays_on_the_wire_roundtrip_inline_and_as_frames():
     assert isinstance(field, Serialized) and len(field.frames) == 2  # raw frames, no msgpack of data
     for a, b in zip(_loads(field.header, field.frames), big):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold():
+    """Workers start with MALLOC_TRIM_THRESHOLD_ (Dask's nanny); the preload keeps freed blocks below
+    4 MiB for reuse (glibc), so per-block temporaries do not page-fault in on every evaluation."""
+    import sys
+
+    from dlogit.worker import tune_malloc
+
+    with local_cluster(1) as client:
+        env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        tuned = client.run(tune_malloc)
+    if sys.platform.startswith("linux"):
+        assert all(v is not None for v in env.values()) and all(tuned.values()), (env, tuned)
+    with dask.config.set({"dlogit.engine.worker-malloc": False}):
+        assert tune_malloc() is False

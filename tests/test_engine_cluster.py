@@ -369,7 +369,7 @@ def test_a_frozen_driver_that_wakes_up_changes_nothing():
     replaced, and remove no one (it used to blame its healthy children, one after the other)."""
     from distributed import Client
 
-    Xn, yn, X, y = _data(16000, 40, 2000, seed=11)
+    _Xn, _yn, X, y = _data(16000, 40, 2000, seed=11)
     settings = {"dlogit.engine.heartbeat": "3s", "dlogit.engine.replica-every": "0.05s"}
     with dask.config.set(settings), _cluster(3) as cluster, Client(cluster, set_as_default=False) as c:
         fit = _Fit(c, X, y, max_iter=LONG * 2, **GD)
@@ -418,7 +418,7 @@ def test_ctrl_c_during_a_long_step_stops_at_its_end_and_removes_no_worker(tmp_pa
     from distributed import Client
 
     flag = str(tmp_path / "slow")
-    Xn, yn, X, y = _data(3000, 10, 500, seed=1)
+    _Xn, _yn, X, y = _data(3000, 10, 500, seed=1)
     with _cluster(3) as cluster, Client(cluster, set_as_default=False) as c:
         c.run(_slow_sums_when_flagged, flag)
         before = sorted(c.scheduler_info()["workers"])

@@ -69,6 +69,9 @@ def test_label_errors_are_one_clear_line():
         bools.encode(np.array([0, 1, 2]))
     with pytest.raises(DataError, match="label type"):
         bools.encode(np.array(["yes"]))
+    np.testing.assert_array_equal(bools.encode(np.array([True, False], dtype=object)), [1, 0])
+    big = Classes.from_counts(*label_counts(np.array([2**53, 2**53 + 1])))  # beyond float64's integers
+    np.testing.assert_array_equal(big.encode(np.array([2**53 + 1, 2**53])), [1, 0])
 
 
 def test_balanced_class_weights_match_scikit_learn():

@@ -39,7 +39,7 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
     from dlogit.files import check_output
 
     check_output(out, inputs=[data, model_path, opts.get("labels"), opts.get("weights")],
-                 suffixes=(".csv", ".tsv", ".parquet", ".npy"), what="predictions")
+                 suffixes=(".csv", ".tsv", ".parquet", ".pq", ".npy"), what="predictions")
     from dlogit.family import get_family
 
     model, X, _, _ = load_for_model(model_path, data, opts, require_label=False)

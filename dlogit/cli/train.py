@@ -205,6 +205,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                            "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
         if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
             _check_chunks(int(X.numblocks[0]))
+        n_chunks = int(X.numblocks[0])
         X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
         progress = _progress(spec.max_iter, period, quiet)
@@ -267,6 +268,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                "classes": [str(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
                "coef_norm": float(np.linalg.norm(model.coef_)),
                "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
+               "n_chunks": n_chunks,
                "model": out}
     if path:
         summary["cv"] = {"scoring": scoring, "folds": cv, "best_index": int(model.best_index_),

@@ -38,13 +38,6 @@ logger = logging.getLogger("dlogit.engine")
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _processing_on(key: Any, dask_scheduler: Any = None) -> str | None:
-    """On the scheduler: the worker processing task ``key`` (None when it is not running)."""
-    ts = dask_scheduler.tasks.get(key) if dask_scheduler is not None else None
-    ws = getattr(ts, "processing_on", None) if ts is not None else None
-    return ws.address if ws is not None else None
-
-
 class SchedulerLost(ClusterError):
     """The client lost its connection to the Dask scheduler during a fit."""
 
@@ -183,8 +176,9 @@ class DaskFit:
                 cb(msg)
             # the last event of a fit is its end; of a path, the path event of its last point (each
             # point's fits end before it)
-            if (msg.get("type") == "path" and msg.get("done")) if path else (
-                    msg.get("type") == "end" and msg.get("run") == run):
+            kind = msg.get("type")
+            if (kind == "path" and msg.get("done")) or (kind == "end" and (
+                    msg.get("run") == run or (path and msg.get("status") in ("interrupted", "failed")))):
                 done.set()
 
         router = listen(self.client)
@@ -243,9 +237,9 @@ class DaskFit:
     def _task_workers(self, fut: Any) -> list[str] | None:
         """The worker running the fit's task (where its stop request matters), or None for all."""
         with contextlib.suppress(Exception):
-            where = self.client.run_on_scheduler(_processing_on, fut.key)
+            where = self.client.run_on_scheduler(scheduler_functions()["silence"], fut.key)
             if where:
-                return [where]
+                return [where[0]]
         return None
 
     # -- distributed mode ------------------------------------------------------------------------

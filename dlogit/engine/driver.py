@@ -156,6 +156,9 @@ def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[s
         return "ok", driver.run()
     except Interrupted as exc:
         return "interrupted", (exc.message, exc.checkpoint)
+    except KeyboardInterrupt as exc:  # a stop met outside the fit loop (set-up, a path's passes): a
+        # task that raises KeyboardInterrupt takes its worker down with it
+        return "interrupted", (getattr(exc, "message", None) or "interrupted", None)
     finally:
         driver.close()
         control.clear(spec.run)
