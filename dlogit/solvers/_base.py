@@ -384,6 +384,8 @@ def start_state(problem: Problem, theta: np.ndarray, options: SolverOptions, *,
 
 def max_iter_message(options: SolverOptions, gnorm: float) -> str:
     """The message of a run stopped by ``max_iter``."""
+    if not options.tol > 0:  # no stopping rule asked for: every step was meant to run
+        return f"ran all max_iter={options.max_iter} steps (tol=0); optimality {fmt(gnorm)}"
     return (f"reached max_iter={options.max_iter} with optimality {fmt(gnorm)} > tol={fmt(options.tol)}: "
             "increase max_iter")
 
