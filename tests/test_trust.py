@@ -865,8 +865,11 @@ def _interrupt_half_way(tmp_path: Path, args: list, at_step: int, ck: Path) -> i
     ``at_step`` is printed; return the checkpoint's step."""
     from dlogit.checkpoint import read_meta
 
-    with proc(["train", *args, "--checkpoint", ck, "--checkpoint-every", "0.2"], cwd=tmp_path) as p:
+    with proc(["train", *args, "--checkpoint", ck, "--checkpoint-every", "0.05"], cwd=tmp_path) as p:
         p.wait_for(rf"^step {at_step}\b", 180)
+        deadline = time.monotonic() + 5.0  # a fast machine can print the step before the first write
+        while not (ck / "checkpoint.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert (ck / "checkpoint.npz").exists()  # written every --checkpoint-every already
         p.signal_group(signal.SIGINT)
         rc = p.wait(60)
@@ -928,7 +931,7 @@ def slow_lbfgs_data(tmp_path_factory):
     """Correlated columns (condition ~1e3) and a weak penalty: L-BFGS needs ~500 iterations."""
     d = tmp_path_factory.mktemp("lbfgs")
     rng = np.random.default_rng(7)
-    n, k = 50000, 30
+    n, k = 100000, 30  # steps slow enough that a signal lands well before the end on a fast machine
     A = np.linalg.qr(rng.standard_normal((k, k)))[0] * np.logspace(0, -3, k)
     X = rng.standard_normal((n, k)) @ A.T
     y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(X @ (30 * rng.standard_normal(k)))))).astype(np.int64)
