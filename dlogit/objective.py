@@ -64,8 +64,11 @@ def node_sum(leaf: Callable[[int], Any], lo: int, hi: int, combine: Combine = op
     return combine(node_sum(leaf, lo, m, combine), node_sum(leaf, m, hi, combine))
 
 
-def complete_tree(parts: Mapping[Node, Any], n_chunks: int, combine: Combine = operator.add) -> Any:
-    """Root value from the node values in ``parts`` (which must tile ``[0, n_chunks)`` exactly)."""
+def complete_nodes(parts: Mapping[Node, Any], targets: Iterable[Node], combine: Combine = operator.add
+                   ) -> list[Any]:
+    """The value of each target node from node values tiling it, by the fixed tree's additions: node
+    ``[lo, hi)`` is ``combine([lo, mid), [mid, hi))``, so a node completed on a worker holds the same
+    bits as one completed anywhere else."""
 
     def visit(lo: int, hi: int) -> Any:
         got = parts.get((lo, hi))
@@ -76,7 +79,12 @@ def complete_tree(parts: Mapping[Node, Any], n_chunks: int, combine: Combine = o
         m = _mid(lo, hi)
         return combine(visit(lo, m), visit(m, hi))
 
-    return visit(0, n_chunks)
+    return [visit(lo, hi) for lo, hi in targets]
+
+
+def complete_tree(parts: Mapping[Node, Any], n_chunks: int, combine: Combine = operator.add) -> Any:
+    """Root value from the node values in ``parts`` (which must tile ``[0, n_chunks)`` exactly)."""
+    return complete_nodes(parts, [(0, n_chunks)], combine)[0]
 
 
 class Objective:

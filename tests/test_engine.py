@@ -265,8 +265,8 @@ def test_merging_node_sums_on_the_way_up_gives_the_bits_of_the_fixed_tree():
     """Whatever workers hold which chunks and however the tree groups them, completing the nodes
     inside each subtree and then the root adds the same pairs in the same order as the driver
     completing everything at once."""
-    from dlogit.engine.shard import complete_nodes, covering_nodes
-    from dlogit.objective import complete_tree, node_sum, owned_nodes
+    from dlogit.engine.shard import covering_nodes
+    from dlogit.objective import complete_nodes, complete_tree, node_sum, owned_nodes
 
     rng = np.random.default_rng(7)
     for n_chunks in (1, 2, 5, 13, 64):

@@ -12,14 +12,13 @@ A :class:`Shard` holds some of a fit's chunks (by their global index in the fit'
 
 Nothing here knows about Dask: the in-process path, the worker-local task and the distributed shards
 all use it. :data:`STEP_OPS` names what a step can ask of a shard (arrays in, one row per owned node
-out); :func:`covering_nodes` and :func:`complete_nodes` merge node values on their way up the tree of
+out); :func:`covering_nodes` and :func:`dlogit.objective.complete_nodes` merge node values on their way up the tree of
 workers with the additions of the fixed chunk tree.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -196,22 +195,3 @@ def covering_nodes(nodes: Iterable[Node], n_chunks: int) -> list[Node]:
     return owned_nodes((i for lo, hi in nodes for i in range(lo, hi)), n_chunks)
 
 
-def complete_nodes(parts: Mapping[Node, Any], targets: Iterable[Node],
-                   combine: Callable[[Any, Any], Any] = operator.add) -> list[Any]:
-    """The value of each target node from node values tiling it, by the fixed tree's additions.
-
-    Node ``[lo, hi)`` is ``combine([lo, mid), [mid, hi))`` with ``mid = (lo + hi) // 2``, exactly as
-    :func:`dlogit.objective.complete_tree` computes it, so a node completed on a worker holds the same
-    bits as one completed by the driver.
-    """
-
-    def visit(lo: int, hi: int) -> Any:
-        got = parts.get((lo, hi))
-        if got is not None:
-            return got
-        if hi - lo == 1:
-            raise KeyError(f"chunk {lo} is missing from the reduction")
-        mid = (lo + hi) // 2
-        return combine(visit(lo, mid), visit(mid, hi))
-
-    return [visit(lo, hi) for lo, hi in targets]

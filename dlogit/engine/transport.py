@@ -12,7 +12,7 @@ tcp, tls or ucxx, with the cluster's own security -- as distributed's P2P shuffl
     the children, evaluated on the worker's shards (``op`` from :data:`~dlogit.engine.shard.STEP_OPS`)
     and answered with ``{"v": [rows, seconds]}``: one row per *target* of the subtree -- the tree
     nodes lying wholly inside its chunks, completed on the way up by
-    :func:`~dlogit.engine.shard.complete_nodes`, so an answer holds a few rows whatever the
+    :func:`~dlogit.objective.complete_nodes`, so an answer holds a few rows whatever the
     subtree's size and the root's sum has the bits of the fixed chunk tree -- and each subtree
     worker's seconds of evaluation, in the subtree's pre-order.
 ``dlogit_control``
@@ -49,9 +49,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import Serialized, ToPickle
 from distributed.protocol.serialize import register_serialization_family
 
-from dlogit.engine.shard import STEP_OPS, Shard, complete_nodes
+from dlogit.engine.shard import STEP_OPS, Shard
 from dlogit.errors import ClusterError
-from dlogit.objective import Node
+from dlogit.objective import Node, complete_nodes
 
 PLUGIN_NAME = "dlogit-engine"
 #: a worker evaluates on its event loop when its previous evaluation took less than this (seconds)
