@@ -395,3 +395,14 @@ def last_json_line(stdout: str) -> dict:
     lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
     assert lines, "no stdout"
     return json.loads(lines[-1])
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still alive (zombies aside: signal 0)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

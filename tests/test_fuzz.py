@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import string
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_cli import cli as run_cli
 
 import dlogit
 from dlogit.errors import DataError
@@ -35,25 +34,10 @@ FUZZ = settings(max_examples=int(os.environ.get("DLOGIT_FUZZ_EXAMPLES", "30")), 
 
 
 def cli(capfd, args: list) -> tuple[int, str, str]:
-    """``dlogit ARGS`` in this process: ``(exit code, stdout, stderr)``; process-wide state restored."""
-    from dlogit.cli import main
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    np_err = np.geterr()
-    capfd.readouterr()
-    rc = 0
-    try:
-        with warnings.catch_warnings():
-            try:
-                main([str(a) for a in args])
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-        np.seterr(**np_err)
-    out, err = capfd.readouterr()
-    return rc, out, err
+    """``dlogit ARGS`` in this process: ``(exit code, stdout, stderr)``; process-wide state restored
+    (the runner of test_cli)."""
+    r = run_cli(capfd, *args)
+    return r.rc, r.out, r.err
 
 
 @pytest.fixture(scope="module")

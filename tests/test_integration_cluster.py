@@ -415,25 +415,17 @@ def test_sbatch_script_end_to_end(tmp_path, data, reference):
         assert not (submit / "dlogit-scheduler-4242.json").exists(), "scheduler file left behind"
         # the trap stopped the scheduler and the workers: nothing is left in the job's session
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _group_alive(p.pid):
+        while time.monotonic() < deadline and H.group_alive(p.pid):
             time.sleep(0.2)
-        assert not _group_alive(p.pid), "processes of the job outlived it"
+        assert not H.group_alive(p.pid), "processes of the job outlived it"
     finally:
-        if _group_alive(p.pid):
+        if H.group_alive(p.pid):
             os.killpg(p.pid, signal.SIGKILL)
         if p.poll() is None:
             p.kill()
             p.wait(10)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,9 +495,9 @@ def test_cluster_up_serves_until_sigterm(tmp_path, data, reference):
         assert p.wait(60) == 0, procs.tail("up")
         assert not sched_file.exists(), "scheduler file left behind"
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _group_alive(p.pid):
+        while time.monotonic() < deadline and H.group_alive(p.pid):
             time.sleep(0.2)
-        assert not _group_alive(p.pid), "worker processes outlived `dlogit cluster up`"
+        assert not H.group_alive(p.pid), "worker processes outlived `dlogit cluster up`"
     finally:
         procs.close()
 
