@@ -171,27 +171,47 @@ class _FoldEvaluator:
 
 def fold_plans(spec: FitSpec, plan: FitPlan, source: FoldSource) -> tuple[np.ndarray | None, np.ndarray]:
     """Per-fold class multipliers (``class_weight`` computed on each training fold, as a separate fit
-    would) and per-fold weight sums (the objectives' denominators)."""
+    would) and per-fold weight sums (the objectives' denominators). A fold whose training part has no
+    weight of a class the data has is refused (its model could never predict that class)."""
     K = plan.classes.n
     sums = source.class_weight_sums(K)  # (m, K)
+    total = np.asarray(plan.classes.weight_sums, np.float64)
+    lacking = np.argwhere((sums <= 0) & (total[None, :] > 0))
+    if len(lacking):
+        f, k = (int(v) for v in lacking[0])
+        name = plan.classes.display(K)[k]
+        rows = int(plan.classes.counts[k])
+        zero = " (or only rows of weight 0)" if plan.weighted else ""
+        hint = ""
+        if plan.folds is not None and type(plan.folds.scheme).__name__ == "KFoldScheme":
+            hint = ("; contiguous folds of rows sorted by label hold out whole classes: use stratified "
+                    "folds (the default)")
+        raise DataError(f"fold {f}'s training part has no rows of class {name}{zero}: all {rows} of its "
+                        f"rows are held out by that fold{hint}")
     mults = []
     for f in range(source.n_folds):
-        if np.any(sums[f] <= 0) and spec.class_weight == "balanced":
-            raise DataError(f"fold {f} has no training rows of class {plan.classes.display()[int(np.argmin(sums[f]))]}: "
-                            "class_weight='balanced' cannot weight it (use fewer folds)")
         cls = replace(plan.classes, weight_sums=sums[f])
         m = class_multipliers(cls, spec.class_weight)
         mults.append(np.ones(K) if m is None else m)
     mult = np.asarray(mults)
     weight_sums = (mult * sums).sum(axis=1)
     if np.any(weight_sums <= 0):
-        raise DataError("a training fold has no weight: use fewer folds")
+        raise DataError(f"fold {int(np.argmin(weight_sums))}'s training part has no weight: use fewer folds")
     return (None if spec.class_weight is None else mult), weight_sums
+
+
+class _Seen:
+    """How far the fold fits of one penalty got: rounds of evaluation, their mean loss and largest
+    gradient norm (what an interrupted point reports)."""
+
+    def __init__(self) -> None:
+        self.rounds, self.loss, self.grad_norm = 0, math.nan, math.nan
 
 
 def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray | None,
               weight_sums: np.ndarray, starts: np.ndarray, emitter: ProgressEmitter,
-              stop: Callable[[], str | None] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+              stop: Callable[[], str | None] | None, seen: _Seen | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
     from dlogit.solvers import SolverOptions, get
     from dlogit.training import _Problem, _solver_problem
@@ -225,6 +245,7 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
             batcher.done(f)
 
     progress: dict[int, tuple[int, float, float]] = {}
+    seen = seen if seen is not None else _Seen()
     threads = [threading.Thread(target=run, args=(f,), name=f"dlogit-fold-{f}", daemon=True) for f in range(m)]
     for t in threads:
         t.start()
@@ -242,8 +263,9 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
             if progress:
                 rounds += 1
                 vals = list(progress.values())
-                emitter.step(rounds - 1, float(np.mean([v[1] for v in vals])),
-                             float(np.max([v[2] for v in vals])))
+                seen.rounds, seen.loss = rounds, float(np.mean([v[1] for v in vals]))
+                seen.grad_norm = float(np.max([v[2] for v in vals]))
+                emitter.step(rounds - 1, seen.loss, seen.grad_norm)
     except BaseException as exc:
         batcher.stop(exc)
         for t in threads:
@@ -294,17 +316,16 @@ def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[t
 
         cv = {"folds": m, "index": k, "of": len(penalties), "l2": float(l2), "l1": float(l1)}
         emitter.start({**start_params(s, p, mode, "folds", None, dict(info or {})), "cv": cv, "path": path_id})
+        seen = _Seen()
         try:
-            thetas, n_iter, status = fit_folds(source, s, p, mult, weight_sums, starts, emitter, stop)
-        except Interrupted as exc:
-            emitter.end("interrupted", 0, math.nan, math.nan, exc.message)
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C, or a signal turned into one: the path was interrupted
+            thetas, n_iter, status = fit_folds(source, s, p, mult, weight_sums, starts, emitter, stop, seen)
+        except KeyboardInterrupt as exc:  # Ctrl-C, a stop request, or a signal turned into one
             reason = getattr(exc, "message", None) or "interrupted"
-            emitter.end("interrupted", 0, math.nan, math.nan, reason)
-            raise Interrupted(reason, getattr(exc, "signum", None)) from None
+            text = interrupted_text(reason, k, len(penalties), points, scoring)
+            emitter.end("interrupted", seen.rounds, seen.loss, seen.grad_norm, text)
+            raise Interrupted(text, getattr(exc, "signum", None)) from None
         except BaseException as exc:
-            emitter.end("failed", 0, math.nan, math.nan, f"{type(exc).__name__}: {exc}")
+            emitter.end("failed", seen.rounds, seen.loss, seen.grad_norm, f"{type(exc).__name__}: {exc}")
             raise
         scores = score_from_sums(scoring, source.fold_scores(thetas))
         nnz = int(np.mean([np.count_nonzero(plan.layout.coef(t)) for t in thetas]))
@@ -320,7 +341,17 @@ def run_path(source: FoldSource, spec: FitSpec, plan: FitPlan, penalties: list[t
                           "n_nonzero": int(np.mean([np.count_nonzero(plan.layout.coef(t)) for t in q.thetas]))}
                          for q in points],
               "best": best, "done": k == len(penalties) - 1, "seconds": time.time() - t0})
-    return PathResult(points, scoring, _best(points), path_id)
+    notes = list(plan.folds.notes) if plan.folds is not None else []
+    return PathResult(points, scoring, _best(points), path_id, {"notes": notes})
+
+
+def interrupted_text(reason: str, k: int, n_points: int, points: list[PathPoint], scoring: str) -> str:
+    """What an interrupted path says: where it stopped, and the best of the points it finished."""
+    text = f"{reason} during point {k + 1} of {n_points} of the cross-validation path ({k} finished"
+    if points:
+        b = points[_best(points)]
+        text += f"; best so far l2 {b.l2:.4g}, l1 {b.l1:.4g}: {scoring} {b.mean:.6f}"
+    return text + "; no penalty chosen)"
 
 
 #: fold statuses from the worst: a point's status is its worst fold's
@@ -366,14 +397,20 @@ def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray], fit_i
     return float(np.max(np.abs(plan.layout.coef(g)))) if plan.layout.n_features else 0.0
 
 
+#: how ``cv=K`` splits the rows: ``stratified`` (scikit-learn's ``StratifiedKFold(K)``) or ``contiguous``
+#: (``KFold(K)``)
+CV_SPLITS = ("stratified", "contiguous")
+
+
 @dataclass(frozen=True)
 class PathSpec:
     """What a path asks: penalty values or grid sizes, the folds, the score (travels to a worker)."""
 
     l2: Any
     l1: Any
-    folds: Any  # an int (K contiguous folds) or an ExplicitFolds
+    folds: Any  # an int (K folds, split as ``split`` says) or an ExplicitFolds
     scoring: str = "neg_log_loss"
+    split: str = "stratified"
 
 
 def is_count(v: Any) -> bool:
@@ -397,30 +434,88 @@ def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpe
     from dlogit.engine.shard import LocalEvaluator, Shard, ShardFoldSource, merged_stats
     from dlogit.spec import make_plan
 
+    from dlogit.folds import chunk_labels
+
     shard = Shard(dict(enumerate(raw)), len(raw))
     rows = shard.row_counts()
     stats = merged_stats(dict(shard.stats()), len(raw))
-    plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path, [rows[i] for i in range(len(raw))])
+    labels = [chunk_labels(y) for _, y, _ in raw] if needs_labels(path) else None
+    plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path,
+                      [rows[i] for i in range(len(raw))], labels)
     shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
     penalties = path_penalties(plan, path, LocalEvaluator(shard).sums, spec.fit_intercept)
     return run_path(ShardFoldSource(shard, plan.folds.n_folds), spec, plan, penalties, path.scoring, send,
                     mode=mode, info={"n_chunks": len(raw), **(info or {})}, stop=stop)
 
 
-def with_folds(plan: FitPlan, path: PathSpec, chunk_rows: list[int]) -> FitPlan:
-    """The plan of a path: the fold scheme (``cv=K`` contiguous folds over the rows, or explicit ones)
-    and every chunk's first row."""
+def needs_labels(path: Any) -> bool:
+    """Whether the path's folds need every chunk's :func:`~dlogit.folds.chunk_labels` (stratified
+    ``cv=K``)."""
+    return path is not None and isinstance(path.folds, (int, np.integer)) and path.split == "stratified"
+
+
+def with_folds(plan: FitPlan, path: PathSpec, chunk_rows: list[int],
+               labels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> FitPlan:
+    """The plan of a path: the fold scheme (``cv=K`` stratified or contiguous folds over the rows, or
+    explicit ones) and every chunk's first row. Stratified folds need ``labels``, every chunk's
+    :func:`~dlogit.folds.chunk_labels`, in chunk order."""
     from dlogit.folds import FoldPlan, KFoldScheme
 
     n = plan.n_rows
+    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(chunk_rows)[:-1]]))
+    notes: tuple[str, ...] = ()
     if isinstance(path.folds, (int, np.integer)):
-        if path.folds > n:
-            raise DataError(f"cv={path.folds} folds need at least {path.folds} rows, got {n}")
-        scheme: Any = KFoldScheme(n, int(path.folds))
+        m = int(path.folds)
+        if m > n:
+            raise DataError(f"cv={m} folds need at least {m} rows, got {n}")
+        if path.split == "contiguous":
+            scheme: Any = KFoldScheme(n, m)
+        elif path.split == "stratified":
+            if labels is None:
+                raise ValueError("stratified folds need every chunk's label summary")
+            scheme, notes = stratified(plan, m, labels, offsets)
+        else:
+            raise ConfigError(f"cv_split must be one of {', '.join(CV_SPLITS)}, got {path.split!r}")
     else:
         scheme = path.folds
-    offsets = tuple(int(v) for v in np.concatenate([[0], np.cumsum(chunk_rows)[:-1]]))
-    return replace(plan, folds=FoldPlan(scheme, offsets))
+    return replace(plan, folds=FoldPlan(scheme, offsets, notes))
+
+
+def stratified(plan: FitPlan, m: int, labels: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+               offsets: tuple[int, ...]) -> tuple[Any, tuple[str, ...]]:
+    """``StratifiedKFold(m)``'s folds from the chunks' label summaries, checked: every training part
+    has every class, every held-out part has rows; a class with fewer rows than folds is a note (as
+    scikit-learn warns), every class having fewer is refused (as scikit-learn refuses)."""
+    from dlogit.folds import StratifiedScheme
+
+    K = plan.classes.n
+    counts = np.zeros((len(offsets), K), np.int64)
+    first = np.full(K, np.iinfo(np.int64).max, np.int64)
+    for c, (values, cnt, at) in enumerate(labels):
+        if len(values):
+            codes = plan.classes.encode(values, what=f"labels of chunk {c}")
+            np.add.at(counts[c], codes, cnt)
+            np.minimum.at(first, codes, offsets[c] + at)
+    total = counts.sum(axis=0)
+    names = plan.classes.display(K)
+    if np.all(total < m):
+        k = int(np.argmax(total))
+        raise DataError(f"cv={m} stratified folds need a class with at least {m} rows: the largest, class "
+                        f"{names[k]}, has {int(total[k])} (use fewer folds)")
+    scheme = StratifiedScheme.from_chunks(m, counts, np.argsort(first, kind="stable"))
+    alloc = scheme.allocation
+    empty = np.flatnonzero(alloc.sum(axis=1) == 0)
+    if len(empty):
+        raise DataError(f"fold {int(empty[0])} of cv={m} would hold out no rows (use fewer folds)")
+    lacking = np.argwhere(alloc == total[None, :])
+    if len(lacking):
+        f, k = (int(v) for v in lacking[0])
+        raise DataError(f"class {names[k]} has {int(total[k])} row: fold {f} holds it out and would train "
+                        f"without the class (cross-validation needs at least 2 rows of every class)")
+    notes = tuple(f"class {names[k]} has only {int(total[k])} rows, fewer than cv={m} folds: "
+                  f"{m - int(total[k])} of the held-out folds have none of it"
+                  for k in np.flatnonzero(total < m))
+    return scheme, notes
 
 
 def path_penalties(plan: FitPlan, path: PathSpec, sums_at: Callable[[np.ndarray], np.ndarray],

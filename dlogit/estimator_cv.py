@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from dlogit.cv import SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks, worst_status
+from dlogit.cv import CV_SPLITS, SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks, worst_status
 from dlogit.errors import ConfigError, ConvergenceWarning
 from dlogit.estimator import LogisticRegression, ParameterError
 
@@ -34,9 +34,20 @@ class LogisticRegressionCV(LogisticRegression):
     l1 : float, list of floats, or int, default 0.0
         L1 penalties to try (an ``int``: log-spaced from ``lambda_max``, where every coefficient is
         zero, down to ``1e-3 * lambda_max``). When both are lists every combination is tried.
-    cv : int or a splitter, default 5
-        An ``int`` gives K contiguous folds, as ``KFold(K)`` without shuffling; any scikit-learn
-        splitter (in-memory data) whose test sets partition the rows works too.
+    cv : int, "contiguous", a splitter, or an iterable of (train, test) splits, default 5
+        An ``int`` K gives K folds split as ``cv_split`` says: by default **stratified**, exactly the
+        folds of scikit-learn's ``StratifiedKFold(K)`` (no shuffling: each class's rows, in order, dealt
+        to the folds in contiguous runs), computed chunk by chunk without moving data (Dask data too).
+        ``"contiguous"`` is ``cv=5, cv_split="contiguous"``. Any scikit-learn splitter, or a list of
+        ``(train, test)`` index pairs, works for in-memory data when its test sets partition the rows
+        and each split trains on all the other rows. A fold whose training part would lack a class, or
+        whose held-out part would have no rows, is refused (:class:`~dlogit.DataError`); a class with
+        fewer rows than folds is a warning (some held-out folds have none of it), as in scikit-learn.
+    cv_split : {"stratified", "contiguous"}, default "stratified"
+        How an ``int`` ``cv`` splits the rows: ``"stratified"`` as ``StratifiedKFold(K)``,
+        ``"contiguous"`` as ``KFold(K)`` (K runs of consecutive rows, the first ``n % K`` one row longer;
+        on rows sorted by label these hold out whole classes, which is refused). A splitter ``cv``
+        splits itself: ``cv_split="contiguous"`` with one is an error.
     scoring : {"neg_log_loss", "accuracy"}, default "neg_log_loss"
         Held-out score, higher is better (weighted by ``sample_weight``).
     refit : bool, default True
@@ -57,13 +68,15 @@ class LogisticRegressionCV(LogisticRegression):
         **LogisticRegression._parameter_constraints,
         "l2": _GRID,
         "l1": _GRID,
-        "cv": [Interval(Integral, 2, None, closed="left"), "cv_object"],
+        "cv": [Interval(Integral, 2, None, closed="left"), StrOptions({"contiguous"}), "cv_object"],
+        "cv_split": [StrOptions(set(CV_SPLITS))],
         "scoring": [StrOptions(set(SCORINGS))],
         "refit": ["boolean"],
     }
 
-    def __init__(self, l2: Any = 10, l1: Any = 0.0, cv: Any = 5, scoring: str = "neg_log_loss",
-                 refit: bool = True, solver: str = "lbfgs", lr: float = 0.1, max_iter: int | None = None,
+    def __init__(self, l2: Any = 10, l1: Any = 0.0, cv: Any = 5, cv_split: str = "stratified",
+                 scoring: str = "neg_log_loss", refit: bool = True, solver: str = "lbfgs", lr: float = 0.1,
+                 max_iter: int | None = None,
                  tol: float | None = None, fit_intercept: bool = True, class_weight: Any = None,
                  init: str = "zeros", random_state: int | None = None, chunk_rows: int | None = None,
                  progress_period: int = 1000, mode: str = "auto") -> None:
@@ -72,6 +85,7 @@ class LogisticRegressionCV(LogisticRegression):
                          random_state=random_state, chunk_rows=chunk_rows, progress_period=progress_period,
                          mode=mode)
         self.cv = cv
+        self.cv_split = cv_split
         self.scoring = scoring
         self.refit = refit
 
@@ -106,7 +120,6 @@ class LogisticRegressionCV(LogisticRegression):
             callback: Any = None) -> LogisticRegressionCV:
         """Fit the path with cross-validation, choose the penalty, and refit (see the class docstring)."""
         from dlogit import engine, inputs
-        from dlogit.folds import ExplicitFolds
 
         self._check_params()
         if checkpoint is not None:
@@ -114,15 +127,8 @@ class LogisticRegressionCV(LogisticRegression):
         data = inputs.prepare_fit(self, X, y, sample_weight, client)
         spec = self.make_spec(data.n_features, info=data.info)
         t0 = time.perf_counter()
-        folds: Any = int(self.cv) if isinstance(self.cv, (int, np.integer)) else None
-        if folds is None:
-            if data.dask:
-                raise ConfigError("a cross-validation splitter needs in-memory data; on Dask data give "
-                                  "cv=K (K contiguous folds)")
-            n = sum(int(x.shape[0]) for x in data.X_chunks)
-            yall = np.concatenate([np.asarray(c) for c in data.y_chunks])
-            folds = ExplicitFolds.from_splits(list(self.cv.split(np.empty((n, 0)), yall)), n)
-        path = PathSpec(self.l2, self.l1, folds, self.scoring)
+        folds, split = self._folds(data)
+        path = PathSpec(self.l2, self.l1, folds, self.scoring, split)
         if data.dask:
             result = engine.fit_path_dask(data.client, data.X, data.y, data.w, spec, path, callback,
                                           mode=self.mode)
@@ -131,6 +137,8 @@ class LogisticRegressionCV(LogisticRegression):
             result = path_on_chunks(list(zip(data.X_chunks, data.y_chunks, ws)), spec, path,
                                     callback or (lambda m: None), mode="in-process",
                                     weighted=data.w_chunks is not None)
+        for note in result.extra.get("notes", ()):
+            warnings.warn(note, UserWarning, stacklevel=2)
         self._set_path(result)
         if self.refit:
             best = result.points[result.best]
@@ -146,6 +154,29 @@ class LogisticRegressionCV(LogisticRegression):
             self._extra_arrays = self._path_arrays()
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def _folds(self, data: Any) -> tuple[Any, str]:
+        """The path's folds: ``(K, split)`` for ``cv=K`` / ``"contiguous"``, or the explicit folds of a
+        splitter or of an iterable of splits (in-memory data)."""
+        from dlogit.folds import ExplicitFolds
+
+        if isinstance(self.cv, str):  # "contiguous" (the constraint allows nothing else)
+            return 5, "contiguous"
+        if isinstance(self.cv, (int, np.integer)):
+            return int(self.cv), self.cv_split
+        if self.cv_split != "stratified":
+            raise ConfigError(f"cv_split={self.cv_split!r} applies to cv=K; a splitter splits the rows "
+                              "itself")
+        if data.dask:
+            raise ConfigError("a cross-validation splitter needs in-memory data; on Dask data give "
+                              "cv=K (stratified folds) or cv='contiguous'")
+        n = sum(int(x.shape[0]) for x in data.X_chunks)
+        if hasattr(self.cv, "split"):
+            yall = np.concatenate([np.asarray(c) for c in data.y_chunks])
+            splits = list(self.cv.split(np.empty((n, 0)), yall))
+        else:
+            splits = list(self.cv)
+        return ExplicitFolds.from_splits(splits, n), "explicit"
 
     def _set_path(self, result: PathResult) -> None:
         pts = result.points
@@ -187,7 +218,9 @@ class LogisticRegressionCV(LogisticRegression):
         return {**super()._saved_params(), "l2": float(self.l2_), "l1": float(self.l1_)}
 
     def save(self, path: Any, **extra_meta: Any) -> None:
-        cv = {"scoring": self.scoring, "best_index": int(self.best_index_),
+        split = self.cv_split if isinstance(self.cv, (int, np.integer)) else (
+            "contiguous" if isinstance(self.cv, str) else "explicit")
+        cv = {"scoring": self.scoring, "best_index": int(self.best_index_), "split": split,
               "folds": int(self.path_.points[0].fold_scores.size), "l2": self.l2_, "l1": self.l1_,
               "l2_grid": [p.l2 for p in self.path_.points], "l1_grid": [p.l1 for p in self.path_.points]}
         super().save(path, cv=cv, **extra_meta)

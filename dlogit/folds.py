@@ -1,9 +1,18 @@
 """Cross-validation folds on chunks: fold assignments of rows, and the per-fold sums of one chunk. Pure.
 
-A fold scheme assigns every row a fold ``0..m-1`` without moving data: :class:`KFoldScheme` gives the
-contiguous folds of scikit-learn's ``KFold(m)`` (no shuffling) from a row's global index, so a chunk
-only needs its first row's index; :class:`ExplicitFolds` carries the fold of every row (any splitter
-of in-memory data, whose folds partition the rows).
+A fold scheme assigns every row a fold ``0..m-1`` without moving data, one chunk at a time:
+
+- :class:`StratifiedScheme` gives exactly the folds of scikit-learn's ``StratifiedKFold(m)`` (no
+  shuffling). That splitter numbers the classes by first appearance, deals the sorted labels round
+  robin to the folds (the allocation: how many rows of each class each fold holds out), and gives each
+  class's rows, in row order, to the folds in contiguous runs of those sizes. So a row's fold follows
+  from its class and its rank among that class's rows: the ranks of a chunk's first rows come from
+  prefix sums of the per-chunk class counts (:func:`chunk_labels`, one summary per chunk), the same for
+  any number of workers.
+- :class:`KFoldScheme` gives the contiguous folds of ``KFold(m)`` (no shuffling) from a row's global
+  index, so a chunk only needs its first row's index.
+- :class:`ExplicitFolds` carries the fold of every row (any splitter of in-memory data, whose folds
+  partition the rows).
 
 :class:`FoldChunk` evaluates the ``m`` fold models of one regularization value in **one** pass over
 its rows: ``Z = X @ [W_1; ...; W_m].T`` (one product, X read once), the row terms of model ``f``
@@ -29,6 +38,71 @@ FOLD_BLOCK_BYTES = 4 << 20
 FOLD_BLOCK_ELEMENTS = 1 << 21
 
 
+def chunk_labels(y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk's distinct labels (sorted), their row counts, and the index of each one's first row."""
+    y = np.asarray(to_numpy(y))
+    if y.size == 0:
+        return y[:0], np.zeros(0, np.int64), np.zeros(0, np.int64)
+    values, first, counts = np.unique(y, return_index=True, return_counts=True)
+    return values, counts.astype(np.int64), first.astype(np.int64)
+
+
+def stratified_allocation(counts: np.ndarray, order: np.ndarray, n_folds: int) -> np.ndarray:
+    """(m, K): the rows of each class (columns in class-code order) that each fold holds out, as
+    ``StratifiedKFold``: the labels sorted with the classes numbered by first appearance (``order``: the
+    class codes in that order) and dealt round robin, fold ``i`` taking positions ``i, i + m, ...``."""
+    m = int(n_folds)
+    n = np.asarray(counts, np.int64)[order]
+    hi = np.cumsum(n)
+    lo = hi - n
+    i = np.arange(m, dtype=np.int64)[:, None]
+    # positions p in [0, x) with p % m == i: (x - i + m - 1) // m
+    taken = (hi[None, :] - i + m - 1) // m - (lo[None, :] - i + m - 1) // m
+    alloc = np.zeros((m, len(n)), np.int64)
+    alloc[:, order] = taken
+    return alloc
+
+
+@dataclass(frozen=True)
+class StratifiedScheme:
+    """scikit-learn's ``StratifiedKFold(m)`` without shuffling (see the module docstring).
+
+    ``bounds`` (K, m + 1): per class code, the class ranks where each fold's run starts (the
+    cumulative allocation); ``starts`` (chunks, K): the rank of each chunk's first row of each class."""
+
+    n_folds: int
+    bounds: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def from_chunks(cls, n_folds: int, counts: np.ndarray, order: np.ndarray) -> StratifiedScheme:
+        """From the (chunks, K) class counts of every chunk and the class codes in first-appearance order."""
+        counts = np.asarray(counts, np.int64)
+        alloc = stratified_allocation(counts.sum(axis=0), order, n_folds)
+        bounds = np.concatenate([np.zeros((alloc.shape[1], 1), np.int64), np.cumsum(alloc.T, axis=1)], axis=1)
+        starts = np.cumsum(counts, axis=0) - counts
+        return cls(int(n_folds), bounds, starts)
+
+    @property
+    def allocation(self) -> np.ndarray:
+        """(m, K) held-out rows of each class per fold."""
+        return np.diff(self.bounds, axis=1).T
+
+    def chunk_folds(self, chunk: int, start: int, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, np.int64)
+        order = np.argsort(codes, kind="stable")  # the chunk's rows grouped by class, in row order
+        grouped = codes[order]
+        cuts = np.flatnonzero(np.diff(grouped)) + 1
+        out = np.empty(len(codes), np.int64)
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(codes)]):
+            if hi <= lo:
+                continue
+            k = int(grouped[lo])
+            rank = self.starts[chunk, k] + np.arange(hi - lo, dtype=np.int64)  # ranks among class k's rows
+            out[order[lo:hi]] = np.searchsorted(self.bounds[k], rank, side="right") - 1
+        return out
+
+
 @dataclass(frozen=True)
 class KFoldScheme:
     """scikit-learn's ``KFold(m)``: contiguous folds, the first ``n % m`` one row longer."""
@@ -46,6 +120,9 @@ class KFoldScheme:
         rows = np.arange(start, stop, dtype=np.int64)
         return (np.searchsorted(self.bounds(), rows, side="right") - 1).astype(np.int64)
 
+    def chunk_folds(self, chunk: int, start: int, codes: np.ndarray) -> np.ndarray:
+        return self.fold_of(start, start + len(codes))
+
 
 @dataclass(frozen=True)
 class ExplicitFolds:
@@ -57,13 +134,32 @@ class ExplicitFolds:
     def fold_of(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.folds[start:stop], dtype=np.int64)
 
+    def chunk_folds(self, chunk: int, start: int, codes: np.ndarray) -> np.ndarray:
+        return self.fold_of(start, start + len(codes))
+
     @classmethod
-    def from_splits(cls, splits: list[tuple[np.ndarray, np.ndarray]], n_rows: int) -> ExplicitFolds:
+    def from_splits(cls, splits: list[tuple[Any, Any]], n_rows: int) -> ExplicitFolds:
         from dlogit.errors import ConfigError
 
+        if len(splits) < 2:
+            raise ConfigError(f"cross-validation needs at least 2 splits, got {len(splits)}")
         folds = np.full(n_rows, -1, dtype=np.int64)
-        for f, (train, test) in enumerate(splits):
-            test = np.asarray(test)
+        for f, split in enumerate(splits):
+            try:
+                train, test = split
+                train, test = np.asarray(train), np.asarray(test)
+            except (TypeError, ValueError):
+                raise ConfigError(f"split {f} is not a (train, test) pair of row indices") from None
+            if test.dtype == bool:
+                test = np.flatnonzero(test)
+            if train.dtype == bool:
+                train = np.flatnonzero(train)
+            if test.size == 0:
+                raise ConfigError(f"split {f} holds out no rows: every fold needs held-out rows")
+            if test.dtype.kind not in "iu" or (train.size and train.dtype.kind not in "iu"):
+                raise ConfigError(f"split {f} is not made of integer row indices")
+            if test.min() < 0 or test.max() >= n_rows:
+                raise ConfigError(f"split {f} holds out rows outside 0..{n_rows - 1}")
             if np.any(folds[test] >= 0):
                 raise ConfigError("the cross-validation splits' test sets overlap: each row must be held "
                                   "out by exactly one fold")
@@ -80,18 +176,24 @@ class ExplicitFolds:
 @dataclass(frozen=True)
 class FoldPlan:
     """The folds of a path: the scheme and the global index of each chunk's first row (travels to the
-    workers with the fit's plan; each holder builds its chunks' :class:`FoldChunk`)."""
+    workers with the fit's plan; each holder builds its chunks' :class:`FoldChunk`). ``notes``: what
+    the client should hear about the folds (e.g. a class smaller than the number of folds)."""
 
     scheme: Any
     offsets: tuple[int, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def n_folds(self) -> int:
         return int(self.scheme.n_folds)
 
-    def folds_of(self, chunk: int, n_rows: int) -> np.ndarray:
-        start = self.offsets[chunk]
-        return self.scheme.fold_of(start, start + n_rows)
+    def folds_of(self, chunk: int, n_rows: int, codes: Any = None) -> np.ndarray:
+        """The folds of chunk ``chunk``'s rows (``codes``: their class codes, needed by stratified folds)."""
+        if codes is None:
+            if isinstance(self.scheme, StratifiedScheme):
+                raise ValueError("stratified folds need the chunk's class codes")
+            codes = np.zeros(n_rows, np.int64)
+        return self.scheme.chunk_folds(chunk, self.offsets[chunk], np.asarray(to_numpy(codes)))
 
 
 class FoldChunk:

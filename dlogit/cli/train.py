@@ -65,7 +65,11 @@ def _warn(message: str) -> None:
 @click.option("--l1-path", type=click.IntRange(min=2), default=None, metavar="N",
               help="A path of N L1 values, from the smallest that zeroes every coefficient (with --cv).")
 @click.option("--cv", "cv", type=click.IntRange(min=2), default=None, metavar="K",
-              help="Choose the penalty by K-fold cross-validation (contiguous folds), then refit on all data.")
+              help="Choose the penalty by K-fold cross-validation, then refit on all data.")
+@click.option("--cv-split", "cv_split", type=click.Choice(["stratified", "contiguous"]), default="stratified",
+              show_default=True,
+              help="How --cv splits the rows: stratified (as scikit-learn's StratifiedKFold) or "
+                   "contiguous (KFold).")
 @click.option("--scoring", type=click.Choice(["neg_log_loss", "accuracy"]), default="neg_log_loss",
               show_default=True, help="Held-out score of --cv.")
 @click.option("--summary", "with_summary", is_flag=True,
@@ -95,7 +99,7 @@ def _warn(message: str) -> None:
 @cluster_options
 def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight: str | None,
           solver: str | None, l2: Any, l1: Any, l2_path: int | None, l1_path: int | None, cv: int | None,
-          scoring: str, with_summary: bool, lr: float, max_iter: int | None, tol: float | None,
+          cv_split: str, scoring: str, with_summary: bool, lr: float, max_iter: int | None, tol: float | None,
           init: str | None, no_intercept: bool, mode: str, out: str | None, keep_diverged: bool,
           checkpoint: str | None, checkpoint_every: float | None, resume: bool, as_json: bool, period: int,
           quiet: bool, verbose: bool, **opts: Any) -> None:
@@ -155,6 +159,8 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     path = cv is not None
     if not path and (isinstance(l2, tuple) or isinstance(l1, tuple) or l2_path or l1_path):
         raise ConfigError("several penalty values (or --l2-path/--l1-path) need --cv K to choose among them")
+    if not path and cv_split != "stratified":
+        raise ConfigError("--cv-split needs --cv K")
     if path and ckpt is not None:
         raise ConfigError("--checkpoint is not available with --cv (each point of a path is short)")
     common = {"solver": solver, "lr": lr, "max_iter": max_iter, "tol": tol, "fit_intercept": not no_intercept,
@@ -164,7 +170,8 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         from dlogit.estimator_cv import LogisticRegressionCV
 
         model = LogisticRegressionCV(l2=list(l2) if isinstance(l2, tuple) else l2,
-                                     l1=list(l1) if isinstance(l1, tuple) else l1, cv=cv, scoring=scoring,
+                                     l1=list(l1) if isinstance(l1, tuple) else l1, cv=cv, cv_split=cv_split,
+                                     scoring=scoring,
                                      **common)
     else:
         model = LogisticRegression(l2=l2, l1=l1, **common)
@@ -217,7 +224,13 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                 tracker = _StepTracker(progress)
                 try:
                     if path:
-                        model.fit(X, y, sample_weight=w, client=client, callback=tracker)
+                        try:
+                            model.fit(X, y, sample_weight=w, client=client, callback=tracker)
+                        except KeyboardInterrupt:
+                            progress.close()
+                            if not as_json:
+                                click.echo(_interrupted_path(tracker.path, cv, cv_split, scoring))
+                            raise
                     else:
                         model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
                                   callback=tracker)
@@ -271,7 +284,8 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                "n_chunks": n_chunks,
                "model": out}
     if path:
-        summary["cv"] = {"scoring": scoring, "folds": cv, "best_index": int(model.best_index_),
+        summary["cv"] = {"scoring": scoring, "folds": cv, "split": cv_split,
+                         "best_index": int(model.best_index_),
                          "best_score": float(model.best_score_),
                          "l2": [float(v) for v in model.cv_results_["param_l2"]],
                          "l1": [float(v) for v in model.cv_results_["param_l1"]],
@@ -284,7 +298,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         return
     if path:
         click.echo(f"cv: best l2 {model.l2_:.4g}, l1 {model.l1_:.4g}: {scoring} {model.best_score_:.6f} "
-                   f"({cv} folds); "
+                   f"({cv} {cv_split} folds); "
                    "refit on all the data")
     classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
     click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
@@ -304,16 +318,40 @@ _CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "host", "dashboard_address"
 
 
 class _StepTracker:
-    """Passes every event to the progress printer, remembering the last step seen."""
+    """Passes every event to the progress printer, remembering the last step seen (and a path's last
+    ``path`` event and the point it is on)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.step: int | None = None
+        self.path: dict[str, Any] = {}
 
     def __call__(self, msg: dict[str, Any]) -> None:
-        if msg.get("type") == "progress" and msg.get("step"):
+        kind = msg.get("type")
+        if kind == "progress" and msg.get("step"):
             self.step = int(msg["step"][-1])
+        elif kind == "path":
+            self.path["event"] = msg
+        elif kind == "start" and isinstance((msg.get("params") or {}).get("cv"), dict):
+            self.path["cv"] = msg["params"]["cv"]
         self.inner(msg)
+
+
+def _interrupted_path(seen: dict[str, Any], folds: int, split: str, scoring: str) -> str:
+    """The line an interrupted ``--cv`` prints: the points it finished and the best of them."""
+    event = seen.get("event") or {}
+    points = [p for p in event.get("points") or [] if isinstance(p, dict)]
+    cv = seen.get("cv") or {}
+    at = "before its first point"
+    if "index" in cv and "of" in cv:
+        at = f"during point {int(cv['index']) + 1} of {cv['of']}"
+    text = f"cv: interrupted {at} ({folds} {split} folds): {len(points)} point(s) finished"
+    best = event.get("best")
+    if points and isinstance(best, int) and 0 <= best < len(points):
+        b = points[best]
+        text += (f"; best so far l2 {float(b.get('l2', 0.0)):.4g}, l1 {float(b.get('l1', 0.0)):.4g}: "
+                 f"{scoring} {float(b.get('mean', float('nan'))):.6f}")
+    return text + "; no penalty chosen, no model written"
 
 
 def _scheduler_gone(client: Any, exc: BaseException) -> bool:

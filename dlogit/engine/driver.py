@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dlogit.cv import needs_labels
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
 from dlogit.engine.placement import balanced_ranges, spread_orphans, worker_tree
@@ -121,10 +122,11 @@ class ShardInfo:
 
 
 def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunks: int, xs: list[Any],
-                ys: list[Any], ws: list[Any] | None, prepare: tuple[FitSpec, FitPlan, bool] | None
-                ) -> dict[str, Any]:
+                ys: list[Any], ws: list[Any] | None, prepare: tuple[FitSpec, FitPlan, bool] | None,
+                fold_labels: bool = False) -> dict[str, Any]:
     """On a worker: hold these chunks as a shard of the fit; validate and summarize them (the first
-    attach), or prepare them with the fit's plan (chunks moved after a loss)."""
+    attach; with ``fold_labels`` also each chunk's labels for stratified folds), or prepare them with
+    the fit's plan (chunks moved after a loss)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -135,6 +137,10 @@ def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunk
     if prepare is None:
         out["stats"] = shard.stats()
         out["rows"] = shard.row_counts()
+        if fold_labels:
+            from dlogit.folds import chunk_labels
+
+            out["labels"] = {i: chunk_labels(y) for i, (_, y, _) in chunks.items()}
     else:
         out["kernel"] = shard.prepare(*prepare)
     plugin.add_shard(run, epoch, shard_id, shard, key=worker.get_current_task())
@@ -234,7 +240,9 @@ class Driver:
             from dlogit.cv import with_folds
 
             rows = {int(i): int(r) for info in infos for i, r in info["rows"].items()}
-            self.plan = with_folds(self.plan, self.path, [rows[i] for i in range(self.refs.n_chunks)])
+            labels = {int(i): v for info in infos for i, v in info.get("labels", {}).items()}
+            self.plan = with_folds(self.plan, self.path, [rows[i] for i in range(self.refs.n_chunks)],
+                                   [labels[i] for i in range(self.refs.n_chunks)] if labels else None)
         try:
             self._prepare(list(self.shards.values()))
             self._open_tree()
@@ -291,8 +299,9 @@ class Driver:
             xs = [Future(refs.x[i], c) for i in idx]
             ys = [Future(refs.y[i], c) for i in idx]
             ws = None if refs.w is None else [Future(refs.w[i], c) for i in idx]
+            labels = prepare is None and needs_labels(self.path)  # stratified folds: each chunk's labels
             futures.append(c.submit(attach_task, self.spec.run, self.epoch, sid, idx, refs.n_chunks, xs, ys, ws,
-                                    prepare, key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
+                                    prepare, labels, key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
                                     allow_other_workers=True, pure=False))
             placed.append(list(idx))
             self.touched.add(w)

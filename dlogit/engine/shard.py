@@ -68,7 +68,7 @@ class Shard:
                 from dlogit.folds import FoldChunk
 
                 folds[i] = FoldChunk(X, codes, None if w is None else to_numpy(w).astype(np.float64),
-                                     plan.folds.folds_of(i, int(X.shape[0])), plan.folds.n_folds,
+                                     plan.folds.folds_of(i, int(X.shape[0]), codes), plan.folds.n_folds,
                                      plan.layout, plan.family)
             weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
             if weights is not None and type(X).__module__.startswith("cupy"):
