@@ -182,9 +182,8 @@ class LogisticRegressionCV(LogisticRegression):
         pts = result.points
         scores = np.array([p.fold_scores for p in pts])
         means = scores.mean(axis=1)
-        order = np.argsort(-means, kind="stable")
-        rank = np.empty(len(pts), dtype=np.int64)
-        rank[order] = np.arange(1, len(pts) + 1)
+        # GridSearchCV's ranks: ties share the best rank of the tie (rankdata's "min")
+        rank = 1 + (means[None, :] > means[:, None]).sum(axis=1).astype(np.int64)
         res: dict[str, Any] = {
             "params": [{"l2": p.l2, "l1": p.l1} for p in pts],
             "param_l2": np.array([p.l2 for p in pts]), "param_l1": np.array([p.l1 for p in pts]),

@@ -108,35 +108,83 @@ def test_summary_on_dask_data_is_reduced_on_the_workers(client2, cancer):
     np.testing.assert_allclose(there.std_err, here.std_err, rtol=1e-10)
 
 
-def test_cv_path_equals_grid_search_over_the_same_folds():
+def _sorted_cancer():
+    """500 rows of the breast-cancer data sorted by label (as many UCI / LIBSVM conversions are): 400
+    training rows in every fold of 5, so scikit-learn's C = 1 / (2 * 400 * l2) is our l2."""
     from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression as SK
-    from sklearn.model_selection import GridSearchCV, KFold
 
     X, y = load_breast_cancer(return_X_y=True)
     X, y = X[:500], y[:500]
     X = (X - X.mean(0)) / X.std(0)
+    order = np.argsort(y, kind="stable")
+    return X[order], y[order]
+
+
+def test_cv_path_equals_grid_search_with_stratified_folds_on_class_sorted_data():
+    """cv=5 is StratifiedKFold(5): on label-sorted rows the scores, their ranks and the choice are
+    GridSearchCV's to 1e-8 (contiguous folds would hold out runs of one class)."""
+    from sklearn.linear_model import LogisticRegression as SK
+    from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+
+    X, y = _sorted_cancer()
     l2s = [1e-1, 1e-2, 1e-3, 1e-4]
+    grid = {"C": [1 / (2 * 400 * lam) for lam in l2s]}
     for scoring in ("neg_log_loss", "accuracy"):
-        cv = dlogit.LogisticRegressionCV(l2=l2s, cv=5, tol=1e-10, scoring=scoring).fit(X, y)
-        gs = GridSearchCV(SK(tol=1e-12, max_iter=10000), {"C": [1 / (2 * 400 * lam) for lam in l2s]},
-                          cv=KFold(5), scoring=scoring).fit(X, y)
+        cv = dlogit.LogisticRegressionCV(l2=l2s, cv=5, solver="newton", tol=1e-11, scoring=scoring,
+                                         chunk_rows=90).fit(X, y)  # chunks that cut the class boundary
+        gs = GridSearchCV(SK(solver="newton-cholesky", tol=1e-12, max_iter=1000), grid, cv=StratifiedKFold(5),
+                          scoring=scoring).fit(X, y)
         assert cv.best_index_ == gs.best_index_ and cv.l2_ == l2s[gs.best_index_]
-        np.testing.assert_allclose(cv.cv_results_["mean_test_score"], gs.cv_results_["mean_test_score"],
-                                   rtol=1e-6)
-        for k in range(5):
-            np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"],
-                                       gs.cv_results_[f"split{k}_test_score"], rtol=1e-6)
-    refit = dlogit.LogisticRegression(l2=cv.l2_, tol=1e-10).fit(X, y)
-    np.testing.assert_allclose(cv.coef_, refit.coef_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_array_equal(cv.cv_results_["rank_test_score"], gs.cv_results_["rank_test_score"])
+        for key in ["mean_test_score", "std_test_score"] + [f"split{k}_test_score" for k in range(5)]:
+            np.testing.assert_allclose(cv.cv_results_[key], gs.cv_results_[key], rtol=1e-8, atol=1e-12,
+                                       err_msg=f"{scoring} {key}")
+    refit = dlogit.LogisticRegression(l2=cv.l2_, solver="newton", tol=1e-11).fit(X, y)
+    np.testing.assert_allclose(cv.coef_, refit.coef_, rtol=1e-8, atol=1e-10)
+    # the contiguous split by name is KFold's (on unsorted rows: sorted ones could hold out a class)
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(len(y))
+    Xs, ys = X[shuffled], y[shuffled]
+    cv = dlogit.LogisticRegressionCV(l2=l2s, cv=5, cv_split="contiguous", solver="newton", tol=1e-11).fit(Xs, ys)
+    gs = GridSearchCV(SK(solver="newton-cholesky", tol=1e-12, max_iter=1000), grid, cv=KFold(5),
+                      scoring="neg_log_loss").fit(Xs, ys)
+    assert cv.best_index_ == gs.best_index_
+    for k in range(5):
+        np.testing.assert_allclose(cv.cv_results_[f"split{k}_test_score"], gs.cv_results_[f"split{k}_test_score"],
+                                   rtol=1e-8)
+
+
+def test_cv_path_on_a_dask_cluster_equals_grid_search_with_stratified_folds(client2):
+    """Dask data (a path always runs distributed: the driver on a worker, the chunks on both): each
+    chunk's folds come from the global per-class ranks, and equal StratifiedKFold's."""
+    import dask.array as da
+    from sklearn.linear_model import LogisticRegression as SK
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    X, y = _sorted_cancer()
+    l2s = [1e-1, 1e-3]
+    dX, dy = da.from_array(X, chunks=(70, X.shape[1])), da.from_array(y, chunks=70)
+    seen = []
+    cv = dlogit.LogisticRegressionCV(l2=l2s, cv=5, solver="newton", tol=1e-11).fit(dX, dy, client=client2,
+                                                                                   callback=seen.append)
+    starts = [e for e in seen if e["type"] == "start" and "cv" in e["params"]]
+    assert starts and all(e["params"]["mode"] == "distributed" and len(e["params"]["workers"]) == 2
+                          for e in starts)
+    gs = GridSearchCV(SK(solver="newton-cholesky", tol=1e-12, max_iter=1000),
+                      {"C": [1 / (2 * 400 * lam) for lam in l2s]}, cv=StratifiedKFold(5),
+                      scoring="neg_log_loss").fit(X, y)
+    assert cv.best_index_ == gs.best_index_
+    for key in ["mean_test_score"] + [f"split{k}_test_score" for k in range(5)]:
+        np.testing.assert_allclose(cv.cv_results_[key], gs.cv_results_[key], rtol=1e-8, err_msg=key)
 
 
 def test_cv_splitters_l1_grids_newton_and_events(cancer):
-    from sklearn.model_selection import KFold
+    from sklearn.model_selection import StratifiedKFold
 
     X, y = cancer
     seen = []
-    a = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=KFold(4), tol=1e-9).fit(X, y, callback=seen.append)
+    a = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=StratifiedKFold(4), tol=1e-9).fit(X, y,
+                                                                                      callback=seen.append)
     b = dlogit.LogisticRegressionCV(l2=[1e-2, 1e-3], cv=4, tol=1e-9).fit(X, y)
     np.testing.assert_array_equal(a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"])
     paths = [e for e in seen if e["type"] == "path"]
