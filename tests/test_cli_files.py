@@ -147,3 +147,39 @@ def test_chunk_bytes_sizes_synthetic_chunks_and_the_env_scheduler_yields_to_a_fi
             env={"DLOGIT_SCHEDULER": "tcp://127.0.0.1:9"})
     assert r.rc == 0, r.err
     assert os.environ.get("DLOGIT_SCHEDULER") is None
+
+
+def test_cv_on_a_label_sorted_csv_uses_stratified_folds(capfd, tmp_path, scheduler):  # noqa: F811
+    """--cv K on a file sorted by label: GridSearchCV's StratifiedKFold(K) scores and choice (contiguous
+    folds would hold out runs of one class); --cv-split contiguous that holds out a whole class is one
+    line and exit 2."""
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression as SK
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    rng = np.random.default_rng(8)
+    y = np.repeat([0, 1], [120, 180])
+    X = rng.standard_normal((300, 3)) + 0.7 * y[:, None]
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "label": y}).to_csv(tmp_path / "s.csv", index=False)
+    l2s = [0.1, 0.001]
+    r = cli(capfd, "train", tmp_path / "s.csv", "--cv", "5", "--l2", ",".join(map(str, l2s)), "--solver",
+            "newton", "--tol", "1e-11", "--scheduler", scheduler, "--json")
+    assert r.rc == 0, r.err
+    got = json.loads(r.out.strip().splitlines()[-1])["cv"]
+    assert got["split"] == "stratified" and got["folds"] == 5
+    df = pd.read_csv(tmp_path / "s.csv")
+    gs = GridSearchCV(SK(solver="newton-cholesky", tol=1e-12), {"C": [1 / (2 * 240 * v) for v in l2s]},
+                      cv=StratifiedKFold(5), scoring="neg_log_loss").fit(df[["a", "b", "c"]].to_numpy(), df["label"])
+    assert got["best_index"] == gs.best_index_
+    np.testing.assert_allclose(got["mean_test_score"], gs.cv_results_["mean_test_score"], rtol=1e-8)
+    r = cli(capfd, "train", tmp_path / "s.csv", "--cv", "5", "--l2", "0.1", "--scheduler", scheduler)
+    assert r.rc == 0 and "(5 stratified folds)" in r.out, r.err
+    # five classes of 60 sorted rows: each contiguous fold is one class
+    y5 = np.repeat(np.arange(5), 60)
+    pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "label": y5}).to_csv(tmp_path / "k5.csv", index=False)
+    r = cli(capfd, "train", tmp_path / "k5.csv", "--cv", "5", "--cv-split", "contiguous", "--l2", "0.1,0.01",
+            "--scheduler", scheduler, "--out", tmp_path / "m.npz")
+    assert r.rc == 2 and len(r.err_lines) == 1 and not (tmp_path / "m.npz").exists(), r.err
+    assert "fold 0's training part has no rows of class 0" in r.err and "use stratified folds" in r.err
+    r = cli(capfd, "train", tmp_path / "k5.csv", "--cv-split", "contiguous", "--scheduler", scheduler)
+    assert r.rc == 2 and "--cv-split needs --cv K" in r.err
