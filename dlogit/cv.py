@@ -432,9 +432,8 @@ def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpe
     of a worker-local path): the validation pass, lambda_max, the penalties, the folds, every point."""
     from dlogit.engine.local import needs_curvature
     from dlogit.engine.shard import LocalEvaluator, Shard, ShardFoldSource, merged_stats
-    from dlogit.spec import make_plan
-
     from dlogit.folds import chunk_labels
+    from dlogit.spec import make_plan
 
     shard = Shard(dict(enumerate(raw)), len(raw))
     rows = shard.row_counts()
