@@ -65,7 +65,8 @@ def _warn(message: str) -> None:
 @click.option("--l1-path", type=click.IntRange(min=2), default=None, metavar="N",
               help="A path of N L1 values, from the smallest that zeroes every coefficient (with --cv).")
 @click.option("--cv", "cv", type=click.IntRange(min=2), default=None, metavar="K",
-              help="Choose the penalty by K-fold cross-validation, then refit on all data.")
+              help="Choose the penalty by K-fold cross-validation (stratified; see --cv-split), then refit "
+                   "on all data.")
 @click.option("--cv-split", "cv_split", type=click.Choice(["stratified", "contiguous"]), default="stratified",
               show_default=True,
               help="How --cv splits the rows: stratified (as scikit-learn's StratifiedKFold) or "
