@@ -38,7 +38,7 @@ class LogisticRegressionCV(LogisticRegression):
         An ``int`` K gives K folds split as ``cv_split`` says: by default **stratified**, exactly the
         folds of scikit-learn's ``StratifiedKFold(K)`` (no shuffling: each class's rows, in order, dealt
         to the folds in contiguous runs), computed chunk by chunk without moving data (Dask data too).
-        ``"contiguous"`` is ``cv=5, cv_split="contiguous"``. Any scikit-learn splitter, or a list of
+        ``"contiguous"`` is ``cv=5, cv_split="contiguous"``; ``None`` is ``cv=5``. Any scikit-learn splitter, or a list of
         ``(train, test)`` index pairs, works for in-memory data when its test sets partition the rows
         and each split trains on all the other rows. A fold whose training part would lack a class, or
         whose held-out part would have no rows, is refused (:class:`~dlogit.DataError`); a class with
@@ -162,8 +162,8 @@ class LogisticRegressionCV(LogisticRegression):
 
         if isinstance(self.cv, str):  # "contiguous" (the constraint allows nothing else)
             return 5, "contiguous"
-        if isinstance(self.cv, (int, np.integer)):
-            return int(self.cv), self.cv_split
+        if self.cv is None or isinstance(self.cv, (int, np.integer)):  # None: 5, as scikit-learn's check_cv
+            return 5 if self.cv is None else int(self.cv), self.cv_split
         if self.cv_split != "stratified":
             raise ConfigError(f"cv_split={self.cv_split!r} applies to cv=K; a splitter splits the rows "
                               "itself")
@@ -217,7 +217,7 @@ class LogisticRegressionCV(LogisticRegression):
         return {**super()._saved_params(), "l2": float(self.l2_), "l1": float(self.l1_)}
 
     def save(self, path: Any, **extra_meta: Any) -> None:
-        split = self.cv_split if isinstance(self.cv, (int, np.integer)) else (
+        split = self.cv_split if self.cv is None or isinstance(self.cv, (int, np.integer)) else (
             "contiguous" if isinstance(self.cv, str) else "explicit")
         cv = {"scoring": self.scoring, "best_index": int(self.best_index_), "split": split,
               "folds": int(self.path_.points[0].fold_scores.size), "l2": self.l2_, "l1": self.l1_,

@@ -165,3 +165,8 @@ def test_an_interrupted_path_says_where_it_stopped():
     assert line.startswith("cv: interrupted during point 2 of 3 (3 stratified folds): 1 point(s) finished; "
                            "best so far l2 0.1, l1 0: neg_log_loss -0.")
     assert line.endswith("; no penalty chosen, no model written")
+    # a path that finished, stopped in its refit, says so
+    done = dict(tracker["event"], done=True)
+    line = _interrupted_path({"event": done, "cv": tracker["cv"]}, 3, "stratified", "neg_log_loss")
+    assert line.startswith("cv: the path finished (1 points, 3 stratified folds; best l2 0.1, l1 0: ")
+    assert line.endswith("interrupted during the refit on all the data, no model written")

@@ -343,15 +343,21 @@ def _interrupted_path(seen: dict[str, Any], folds: int, split: str, scoring: str
     event = seen.get("event") or {}
     points = [p for p in event.get("points") or [] if isinstance(p, dict)]
     cv = seen.get("cv") or {}
+    best = event.get("best")
+    chosen = ""
+    if points and isinstance(best, int) and 0 <= best < len(points):
+        b = points[best]
+        chosen = (f"l2 {float(b.get('l2', 0.0)):.4g}, l1 {float(b.get('l1', 0.0)):.4g}: "
+                  f"{scoring} {float(b.get('mean', float('nan'))):.6f}")
+    if event.get("done") and chosen:
+        return (f"cv: the path finished ({len(points)} points, {folds} {split} folds; best {chosen}); "
+                "interrupted during the refit on all the data, no model written")
     at = "before its first point"
     if "index" in cv and "of" in cv:
         at = f"during point {int(cv['index']) + 1} of {cv['of']}"
     text = f"cv: interrupted {at} ({folds} {split} folds): {len(points)} point(s) finished"
-    best = event.get("best")
-    if points and isinstance(best, int) and 0 <= best < len(points):
-        b = points[best]
-        text += (f"; best so far l2 {float(b.get('l2', 0.0)):.4g}, l1 {float(b.get('l1', 0.0)):.4g}: "
-                 f"{scoring} {float(b.get('mean', float('nan'))):.6f}")
+    if chosen:
+        text += f"; best so far {chosen}"
     return text + "; no penalty chosen, no model written"
 
 
