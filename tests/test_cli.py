@@ -255,7 +255,7 @@ def test_labels_are_not_only_0_and_1(capfd, tmp_path, scheduler):
     _write_csv(path, "a,b,label", [[1, 2, 0], [2, 3, 2], [3, 1, 0], [0, 2, 2]])
     r = cli(capfd, "train", path, "--scheduler", scheduler, "--json")
     assert r.rc == 0, r.err
-    assert last_json(r.out)["classes"] == ["0", "2"]
+    assert last_json(r.out)["classes"] == [0, 2]  # numbers for numeric classes (issue 19)
 
 
 def test_length_mismatch_and_unreadable_files(capfd, tmp_path, scheduler):
