@@ -151,7 +151,7 @@ def test_train_csv_predict_evaluate(capfd, csv_file, tmp_path, scheduler):
     assert r.rc == 0, r.err
     s = last_json(r.out)
     assert s["solver"] == "lbfgs" and s["status"] == "converged" and s["mode"] == "distributed"
-    assert s["classes"] == ["0", "1"] and 0 < s["accuracy"] <= 1
+    assert s["classes"] == [0, 1] and 0 < s["accuracy"] <= 1
     X = np.loadtxt(csv_file, delimiter=",", skiprows=1)
     ref = newton_optimum(X[:, :-1], X[:, -1], l2=0.01)
     m = np.load(model)

@@ -118,9 +118,16 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
     except (DlogitError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
-    if scheduler_file:  # before anything starts, as every output is
+    if scheduler_file:  # before anything starts, as every output is (its directory made if missing)
+        from dlogit.errors import OutputError
         from dlogit.files import check_output
 
+        directory = os.path.dirname(os.path.abspath(scheduler_file))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write the scheduler file to {scheduler_file}: directory {directory} "
+                              f"does not exist and cannot be made ({exc.strerror or exc})") from None
         check_output(scheduler_file, what="scheduler file")
     warning = exposure_warning(host, tls=security is not None)
     if warning:
