@@ -10,7 +10,8 @@ def _cli_early_signals() -> None:
     or SIGTERM during the imports below (seconds: Dask, NumPy, scikit-learn) exits 130 / 143 with one
     line, nothing having started yet, instead of a ``KeyboardInterrupt`` traceback. The command's own
     handlers (:func:`dlogit.cli.install_signal_handlers`) replace these as it starts. A program that
-    merely imports dlogit is left alone."""
+    merely imports dlogit, and the command's own worker processes (spawned with its ``sys.argv``), are
+    left alone."""
     import os
     import signal
     import sys
@@ -18,6 +19,10 @@ def _cli_early_signals() -> None:
     argv = list(getattr(sys, "orig_argv", None) or sys.argv)
     as_module = "-m" in argv[1:] and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["dlogit"]
     if not (as_module or os.path.basename(sys.argv[0] if sys.argv else "") == "dlogit"):
+        return
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # a worker process spawned by the command
         return
 
     def leave(signum: int, frame: object) -> None:
