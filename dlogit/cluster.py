@@ -173,6 +173,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
             with _dashboard_fallback(kwargs):
                 cluster = _start(LocalCUDACluster, threads_per_worker=threads_per_worker, **kwargs)
             cluster.kind = "gpu"
+            cluster.dlogit_dashboard_host = _bind_host(kwargs["dashboard_address"])
             return cluster
     if rmm_pool_size:
         raise ClusterError("--rmm-pool-size needs GPU workers")
@@ -183,7 +184,38 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
         cluster = _start(LocalCluster, n_workers=n, threads_per_worker=threads_per_worker,
                          processes=True, **kwargs)
     cluster.kind = "cpu"
+    cluster.dlogit_dashboard_host = _bind_host(kwargs["dashboard_address"])
     return cluster
+
+
+def _bind_host(address: str) -> str:
+    """The host part of a ``HOST:PORT`` / ``[V6]:PORT`` listening address."""
+    address = str(address).strip()
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if ":" in address else address
+
+
+def dashboard_link(obj: Any) -> str | None:
+    """The dashboard URL of a cluster (or of a client of one) where it really listens.
+
+    Dask's own ``dashboard_link`` puts the *scheduler's* host in the URL; a local cluster of dlogit's
+    keeps its dashboard on loopback when the scheduler binds beyond it, so the link names the
+    dashboard's own host (a wildcard ``0.0.0.0`` keeps Dask's)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    link = getattr(obj, "dashboard_link", None)
+    if not link:
+        return None
+    owner = getattr(obj, "cluster", None) or obj
+    host = getattr(owner, "dlogit_dashboard_host", None)
+    if not host or host in ("0.0.0.0", "::"):
+        return link
+    parts = urlsplit(link)
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def dashboard_binding(host: str, dashboard_address: str | None) -> tuple[str, str | None]:

@@ -192,6 +192,12 @@ def test_cluster_up_on_all_interfaces_keeps_the_dashboard_on_loopback(tmp_path):
             lines.append(line.rstrip("\n"))
             if line.startswith("press Ctrl-C"):
                 break
+        dash = next(line for line in lines if line.startswith("dashboard: "))
+        port = int(dash.rsplit(":", 1)[1].split("/", 1)[0])
+        import psutil  # where the dashboard really listens (the scheduler runs in the cluster up process)
+
+        listening = {c.laddr.ip for c in psutil.Process(p.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
     finally:
@@ -200,7 +206,7 @@ def test_cluster_up_on_all_interfaces_keeps_the_dashboard_on_loopback(tmp_path):
 
             os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 0, (lines, err)
-    dash = next(line for line in lines if line.startswith("dashboard: "))
+    assert listening == {"127.0.0.1"}, listening
     assert dash.startswith("dashboard: http://127.0.0.1:") and dash.endswith("/dlogit"), dash
     assert "dashboard stays on 127.0.0.1" in err and "plain HTTP" in err, err
 

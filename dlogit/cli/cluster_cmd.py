@@ -166,7 +166,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
         n_workers = len(getattr(lc, "workers", {}) or {})
         click.echo(f"dlogit cluster up: {n_workers} worker(s)")
         click.echo(f"scheduler: {address}")
-        link = getattr(lc, "dashboard_link", None)
+        link = dcluster.dashboard_link(lc)
         click.echo(f"dashboard: {format_dashboard_url(link) if link else 'off'}")
         if scheduler_file:
             click.echo(f"scheduler file: {os.path.abspath(scheduler_file)}")

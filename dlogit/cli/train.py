@@ -576,9 +576,10 @@ def _isatty(stream: Any) -> bool:
 
 
 def _say_dashboard(client: Any, quiet: bool) -> None:
+    from dlogit.cluster import dashboard_link
     from dlogit.monitor.progress import format_dashboard_url
 
-    link = getattr(client, "dashboard_link", None)
+    link = dashboard_link(client)
     if link and not quiet:
         click.echo(f"dashboard: {format_dashboard_url(link)}")
 
