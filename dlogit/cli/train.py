@@ -328,8 +328,6 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 def _warn_local_only(ctx: click.Context, target: dict[str, str], cluster: dict[str, Any]) -> None:
     """One warning naming the local-cluster options given while training on an existing scheduler."""
-    import os as _os
-
     from dlogit.cluster import SCHEDULER_ENV
 
     names = [f"--{n.replace('_', '-')}" for n in ("workers", "gpus", "rmm_pool_size", "host",
@@ -341,7 +339,7 @@ def _warn_local_only(ctx: click.Context, target: dict[str, str], cluster: dict[s
     else:
         where = f"the existing scheduler at {target.get('address')}"
     if not cluster.get("scheduler") and not cluster.get("scheduler_file"):
-        where += f" (from {SCHEDULER_ENV})" if _os.environ.get(SCHEDULER_ENV) else " (from dlogit.scheduler)"
+        where += f" (from {SCHEDULER_ENV})" if os.environ.get(SCHEDULER_ENV) else " (from dlogit.scheduler)"
     _warn(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} ignored: training on {where}, "
           "not on a local cluster")
 
