@@ -133,7 +133,9 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
 
     GPUs are used when ``gpus`` is given (then they must exist) or, when it is ``None``, when CuPy
     sees at least one GPU and ``workers`` is not given. ``dashboard_address`` defaults to
-    ``HOST:8787`` (another free port when that one is taken).
+    ``127.0.0.1:8787`` (another free port when that one is taken) whatever ``host`` is: the dashboard
+    and its ``/metrics`` are plain HTTP without authentication (TLS covers only the scheduler and
+    workers), so they leave loopback only when ``dashboard_address`` says so -- with a warning.
     """
     from distributed import LocalCluster
 
@@ -144,8 +146,9 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
     if gpu_ids is not None and not cupy_available():
         raise ClusterError("GPUs were requested but no CUDA GPU (or no CuPy) is available")
     use_gpu = gpu_ids is not None or (workers is None and cupy_available())
-    if dashboard_address is None:
-        dashboard_address = f"{host}:8787"
+    dashboard_address, notice = dashboard_binding(host, dashboard_address)
+    if notice:
+        warnings.warn(notice, RuntimeWarning, stacklevel=2)
     preload = _scheduler_preload()
     protocol = "tls://" if security is not None else None
     kwargs: dict[str, Any] = {"host": host, "dashboard_address": dashboard_address, "security": security,
@@ -170,6 +173,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
             with _dashboard_fallback(kwargs):
                 cluster = _start(LocalCUDACluster, threads_per_worker=threads_per_worker, **kwargs)
             cluster.kind = "gpu"
+            cluster.dlogit_dashboard_host = _bind_host(kwargs["dashboard_address"])
             return cluster
     if rmm_pool_size:
         raise ClusterError("--rmm-pool-size needs GPU workers")
@@ -180,7 +184,62 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
         cluster = _start(LocalCluster, n_workers=n, threads_per_worker=threads_per_worker,
                          processes=True, **kwargs)
     cluster.kind = "cpu"
+    cluster.dlogit_dashboard_host = _bind_host(kwargs["dashboard_address"])
     return cluster
+
+
+def _bind_host(address: str) -> str:
+    """The host part of a ``HOST:PORT`` / ``[V6]:PORT`` listening address."""
+    address = str(address).strip()
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if ":" in address else address
+
+
+def dashboard_link(obj: Any) -> str | None:
+    """The dashboard URL of a cluster (or of a client of one) where it really listens.
+
+    Dask's own ``dashboard_link`` puts the *scheduler's* host in the URL; a local cluster of dlogit's
+    keeps its dashboard on loopback when the scheduler binds beyond it, so the link names the
+    dashboard's own host (a wildcard ``0.0.0.0`` keeps Dask's)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    link = getattr(obj, "dashboard_link", None)
+    if not link:
+        return None
+    owner = getattr(obj, "cluster", None) or obj
+    host = getattr(owner, "dlogit_dashboard_host", None)
+    if not host or host in ("0.0.0.0", "::"):
+        return link
+    parts = urlsplit(link)
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def dashboard_binding(host: str, dashboard_address: str | None) -> tuple[str, str | None]:
+    """Where a local cluster's dashboard listens, and the warning to give about it (or None).
+
+    The default is loopback (``127.0.0.1:8787``, or ``[::1]:8787`` for an IPv6 loopback host) even when
+    the scheduler binds beyond it: the dashboard and ``/metrics`` are plain HTTP that anyone reaching
+    them can read, TLS or not. An explicit non-loopback address is kept, with a warning."""
+    if dashboard_address is None or not str(dashboard_address).strip():
+        address = "[::1]:8787" if host.strip("[]") == "::1" else "127.0.0.1:8787"
+        if is_loopback(host):
+            return address, None
+        return address, (f"the dashboard stays on {address} (loopback) while the cluster binds to {host}: "
+                         "it is plain HTTP without authentication; tunnel to it (ssh -L 8787:localhost:8787), "
+                         "or expose it with --dashboard-address")
+    address = str(dashboard_address).strip()
+    if address.startswith(":"):  # ":8787" binds every interface
+        address = "0.0.0.0" + address
+    bind = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    if is_loopback(bind):
+        return address, None
+    return address, (f"the dashboard and /metrics at {address} are plain HTTP without authentication "
+                     "(TLS covers only the scheduler and workers): anyone who can reach it sees the "
+                     "cluster and its fits")
 
 
 class _dashboard_fallback:
@@ -266,6 +325,23 @@ def resolve_scheduler(scheduler: str | None = None, scheduler_file: str | None =
     return {"address": value}
 
 
+def read_scheduler_file(path: str) -> str:
+    """The scheduler address in a scheduler file (``dask scheduler --scheduler-file``, ``dlogit cluster
+    up --scheduler-file``); a :class:`ClusterError` naming the file when it has none."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except OSError as exc:
+        raise ClusterError(f"cannot read scheduler file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ClusterError(f"scheduler file {path} is not JSON: {exc}") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or not address.strip():
+        raise ClusterError(f"scheduler file {path} has no scheduler address (no \"address\" entry): is it a "
+                           "file written by `dask scheduler --scheduler-file` or `dlogit cluster up`?")
+    return address.strip()
+
+
 def connect(scheduler: str | None = None, scheduler_file: str | None = None,
             timeout: float | str | None = None, security: Any = None) -> Any:
     """Connect a :class:`distributed.Client` to an existing scheduler, failing within ``timeout``."""
@@ -277,11 +353,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None,
     t = dask.utils.parse_timedelta(timeout if timeout is not None else dask.config.get("dlogit.connect-timeout"))
     if "scheduler_file" in target:
         path = target["scheduler_file"]
-        try:
-            with open(path) as f:
-                address = json.load(f)["address"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ClusterError(f"cannot read scheduler file {path}: {exc}") from None
+        address = read_scheduler_file(path)
     else:
         address = target["address"]
     if address.startswith("tls://") and security is None:
@@ -300,7 +372,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None,
     except Exception as exc:  # noqa: BLE001
         raise ClusterError(f"cannot connect to the Dask scheduler at {address}: {exc}") from None
     try:
-        check_versions(client)
+        check_versions_once(client)
     except ClusterError:
         client.close()
         raise
@@ -331,6 +403,19 @@ def _probe(address: str, timeout: float, security: Any) -> None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ClusterError(f"cannot reach the Dask scheduler at {address} within {timeout:g}s: "
                            f"{first}") from None
+
+
+def check_versions_once(client: Any) -> None:
+    """:func:`check_versions` the first time a client is seen (the estimator calls this at every fit
+    on a client; one round trip to the workers per client, then nothing). A client whose check failed
+    is checked again next time."""
+    if getattr(client, "_dlogit_versions_checked", False):
+        return
+    check_versions(client)
+    try:
+        client._dlogit_versions_checked = True
+    except AttributeError:  # pragma: no cover - a client that takes no attributes: check every time
+        pass
 
 
 def check_versions(client: Any) -> None:

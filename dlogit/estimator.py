@@ -78,7 +78,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
     progress_period : int, default 1000
         A progress event is sent at every step that is a multiple of this.
     mode : {"auto", "worker-local", "distributed"}
-        How Dask arrays are trained (see :mod:`dlogit.engine`).
+        How Dask arrays are trained (see :mod:`dlogit.engine`). Data that trains in this process
+        (in-memory input, or Dask input with no client) has no mode: anything but ``"auto"`` warns.
 
     Attributes
     ----------
@@ -191,6 +192,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
         self._check_params()
         data = inputs.prepare_fit(self, X, y, sample_weight, client)
+        self._check_target(data)
         spec = self.make_spec(data.n_features, checkpoint=checkpoint, info=data.info)
         t0 = time.perf_counter()
         if data.dask:
@@ -200,6 +202,20 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t0
         self._set_result(result, spec)
         return self
+
+    def _check_target(self, data: Any) -> None:
+        """Before a fit: the workers of a Dask fit's client run this dlogit, dask and distributed
+        (:func:`dlogit.cluster.check_versions_once`: a :class:`~dlogit.errors.ClusterError` naming the
+        worker and package otherwise, as the CLI says it; once per client); a ``mode`` that cannot
+        apply (the data trains in this process) is a warning, not silently ignored."""
+        if data.dask:
+            from dlogit.cluster import check_versions_once
+
+            check_versions_once(data.client)
+        elif self.mode != "auto":
+            warnings.warn(f"mode={self.mode!r} is ignored: this data trains in this process (mode applies "
+                          "to Dask arrays on a Dask client: pass client= or use dask.array input on a "
+                          "running cluster)", UserWarning, stacklevel=3)
 
     def _set_result(self, r: FitResult, spec: FitSpec) -> None:
         layout = r.layout

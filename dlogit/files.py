@@ -35,6 +35,8 @@ def current_umask() -> int:
 
 
 def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved path (symbolic links followed, whether
+    or not it exists yet) or the same inode (a hard link)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -95,14 +97,17 @@ def _names_input(out: str, src: str) -> bool:
 
 
 def check_distinct(paths: dict[str, str | os.PathLike[str] | None]) -> None:
-    """Raise :class:`OutputError` when two named outputs (``{"--out": path, ...}``) are the same file."""
+    """Raise :class:`OutputError` when two named outputs (``{"--out": path, ...}``) are the same file.
+
+    Every command that writes more than one file (a model and a checkpoint, data and its labels) checks
+    them against each other with this, as :func:`check_output` checks each against the inputs."""
     seen: list[tuple[str, str]] = []
     for name, p in paths.items():
         if p is None:
             continue
         p = os.fspath(p)
         for other_name, other in seen:
-            if os.path.abspath(p) == os.path.abspath(other) or (os.path.exists(p) and _same_file(p, other)):
+            if os.path.abspath(p) == os.path.abspath(other) or _same_file(p, other):
                 raise OutputError(f"{name} and {other_name} name the same file ({p})")
         seen.append((name, p))
 

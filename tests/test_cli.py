@@ -151,7 +151,7 @@ def test_train_csv_predict_evaluate(capfd, csv_file, tmp_path, scheduler):
     assert r.rc == 0, r.err
     s = last_json(r.out)
     assert s["solver"] == "lbfgs" and s["status"] == "converged" and s["mode"] == "distributed"
-    assert s["classes"] == ["0", "1"] and 0 < s["accuracy"] <= 1
+    assert s["classes"] == [0, 1] and 0 < s["accuracy"] <= 1
     X = np.loadtxt(csv_file, delimiter=",", skiprows=1)
     ref = newton_optimum(X[:, :-1], X[:, -1], l2=0.01)
     m = np.load(model)
@@ -255,7 +255,7 @@ def test_labels_are_not_only_0_and_1(capfd, tmp_path, scheduler):
     _write_csv(path, "a,b,label", [[1, 2, 0], [2, 3, 2], [3, 1, 0], [0, 2, 2]])
     r = cli(capfd, "train", path, "--scheduler", scheduler, "--json")
     assert r.rc == 0, r.err
-    assert last_json(r.out)["classes"] == ["0", "2"]
+    assert last_json(r.out)["classes"] == [0, 2]  # numbers for numeric classes (issue 19)
 
 
 def test_length_mismatch_and_unreadable_files(capfd, tmp_path, scheduler):

@@ -1,10 +1,34 @@
-"""Helpers shared by predict and evaluate: a model and a data file whose features match it."""
+"""Helpers shared by the commands: a model and a data file whose features match it; JSON output."""
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import numpy as np
+
+
+def json_value(x: Any) -> Any:
+    """``x`` as JSON can hold it: NumPy scalars as Python numbers and booleans (a class label 2 stays
+    the number 2), non-finite floats as ``None`` (``null``: ``NaN`` is not JSON), containers
+    converted item by item; anything else as text."""
+    if isinstance(x, dict):
+        return {str(k): json_value(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [json_value(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return str(x)
+
+
+def json_line(obj: Any) -> str:
+    """One line of strict JSON (no ``NaN``/``Infinity``) for a command's ``--json``."""
+    return json.dumps(json_value(obj), allow_nan=False)
 
 
 def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_label: bool,

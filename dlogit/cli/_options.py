@@ -149,14 +149,17 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Where to run: a local cluster (workers, GPUs, host) or an existing scheduler (+ TLS)."""
     opts = [
         click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Local CPU worker processes (default: min(4, cores)); ignored with --gpus."),
+                     help="Local CPU worker processes (default: min(4, cores)); ignored with --gpus; "
+                          "a local cluster only (a warning with --scheduler)."),
         click.option("--gpus", default=None,
                      help="Local GPU workers: comma-separated ids or 'all' (dask-cuda, one worker per GPU)."),
         click.option("--rmm-pool-size", default=None, help="RMM pool per GPU worker, e.g. 8GB."),
         click.option("--host", default="127.0.0.1", show_default=True,
-                     help="Interface the local cluster binds (dashboard included)."),
+                     help="Interface the local cluster's scheduler and workers bind (the dashboard stays "
+                          "on loopback unless --dashboard-address)."),
         click.option("--dashboard-address", default=None,
-                     help="Dashboard address of the local cluster [default: HOST:8787, or a free port]."),
+                     help="Dashboard address of the local cluster (plain HTTP, with /metrics) "
+                          "[default: 127.0.0.1:8787, or a free port]."),
         click.option("--scheduler", default=None,  # DLOGIT_SCHEDULER: read by resolve_scheduler, below
                      help="Existing scheduler address, e.g. tcp://10.0.0.5:8786 [env DLOGIT_SCHEDULER]."),
         click.option("--scheduler-file", type=click.Path(), default=None,

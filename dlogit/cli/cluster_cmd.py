@@ -22,6 +22,7 @@ import click
 logger = logging.getLogger("dlogit.cli.cluster")
 
 from dlogit.cluster import is_loopback
+from dlogit.monitor.progress import format_dashboard_url
 
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
@@ -36,11 +37,6 @@ def exposure_warning(host: str, tls: bool) -> str | None:
         "address can run arbitrary code on the workers; use --tls-ca-file/--tls-cert/--tls-key "
         "or keep --host 127.0.0.1 and tunnel (ssh -L)"
     )
-
-
-def _hostport(host: str, port: int) -> str:
-    host = host.strip("[]")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def write_scheduler_file(path: str, info: dict) -> None:
@@ -104,7 +100,8 @@ def cluster() -> None:
 @click.option("--scheduler-port", type=click.IntRange(min=0, max=65535),
               default=DEFAULT_SCHEDULER_PORT, show_default=True, help="0 picks a free port.")
 @click.option("--dashboard-address", default=None, metavar="ADDR",
-              help="Dashboard address [default: HOST:8787, another port if taken].")
+              help="Dashboard address (plain HTTP, with /metrics) [default: 127.0.0.1:8787 whatever --host "
+                   "is, another port if taken].")
 @click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
               help="Write the scheduler's address here for `dlogit train --scheduler-file`.")
 @click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
@@ -121,12 +118,20 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
     except (DlogitError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
+    if scheduler_file:  # before anything starts, as every output is (its directory made if missing)
+        from dlogit.errors import OutputError
+        from dlogit.files import check_output
+
+        directory = os.path.dirname(os.path.abspath(scheduler_file))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write the scheduler file to {scheduler_file}: directory {directory} "
+                              f"does not exist and cannot be made ({exc.strerror or exc})") from None
+        check_output(scheduler_file, what="scheduler file")
     warning = exposure_warning(host, tls=security is not None)
     if warning:
         click.echo(warning, err=True)
-
-    if dashboard_address is None:
-        dashboard_address = _hostport(host, DEFAULT_DASHBOARD_PORT)
 
     kwargs = {"workers": workers, "gpus": gpus, "host": host, "dashboard_address": dashboard_address,
               "rmm_pool_size": rmm_pool_size, "security": security}
@@ -161,7 +166,8 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
         n_workers = len(getattr(lc, "workers", {}) or {})
         click.echo(f"dlogit cluster up: {n_workers} worker(s)")
         click.echo(f"scheduler: {address}")
-        click.echo(f"dashboard: {getattr(lc, 'dashboard_link', None) or 'off'}")
+        link = dcluster.dashboard_link(lc)
+        click.echo(f"dashboard: {format_dashboard_url(link) if link else 'off'}")
         if scheduler_file:
             click.echo(f"scheduler file: {os.path.abspath(scheduler_file)}")
             click.echo(f"train with: dlogit train DATA --scheduler-file {scheduler_file}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 import numpy as np
 
@@ -72,7 +70,9 @@ def evaluate(model_path: str, data: str, as_json: bool, **opts) -> None:
     model, X, y, w = load_for_model(model_path, data, opts, require_label=True, quiet=as_json)
     m = metrics(model, X, y, w)
     if as_json:
-        click.echo(json.dumps(m))
+        from dlogit.cli._common import json_line
+
+        click.echo(json_line(m))  # an undefined AUC (one class in DATA) is null
         return
     auc_name = "roc_auc" if "roc_auc" in m else "roc_auc_ovr_macro"
     click.echo(f"rows {m['rows']}  logloss {m['logloss']:.6f}  accuracy {m['accuracy']:.4f}  "

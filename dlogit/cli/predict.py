@@ -25,7 +25,7 @@ def proba_columns(classes: list[str]) -> list[str]:
 @click.argument("data")
 @click.option("--out", "out", required=True,
               help="Where to write the predicted label and one probability column per class "
-                   "(.csv, .tsv, .parquet or .npy).")
+                   "(.csv, .tsv, .parquet or .npy; '-': CSV on stdout, and nothing else there).")
 @data_options
 def predict(model_path: str, data: str, out: str, **opts) -> None:
     """Write the predicted label and P(class) for every row of DATA.
@@ -38,21 +38,31 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
     from dlogit.data import write_table
     from dlogit.files import check_output
 
-    check_output(out, inputs=[data, model_path, opts.get("labels"), opts.get("weights")],
-                 suffixes=(".csv", ".tsv", ".parquet", ".pq", ".npy"), what="predictions")
+    to_stdout = out == "-"
+    if not to_stdout:
+        check_output(out, inputs=[data, model_path, opts.get("labels"), opts.get("weights")],
+                     suffixes=(".csv", ".tsv", ".parquet", ".pq", ".npy"), what="predictions")
     from dlogit.family import get_family
 
-    model, X, _, _ = load_for_model(model_path, data, opts, require_label=False)
+    model, X, _, _ = load_for_model(model_path, data, opts, require_label=False, quiet=to_stdout)
     fam = get_family(model.family_)  # the columns were matched by name already
     z = fam.decision(X, model.coef_, model.intercept_)
     proba = np.asarray(fam.proba(z))
     labels = np.asarray(model.classes_)[np.asarray(fam.predict_codes(z))]
     cols = {"label": labels}
-    if out.lower().endswith(".npy") and labels.dtype.kind not in "biuf":
+    if not to_stdout and out.lower().endswith(".npy") and labels.dtype.kind not in "biuf":
         from dlogit.errors import DataError
 
         raise DataError("labels are not numeric: write the predictions to .csv or .parquet, not .npy")
     for name, j in zip(proba_columns([str(c) for c in model.classes_]), range(proba.shape[1])):
         cols[name] = proba[:, j]
+    if to_stdout:
+        import sys
+
+        import pandas as pd
+
+        pd.DataFrame(cols).to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+        return
     write_table(out, cols)
     click.echo(f"wrote {len(labels)} predictions to {out}")

@@ -9,7 +9,6 @@ boundary (exit 130 / 143) after writing a checkpoint when ``--checkpoint`` is on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -74,7 +73,7 @@ def _warn(message: str) -> None:
 @click.option("--scoring", type=click.Choice(["neg_log_loss", "accuracy"]), default="neg_log_loss",
               show_default=True, help="Held-out score of --cv.")
 @click.option("--summary", "with_summary", is_flag=True,
-              help="Print the coefficient table (std err, z, p-value, 95%% interval) of a binary fit.")
+              help="Print the coefficient table (std err, z, p-value, 95% interval) of a binary fit.")
 @click.option("--lr", type=FiniteFloat(positive=True), default=0.1, show_default=True, help="Learning rate (gd).")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None,
               help="[default: 10001 for gd, 1000 for lbfgs, 100 for newton]")
@@ -92,7 +91,9 @@ def _warn(message: str) -> None:
 @click.option("--checkpoint-every", default=None, callback=duration, metavar="SECONDS",
               help="How often to checkpoint, e.g. 30 or 5min [dlogit.checkpoint-every: 30s].")
 @click.option("--resume", is_flag=True, help="Continue the fit saved in --checkpoint DIR (same data and parameters).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last stdout line.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object as the last stdout line (also when the fit diverged); progress "
+                   "lines still come before it, one at a time (--quiet: none).")
 @click.option("--progress", "period", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Report every N steps.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -117,7 +118,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     from dlogit.engine import SchedulerLost
     from dlogit.errors import ClusterError, ConfigError, DlogitError
     from dlogit.estimator import LogisticRegression
-    from dlogit.files import check_output
+    from dlogit.files import check_distinct, check_output
     from dlogit.spec import CheckpointSpec
 
     check_config()
@@ -148,10 +149,15 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         check_output(out, inputs=inputs, suffixes=(".npz",), what="model")
     ckpt = None
     if checkpoint is not None:
+        from dlogit.checkpoint import checkpoint_path
+
         every = checkpoint_every if checkpoint_every is not None else config_duration("checkpoint-every")
         for src in inputs:
             if src and os.path.abspath(src) == os.path.abspath(checkpoint):
                 raise ConfigError(f"--checkpoint {checkpoint} is one of the inputs")
+        # the outputs against each other, as against the inputs: the model must not replace the checkpoint
+        check_distinct({"--out": out, "--checkpoint": checkpoint,
+                        "--checkpoint's file": checkpoint_path(checkpoint)})
         ckpt = CheckpointSpec(checkpoint, every=float(every), resume=resume)
     if l2_path is not None:
         l2 = l2_path
@@ -179,10 +185,17 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
+    quiet_progress = quiet  # --json keeps the progress lines (a log being tailed), the JSON comes last
     quiet = quiet or as_json
     from dlogit.cluster import resolve_scheduler
 
-    local = not resolve_scheduler(cluster["scheduler"], cluster["scheduler_file"])  # --workers: local only
+    ctx = click.get_current_context()
+    if solver != "gd" and _given(ctx, "lr"):
+        _warn(f"--lr is ignored by --solver {solver} (it chooses its own steps; --lr is for gd)")
+    target = resolve_scheduler(cluster["scheduler"], cluster["scheduler_file"])
+    local = not target  # --workers: local only
+    if not local:
+        _warn_local_only(ctx, target, cluster)
     _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
 
     t0 = time.perf_counter()
@@ -216,7 +229,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         n_chunks = int(X.numblocks[0])
         X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
-        progress = _progress(spec.max_iter, period, quiet)
+        progress = _progress(spec.max_iter, period, quiet_progress)
         if ckpt is not None and resume:
             _note(quiet, f"resuming from {os.path.join(ckpt.directory, 'checkpoint.npz')}")
         try:
@@ -262,11 +275,19 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                         no_table = str(exc)
         workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
     _report_warnings(caught, model.status_)
+    from dlogit.cli._common import json_line, json_value
+
     if not usable:
         if out and keep_diverged:
             model.save(out, source=meta_source, accuracy=None)
         kept = f"; model written to {out} (--keep-diverged)" if out and keep_diverged else "; no model written"
         one_l2 = max(l2) if isinstance(l2, tuple) else (0.0 if path else float(l2))  # a path: its largest
+        if as_json:  # the one JSON object, with its status, before the error line (exit code 3)
+            click.echo(json_line({"status": model.status_, "n_iter": model.n_iter_, "loss": model.loss_,
+                                  "grad_norm": model.grad_norm_, "message": model.message_,
+                                  "seconds": fit_seconds, "startup_seconds": startup, "load_seconds": load,
+                                  "workers": workers, "cluster": kind, "mode": model.mode_, "solver": solver,
+                                  "model": out if keep_diverged else None}))
         raise NotConverged(f"the fit diverged: {_divergence_why(model.message_)}; "
                            f"{_divergence_advice(model.message_, solver, lr, one_l2, init)}{kept}")
     if out:
@@ -279,7 +300,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
                "mode": model.mode_, "kernel": model.kernel_, "solver": solver,
                "family": model.family_, "n_classes": len(model.classes_),
-               "classes": [str(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
+               "classes": [json_value(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
                "coef_norm": float(np.linalg.norm(model.coef_)),
                "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
                "n_chunks": n_chunks,
@@ -295,7 +316,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         summary["summary"] = {n: {"coef": float(c), "std_err": float(e), "p_value": float(p)}
                               for n, c, e, p in zip(table.names, table.coef, table.std_err, table.p_value)}
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json_line(summary))
         return
     if path:
         click.echo(f"cv: best l2 {model.l2_:.4g}, l1 {model.l1_:.4g}: {scoring} {model.best_score_:.6f} "
@@ -312,6 +333,30 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         click.echo(str(table))
     if out:
         click.echo(f"model written to {out}")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or in the environment)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _warn_local_only(ctx: click.Context, target: dict[str, str], cluster: dict[str, Any]) -> None:
+    """One warning naming the local-cluster options given while training on an existing scheduler."""
+    from dlogit.cluster import SCHEDULER_ENV
+
+    names = [f"--{n.replace('_', '-')}" for n in ("workers", "gpus", "rmm_pool_size", "host",
+                                                 "dashboard_address") if _given(ctx, n)]
+    if not names:
+        return
+    if cluster.get("scheduler_file") or (not cluster.get("scheduler") and "scheduler_file" in target):
+        where = f"the scheduler in {target.get('scheduler_file')}"
+    else:
+        where = f"the existing scheduler at {target.get('address')}"
+    if not cluster.get("scheduler") and not cluster.get("scheduler_file"):
+        where += f" (from {SCHEDULER_ENV})" if os.environ.get(SCHEDULER_ENV) else " (from dlogit.scheduler)"
+    _warn(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} ignored: training on {where}, "
+          "not on a local cluster")
 
 
 _CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "host", "dashboard_address", "scheduler",
@@ -503,6 +548,7 @@ def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
                                           dashboard_address=opts["dashboard_address"],
                                           rmm_pool_size=opts["rmm_pool_size"], security=security)
         client = Client(cluster, security=security, set_as_default=False)
+        client._dlogit_versions_checked = True  # its workers are this installation's own processes
         try:
             if cluster.kind == "cpu" and opts["workers"] is None and verbose:
                 click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(cluster.workers)} "
@@ -573,9 +619,12 @@ def _isatty(stream: Any) -> bool:
 
 
 def _say_dashboard(client: Any, quiet: bool) -> None:
-    link = getattr(client, "dashboard_link", None)
+    from dlogit.cluster import dashboard_link
+    from dlogit.monitor.progress import format_dashboard_url
+
+    link = dashboard_link(client)
     if link and not quiet:
-        click.echo(f"dashboard: {link.rsplit('/status', 1)[0]}/dlogit")
+        click.echo(f"dashboard: {format_dashboard_url(link)}")
 
 
 def _kind(client: Any) -> str:
