@@ -125,6 +125,7 @@ class LogisticRegressionCV(LogisticRegression):
         if checkpoint is not None:
             raise ConfigError("checkpoints are not written for cross-validation paths (each point is short)")
         data = inputs.prepare_fit(self, X, y, sample_weight, client)
+        self._check_target(data)
         spec = self.make_spec(data.n_features, info=data.info)
         t0 = time.perf_counter()
         folds, split = self._folds(data)
