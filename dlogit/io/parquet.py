@@ -73,6 +73,21 @@ def _dataset(path: str) -> tuple[Any, Any]:
     return ds.dataset(strip, filesystem=_arrow_fs(fs), format="parquet"), fs
 
 
+def index_columns(schema: Any) -> list[str]:
+    """The columns a pandas (or Dask) writer stored as the frame's index (``__index_level_0__``, a named
+    index), from the ``b"pandas"`` schema metadata; a RangeIndex is stored as metadata only."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"pandas")
+    if not raw:
+        return []
+    try:
+        cols = json.loads(raw).get("index_columns", [])
+    except (ValueError, AttributeError):
+        return []
+    return [c for c in cols if isinstance(c, str) and c in schema.names]
+
+
 def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     import pyarrow.dataset as ds
 
@@ -81,7 +96,8 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     names = list(schema.names)
     kinds = {n: _kind(schema.field(n).type) for n in names}
     notices: list[str] = []
-    layout = tbl.choose_columns(names, kinds, source, source.path, notices, encoder)
+    layout = tbl.choose_columns(names, kinds, source, source.path, notices, encoder,
+                                index=index_columns(schema))
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
     partition_names: set[str] = set()
     parts: list[tuple[ParquetPart, int]] = []  # one per row group, with its rows

@@ -50,7 +50,11 @@ class Source:
         Row weights: a column of the CSV/Parquet file (excluded from the features), the name of an
         array in a Zarr group, or a path to a 1-D ``.npy``.
     sep : str, optional
-        CSV separator (default ``,``; TSV: tab). A ``.txt`` file needs it (or ``format``).
+        CSV separator, one character (default ``,``; TSV: tab; ``\\t`` is read as a tab). A ``.txt``
+        file needs it (or ``format``).
+    header : bool, default True
+        CSV/TSV: the first line names the columns. ``False``: every line is data and the columns are
+        named by position (``"0"``, ``"1"``, ...), so ``label="0"`` names the first one.
     index_col : str, optional
         A column to drop as a row index (replaces the automatic drop of a leading unnamed column).
     n_features : int, optional
@@ -78,6 +82,7 @@ class Source:
     labels: str | None = None
     weights: str | None = None
     sep: str | None = None
+    header: bool = True
     index_col: str | None = None
     n_features: int | None = None
     zero_based: bool | None = None
@@ -100,6 +105,10 @@ class Source:
             object.__setattr__(self, "one_hot", (self.one_hot,))
         else:
             object.__setattr__(self, "one_hot", tuple(self.one_hot))
+        if self.sep == "\\t":  # typed as backslash-t in a shell
+            object.__setattr__(self, "sep", "\t")
+        if self.sep is not None and len(self.sep) != 1:
+            raise DataError(f"--sep must be one character, got {self.sep!r}")
         if self.format is not None and self.format not in FORMATS:
             raise DataError(f"unknown format {self.format!r}: use --format {'|'.join(FORMATS)}")
         if self.dtype is not None and self.dtype not in ("float32", "float64"):
@@ -142,6 +151,7 @@ class Survey:
     min_index: int | None = None  # LIBSVM feature indices as written
     max_index: int | None = None
     uniques: dict[str, list[str]] = field(default_factory=dict)  # one-hot columns' distinct values
+    integer_labels: bool = True  # LIBSVM: every label is written as an integer (``-1``, ``+1``, ``3``)
 
 
 @dataclass
