@@ -110,6 +110,13 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
         name = fsio.display(fs, frag.path)
         if lacking:
             raise DataError(f"{name} lacks column {lacking[0]!r} (the first file has it)")
+        physical = frag.physical_schema
+        differ = [f"{c!r} is {physical.field(c).type} there, {schema.field(c).type} in the first file"
+                  for c in needed if c in physical.names and not physical.field(c).type.equals(schema.field(c).type)]
+        if differ:
+            raise DataError(f"the columns of {name} differ in type from those of "
+                            f"{fsio.display(fs, fragments[0].path)}: {'; '.join(differ[:5])}"
+                            + (f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""))
         md = frag.metadata
         part = tuple(sorted(keys.items()))
         for g in range(md.num_row_groups):
