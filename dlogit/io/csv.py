@@ -288,10 +288,15 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
                         f"counted {expect}")
     starts = info.row_starts() if info.source.weights_path else None
+    # the first data row of this unit in its file (the pieces before it in the same file)
+    base = sum(int(info.piece_rows[j] or 0) for j in range(members[0])
+               if info.pieces[j].file == first.file) if not first.whole else 0
     out = []
     for i in members:
         p: TextPiece = info.pieces[i]
         part = frame.iloc[p.start:p.stop] if p.whole else frame
         w = weights_slice(info, starts[i], len(part)) if starts is not None else None
-        out.append(tbl.table_piece(part, info, path, w))
+        at = base + (p.start if p.whole else 0)
+        out.append(tbl.table_piece(part, info, path, w,
+                                   lambda r, at=at: f"{path}: row {at + r + 1}"))
     return out

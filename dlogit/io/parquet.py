@@ -173,8 +173,11 @@ def _numpy_type(t: Any) -> Any:
     return t.to_pandas_dtype()
 
 
-def _read(info: DatasetInfo, k: int, columns: list[str]) -> dict[str, Any]:
-    """The columns of chunk ``k`` as NumPy arrays (text columns as object arrays, nulls as None)."""
+def _read(info: DatasetInfo, k: int, columns: list[str],
+          segments: list[tuple[str, int, int]] | None = None) -> dict[str, Any]:
+    """The columns of chunk ``k`` as NumPy arrays (text columns as object arrays, nulls as None).
+
+    ``segments`` (when given) receives ``(file, first row in that file, rows)`` for each part."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -187,7 +190,11 @@ def _read(info: DatasetInfo, k: int, columns: list[str]) -> dict[str, Any]:
         file_cols = [c for c in columns if c not in ptypes]
         try:
             with fs.open(p, "rb") as f:
-                t = pq.ParquetFile(f).read_row_groups(list(part.row_groups), columns=file_cols)
+                pf = pq.ParquetFile(f)
+                t = pf.read_row_groups(list(part.row_groups), columns=file_cols)
+                if segments is not None:
+                    before = sum(pf.metadata.row_group(g).num_rows for g in range(part.row_groups[0]))
+                    segments.append((part.path, before, t.num_rows))
         except Exception as exc:  # noqa: BLE001
             raise fsio.read_error(part.path, exc) from None
         for c in columns:
@@ -231,7 +238,20 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     out = []
     starts = info.row_starts() if info.source.weights_path else None
     for k in info.units[u]:
-        data = _read(info, k, info.layout.table.needed)
+        segments: list[tuple[str, int, int]] = []
+        data = _read(info, k, info.layout.table.needed, segments)
         w = weights_slice(info, starts[k], int(info.piece_rows[k] or 0)) if starts is not None else None
-        out.append(tbl.table_piece(data, info, info.source.path, w))
+        out.append(tbl.table_piece(data, info, info.source.path, w, _locator(segments)))
     return out
+
+
+def _locator(segments: list[tuple[str, int, int]]) -> Any:
+    """Local row of a chunk -> ``"FILE: row N"`` (1-based within that file)."""
+    def where(i: int) -> str:
+        at = 0
+        for path, first, n in segments:
+            if i < at + n:
+                return f"{path}: row {first + i - at + 1}"
+            at += n
+        return f"row {i + 1} of a chunk"
+    return where

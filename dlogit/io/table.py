@@ -178,8 +178,12 @@ def dense_features(get: Callable[[str], Any], columns: Sequence[str], n: int, dt
     return X
 
 
-def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | None) -> Piece:
-    """One chunk from a table's columns (a DataFrame or a dict of arrays)."""
+def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | None,
+                where: Callable[[int], str] | None = None) -> Piece:
+    """One chunk from a table's columns (a DataFrame or a dict of arrays); ``where(i)`` says where its
+    local row ``i`` lies, for the message naming a NaN or infinite value."""
+    from dlogit.io.source import check_finite
+
     lay: TableLayout = info.layout.table
     n = len(frame[lay.needed[0]]) if lay.needed else 0
     unseen = 0
@@ -187,6 +191,9 @@ def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | 
         X, unseen = info.encoder.transform(frame, info.dtype)
     else:
         X = dense_features(lambda c: frame[c], lay.numeric, n, info.dtype, path)
+    names = info.feature_names or list(lay.numeric)
+    check_finite(X, where or (lambda i: f"{path} row {i + 1} of a chunk"),
+                 lambda j: f"column {names[j]!r}" if j < len(names) else f"column {j}")
     # labels only where they are needed: predict reads data whose label column may be empty
     y = labels_as(frame[lay.label], info.label_dtype or "float64", lay.label, path) \
         if lay.label is not None and info.source.require_label else None

@@ -16,7 +16,7 @@ import numpy as np
 
 from dlogit.errors import DataError
 from dlogit.io import fs as fsio
-from dlogit.io.source import DatasetInfo, Piece, Source, rows_per_chunk
+from dlogit.io.source import DatasetInfo, Piece, Source, check_finite, rows_per_chunk
 
 X_NAME = "X"
 
@@ -189,6 +189,7 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     for i in info.units[u]:
         s, e = info.pieces[i]
         X = np.ascontiguousarray(_rows(lay.X, s, e), dtype=info.dtype)
+        check_finite(X, lambda r, s=s: f"{lay.X}: row {s + r + 1}", lambda j: f"column {j} (0-based)")
         y = _rows(lay.labels, s, e) if lay.labels is not None else None
         if lay.weights is not None:
             w = np.asarray(_rows(lay.weights, s, e), dtype=np.float64)
