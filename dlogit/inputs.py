@@ -58,7 +58,8 @@ def check_frame_columns(dtypes: Any, what: str) -> None:
     bad = [(str(c), str(t)) for c, t in dtypes.items() if not _numeric_dtype(t)]
     if not bad:
         return
-    shown = ", ".join(f"{c!r} ({t})" for c, t in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    shown = ", ".join(f"{c!r} ({t})" for c, t in bad[:5])
+    shown += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     raise DataError(f"column{'s' if len(bad) > 1 else ''} {shown} of {what} "
                     f"{'are' if len(bad) > 1 else 'is'} not numeric: one-hot encode "
                     f"{'them' if len(bad) > 1 else 'it'} (e.g. pandas.get_dummies) or drop "

@@ -19,7 +19,7 @@ from dlogit.errors import DataError
 from dlogit.io import fs as fsio
 from dlogit.io import table as tbl
 from dlogit.io import text
-from dlogit.io.encode import Encoder, distinct, merge_distinct
+from dlogit.io.encode import Encoder, continuous_notices, distinct, merge_distinct
 from dlogit.io.source import (
     DatasetInfo,
     Piece,
@@ -239,9 +239,11 @@ def survey(info: DatasetInfo, k: int) -> Survey:
 def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     lay: CsvLayout = info.layout
     encoder = info.encoder
+    notices = list(info.notices)
     if lay.table.categorical and encoder is None:
         vocab = tuple(merge_distinct(s.uniques.get(c, ()) for s in surveys) for c in lay.table.categorical)
         encoder = Encoder(lay.table.numeric, lay.table.categorical, vocabulary=vocab)
+        notices += continuous_notices(encoder)
     n_features = encoder.n_features if encoder is not None else len(lay.table.numeric)
     names = encoder.feature_names() if encoder is not None else list(lay.table.numeric)
     x_row = max(1, len(lay.table.numeric) + len(lay.table.categorical)) * np.dtype(info.dtype).itemsize
@@ -266,7 +268,7 @@ def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     if not pieces:
         raise DataError(f"{info.source.path} holds no rows")
     info = replace(info, n_features=n_features, feature_names=names, pieces=pieces, piece_rows=rows,
-                   units=units, encoder=encoder, surveys=[])
+                   units=units, encoder=encoder, surveys=[], notices=notices)
     return info
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from dlogit.errors import DataError
 from dlogit.io import fs as fsio
 from dlogit.io import table as tbl
-from dlogit.io.encode import Encoder, distinct, merge_distinct
+from dlogit.io.encode import Encoder, continuous_notices, distinct, merge_distinct
 from dlogit.io.source import DatasetInfo, Piece, Source, Survey, kind_of_name, rows_per_chunk
 
 
@@ -112,7 +112,8 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
             raise DataError(f"{name} lacks column {lacking[0]!r} (the first file has it)")
         physical = frag.physical_schema
         differ = [f"{c!r} is {physical.field(c).type} there, {schema.field(c).type} in the first file"
-                  for c in needed if c in physical.names and not physical.field(c).type.equals(schema.field(c).type)]
+                  for c in needed
+                  if c in physical.names and not physical.field(c).type.equals(schema.field(c).type)]
         if differ:
             raise DataError(f"the columns of {name} differ in type from those of "
                             f"{fsio.display(fs, fragments[0].path)}: {'; '.join(differ[:5])}"
@@ -224,12 +225,15 @@ def survey(info: DatasetInfo, k: int) -> Survey:
 def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     lay: tbl.TableLayout = info.layout.table
     encoder = info.encoder
+    notices = list(info.notices)
     if lay.categorical and encoder is None:
         vocab = tuple(merge_distinct(s.uniques.get(c, ()) for s in surveys) for c in lay.categorical)
         encoder = Encoder(lay.numeric, lay.categorical, vocabulary=vocab)
+        notices += continuous_notices(encoder)
     n_features = encoder.n_features if encoder is not None else len(lay.numeric)
     names = encoder.feature_names() if encoder is not None else list(lay.numeric)
-    return replace(info, n_features=n_features, feature_names=names, encoder=encoder, surveys=[])
+    return replace(info, n_features=n_features, feature_names=names, encoder=encoder, surveys=[],
+                   notices=notices)
 
 
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
