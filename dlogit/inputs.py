@@ -42,13 +42,34 @@ def _is_dask_frame(x: Any) -> bool:
     return _is_dask_collection(x) and hasattr(x, "to_dask_array") and hasattr(x, "npartitions")
 
 
+def _numeric_dtype(t: Any) -> bool:
+    """Whether a (pandas, NumPy or extension) column dtype holds numbers or booleans; a category
+    counts when its categories do."""
+    import pandas as pd
+
+    if isinstance(t, pd.CategoricalDtype):
+        return _numeric_dtype(t.categories.dtype)
+    return bool(pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))
+
+
+def check_frame_columns(dtypes: Any, what: str) -> None:
+    """A :class:`DataError` naming the columns of a DataFrame (pandas or Dask) that are not numeric:
+    estimator inputs are numbers (text and categories are encoded by the caller)."""
+    bad = [(str(c), str(t)) for c, t in dtypes.items() if not _numeric_dtype(t)]
+    if not bad:
+        return
+    shown = ", ".join(f"{c!r} ({t})" for c, t in bad[:5])
+    shown += f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise DataError(f"column{'s' if len(bad) > 1 else ''} {shown} of {what} "
+                    f"{'are' if len(bad) > 1 else 'is'} not numeric: one-hot encode "
+                    f"{'them' if len(bad) > 1 else 'it'} (e.g. pandas.get_dummies) or drop "
+                    f"{'them' if len(bad) > 1 else 'it'}")
+
+
 def _frame_to_dask_array(df: Any, what: str) -> tuple[Any, list[str] | None]:
     """A Dask DataFrame/Series as a Dask array (partitions -> row chunks of unknown size)."""
     if getattr(df, "ndim", 1) == 2:
-        bad = [str(c) for c, t in df.dtypes.items() if np.dtype(t).kind not in "fiub"]
-        if bad:
-            raise DataError(f"column {bad[0]!r} of {what} is not numeric"
-                            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        check_frame_columns(df.dtypes, what)
         return df.to_dask_array(lengths=None), [str(c) for c in df.columns]
     return df.to_dask_array(lengths=None), None
 
@@ -147,6 +168,8 @@ def _prepare_memory(est: Any, X: Any, y: Any, sample_weight: Any) -> FitData:
     else:
         X = _arrow_like(X)
         y = _arrow_like(y)
+        if getattr(X, "ndim", 0) == 2 and hasattr(X, "dtypes") and hasattr(X, "columns"):
+            check_frame_columns(X.dtypes, "X")
         try:
             X, y = validate_data(est, X, y, accept_sparse=["csr"], dtype=[np.float64, np.float32],
                                  y_numeric=False, multi_output=False)
@@ -211,6 +234,8 @@ def prepare_predict(est: Any, X: Any) -> tuple[Any, bool]:
         _finite_chunk(X)
         return X, False
     X = _arrow_like(X)
+    if getattr(X, "ndim", 0) == 2 and hasattr(X, "dtypes") and hasattr(X, "columns"):
+        check_frame_columns(X.dtypes, "X")
     try:
         X = validate_data(est, X, reset=False, accept_sparse=["csr"], dtype=[np.float64, np.float32])
     except ValueError as exc:

@@ -136,7 +136,7 @@ def test_libsvm_chunks_equal_the_whole_file(svm_file, size):
         assert all(r == size["chunk_rows"] for r in ds.info.piece_rows[:-1])
     assert_csr_equal(sp.vstack(xs), ref_X)
     np.testing.assert_array_equal(np.concatenate(ys), ref_y)
-    assert np.concatenate(ys).dtype == np.float64
+    assert np.concatenate(ys).dtype == np.int64  # labels written as integers (-1, 1) stay integers
 
 
 def test_libsvm_compressed_and_n_features(tmp_path, rng):

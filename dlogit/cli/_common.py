@@ -39,7 +39,7 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
     non-finite features and a feature mismatch are one-line :class:`DataError`s."""
     from dataclasses import replace
 
-    from dlogit.cli._options import source_from_options
+    from dlogit.cli._options import check_label_option, source_from_options
     from dlogit.data import load_local
     from dlogit.errors import DataError
     from dlogit.estimator import load_model
@@ -53,8 +53,15 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
                          "predictions would be meaningless; train again (see the advice it printed)")
     trained = model.meta_.get("source", {}) or {}
     opts = dict(opts)
-    for key in ("label", "sep", "index_col", "n_features"):  # read DATA the way training read its data
-        if opts.get(key) is None and trained.get(key) is not None:
+    given = [f"--{k.replace('_', '-')}" for k in ("one_hot", "hash_features", "dtype") if opts.get(k)]
+    if given:  # the model holds the encoding and the precision does not change a prediction
+        from dlogit.errors import ConfigError
+
+        raise ConfigError(f"{', '.join(given)}: DATA is read with the model's encoding and columns "
+                          "(chosen at training); drop the option")
+    label_given = opts.get("label")
+    for key in ("label", "sep", "no_header", "index_col", "n_features"):  # read DATA as training did
+        if opts.get(key) in (None, False) and trained.get(key) is not None:
             opts[key] = trained[key]
     source = source_from_options(data, opts, require_label=require_label)
     if trained.get("format") == "libsvm":  # the base and width training found, never guessed again
@@ -67,6 +74,7 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
     if encoder is None and names and trained.get("format") in ("csv", "tsv", "parquet"):
         source = replace(source, features=tuple(names))  # the model's columns, by name
     local = load_local(source, encoder=encoder)
+    check_label_option(label_given, local.info.kind)
     for notice in () if quiet else local.info.notices:  # on stdout like train's; none with --json
         import click
 

@@ -187,7 +187,11 @@ def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Row weights: a column of DATA (excluded from the features) or a 1-D .npy."),
         click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
                      help="Format of DATA [default: from its name]."),
-        click.option("--sep", default=None, help="CSV field separator [default: ',' (tab for .tsv)]."),
+        click.option("--sep", default=None,
+                     help="CSV field separator, one character ('\\t': tab) [default: ',' (tab for .tsv)]."),
+        click.option("--no-header", "no_header", is_flag=True, default=None,
+                     help="CSV/TSV DATA has no header line: columns are named by position (--label 0 ...) "
+                          "[predict/evaluate: as the model was trained]."),
         click.option("--index-col", default=None, metavar="COLUMN",
                      help="A column to drop as a row index (pandas' unnamed index column is dropped anyway)."),
         click.option("--n-features", type=click.IntRange(min=1), default=None,
@@ -208,7 +212,7 @@ def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-DATA_KEYS = ("label", "labels", "weights", "fmt", "sep", "index_col", "n_features", "one_hot",
+DATA_KEYS = ("label", "labels", "weights", "fmt", "sep", "no_header", "index_col", "n_features", "one_hot",
              "hash_features", "dtype", "chunk_rows", "chunk_bytes")
 
 
@@ -220,8 +224,20 @@ def source_from_options(path: str, opts: dict[str, Any], require_label: bool = T
         raise click.BadParameter("--hash-features needs --one-hot COLUMNS (the columns to hash)",
                                  param_hint="'--hash-features'")
     src = Source(path=path, format=opts.get("fmt"), label=opts.get("label") or "label", labels=opts.get("labels"),
-                 weights=opts.get("weights"), sep=opts.get("sep"), index_col=opts.get("index_col"),
+                 weights=opts.get("weights"), sep=opts.get("sep"), header=not opts.get("no_header"),
+                 index_col=opts.get("index_col"),
                  n_features=opts.get("n_features"), one_hot=tuple(opts.get("one_hot") or ()),
                  hash_features=opts.get("hash_features"), chunk_rows=opts.get("chunk_rows"),
                  chunk_bytes=opts.get("chunk_bytes"), dtype=opts.get("dtype"), require_label=require_label)
     return src.absolute() if hasattr(src, "absolute") else src
+
+
+def check_label_option(label: str | None, kind: str) -> None:
+    """``--label`` names a table column or a Zarr array: with NPY or LIBSVM DATA it would be ignored."""
+    if label is None or kind not in ("npy", "libsvm"):
+        return
+    from dlogit.errors import ConfigError
+
+    where = "--labels FILE.npy" if kind == "npy" else "the first field of each line"
+    raise ConfigError(f"--label {label} names a column of CSV/TSV/Parquet DATA (or an array of a Zarr "
+                      f"group), but DATA is {kind}: its labels come from {where}")

@@ -21,6 +21,7 @@ from dlogit.cli._options import (
     FiniteFloat,
     PenaltyValues,
     check_config,
+    check_label_option,
     cluster_options,
     config_duration,
     data_options,
@@ -209,6 +210,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             meta_source: dict[str, Any] = {"synthetic": f"{rows}x{cols}", "seed": seed}
         else:
             ds = data_mod.read_data(source, client=client)
+            check_label_option(opts.get("label"), ds.info.kind)
             for notice in ds.info.notices:
                 _note(quiet, notice)
             X, y, w = ds.X, ds.y, ds.sample_weight
@@ -219,6 +221,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             meta_source = {"data": source.path, "format": ds.info.kind, "label": source.label,
                            "labels": source.labels, "weights": source.weights,
                            "feature_names": ds.info.feature_names, "sep": source.sep,
+                           "no_header": True if not source.header else None,
                            "index_col": source.index_col,
                            "n_features": int(X.shape[1]) if ds.info.kind == "libsvm" else source.n_features,
                            "zero_based": getattr(ds.info.layout, "zero_based", None)

@@ -19,7 +19,7 @@ from dlogit.errors import DataError
 from dlogit.io import fs as fsio
 from dlogit.io import table as tbl
 from dlogit.io import text
-from dlogit.io.encode import Encoder, distinct, merge_distinct
+from dlogit.io.encode import Encoder, continuous_notices, distinct, merge_distinct
 from dlogit.io.source import (
     DatasetInfo,
     Piece,
@@ -45,23 +45,53 @@ class CsvLayout:
     table: tbl.TableLayout
     read_dtypes: tuple[tuple[str, str], ...]  # columns parsed with a fixed dtype (text columns: str)
     bytes_per_row: float  # text bytes per row in the sample (for the chunk-size of compressed files)
+    has_header: bool = True  # the first line of every file names the columns
 
 
 def is_csv_name(name: str) -> bool:
     return kind_of_name(name) in ("csv", "tsv", "txt")
 
 
-def _names(header: bytes, sep: str, path: str) -> list[str]:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _names(header: bytes, sep: str, path: str, has_header: bool = True) -> list[str]:
+    """The column names of a file's first line (by position with ``has_header=False``).
+
+    Names are taken as written: a name written twice is an error (pandas would rename the second
+    ``y.1`` and a duplicated label would become a feature), and so is a header of numbers only (the
+    first line is data: the file has no header)."""
     import pandas as pd
 
     try:
-        cols = pd.read_csv(io.BytesIO(header), sep=sep, nrows=0).columns
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty (no header line)") from None
-    return [str(c) for c in cols]
+        raw = pd.read_csv(io.BytesIO(header), sep=sep, header=None, nrows=1, dtype=str,
+                          keep_default_na=False).iloc[0].tolist()
+        cols = [str(c) for c in pd.read_csv(io.BytesIO(header), sep=sep, nrows=0).columns]
+    except (pd.errors.EmptyDataError, IndexError):
+        raise DataError(f"{path} is empty (no {'header ' if has_header else ''}line)") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise fsio.read_error(path, exc) from None
+    if not has_header:
+        return [str(k) for k in range(len(raw))]
+    written = [str(c) for c in raw if str(c) != ""]
+    duplicated = sorted({c for c in written if written.count(c) > 1})
+    if duplicated:
+        raise DataError(f"column {duplicated[0]!r} appears more than once in the header of {path}: give "
+                        "every column a distinct name")
+    if raw and all(_is_number(str(c)) for c in raw):
+        shown = sep.join(str(c) for c in raw[:6]) + (" ..." if len(raw) > 6 else "")
+        raise DataError(f"the header of {path} is all numbers ({shown}): if the file has no header line, "
+                        "pass --no-header (the columns are then named 0, 1, 2 ...)")
+    return cols
 
 
-def _sample(files: tuple[str, ...] | list[str], sep: str) -> tuple[Any, bytes, int]:
+def _sample(files: tuple[str, ...] | list[str], sep: str, names: list[str],
+            has_header: bool = True) -> tuple[Any, bytes, int]:
     """``(frame, bytes parsed, file index)``: the first ~1 MiB of the first file that holds rows."""
     import pandas as pd
 
@@ -74,7 +104,14 @@ def _sample(files: tuple[str, ...] | list[str], sep: str) -> tuple[Any, bytes, i
                 raise fsio.read_error(path, exc) from None
         complete = head if len(head) < _SAMPLE_BYTES else head[:head.rfind(b"\n") + 1]
         try:
-            frame = pd.read_csv(io.BytesIO(complete), sep=sep, low_memory=False)
+            if has_header:
+                frame = pd.read_csv(io.BytesIO(complete), sep=sep, low_memory=False)
+            else:
+                frame = pd.read_csv(io.BytesIO(complete), sep=sep, header=None, names=names,
+                                    low_memory=False)
+        except pd.errors.EmptyDataError:
+            frame = pd.DataFrame({c: np.zeros(0) for c in names})
+            continue
         except (ValueError, pd.errors.ParserError) as exc:
             raise fsio.read_error(path, exc) from None
         if len(frame):
@@ -97,14 +134,19 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     if any(kind_of_name(f) != "txt" for f in files):  # .csv/.tsv parts: a .txt beside them is a note
         files = [f for f in files if kind_of_name(f) != "txt"]
     compressed = tuple(split_compression(f)[1] is not None for f in files)
-    headers = [text.header_end(f) for f in files]
-    names = _names(headers[0][0], sep, files[0])
-    for f, (h, _) in zip(files[1:], headers[1:]):
-        other = _names(h, sep, f)
+    has_header = source.header
+    first_lines = [text.header_end(f) for f in files]
+    headers = first_lines if has_header else [(h, 0) for h, _ in first_lines]
+    names = _names(first_lines[0][0], sep, files[0], has_header)
+    for f, (h, _) in zip(files[1:], first_lines[1:]):
+        if not has_header and not h.strip():
+            continue
+        other = _names(h, sep, f, has_header)
         if other != names:
-            raise DataError(f"the header of {f} differs from that of {files[0]}: "
+            what = "header" if has_header else "number of columns"
+            raise DataError(f"the {what} of {f} differs from that of {files[0]}: "
                             f"{', '.join(other[:8])} vs {', '.join(names[:8])}")
-    sample, complete, sampled = _sample(files, sep)
+    sample, complete, sampled = _sample(files, sep, names, has_header)
     # no rows to look at (header-only files): types are checked when the chunks are read
     kinds = {c: _kind(sample[c].dtype) if len(sample) else tbl.NUMERIC for c in names}
     notices: list[str] = []
@@ -149,7 +191,7 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
                        has_labels=layout.label is not None and source.require_label, has_weights=source.weights is not None,
                        encoder=encoder, notices=notices, label_dtype=label_dtype,
                        layout=CsvLayout(tuple(files), compressed, tuple(h[1] for h in headers), sep, layout,
-                                        tuple(read_dtypes.items()), bytes_per_row))
+                                        tuple(read_dtypes.items()), bytes_per_row, has_header))
     needs_vocab = bool(layout.categorical) and encoder is None
     if needs_vocab or any(r is None for r in piece_rows):
         info.surveys = list(range(len(pieces)))
@@ -178,11 +220,12 @@ def survey(info: DatasetInfo, k: int) -> Survey:
     style = text.csv_style(lay.sep)
     if p.whole:
         if not vocab_cols:
-            rows, nbytes, open_quote = text.stream_records(fsio.iter_blocks(path), style, skip_header=True)
+            rows, nbytes, open_quote = text.stream_records(fsio.iter_blocks(path), style,
+                                                           skip_header=lay.has_header)
             if not open_quote:
                 return Survey(rows=rows, nbytes=nbytes)
         data = fsio.read_all(path)
-        frame = _parse(data, lay, vocab_cols or [lay.table.names[0]], path, header=True)
+        frame = _parse(data, lay, vocab_cols or [lay.table.names[0]], path, header=lay.has_header)
         return Survey(rows=len(frame), nbytes=len(data), uniques={c: distinct(frame[c]) for c in vocab_cols})
     data = fsio.read_range(path, p.offset, p.length)
     if text.has_open_quote(data):
@@ -196,9 +239,11 @@ def survey(info: DatasetInfo, k: int) -> Survey:
 def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     lay: CsvLayout = info.layout
     encoder = info.encoder
+    notices = list(info.notices)
     if lay.table.categorical and encoder is None:
         vocab = tuple(merge_distinct(s.uniques.get(c, ()) for s in surveys) for c in lay.table.categorical)
         encoder = Encoder(lay.table.numeric, lay.table.categorical, vocabulary=vocab)
+        notices += continuous_notices(encoder)
     n_features = encoder.n_features if encoder is not None else len(lay.table.numeric)
     names = encoder.feature_names() if encoder is not None else list(lay.table.numeric)
     x_row = max(1, len(lay.table.numeric) + len(lay.table.categorical)) * np.dtype(info.dtype).itemsize
@@ -223,7 +268,7 @@ def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     if not pieces:
         raise DataError(f"{info.source.path} holds no rows")
     info = replace(info, n_features=n_features, feature_names=names, pieces=pieces, piece_rows=rows,
-                   units=units, encoder=encoder, surveys=[])
+                   units=units, encoder=encoder, surveys=[], notices=notices)
     return info
 
 
@@ -236,7 +281,7 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     path = lay.files[first.file]
     columns = lay.table.needed
     if first.whole:
-        frame = _parse(fsio.read_all(path), lay, columns, path, header=True)
+        frame = _parse(fsio.read_all(path), lay, columns, path, header=lay.has_header)
         expect = info.pieces[members[-1]].stop
     else:
         frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False)
@@ -245,10 +290,15 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
                         f"counted {expect}")
     starts = info.row_starts() if info.source.weights_path else None
+    # the first data row of this unit in its file (the pieces before it in the same file)
+    base = sum(int(info.piece_rows[j] or 0) for j in range(members[0])
+               if info.pieces[j].file == first.file) if not first.whole else 0
     out = []
     for i in members:
         p: TextPiece = info.pieces[i]
         part = frame.iloc[p.start:p.stop] if p.whole else frame
         w = weights_slice(info, starts[i], len(part)) if starts is not None else None
-        out.append(tbl.table_piece(part, info, path, w))
+        at = base + (p.start if p.whole else 0)
+        out.append(tbl.table_piece(part, info, path, w,
+                                   lambda r, at=at: f"{path}: row {at + r + 1}"))
     return out

@@ -52,6 +52,32 @@ def merge_distinct(parts: Iterable[Sequence[str]]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+#: more distinct values than this, all numbers and not all whole: a continuous column, not a category
+CONTINUOUS_DISTINCT = 100
+
+
+def continuous(values: Sequence[str]) -> bool:
+    """Whether a one-hot vocabulary looks like a continuous numeric column (many distinct numbers, some
+    with a fractional part): one indicator per value would be a feature per row, not a category."""
+    if len(values) <= CONTINUOUS_DISTINCT:
+        return False
+    try:
+        nums = np.asarray([float(v) for v in values])
+    except ValueError:
+        return False
+    finite = nums[np.isfinite(nums)]
+    return bool(finite.size and np.any(finite != np.round(finite)))
+
+
+def continuous_notices(encoder: Encoder) -> list[str]:
+    """A notice for each one-hot column whose vocabulary looks continuous (see :func:`continuous`)."""
+    if encoder.vocabulary is None:
+        return []
+    return [f"--one-hot column {c!r} holds {len(v)} distinct non-integer numbers: it looks continuous, not "
+            f"categorical ({len(v)} indicator columns); drop it from --one-hot to use it as one number"
+            for c, v in zip(encoder.categorical, encoder.vocabulary) if continuous(v)]
+
+
 def bucket_of(column: str, value: str, n_buckets: int) -> int:
     """The hash bucket of ``column=value`` (stable across processes, platforms and versions)."""
     from sklearn.utils import murmurhash3_32

@@ -86,11 +86,32 @@ def _hidden(name: str) -> bool:
     return base.startswith((".", "_")) or base.endswith(".crc")
 
 
+def is_note(name: str) -> bool:
+    """A file kept beside data parts that is no data: ``README.txt``, ``NOTES.md``, ``LICENSE`` ..."""
+    base = posixpath.basename(name.rstrip("/"))
+    stem, ext = posixpath.splitext(base)
+    return ext.lower() in (".txt", ".md", ".rst") or stem.upper().startswith(("README", "LICENSE", "NOTICE"))
+
+
+def _refuse_skipped(path: str, found: list[str], is_data: Callable[[str], bool] | None) -> list[str]:
+    """The data files of ``found``; a file that is neither data of this format nor a note is an error
+    (reading a directory of CSV and Parquet parts must not quietly train on the CSV ones)."""
+    if is_data is None:
+        return found
+    other = [f for f in found if not is_data(f) and not is_note(f)]
+    if other:
+        shown = ", ".join(posixpath.basename(f) for f in other[:5]) + (" ..." if len(other) > 5 else "")
+        raise DataError(f"{path} also holds {len(other)} file(s) of another format or none: {shown}; "
+                        "move them out, or name the data files with a glob")
+    return [f for f in found if is_data(f)]
+
+
 def expand(path: str, is_data: Callable[[str], bool] | None = None) -> list[str]:
     """The files ``path`` names, sorted: itself, a glob's matches, or a directory's data files.
 
     Files are returned as :func:`display` names (URLs keep their protocol). In a directory, hidden
-    files and ``_SUCCESS``-style markers are skipped, and ``is_data`` (when given) picks the files.
+    files and ``_SUCCESS``-style markers are skipped; ``is_data`` (when given) picks the files, and any
+    other file that is not a note (:func:`is_note`) is an error naming it.
     """
     fs, p = filesystem(path)
     try:
@@ -98,11 +119,14 @@ def expand(path: str, is_data: Callable[[str], bool] | None = None) -> list[str]
             found = sorted(f for f in fs.glob(p) if not fs.isdir(f))
             if not found:
                 raise DataError(f"cannot read {path}{_WHERE.get()}: no files match the pattern")
+            found = _refuse_skipped(path, found, is_data)
+            if not found:
+                raise DataError(f"cannot read {path}{_WHERE.get()}: no data files match the pattern")
             return [display(fs, f) for f in found]
         if fs.isdir(p):
             found = sorted(f for f in fs.find(p)
-                           if not any(_hidden(part) for part in posixpath.relpath(f, p).split("/"))
-                           and (is_data is None or is_data(f)))
+                           if not any(_hidden(part) for part in posixpath.relpath(f, p).split("/")))
+            found = _refuse_skipped(path, found, is_data)
             if not found:
                 raise DataError(f"cannot read {path}{_WHERE.get()}: the directory holds no data files")
             return [display(fs, f) for f in found]

@@ -25,6 +25,7 @@ from dlogit.io.source import (
     Piece,
     Source,
     Survey,
+    check_finite,
     chunk_bytes_of,
     kind_of_name,
     row_ranges,
@@ -79,12 +80,30 @@ def index_range(buf: bytes) -> tuple[int | None, int | None]:
     return int(value.min()), int(value.max())
 
 
+def integer_labels(buf: bytes) -> bool:
+    """Whether every record's label (its first field) is written as an integer (``1``, ``-1``, ``+1``):
+    vectorized, no float parsing. A label written ``1.0`` (or a line starting blank) says float."""
+    a = np.frombuffer(buf, np.uint8)
+    starts, mask = text.record_mask(buf, LIBSVM_STYLE)
+    s = starts[mask]
+    if s.size == 0:
+        return True
+    stops = np.flatnonzero((a == 32) | (a == 9) | (a == 10) | (a == 13) | (a == 35))
+    stops = np.append(stops, a.size)
+    e = stops[np.searchsorted(stops, s)]
+    digit = (a >= 48) & (a <= 57)
+    other = ~(digit | (a == 43) | (a == 45))  # not a digit, '+' or '-'
+    cum = np.concatenate(([0], np.cumsum(other)))
+    return bool(np.all(e > s) and np.all(cum[e] == cum[s]))
+
+
 def _survey_bytes(data: bytes, path: str) -> Survey:
     try:
         lo, hi = index_range(data)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    return Survey(rows=text.count_records(data, LIBSVM_STYLE), nbytes=len(data), min_index=lo, max_index=hi)
+    return Survey(rows=text.count_records(data, LIBSVM_STYLE), nbytes=len(data), min_index=lo, max_index=hi,
+                  integer_labels=integer_labels(data))
 
 
 def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
@@ -127,6 +146,7 @@ def survey(info: DatasetInfo, k: int) -> Survey:
         s = _survey_bytes(body, path)
         total.rows += s.rows
         total.nbytes += s.nbytes
+        total.integer_labels = total.integer_labels and s.integer_labels
         if s.min_index is not None:
             total.min_index = s.min_index if total.min_index is None else min(total.min_index, s.min_index)
             total.max_index = s.max_index if total.max_index is None else max(total.max_index, s.max_index)
@@ -173,8 +193,11 @@ def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     if src.zero_based is None:
         notices.append(f"LIBSVM feature indices are {'0' if zero_based else '1'}-based "
                        f"({n_features} features)")
+    # labels written as integers (0/1, -1/+1, class numbers) stay integers: predictions print "-1", not "-1.0"
+    label_dtype = "int64" if all(s.integer_labels for s in surveys) else "float64"
     return replace(info, n_features=n_features, pieces=pieces, piece_rows=rows, units=units, surveys=[],
-                   notices=notices, layout=replace(info.layout, zero_based=zero_based))
+                   notices=notices, label_dtype=label_dtype,
+                   layout=replace(info.layout, zero_based=zero_based))
 
 
 def _parse(data: bytes, info: DatasetInfo, path: str) -> tuple[Any, np.ndarray]:
@@ -191,7 +214,13 @@ def _parse(data: bytes, info: DatasetInfo, path: str) -> tuple[Any, np.ndarray]:
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= d):
         raise DataError(f"{path} changed since it was scanned: feature index out of range")
     X = sp.csr_matrix((X0.data, indices, X0.indptr), shape=(X0.shape[0], d))
-    return X, np.asarray(y, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if info.label_dtype == "int64":
+        out = y.astype(np.int64)
+        if not np.array_equal(out, y):
+            raise DataError(f"{path} changed since it was scanned: a label is no longer an integer")
+        return X, out
+    return X, y
 
 
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
@@ -210,6 +239,9 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         raise DataError(f"{path} changed since it was scanned: read {X.shape[0]} rows where the scan "
                         f"counted {expect}")
     starts = info.row_starts() if info.source.weights_path else None
+    base = sum(int(info.piece_rows[j] or 0) for j in range(members[0])
+               if info.pieces[j].file == first.file) if not first.whole else 0
+    shift = 0 if info.layout.zero_based else 1
     out = []
     for i in members:
         p: TextPiece = info.pieces[i]
@@ -217,6 +249,8 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
             Xi, yi = X[p.start:p.stop], y[p.start:p.stop]
         else:
             Xi, yi = X, y
+        at = base + (p.start if p.whole else 0)
+        check_finite(Xi, lambda r, at=at: f"{path}: row {at + r + 1}", lambda j: f"feature index {j + shift}")
         w = weights_slice(info, starts[i], Xi.shape[0]) if starts is not None else None
         out.append(Piece(Xi, yi, w))
     return out

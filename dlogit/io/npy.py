@@ -15,7 +15,7 @@ import numpy as np
 
 from dlogit.errors import DataError
 from dlogit.io import fs as fsio
-from dlogit.io.source import DatasetInfo, Piece, Source, row_ranges, rows_per_chunk
+from dlogit.io.source import DatasetInfo, Piece, Source, check_finite, row_ranges, rows_per_chunk
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     for i in info.units[u]:
         s, e = info.pieces[i]
         X = np.ascontiguousarray(rows_of(lay.X, s, e), dtype=info.dtype)
+        check_finite(X, lambda r, s=s: f"{lay.X.path}: row {s + r + 1}", lambda j: f"column {j} (0-based)")
         y = rows_of(lay.labels, s, e) if lay.labels is not None else None
         w = weights_slice(info, s, e - s) if info.source.weights_path else None
         out.append(Piece(X, y, w))

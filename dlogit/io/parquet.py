@@ -16,7 +16,7 @@ import numpy as np
 from dlogit.errors import DataError
 from dlogit.io import fs as fsio
 from dlogit.io import table as tbl
-from dlogit.io.encode import Encoder, distinct, merge_distinct
+from dlogit.io.encode import Encoder, continuous_notices, distinct, merge_distinct
 from dlogit.io.source import DatasetInfo, Piece, Source, Survey, kind_of_name, rows_per_chunk
 
 
@@ -73,6 +73,21 @@ def _dataset(path: str) -> tuple[Any, Any]:
     return ds.dataset(strip, filesystem=_arrow_fs(fs), format="parquet"), fs
 
 
+def index_columns(schema: Any) -> list[str]:
+    """The columns a pandas (or Dask) writer stored as the frame's index (``__index_level_0__``, a named
+    index), from the ``b"pandas"`` schema metadata; a RangeIndex is stored as metadata only."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"pandas")
+    if not raw:
+        return []
+    try:
+        cols = json.loads(raw).get("index_columns", [])
+    except (ValueError, AttributeError):
+        return []
+    return [c for c in cols if isinstance(c, str) and c in schema.names]
+
+
 def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     import pyarrow.dataset as ds
 
@@ -81,7 +96,8 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     names = list(schema.names)
     kinds = {n: _kind(schema.field(n).type) for n in names}
     notices: list[str] = []
-    layout = tbl.choose_columns(names, kinds, source, source.path, notices, encoder)
+    layout = tbl.choose_columns(names, kinds, source, source.path, notices, encoder,
+                                index=index_columns(schema))
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
     partition_names: set[str] = set()
     parts: list[tuple[ParquetPart, int]] = []  # one per row group, with its rows
@@ -94,6 +110,14 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
         name = fsio.display(fs, frag.path)
         if lacking:
             raise DataError(f"{name} lacks column {lacking[0]!r} (the first file has it)")
+        physical = frag.physical_schema
+        differ = [f"{c!r} is {physical.field(c).type} there, {schema.field(c).type} in the first file"
+                  for c in needed
+                  if c in physical.names and not physical.field(c).type.equals(schema.field(c).type)]
+        if differ:
+            raise DataError(f"the columns of {name} differ in type from those of "
+                            f"{fsio.display(fs, fragments[0].path)}: {'; '.join(differ[:5])}"
+                            + (f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""))
         md = frag.metadata
         part = tuple(sorted(keys.items()))
         for g in range(md.num_row_groups):
@@ -150,8 +174,11 @@ def _numpy_type(t: Any) -> Any:
     return t.to_pandas_dtype()
 
 
-def _read(info: DatasetInfo, k: int, columns: list[str]) -> dict[str, Any]:
-    """The columns of chunk ``k`` as NumPy arrays (text columns as object arrays, nulls as None)."""
+def _read(info: DatasetInfo, k: int, columns: list[str],
+          segments: list[tuple[str, int, int]] | None = None) -> dict[str, Any]:
+    """The columns of chunk ``k`` as NumPy arrays (text columns as object arrays, nulls as None).
+
+    ``segments`` (when given) receives ``(file, first row in that file, rows)`` for each part."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -164,7 +191,11 @@ def _read(info: DatasetInfo, k: int, columns: list[str]) -> dict[str, Any]:
         file_cols = [c for c in columns if c not in ptypes]
         try:
             with fs.open(p, "rb") as f:
-                t = pq.ParquetFile(f).read_row_groups(list(part.row_groups), columns=file_cols)
+                pf = pq.ParquetFile(f)
+                t = pf.read_row_groups(list(part.row_groups), columns=file_cols)
+                if segments is not None:
+                    before = sum(pf.metadata.row_group(g).num_rows for g in range(part.row_groups[0]))
+                    segments.append((part.path, before, t.num_rows))
         except Exception as exc:  # noqa: BLE001
             raise fsio.read_error(part.path, exc) from None
         for c in columns:
@@ -194,12 +225,15 @@ def survey(info: DatasetInfo, k: int) -> Survey:
 def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     lay: tbl.TableLayout = info.layout.table
     encoder = info.encoder
+    notices = list(info.notices)
     if lay.categorical and encoder is None:
         vocab = tuple(merge_distinct(s.uniques.get(c, ()) for s in surveys) for c in lay.categorical)
         encoder = Encoder(lay.numeric, lay.categorical, vocabulary=vocab)
+        notices += continuous_notices(encoder)
     n_features = encoder.n_features if encoder is not None else len(lay.numeric)
     names = encoder.feature_names() if encoder is not None else list(lay.numeric)
-    return replace(info, n_features=n_features, feature_names=names, encoder=encoder, surveys=[])
+    return replace(info, n_features=n_features, feature_names=names, encoder=encoder, surveys=[],
+                   notices=notices)
 
 
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
@@ -208,7 +242,20 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     out = []
     starts = info.row_starts() if info.source.weights_path else None
     for k in info.units[u]:
-        data = _read(info, k, info.layout.table.needed)
+        segments: list[tuple[str, int, int]] = []
+        data = _read(info, k, info.layout.table.needed, segments)
         w = weights_slice(info, starts[k], int(info.piece_rows[k] or 0)) if starts is not None else None
-        out.append(tbl.table_piece(data, info, info.source.path, w))
+        out.append(tbl.table_piece(data, info, info.source.path, w, _locator(segments)))
     return out
+
+
+def _locator(segments: list[tuple[str, int, int]]) -> Any:
+    """Local row of a chunk -> ``"FILE: row N"`` (1-based within that file)."""
+    def where(i: int) -> str:
+        at = 0
+        for path, first, n in segments:
+            if i < at + n:
+                return f"{path}: row {first + i - at + 1}"
+            at += n
+        return f"row {i + 1} of a chunk"
+    return where

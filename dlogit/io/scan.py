@@ -57,10 +57,20 @@ def detect(source: Source) -> str:
             if fs.isdir(p):
                 if any(fs.exists(posixpath.join(p, m)) for m in _ZARR_MARKERS):
                     return "zarr"
-                # the most common data extension decides (a README.txt beside the parts is no data)
-                kinds = [k for k in (kind_of_name(f) for f in fsio.expand(path)) if k is not None]
-                data_kinds = [k for k in kinds if k != "txt"] or kinds
-                kind = max(sorted(set(data_kinds)), key=data_kinds.count) if data_kinds else None
+                # the parts' extension decides (a README.txt beside them is no data); several formats
+                # in one directory are an error naming them, not a read of one of them
+                files = fsio.expand(path)
+                kinds = {f: kind_of_name(f) for f in files}
+                data_kinds = {k for k in kinds.values() if k not in (None, "txt")}
+                if len(data_kinds) > 1:
+                    first = {}
+                    for f, k in kinds.items():
+                        if k in data_kinds:
+                            first.setdefault(k, posixpath.basename(f))
+                    shown = ", ".join(f"{first[k]} ({k})" for k in sorted(first))
+                    raise DataError(f"{path} holds files of several formats: {shown}; read one format at "
+                                    "a time (a glob such as DIR/*.csv) or convert the parts")
+                kind = data_kinds.pop() if data_kinds else ("txt" if "txt" in kinds.values() else None)
             elif not fs.exists(p):
                 raise FileNotFoundError(path)
         except DataError:
@@ -92,6 +102,8 @@ def plan(source: Source, encoder: Encoder | dict[str, Any] | None = None) -> Dat
         encoder = Encoder.from_json(encoder)
     kind = detect(source)
     reader = READERS[kind]
+    if not source.header and kind not in ("csv", "tsv"):
+        raise DataError(f"--no-header is for CSV/TSV files, not {kind} data")
     if not reader.tables and (source.one_hot or source.hash_features is not None or encoder is not None):
         raise DataError(f"--one-hot and --hash-features encode table columns (CSV/TSV/Parquet), not {kind} data")
     info = _guard(source.path, reader.plan, source, kind, encoder)

@@ -50,7 +50,11 @@ class Source:
         Row weights: a column of the CSV/Parquet file (excluded from the features), the name of an
         array in a Zarr group, or a path to a 1-D ``.npy``.
     sep : str, optional
-        CSV separator (default ``,``; TSV: tab). A ``.txt`` file needs it (or ``format``).
+        CSV separator, one character (default ``,``; TSV: tab; ``\\t`` is read as a tab). A ``.txt``
+        file needs it (or ``format``).
+    header : bool, default True
+        CSV/TSV: the first line names the columns. ``False``: every line is data and the columns are
+        named by position (``"0"``, ``"1"``, ...), so ``label="0"`` names the first one.
     index_col : str, optional
         A column to drop as a row index (replaces the automatic drop of a leading unnamed column).
     n_features : int, optional
@@ -78,6 +82,7 @@ class Source:
     labels: str | None = None
     weights: str | None = None
     sep: str | None = None
+    header: bool = True
     index_col: str | None = None
     n_features: int | None = None
     zero_based: bool | None = None
@@ -100,6 +105,10 @@ class Source:
             object.__setattr__(self, "one_hot", (self.one_hot,))
         else:
             object.__setattr__(self, "one_hot", tuple(self.one_hot))
+        if self.sep == "\\t":  # typed as backslash-t in a shell
+            object.__setattr__(self, "sep", "\t")
+        if self.sep is not None and len(self.sep) != 1:
+            raise DataError(f"--sep must be one character, got {self.sep!r}")
         if self.format is not None and self.format not in FORMATS:
             raise DataError(f"unknown format {self.format!r}: use --format {'|'.join(FORMATS)}")
         if self.dtype is not None and self.dtype not in ("float32", "float64"):
@@ -142,6 +151,7 @@ class Survey:
     min_index: int | None = None  # LIBSVM feature indices as written
     max_index: int | None = None
     uniques: dict[str, list[str]] = field(default_factory=dict)  # one-hot columns' distinct values
+    integer_labels: bool = True  # LIBSVM: every label is written as an integer (``-1``, ``+1``, ``3``)
 
 
 @dataclass
@@ -274,3 +284,36 @@ def row_ranges(n_rows: int, rows_per_chunk: int) -> list[tuple[int, int]]:
 
 def unknown_format(path: str) -> DataError:
     return DataError(f"cannot tell the format of {path!r}: use --format {'|'.join(FORMATS)}")
+
+
+def check_finite(X: Any, where: Any, column: Any) -> None:
+    """A :class:`DataError` naming the first missing, NaN or infinite feature value of a chunk as read:
+    ``where(i)`` says where local row ``i`` lies (``"f.csv: row 17"``), ``column(j)`` names column ``j``
+    (``"column 'age'"``).
+
+    Checked on the reader's side so the message names the file, row and column (the validation pass
+    only knows a chunk and a worker). A cheap column-sum check first; the search only on failure.
+    """
+    sparse = hasattr(X, "indptr")
+    values = X.data if sparse else X
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    if sparse:
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            return
+        k = int(np.argmax(bad))
+        i = int(np.searchsorted(X.indptr, k, side="right")) - 1
+        j = int(X.indices[k])
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if bool(np.isfinite(np.add.reduce(values, axis=0)).all()):
+                return
+        bad = ~np.isfinite(values)
+        if not bad.any():  # the sums overflowed: every value is finite
+            return
+        i = int(np.argmax(bad.any(axis=1)))
+        j = int(np.argmax(bad[i]))
+    n = int(bad.sum())
+    raise DataError(f"{where(i)}, {column(j)} holds a missing, NaN or infinite value ({n} such "
+                    "value(s) in this chunk); fill or drop those rows first")

@@ -52,12 +52,18 @@ def not_numeric(column: str, path: str, kind: str = TEXT) -> DataError:
 
 
 def choose_columns(names: Sequence[str], kinds: dict[str, str], source: Source, path: str,
-                   notices: list[str], encoder: Encoder | None = None) -> TableLayout:
+                   notices: list[str], encoder: Encoder | None = None,
+                   index: Sequence[str] = ()) -> TableLayout:
     """Decide each column's role; raise :class:`DataError` naming the first problem.
 
-    ``kinds`` maps a column to :data:`NUMERIC`, :data:`TEXT` or a type name (a timestamp ...).
+    ``kinds`` maps a column to :data:`NUMERIC`, :data:`TEXT` or a type name (a timestamp ...);
+    ``index`` lists the columns the writer marked as the frame's index (pandas' Parquet metadata).
     """
     names = list(names)
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
+        raise DataError(f"column {duplicated[0]!r} appears more than once in {path}: give every column "
+                        "a distinct name")
     label = source.label
     if label is not None and label not in names:
         if source.require_label:
@@ -80,9 +86,13 @@ def choose_columns(names: Sequence[str], kinds: dict[str, str], source: Source, 
         elif encoder is None and source.features is None:  # columns taken by name need no index
             raise DataError(f"index column {source.index_col!r} not found in {path}; "
                             f"columns are: {_shown(names)}")
-    elif names and names[0] in _PANDAS_INDEX and names[0] not in (label, weights):
-        dropped.add(names[0])
-        notices.append(f"dropped column {names[0]!r} (a pandas index); use --index-col to choose another")
+    else:
+        marked = [c for c in index if c in names and c not in (label, weights)]
+        if not marked and names and names[0] in _PANDAS_INDEX and names[0] not in (label, weights):
+            marked = [names[0]]
+        for c in marked:
+            dropped.add(c)
+            notices.append(f"dropped column {c!r} (a pandas index); use --index-col to choose another")
     taken = {label, weights} | dropped
     if encoder is not None:
         for c in encoder.columns:
@@ -168,8 +178,12 @@ def dense_features(get: Callable[[str], Any], columns: Sequence[str], n: int, dt
     return X
 
 
-def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | None) -> Piece:
-    """One chunk from a table's columns (a DataFrame or a dict of arrays)."""
+def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | None,
+                where: Callable[[int], str] | None = None) -> Piece:
+    """One chunk from a table's columns (a DataFrame or a dict of arrays); ``where(i)`` says where its
+    local row ``i`` lies, for the message naming a NaN or infinite value."""
+    from dlogit.io.source import check_finite
+
     lay: TableLayout = info.layout.table
     n = len(frame[lay.needed[0]]) if lay.needed else 0
     unseen = 0
@@ -177,6 +191,9 @@ def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | 
         X, unseen = info.encoder.transform(frame, info.dtype)
     else:
         X = dense_features(lambda c: frame[c], lay.numeric, n, info.dtype, path)
+    names = info.feature_names or list(lay.numeric)
+    check_finite(X, where or (lambda i: f"{path} row {i + 1} of a chunk"),
+                 lambda j: f"column {names[j]!r}" if j < len(names) else f"column {j}")
     # labels only where they are needed: predict reads data whose label column may be empty
     y = labels_as(frame[lay.label], info.label_dtype or "float64", lay.label, path) \
         if lay.label is not None and info.source.require_label else None

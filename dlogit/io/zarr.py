@@ -16,7 +16,7 @@ import numpy as np
 
 from dlogit.errors import DataError
 from dlogit.io import fs as fsio
-from dlogit.io.source import DatasetInfo, Piece, Source, rows_per_chunk
+from dlogit.io.source import DatasetInfo, Piece, Source, check_finite, rows_per_chunk
 
 X_NAME = "X"
 
@@ -36,6 +36,51 @@ def _zarr() -> Any:
     return zarr
 
 
+def _pickled(meta: Any) -> bool:
+    """Whether Zarr array metadata (v2 ``.zarray`` or v3 ``zarr.json``) describes Python objects (a
+    pickle codec, an object dtype): decoding such an array runs code the file chose."""
+    if isinstance(meta, dict):
+        for key, value in meta.items():
+            if key == "attributes":  # the user's own attributes say nothing about decoding
+                continue
+            if key in ("id", "name") and isinstance(value, str) and "pickle" in value.lower():
+                return True
+            if key in ("dtype", "data_type") and _object_dtype(value):
+                return True
+            if _pickled(value):
+                return True
+    elif isinstance(meta, list):
+        return any(_pickled(v) for v in meta)
+    return False
+
+
+def _object_dtype(spec: Any) -> bool:
+    if isinstance(spec, str):
+        return spec.lstrip("|<>=").upper().startswith("O") or spec.lower() == "object"
+    if isinstance(spec, list):  # a v2 structured dtype: [[name, typestr], ...]
+        return any(_object_dtype(f[1]) for f in spec if isinstance(f, list) and len(f) > 1)
+    return False
+
+
+def refuse_objects(path: str) -> None:
+    """Refuse an array holding Python objects from its metadata alone, before zarr reads (and would
+    unpickle) any of its chunks -- as an ``.npy`` of objects is refused."""
+    import json
+
+    fs, p = fsio.filesystem(path)
+    for name in (".zarray", "zarr.json"):
+        meta_path = f"{p.rstrip('/')}/{name}"
+        try:
+            if not fs.exists(meta_path):
+                continue
+            meta = json.loads(fs.cat_file(meta_path))
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata: say so
+            raise fsio.read_error(path, exc) from None
+        if isinstance(meta, dict) and meta.get("node_type", "array") == "array" and _pickled(meta):
+            raise DataError(f"{path} holds Python objects (a pickle): dlogit does not decode them; "
+                            "store it as a numeric or string array")
+
+
 def _open(path: str) -> Any:
     zarr = _zarr()
     try:
@@ -53,7 +98,10 @@ def _vector(path: str, what: str, n: int) -> Any:
         from dlogit.io.npy import open_vector
 
         return open_vector(path, what, n)
+    refuse_objects(path)
     a = _open(path)
+    if np.dtype(a.dtype).hasobject:
+        raise DataError(f"{path} holds Python objects (a pickle): store it as a numeric or string array")
     if not hasattr(a, "shape") or len(a.shape) != 1:
         raise DataError(f"{what} in {path} must be a 1-D array")
     if a.shape[0] != n:
@@ -62,6 +110,10 @@ def _vector(path: str, what: str, n: int) -> Any:
 
 
 def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
+    # every array dlogit may read, checked from its metadata before zarr opens the store
+    for name in ("", X_NAME, source.label, None if source.weights_path else source.weights):
+        if name is not None:
+            refuse_objects(_join(source.path, name) if name else source.path)
     node = _open(source.path)
     labels_path = source.labels
     weights_path = None
@@ -71,6 +123,7 @@ def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
             raise DataError(f"the Zarr group {source.path} has no array {X_NAME!r} (arrays: "
                             f"{', '.join(arrays) or 'none'})")
         x_path = _join(source.path, X_NAME)
+        refuse_objects(x_path)
         X = node[X_NAME]
         if labels_path is None and source.label is not None:
             if source.label in arrays:
@@ -83,6 +136,7 @@ def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
                 raise DataError(f"the Zarr group {source.path} has no weights array {source.weights!r}")
             weights_path = _join(source.path, source.weights)
     else:
+        refuse_objects(source.path)
         x_path, X = source.path, node
         if source.weights is not None and source.weights_path is None:
             raise DataError(f"{source.path} is one Zarr array: give the weights as a .npy file")
@@ -135,6 +189,7 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     for i in info.units[u]:
         s, e = info.pieces[i]
         X = np.ascontiguousarray(_rows(lay.X, s, e), dtype=info.dtype)
+        check_finite(X, lambda r, s=s: f"{lay.X}: row {s + r + 1}", lambda j: f"column {j} (0-based)")
         y = _rows(lay.labels, s, e) if lay.labels is not None else None
         if lay.weights is not None:
             w = np.asarray(_rows(lay.weights, s, e), dtype=np.float64)

@@ -1,0 +1,313 @@
+"""Inputs as they come in real life (issue 19): files written by pandas and Dask, mixed directories,
+duplicate or missing headers, untrusted Zarr stores, bad values named where they are, options that
+would be ignored. Real files in tmp_path; the CLI cases run ``dlogit`` in this process against one
+shared cluster of worker processes (``test_cli``'s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli import cli, scheduler  # noqa: F401 - the module's shared cluster
+
+from dlogit.data import load_local
+from dlogit.errors import DataError
+from dlogit.io import Source, scan
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    y = (X[:, 0] - X[:, 1] + 0.5 * rng.standard_normal(n) > 0).astype(int)
+    return pd.DataFrame({"f0": X[:, 0], "f1": X[:, 1], "f2": X[:, 2], "y": y})
+
+
+def _one_line(r) -> str:
+    assert r.rc == 2, r.out + r.err
+    assert len(r.err_lines) == 1 and r.err.startswith("dlogit: error: "), r.err
+    assert "Traceback" not in r.err
+    return r.err_lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. the index pandas and Dask write into Parquet
+
+
+def test_parquet_index_written_by_pandas_or_dask_is_dropped_with_a_notice(tmp_path):
+    d = _frame()
+    d[d.f0 > -1].to_parquet(tmp_path / "filtered.parquet")  # a filtered frame: its index is stored
+    ids = pd.Index(np.random.default_rng(1).permutation(len(d)), name="row_id")  # not a RangeIndex: stored
+    d.set_index(ids).to_parquet(tmp_path / "named.parquet")
+    for name, index in (("filtered.parquet", "__index_level_0__"), ("named.parquet", "row_id")):
+        info = scan(Source(str(tmp_path / name), label="y"))
+        assert info.feature_names == ["f0", "f1", "f2"], name
+        assert any(index in n and "pandas index" in n for n in info.notices), info.notices
+    import dask.dataframe as dd
+
+    dd.from_pandas(d[d.f0 > -1], npartitions=2).to_parquet(tmp_path / "dask")  # writes its index too
+    info = scan(Source(str(tmp_path / "dask"), label="y"))
+    assert info.feature_names == ["f0", "f1", "f2"] and info.n_rows == int((d.f0 > -1).sum())
+    # a column chosen as the label is never dropped, and --index-col still decides
+    info = scan(Source(str(tmp_path / "named.parquet"), label="y", index_col="f2"))
+    assert info.feature_names == ["f0", "f1", "row_id"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. a directory of parts in several formats
+
+
+def test_a_directory_of_parts_in_several_formats_is_refused_naming_them(tmp_path):
+    d = _frame()
+    data = tmp_path / "parts"
+    data.mkdir()
+    d.iloc[:500].to_csv(data / "part-0.csv", index=False)
+    d.iloc[500:].to_parquet(data / "part-1.parquet", index=False)
+    (data / "README.txt").write_text("two parts\n")
+    with pytest.raises(DataError) as e:
+        scan(Source(str(data), label="y"))
+    assert "part-0.csv (csv)" in str(e.value) and "part-1.parquet (parquet)" in str(e.value)
+    for fmt in ("csv", "parquet"):  # a format named: the parts of the other one are named, not skipped
+        with pytest.raises(DataError) as e:
+            scan(Source(str(data), label="y", format=fmt))
+        assert ("part-1.parquet" if fmt == "csv" else "part-0.csv") in str(e.value)
+    with pytest.raises(DataError, match="part-1.parquet"):
+        scan(Source(str(data / "part-*"), label="y", format="csv"))
+    os.remove(data / "part-1.parquet")  # one format (and a README beside it): read
+    assert scan(Source(str(data), label="y")).n_rows == 500
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. duplicate column names; 4. no header
+
+
+def test_duplicate_column_names_are_refused(capfd, tmp_path, scheduler):  # noqa: F811
+    path = tmp_path / "dup.csv"
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    pd.DataFrame(np.c_[rng.standard_normal((200, 2)), y, y], columns=["a", "b", "y", "y"]).to_csv(path, index=False)
+    with pytest.raises(DataError, match="column 'y' appears more than once"):
+        scan(Source(str(path), label="y"))
+    r = cli(capfd, "train", path, "--label", "y", "--scheduler", scheduler, "--out", tmp_path / "m.npz")
+    assert "column 'y' appears more than once" in _one_line(r)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_headerless_csv_with_no_header_and_a_header_of_numbers(capfd, tmp_path, scheduler):  # noqa: F811
+    d = _frame(2000)
+    path = tmp_path / "nohead.csv"
+    d.to_csv(path, index=False, header=False)
+    with pytest.raises(DataError, match="--no-header"):  # its first data row is no header
+        scan(Source(str(path), label="1"))
+    info = scan(Source(str(path), label="3", header=False, chunk_rows=300))
+    assert info.n_rows == 2000 and info.feature_names == ["0", "1", "2"]
+    got = load_local(Source(str(path), label="3", header=False, chunk_rows=300))
+    np.testing.assert_array_equal(got.X, d[["f0", "f1", "f2"]].to_numpy())
+    np.testing.assert_array_equal(got.y, d["y"].to_numpy())
+    model = tmp_path / "m.npz"
+    r = cli(capfd, "train", path, "--no-header", "--label", "3", "--scheduler", scheduler, "--out", model,
+            "--json")
+    assert r.rc == 0, r.err
+    meta = json.loads(str(np.load(model)["meta"]))
+    assert meta["feature_names"] == ["0", "1", "2"] and sum(meta["class_counts"]) == 2000
+    r = cli(capfd, "predict", model, path, "--out", tmp_path / "p.csv")  # the model remembers --no-header
+    assert r.rc == 0, r.err
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2000
+    r = cli(capfd, "train", path, "--label", "1", "--scheduler", scheduler)
+    assert "pass --no-header" in _one_line(r)
+    with pytest.raises(DataError, match="--no-header is for CSV"):
+        scan(Source(str(tmp_path / "x.parquet"), header=False, format="parquet"))
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Zarr arrays of Python objects are never decoded
+
+
+def _pickled_zarr_array(path, marker) -> None:
+    """A Zarr v2 array of dtype object (Pickle codec) whose one chunk, once unpickled, creates
+    ``marker``: written by hand (recent zarr refuses to write object arrays)."""
+    import pickle
+
+    os.makedirs(path)
+    with open(os.path.join(path, ".zarray"), "w") as f:
+        json.dump({"zarr_format": 2, "shape": [10], "chunks": [10], "dtype": "|O", "compressor": None,
+                   "fill_value": None, "order": "C", "filters": [{"id": "pickle", "protocol": 5}]}, f)
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    values = np.array([0, 1] * 5, dtype=object)
+    values[0] = Payload()
+    with open(os.path.join(path, "0"), "wb") as f:
+        f.write(pickle.dumps(values, protocol=5))
+
+
+def test_zarr_arrays_of_python_objects_are_refused_before_reading(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    store = tmp_path / "d.zarr"
+    g = zarr.open_group(str(store), mode="w", zarr_format=2)
+    g.create_array("X", data=np.random.default_rng(0).standard_normal((10, 3)))
+    g.create_array("w", data=np.ones(10))
+    marker = tmp_path / "UNPICKLED"
+    _pickled_zarr_array(str(store / "label"), marker)
+    _pickled_zarr_array(str(store / "weights"), marker)
+    cases = [Source(str(store)),  # the label array
+             Source(str(store / "X"), labels=str(store / "label")),  # a labels array named directly
+             Source(str(store), label="w", weights="weights")]  # the weights array
+    for src in cases:
+        for read in (scan, load_local):
+            with pytest.raises(DataError, match=r"holds Python objects \(a pickle\)"):
+                read(src)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. the pyarrow floor
+
+
+def test_pyarrow_floor_is_past_cve_2023_47248_and_ci_installs_it():
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        floor = re.search(r'"pyarrow>=([0-9.]+)"', f.read()).group(1)
+    assert tuple(int(p) for p in floor.split(".")) >= (18,)  # 14.0.0 executes code from Parquet files
+    with open(os.path.join(root, ".ci", "run")) as f:
+        ci = f.read()
+    assert '"pyarrow==$oldest_pyarrow"' in ci and "pyarrow>=" in ci
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. a separator of several characters; Parquet parts whose types differ
+
+
+def test_a_separator_of_several_characters_is_one_clear_line(capfd, tmp_path, scheduler):  # noqa: F811
+    path = tmp_path / "d.csv"
+    _frame(50).to_csv(path, index=False)
+    with pytest.raises(DataError, match="--sep must be one character, got 'ab'"):
+        Source(str(path), sep="ab")
+    r = cli(capfd, "train", path, "--sep", "ab", "--label", "y", "--scheduler", scheduler)
+    line = _one_line(r)
+    assert "--sep must be one character" in line and "Warning" not in r.err
+    assert Source(str(path), sep="\\t").sep == "\t"
+
+
+def test_parquet_parts_whose_types_differ_name_the_file_and_the_columns(tmp_path):
+    d = _frame(20)
+    data = tmp_path / "ds"
+    data.mkdir()
+    d.iloc[:10].to_parquet(data / "part-0.parquet", index=False)
+    d.iloc[10:].astype({"f1": str, "f2": "float32"}).to_parquet(data / "part-1.parquet", index=False)
+    with pytest.raises(DataError) as e:
+        load_local(Source(str(data), label="y"))
+    msg = str(e.value)
+    assert "part-1.parquet" in msg and "part-0.parquet" in msg, msg
+    assert re.search(r"'f1' is \w*string there, double in the first file", msg), msg
+    assert "'f2' is float there, double" in msg and "\n" not in msg, msg
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. estimator inputs with text columns
+
+
+def test_estimator_names_the_text_and_category_columns(scheduler):  # noqa: F811
+    import dask.dataframe as dd
+    from distributed import Client
+
+    import dlogit
+
+    d = _frame(60)
+    d["city"] = np.where(d.f0 > 0, "Paris", "Lyon")
+    d["kind"] = pd.Categorical(np.where(d.f1 > 0, "a", "b"))
+    X, y = d.drop(columns="y"), d["y"]
+    with pytest.raises(DataError, match=r"columns 'city' \(\w+\), 'kind' \(category\) of X are not numeric: "
+                                        "one-hot encode them"):
+        dlogit.LogisticRegression().fit(X, y)
+    with pytest.raises(DataError, match=r"column 'kind' \(category\) of X is not numeric"):
+        dlogit.LogisticRegression().fit(X.drop(columns="city"), y)
+    with Client(scheduler) as client:
+        with pytest.raises(DataError, match=r"column 'city' \(\w+\) of X is not numeric"):
+            dlogit.LogisticRegression().fit(dd.from_pandas(X.drop(columns="kind"), npartitions=2),
+                                            dd.from_pandas(y, npartitions=2), client=client)
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. NaN / inf named by file, row and column
+
+
+def test_non_finite_values_are_named_by_file_row_and_column(capfd, tmp_path, scheduler):  # noqa: F811
+    d = _frame(400)
+    d.loc[337, "f1"] = np.nan
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    d.iloc[:200].to_csv(parts / "part-0.csv", index=False)
+    d.iloc[200:].to_csv(parts / "part-1.csv", index=False)  # row 337 is row 138 of part-1
+    r = cli(capfd, "train", parts, "--label", "y", "--scheduler", scheduler, "--chunk-rows", "50")
+    line = _one_line(r)
+    assert f"{parts / 'part-1.csv'}: row 138, column 'f1'" in line and "NaN or infinite" in line, line
+    assert "worker" not in line and "chunk 5" not in line, line
+    d.iloc[200:].to_parquet(tmp_path / "p.parquet", index=False, row_group_size=30)
+    with pytest.raises(DataError, match=r"p\.parquet: row 138, column 'f1'"):
+        load_local(Source(str(tmp_path / "p.parquet"), label="y", chunk_rows=60))
+    X = d[["f0", "f1", "f2"]].to_numpy().copy()
+    X[5, 2] = np.inf
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(DataError, match=r"x\.npy: row 6, column 2 \(0-based\)"):
+        load_local(Source(str(tmp_path / "x.npy"), require_label=False, chunk_rows=4))
+    (tmp_path / "d.svm").write_text("1 1:0.5\n0 2:1\n1 1:2 3:nan\n")
+    with pytest.raises(DataError, match=r"d\.svm: row 3, feature index 3"):
+        load_local(Source(str(tmp_path / "d.svm")))
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. options that would be ignored; 11. LIBSVM labels stay integers
+
+
+def test_options_that_would_be_ignored_are_refused_or_warned(capfd, tmp_path, scheduler):  # noqa: F811
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((100, 3)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, 100))
+    r = cli(capfd, "train", tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--label", "target",
+            "--scheduler", scheduler)
+    assert "--label target names a column" in _one_line(r)
+    csv = tmp_path / "d.csv"
+    d = _frame(300)
+    d["price"] = np.round(rng.random(300) * 1000, 3)  # 300 distinct non-integers
+    d["city"] = np.where(d.f0 > 0, "Paris", "Lyon")
+    d.to_csv(csv, index=False)
+    model = tmp_path / "m.npz"
+    r = cli(capfd, "train", csv, "--label", "y", "--one-hot", "city,price", "--scheduler", scheduler,
+            "--out", model)
+    assert r.rc == 0, r.err
+    assert "--one-hot column 'price' holds 300 distinct non-integer numbers" in r.out, r.out
+    assert "'city' holds" not in r.out
+    for opts in (["--one-hot", "city"], ["--hash-features", "8", "--one-hot", "city"], ["--dtype", "float32"]):
+        for cmd in (["predict", model, csv, "--out", tmp_path / "p.csv"], ["evaluate", model, csv]):
+            r = cli(capfd, *cmd, *opts)
+            line = _one_line(r)
+            assert opts[0] in line and "model's encoding" in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_libsvm_integer_labels_come_back_as_integers(capfd, tmp_path, scheduler):  # noqa: F811
+    rng = np.random.default_rng(2)
+    lines = []
+    for _ in range(200):
+        x = rng.standard_normal(3)
+        lines.append(f"{'+1' if x[0] > 0 else -1} " + " ".join(f"{j + 1}:{v:.4f}" for j, v in enumerate(x)))
+    path = tmp_path / "pm.svm"
+    path.write_text("\n".join(lines) + "\n")
+    model = tmp_path / "m.npz"
+    r = cli(capfd, "train", path, "--scheduler", scheduler, "--out", model, "--l2", "0.01")
+    assert r.rc == 0, r.err
+    r = cli(capfd, "predict", model, path, "--out", tmp_path / "p.csv")
+    assert r.rc == 0, r.err
+    labels = pd.read_csv(tmp_path / "p.csv", dtype=str)["label"]
+    assert set(labels) == {"-1", "1"}
+    assert list(pd.read_csv(tmp_path / "p.csv", nrows=0).columns) == ["label", "proba_-1", "proba_1"]
+    (tmp_path / "f.svm").write_text("1.5 1:1\n0 1:2\n")  # labels written as floats stay floats
+    assert load_local(str(tmp_path / "f.svm")).y.dtype == np.float64
