@@ -3,6 +3,8 @@ kind, sample and class weights, persistence, and bad input through the API (in-p
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from _exact import exact_optimum
@@ -240,6 +242,18 @@ def test_lbfgs_warns_when_not_converged(cancer):
     with pytest.warns(dlogit.ConvergenceWarning, match="did not converge"):
         m = dlogit.LogisticRegression(max_iter=3).fit(X, y)
     assert m.status_ == "max_iter" and m.n_iter_ == 3
+
+
+def test_convergence_warning_is_caught_by_scikit_learns_filters(cancer):
+    """A filter written for scikit-learn's models silences (or raises) dlogit's warning too."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnWarning
+
+    X, y = cancer
+    assert issubclass(dlogit.ConvergenceWarning, SklearnWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SklearnWarning)
+        with pytest.raises(SklearnWarning, match="did not converge"):
+            dlogit.LogisticRegression(max_iter=3).fit(X, y)
 
 
 def test_diverging_gd_is_flagged(cancer):
