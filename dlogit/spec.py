@@ -116,6 +116,8 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("no feature columns to train on")
     values, counts, sums = stats.labels
     classes = Classes.from_counts(values, counts, sums, max_classes=spec.max_classes)
+    if weighted_input:
+        check_class_weights(classes)
     family = family_for(classes.n)
     layout = ParamLayout(stats.n_features, family.n_outputs(classes.n))
     mult = class_multipliers(classes, spec.class_weight)
@@ -130,6 +132,21 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
                    sparse=stats.nnz < stats.rows * stats.n_features, stats=stats, standardize=standardize)
+
+
+def check_class_weights(classes: Classes) -> None:
+    """Every class needs positive total row weight: a class whose rows all weigh 0 is absent from the
+    loss, and the fit would 'converge' to a model that can never predict it (or to one class)."""
+    from dlogit.errors import DataError
+
+    zero = np.flatnonzero(~(classes.weight_sums > 0))
+    if zero.size:
+        k = int(zero[0])
+        label = classes.display(k + 1)[k]
+        rows = int(classes.counts[k])
+        more = f" (and {zero.size - 1} more class(es))" if zero.size > 1 else ""
+        raise DataError(f"class {label} has zero total sample weight{more}: all its {rows} row(s) weigh 0, "
+                        "so the fit cannot learn it; give them positive weights or drop them")
 
 
 def make_reparam(spec: FitSpec, layout: ParamLayout, stats: ChunkStats, l2: float) -> Reparam:

@@ -74,6 +74,7 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
         if y.shape[0] != n:
             raise DataError(f"X has {n} rows but y has {y.shape[0]} labels{at}")
     if sample_weight is not None:
+        _check_weight_values(sample_weight, index, where)
         check_sample_weight(sample_weight, n, where=at.strip(" ()"))
     if sparse:
         X = X.tocsr()
@@ -95,6 +96,19 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
         np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
     wsum = float(to_numpy(sample_weight).astype(np.float64).sum()) if sample_weight is not None else float(n)
     return ChunkStats(n, wsum, labels, col_max, col_sum, col_sq, d, nnz)
+
+
+def _check_weight_values(w: Any, index: int | None, where: str) -> None:
+    """A negative, NaN or infinite row weight is an error naming its row (counted within its chunk)."""
+    if getattr(w, "ndim", 0) != 1 or w.dtype.kind not in "fiub" or not w.size:
+        return  # shapes and dtypes: check_sample_weight's messages
+    xp = get_xp(w)
+    bad = ~(xp.isfinite(w) & (w >= 0)) if w.dtype.kind == "f" else (w < 0)
+    if bool(bad.any()):
+        i = int(xp.argmax(bad))
+        value = float(to_numpy(w[i : i + 1])[0])
+        row = f"row {i}" + (f" of chunk {index}" if index is not None else "") + (f" ({where})" if where else "")
+        raise DataError(f"sample_weight of {row} is {value}: row weights must be finite and >= 0")
 
 
 def _dense_moments(X: Any, at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
