@@ -126,8 +126,9 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("the row weights sum to 0: nothing to fit")
     reparam = make_reparam(spec, layout, stats, spec.l2)
     theta0 = initial_theta(spec, layout)
-    std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.rows)
-    mean = stats.col_max * stats.col_sum / max(1, stats.rows) if spec.fit_intercept else np.zeros_like(std)
+    # the column moments are weighted: their total weight is the weight sum (the row count unweighted)
+    std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.weight_sum)
+    mean = stats.col_max * stats.col_sum / stats.weight_sum if spec.fit_intercept else np.zeros_like(std)
     standardize = Reparam(layout, std, np.where(np.isfinite(mean), mean, 0.0))
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
@@ -152,7 +153,7 @@ def check_class_weights(classes: Classes) -> None:
 def make_reparam(spec: FitSpec, layout: ParamLayout, stats: ChunkStats, l2: float) -> Reparam:
     """The solver's coordinates: preconditioned (L-BFGS, Newton) unless turned off or ``gd``."""
     if spec.precondition and spec.solver != "gd":
-        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.rows,
+        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.weight_sum,
                                       center=spec.fit_intercept, l2=l2)
         return Reparam(layout, scale, shift)
     return Reparam.identity(layout)
