@@ -368,7 +368,8 @@ def not_finite_at_start(loss: float, gnorm: float, zero_start: bool = False) -> 
     starting coefficients are the likelier one."""
     what = f"the objective is not finite at the starting point (loss {fmt(loss)}, ||grad|| {fmt(gnorm)}): "
     if zero_start:
-        return what + "the feature values are too large to compute with: rescale (standardize) the columns"
+        return what + ("the feature values are too large to compute with (or hold NaN or infinite values): "
+                       "rescale (standardize) the columns")
     return what + "start from smaller coefficients (e.g. init='zeros'), or rescale (standardize) the columns"
 
 
