@@ -59,3 +59,25 @@ def test_cli_refuses_weights_that_leave_a_class_empty(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "class 1 has zero total sample weight" in lines[0], out.stderr
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_weighted_column_moments_equal_repeated_rows_dense_and_sparse():
+    """The validation pass's column moments (the preconditioner's input) treat an integer weight as
+    repeated rows, for dense and CSR chunks alike."""
+    import scipy.sparse as sps
+
+    from dlogit.stats import chunk_stats
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((300, 5)) * [1, 10, 1e-3, 1e3, 1]
+    X[rng.random(X.shape) < 0.3] = 0.0
+    y = rng.integers(0, 2, 300)
+    sw = rng.integers(0, 4, 300)
+    dup = np.repeat(np.arange(300), sw)
+    rep = chunk_stats(X[dup], y[dup])
+    for A in (X, sps.csr_matrix(X)):
+        st = chunk_stats(A, y, sw.astype(float))
+        assert st.weight_sum == rep.rows
+        for got, want in ((st.col_sum * st.col_max, rep.col_sum * rep.col_max),
+                          (st.col_sq * st.col_max**2, rep.col_sq * rep.col_max**2)):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
