@@ -108,7 +108,8 @@ def _check_weight_values(w: Any, index: int | None, where: str) -> None:
     if bool(bad.any()):
         i = int(xp.argmax(bad))
         value = float(to_numpy(w[i : i + 1])[0])
-        row = f"row {i}" + (f" of chunk {index}" if index is not None else "") + (f" ({where})" if where else "")
+        row = f"row {i}" + (f" of chunk {index}" if index is not None else "")
+        row += f" ({where})" if where else ""
         kind = "NaN" if value != value else ("infinite" if abs(value) == float("inf") else "negative")
         raise DataError(f"sample_weight of {row} is {value} ({kind}): row weights must be finite and >= 0")
 

@@ -119,7 +119,9 @@ def tune_malloc() -> bool:
 
     from dlogit.config import get_bool
 
-    if not sys.platform.startswith("linux") or not get_bool("dlogit.engine.worker-malloc"):
+    if not sys.platform.startswith("linux"):
+        return False
+    if not get_bool("dlogit.engine.worker-malloc"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -213,7 +213,8 @@ def test_balanced_class_weight_equals_the_equivalent_sample_weights(cancer):
     d = dlogit.LogisticRegression(class_weight={0: 2.0, 1: 1.0}, solver="newton", tol=1e-10).fit(X, yi)
     ref = dlogit.LogisticRegression(solver="newton", tol=1e-10).fit(
         X, yi, sample_weight=np.where(yi == 0, 2.0, 1.0))
-    np.testing.assert_allclose(d.predict_proba(X), ref.predict_proba(X), rtol=0, atol=5e-8)  # tol / (2 l2) |x|
+    # within tol / (2 l2) * |x| of each other
+    np.testing.assert_allclose(d.predict_proba(X), ref.predict_proba(X), rtol=0, atol=5e-8)
     np.testing.assert_allclose(d.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
 
 

@@ -40,8 +40,8 @@ def test_bad_weights_are_errors_on_a_cluster(client2, mode):
     for bad in (-2.0, np.nan, np.inf):
         w = np.ones(len(y))
         w[123] = bad
-        with pytest.raises(dlogit.DataError, match=rf"sample_weight of row 23 of chunk 1 .* is {bad} \((negative|NaN|infinite)\): "
-                                                   "row weights must be finite and >= 0"):
+        want = rf"sample_weight of row 23 of chunk 1 .* is {bad} \((negative|NaN|infinite)\): row weights must"
+        with pytest.raises(dlogit.DataError, match=want):
             dlogit.LogisticRegression(mode=mode).fit(Xd, yd, sample_weight=da.from_array(w, chunks=100),
                                                      client=client2)
 

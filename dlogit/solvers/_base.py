@@ -459,8 +459,10 @@ def reopen(state: SolverState, options: SolverOptions) -> SolverState:
 
 __all__ = [
     "EPS", "STATUSES", "Fun", "Hvp", "Problem", "Solver", "SolverOptions", "SolverState",
-    "check_state", "check_theta0", "divergence_advice", "evaluate", "finish", "fmt", "l1_value", "max_iter_message", "measure",
+    "check_state", "check_theta0", "divergence_advice", "evaluate", "finish", "fmt", "l1_value",
+    "max_iter_message", "measure",
     "norm",
-    "penalty_and_optimality", "pseudo_gradient", "reopen", "soft_threshold", "stalled_message", "start_state", "suggested_lr", "state_from_arrays",
+    "penalty_and_optimality", "pseudo_gradient", "reopen", "soft_threshold", "stalled_message", "start_state",
+    "suggested_lr", "state_from_arrays",
     "state_to_arrays",
 ]
