@@ -144,15 +144,16 @@ def _dense_moments(X: Any, at: str, sw: Any = None) -> tuple[np.ndarray, np.ndar
         col_sum = np.zeros(d)
         col_sq = np.zeros(d)
         swf = None if sw is None else np.asarray(sw, dtype=np.float64)
+        root = None if swf is None else np.sqrt(swf)[:, None]
         for lo, hi in blocks.ranges:
             t = tmp[: hi - lo]
             np.multiply(blocks.get(lo, hi), inv, out=t, casting="unsafe")
             if swf is None:
                 col_sum += t.sum(axis=0)
-                col_sq += np.einsum("ij,ij->j", t, t)
             else:
                 col_sum += swf[lo:hi] @ t
-                col_sq += np.einsum("i,ij,ij->j", swf[lo:hi], t, t)
+                np.multiply(t, root[lo:hi], out=t)  # sum w x^2 = sum (sqrt(w) x)^2: no temporary
+            col_sq += np.einsum("ij,ij->j", t, t)
         return col_max, col_sum, col_sq
     Xf = X.astype(xp.float64) if X.dtype.kind != "f" else X
     if not bool(xp.isfinite(Xf).all()):
