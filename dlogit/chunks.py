@@ -147,8 +147,8 @@ class DenseBinomialCPU:
         sw = self._none if self.sw is None else self.sw
         dbuf = self._none if self.curvature is None else self.curvature
         blocks = self.blocks
-        if blocks.direct:
-            return self._fused(blocks.X, self.sign, sw, w, b, grad, dbuf)
+        # the same blocks, in the same order, whether the chunk is read in place or through scratch: the
+        # sums do not depend on where a chunk landed (aligned or not, C or Fortran order)
         loss = gb = 0.0
         grad[...] = 0.0
         for lo, hi in blocks.ranges:

@@ -6,6 +6,10 @@ message and exit code 2.
 
 from __future__ import annotations
 
+# scikit-learn is a dependency and ``import dlogit`` loads it anyway (the estimator's base classes);
+# sklearn.exceptions itself is a small module
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+
 
 class DlogitError(Exception):
     """Base class of the errors a user can cause (bad input, unreachable cluster, bad options)."""
@@ -46,5 +50,8 @@ class Interrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
-class ConvergenceWarning(UserWarning):
-    """A solver stopped at ``max_iter`` before reaching ``tol``."""
+class ConvergenceWarning(_SklearnConvergenceWarning):
+    """A fit that stopped before reaching ``tol`` (``max_iter``, stalled, diverged).
+
+    A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so filters written
+    for scikit-learn models catch it too."""

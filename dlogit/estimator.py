@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from dlogit import engine
 from dlogit._xp import get_xp, is_cupy, to_numpy
+from dlogit.config import get_bool
 from dlogit.errors import ConfigError, ConvergenceWarning, ModelError
 from dlogit.events import new_run_id
 from dlogit.family import Classes, get_family
@@ -172,7 +173,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             run=run or new_run_id(), solver=self.solver, max_iter=max_iter, tol=tol, lr=float(self.lr),
             l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
             init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
-            precondition=_config_bool("dlogit.precondition", True),
+            precondition=get_bool("dlogit.precondition"),
             max_classes=int(dask.config.get("dlogit.max-classes", 1000)),
             period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
             checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
@@ -371,21 +372,6 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         if isinstance(params["class_weight"], dict):
             params["class_weight"] = {str(k): float(v) for k, v in params["class_weight"].items()}
         return params
-
-
-def _config_bool(key: str, default: bool) -> bool:
-    """A boolean dask config value (``DASK_DLOGIT__PRECONDITION=false`` arrives as a string)."""
-    import dask
-
-    value = dask.config.get(key, default)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return bool(value)
 
 
 def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:

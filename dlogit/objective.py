@@ -196,16 +196,17 @@ class Reparam:
         return out
 
 
-def column_spread(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int) -> np.ndarray:
-    """Each column's standard deviation from the scaled moments (1 where a column has no spread)."""
-    n = max(1, int(n_rows))
+def column_spread(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: float) -> np.ndarray:
+    """Each column's standard deviation from the scaled moments (1 where a column has no spread);
+    ``n_rows`` is the moments' total weight (the row count, or the weight sum for weighted moments)."""
+    n = float(n_rows) if n_rows > 0 else 1.0
     mean_s = col_sum / n
     std = col_max * np.sqrt(np.maximum(col_sq / n - mean_s * mean_s, 0.0))
     ok = np.isfinite(std) & (std > 1e-12 * col_max) & (std > 0)
     return np.where(ok, std, 1.0)
 
 
-def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: int,
+def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: float,
                    center: bool, l2: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Column scales and shifts from scaled moments (see :class:`dlogit.stats.ChunkStats`).
 
@@ -218,7 +219,7 @@ def preconditioner(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray,
     nothing is squared at the data's own scale (finite for values near 1e300). A column with neither
     spread nor penalty keeps scale ``max|x|`` (or 1) and no shift.
     """
-    n = max(1, int(n_rows))
+    n = float(n_rows) if n_rows > 0 else 1.0  # the moments' total weight (row count or weight sum)
     mean_s = col_sum / n
     var_s = np.maximum(col_sq / n - mean_s * mean_s, 0.0)
     std = col_max * np.sqrt(var_s)

@@ -116,6 +116,8 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("no feature columns to train on")
     values, counts, sums = stats.labels
     classes = Classes.from_counts(values, counts, sums, max_classes=spec.max_classes)
+    if weighted_input:
+        check_class_weights(classes)
     family = family_for(classes.n)
     layout = ParamLayout(stats.n_features, family.n_outputs(classes.n))
     mult = class_multipliers(classes, spec.class_weight)
@@ -124,18 +126,34 @@ def make_plan(spec: FitSpec, stats: ChunkStats, weighted_input: bool) -> FitPlan
         raise DataError("the row weights sum to 0: nothing to fit")
     reparam = make_reparam(spec, layout, stats, spec.l2)
     theta0 = initial_theta(spec, layout)
-    std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.rows)
-    mean = stats.col_max * stats.col_sum / max(1, stats.rows) if spec.fit_intercept else np.zeros_like(std)
+    # the column moments are weighted: their total weight is the weight sum (the row count unweighted)
+    std = column_spread(stats.col_max, stats.col_sum, stats.col_sq, stats.weight_sum)
+    mean = stats.col_max * stats.col_sum / stats.weight_sum if spec.fit_intercept else np.zeros_like(std)
     standardize = Reparam(layout, std, np.where(np.isfinite(mean), mean, 0.0))
     return FitPlan(classes, family, layout, mult, bool(weighted_input or mult is not None), weight_sum,
                    stats.rows, stats.n_features, reparam, theta0, stats.fingerprint(),
                    sparse=stats.nnz < stats.rows * stats.n_features, stats=stats, standardize=standardize)
 
 
+def check_class_weights(classes: Classes) -> None:
+    """Every class needs positive total row weight: a class whose rows all weigh 0 is absent from the
+    loss, and the fit would 'converge' to a model that can never predict it (or to one class)."""
+    from dlogit.errors import DataError
+
+    zero = np.flatnonzero(~(classes.weight_sums > 0))
+    if zero.size:
+        k = int(zero[0])
+        label = classes.display(k + 1)[k]
+        rows = int(classes.counts[k])
+        more = f" (and {zero.size - 1} more class(es))" if zero.size > 1 else ""
+        raise DataError(f"class {label} has zero total sample weight{more}: all its {rows} row(s) weigh 0, "
+                        "so the fit cannot learn it; give them positive weights or drop them")
+
+
 def make_reparam(spec: FitSpec, layout: ParamLayout, stats: ChunkStats, l2: float) -> Reparam:
     """The solver's coordinates: preconditioned (L-BFGS, Newton) unless turned off or ``gd``."""
     if spec.precondition and spec.solver != "gd":
-        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.rows,
+        scale, shift = preconditioner(stats.col_max, stats.col_sum, stats.col_sq, stats.weight_sum,
                                       center=spec.fit_intercept, l2=l2)
         return Reparam(layout, scale, shift)
     return Reparam.identity(layout)

@@ -3,7 +3,8 @@
 :func:`chunk_stats` checks a chunk (2-D numeric X without NaN/infinity -- on the stored values of a
 sparse X, never densified --, labels of the right length, finite non-negative weights) and returns
 its :class:`ChunkStats`: rows, weight sum, the labels' distinct values with counts and weight sums
-(classes are found here), and scaled column moments for the preconditioner. :func:`merge_stats`
+(classes are found here), and scaled column moments for the preconditioner (weighted by the row
+weights, so that weights and repeated rows summarize alike). :func:`merge_stats`
 combines two; the engine combines them along the fixed chunk tree, so the result (and with it the
 preconditioner and the fit) is the same on any number of workers.
 
@@ -74,6 +75,7 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
         if y.shape[0] != n:
             raise DataError(f"X has {n} rows but y has {y.shape[0]} labels{at}")
     if sample_weight is not None:
+        _check_weight_values(sample_weight, index, where)
         check_sample_weight(sample_weight, n, where=at.strip(" ()"))
     if sparse:
         X = X.tocsr()
@@ -86,10 +88,10 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
         if dtype.kind == "f" and data.size and not bool(xp.isfinite(data).all()):
             bad = int((~xp.isfinite(data)).sum())
             raise DataError(f"X contains {bad} NaN or infinite value(s){at}")
-        col_max, col_sum, col_sq = _sparse_moments(X, d)
+        col_max, col_sum, col_sq = _sparse_moments(X, d, sample_weight)
         nnz = int(X.nnz)
     else:
-        col_max, col_sum, col_sq = _dense_moments(X, at)
+        col_max, col_sum, col_sq = _dense_moments(X, at, sample_weight)
         nnz = n * d
     labels = label_counts(y, sample_weight) if y is not None and require_labels else (
         np.zeros(0), np.zeros(0, np.int64), np.zeros(0))
@@ -97,7 +99,24 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
     return ChunkStats(n, wsum, labels, col_max, col_sum, col_sq, d, nnz)
 
 
-def _dense_moments(X: Any, at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_weight_values(w: Any, index: int | None, where: str) -> None:
+    """A negative, NaN or infinite row weight is an error naming its row (counted within its chunk)."""
+    if getattr(w, "ndim", 0) != 1 or w.dtype.kind not in "fiub" or not w.size:
+        return  # shapes and dtypes: check_sample_weight's messages
+    xp = get_xp(w)
+    bad = ~(xp.isfinite(w) & (w >= 0)) if w.dtype.kind == "f" else (w < 0)
+    if bool(bad.any()):
+        i = int(xp.argmax(bad))
+        value = float(to_numpy(w[i : i + 1])[0])
+        row = f"row {i}" + (f" of chunk {index}" if index is not None else "")
+        row += f" ({where})" if where else ""
+        kind = "NaN" if value != value else ("infinite" if abs(value) == float("inf") else "negative")
+        raise DataError(f"sample_weight of {row} is {value} ({kind}): row weights must be finite and >= 0")
+
+
+def _dense_moments(X: Any, at: str, sw: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # with row weights the sums are weighted (S = sum w x / M, Q = sum w (x / M)^2), so that weights
+    # and repeated rows give the same preconditioner and standardized coordinates (the same fit)
     xp = get_xp(X)
     n, d = X.shape
     if n == 0:
@@ -124,10 +143,16 @@ def _dense_moments(X: Any, at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         inv = np.where(col_max > 0, 1.0 / np.where(col_max > 0, col_max, 1.0), 0.0)
         col_sum = np.zeros(d)
         col_sq = np.zeros(d)
+        swf = None if sw is None else np.asarray(sw, dtype=np.float64)
+        root = None if swf is None else np.sqrt(swf)[:, None]
         for lo, hi in blocks.ranges:
             t = tmp[: hi - lo]
             np.multiply(blocks.get(lo, hi), inv, out=t, casting="unsafe")
-            col_sum += t.sum(axis=0)
+            if swf is None:
+                col_sum += t.sum(axis=0)
+            else:
+                col_sum += swf[lo:hi] @ t
+                np.multiply(t, root[lo:hi], out=t)  # sum w x^2 = sum (sqrt(w) x)^2: no temporary
             col_sq += np.einsum("ij,ij->j", t, t)
         return col_max, col_sum, col_sq
     Xf = X.astype(xp.float64) if X.dtype.kind != "f" else X
@@ -137,10 +162,11 @@ def _dense_moments(X: Any, at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     col_max = xp.abs(Xf).max(axis=0).astype(xp.float64)
     inv = xp.where(col_max > 0, 1.0 / xp.where(col_max > 0, col_max, 1.0), 0.0)
     Xs = Xf * inv
-    return to_numpy(col_max), to_numpy(Xs.sum(axis=0)), to_numpy((Xs * Xs).sum(axis=0))
+    Xw = Xs if sw is None else Xs * xp.asarray(sw, dtype=xp.float64)[:, None]
+    return to_numpy(col_max), to_numpy(Xw.sum(axis=0)), to_numpy((Xw * Xs).sum(axis=0))
 
 
-def _sparse_moments(X: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sparse_moments(X: Any, d: int, sw: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = to_numpy(X.data).astype(np.float64, copy=False)
     idx = to_numpy(X.indices)
     col_max = np.zeros(d)
@@ -148,8 +174,12 @@ def _sparse_moments(X: Any, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         np.maximum.at(col_max, idx, np.abs(data))
     inv = np.where(col_max > 0, 1.0 / np.where(col_max > 0, col_max, 1.0), 0.0)
     xs = data * inv[idx]
-    col_sum = np.bincount(idx, weights=xs, minlength=d)
-    col_sq = np.bincount(idx, weights=xs * xs, minlength=d)
+    xw = xs
+    if sw is not None:  # each stored value times its row's weight
+        counts = np.diff(to_numpy(X.indptr))
+        xw = xs * np.repeat(to_numpy(sw).astype(np.float64), counts)
+    col_sum = np.bincount(idx, weights=xw, minlength=d)
+    col_sq = np.bincount(idx, weights=xw * xs, minlength=d)
     return col_max, col_sum, col_sq
 
 

@@ -116,6 +116,16 @@ def _solver_problem(p: _Problem, n_params: int, l1_weights: np.ndarray | None) -
                    optimality=p.optimality)
 
 
+def precision_name(dtype: Any) -> str:
+    """The float type a fit's chunks are evaluated in, for messages (``"float32"`` for float32 and
+    float16 data; ``"float64"`` otherwise, integer data included)."""
+    try:
+        dt = np.dtype(dtype) if dtype is not None else np.dtype(np.float64)
+    except TypeError:
+        return "float64"
+    return "float32" if dt.kind == "f" and dt.itemsize < 8 else "float64"
+
+
 def start_params(spec: FitSpec, plan: FitPlan, mode: str, kernel: str, resumed_from: int | None,
                  info: dict[str, Any]) -> dict[str, Any]:
     """The ``params`` of the start event (ARCHITECTURE.md, "Progress events")."""
@@ -153,7 +163,8 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     l1w = plan.reparam.l1_weights(spec.l1) if spec.l1 > 0 else None
     problem = _Problem(evaluator, objective, plan, spec.l1, solver.needs_hvp)
     sp = _solver_problem(problem, plan.layout.size, l1w)
-    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory)
+    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory, l2=spec.l2,
+                         precision=precision_name({**spec.info, **(info or {})}.get("dtype")))
     row_bytes = plan.n_features * 8
     emitter = ProgressEmitter(send, spec.run, n_rows=plan.n_rows, row_bytes=row_bytes,
                               period=spec.period, interval=spec.interval)

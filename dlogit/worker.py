@@ -117,9 +117,11 @@ def tune_malloc() -> bool:
     import ctypes
     import sys
 
-    import dask
+    from dlogit.config import get_bool
 
-    if not sys.platform.startswith("linux") or not dask.config.get("dlogit.engine.worker-malloc", True):
+    if not sys.platform.startswith("linux"):
+        return False
+    if not get_bool("dlogit.engine.worker-malloc"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -322,3 +322,34 @@ def test_fused_kernel_takes_read_only_arrays_without_recompiling(rng):
         assert not ro_theta.flags.writeable
         np.testing.assert_array_equal(chunk_sums(X, codes, ro_theta, kernel="fused"), want)
     assert len(cpu.dense_binomial_sums.signatures) == variants
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["fused", "fused-weighted", "blas", "blas-weighted", "multinomial",
+                                  "multinomial-weighted"])
+@pytest.mark.parametrize("how", ["unaligned", "fortran"])
+def test_a_chunk_gives_the_same_bits_wherever_it_lands(rng, case, dtype, how):
+    """An aligned chunk and an unaligned (or Fortran-ordered) copy of it -- what ``da.from_array`` and
+    Dask's deserialization hand a worker -- give bit-identical sums and H.v at the default block size
+    (several cache blocks, a short last one), for every dense CPU path."""
+    n, d = 6001, 200
+    X = rng.standard_normal((n, d)).astype(dtype)
+    multinomial = case.startswith("multinomial")
+    K = 3 if multinomial else 2
+    codes = rng.integers(0, K, n)
+    sw = rng.uniform(0.1, 3.0, n) if case.endswith("weighted") else None
+    layout = ParamLayout(d, K if multinomial else 1)
+    family = Multinomial() if multinomial else Binomial()
+    kernel = "blas" if multinomial else case.split("-")[0]
+    if kernel == "fused" and not cpu.available():
+        pytest.skip("numba is not installed")
+    theta = rng.standard_normal(layout.size) * 0.05
+    v = rng.standard_normal(layout.size)
+    odd = _awkward(X, how)
+    chunks = [prepare_chunk(A, codes, sw, layout, family, kernel=kernel, curvature=True) for A in (X, odd)]
+    assert chunks[0].blocks.direct and not chunks[1].blocks.direct
+    assert len(chunks[0].blocks.ranges) > 1
+    if not multinomial:
+        assert chunks[0].kernel == chunks[1].kernel == kernel
+    np.testing.assert_array_equal(chunks[1].sums(theta), chunks[0].sums(theta))
+    np.testing.assert_array_equal(chunks[1].hvp(theta, v), chunks[0].hvp(theta, v))

@@ -11,18 +11,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import dlogit
 
-#: at the default tol (1e-6 on the gradient norm) two fits of the same objective -- weights vs repeated
-#: rows -- stop at points whose probabilities differ by ~1e-6, above these checks' rtol of 1e-7; the
-#: objective itself is equivalent (tests/test_estimator.py checks it to 1e-8), and the same checks pass
-#: with tol=1e-10 (the second instance below, with no expected failures)
-EXPECTED = {
-    "check_sample_weight_equivalence_on_dense_data": "stops at tol=1e-6; passes with tol=1e-10",
-    "check_sample_weight_equivalence_on_sparse_data": "stops at tol=1e-6; passes with tol=1e-10",
-}
 
-
-@parametrize_with_checks([dlogit.LogisticRegression(), dlogit.LogisticRegression(tol=1e-10)],
-                         expected_failed_checks=lambda est: EXPECTED if est.tol is None else {})
+@parametrize_with_checks([dlogit.LogisticRegression(), dlogit.LogisticRegression(tol=1e-10)])
 def test_scikit_learn_estimator_checks(estimator, check):
     import warnings
 

@@ -745,3 +745,21 @@ def test_invalid_problem_and_options_are_config_errors():
     with pytest.raises(ConfigError):
         get("lbfgs").init(Problem(fun, 2), np.zeros(3), opts())
 
+
+
+def test_lbfgs_end_game_reaches_tol_below_the_resolution_of_the_loss():
+    """On standardized breast-cancer data f stops resolving a step's decrease at ||g|| ~ 1e-9; a
+    line search judging on values alone stalled there. Steps accepted on their directional derivative
+    keep the gradient shrinking to 1e-10, the precision Newton reaches in ~10 iterations."""
+    from dlogit.solvers.linesearch import strong_wolfe
+
+    X, y = breast_cancer()
+    obj = Logistic(X, y, l2=0.01)
+    state = minimize(obj.problem(), np.zeros(31), opts(tol=1e-10), "lbfgs")
+    assert state.status == "converged" and state.grad_norm <= 1e-10, state.message
+    newton = minimize(obj.problem(), np.zeros(31), opts(tol=1e-10), "newton")
+    assert_allclose(state.theta, newton.theta, rtol=0, atol=1e-8)
+    # at the optimum along -g: no resolved decrease, but a smaller gradient on the derivative's word
+    f0, g0 = obj.fun(state.theta)
+    res = strong_wolfe(obj.problem(), state.theta, f0, g0, -g0, 1.0, max_evals=20)
+    assert not res.ok or res.f < f0 or res.flat

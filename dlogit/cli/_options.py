@@ -67,6 +67,7 @@ _CONFIG_DURATIONS = ("connect-timeout", "checkpoint-every", "engine.heartbeat", 
                      "engine.attach-timeout", "engine.recover-timeout", "monitor.interval")
 _CONFIG_BYTES = ("chunk-bytes", "engine.worker-local-bytes", "engine.worker-local-bytes-gpu")
 _CONFIG_INTS = ("max-classes", "engine.max-recoveries", "engine.tree-radix")
+_CONFIG_BOOLS = ("precondition", "engine.worker-malloc")
 
 
 def config_duration(key: str) -> float:
@@ -90,6 +91,7 @@ def check_config() -> None:
     so that a bad value is one line naming the key, not a traceback from deep inside a fit."""
     import dask
 
+    from dlogit.config import get_bool
     from dlogit.errors import ConfigError
 
     def present(key: str) -> bool:
@@ -116,9 +118,8 @@ def check_config() -> None:
                 ok = False
             if not ok:
                 raise ConfigError(f"dlogit.{key} must be a positive integer, got {value!r}")
-    value = dask.config.get("dlogit.precondition", True)
-    if not isinstance(value, bool) and str(value).lower() not in ("true", "false", "1", "0"):
-        raise ConfigError(f"dlogit.precondition must be true or false, got {value!r}")
+    for key in _CONFIG_BOOLS:
+        get_bool(f"dlogit.{key}")
 
 
 def byte_size(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> int | None:

@@ -458,15 +458,19 @@ def _divergence_why(message: str | None) -> str:
 
 
 def _divergence_advice(message: str | None, solver: str, lr: float, l2: float, init: str) -> str:
-    """One piece of advice that would fix the run, in the CLI's option names."""
+    """One piece of advice that would fix the run, in the CLI's option names (the same suggestion as
+    the solver's message: :func:`dlogit.solvers.divergence_advice`)."""
+    from dlogit.solvers import fmt, suggested_lr
+
     if "starting point" in (message or ""):
         if init == "normal":
             return "use --init zeros, or standardize the columns"
-        return "the feature values are too large to compute with in float64: standardize (rescale) the columns"
+        return "the feature values are too large to compute with: standardize (rescale) the columns"
     if solver == "gd":
-        # gd needs lr < 2/L and the penalty alone makes L >= 2*l2: lr < 1/l2 at the very least
-        safe = min(lr / 10, 0.5 / l2) if l2 > 0 else lr / 10
-        return (f"lower --lr (try --lr {safe:.2g}), standardize the columns, or use --solver lbfgs "
+        safe = suggested_lr(lr, l2)
+        if l2 > 0 and lr * l2 >= 1.0:  # the penalty alone makes steps of lr unstable: scaling cannot help
+            return f"lower --lr below 1/l2 = {fmt(1.0 / l2)} (try --lr {fmt(safe)}), or use --solver lbfgs"
+        return (f"lower --lr (try --lr {fmt(safe)}), standardize the columns, or use --solver lbfgs "
                 "(it copes with unscaled columns)")
     return "standardize the columns or raise --l2"
 

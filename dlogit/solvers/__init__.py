@@ -33,9 +33,12 @@ from dlogit.solvers._base import (
     Solver,
     SolverOptions,
     SolverState,
+    divergence_advice,
+    fmt,
     reopen,
     state_from_arrays,
     state_to_arrays,
+    suggested_lr,
 )
 from dlogit.solvers.gd import GradientDescent
 from dlogit.solvers.lbfgs import LBFGS
@@ -101,9 +104,12 @@ __all__ = [
     "Solver",
     "SolverOptions",
     "SolverState",
+    "divergence_advice",
+    "fmt",
     "get",
     "minimize",
     "reopen",
     "state_from_arrays",
     "state_to_arrays",
+    "suggested_lr",
 ]

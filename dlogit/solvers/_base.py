@@ -115,6 +115,12 @@ class SolverOptions:
         Initial Newton trust radius; None means ``||grad f(theta0)||`` (as LIBLINEAR's TRON).
     divergence_window : int
         Recent ``"gd"`` steps examined for persistent rises (see :mod:`dlogit.solvers.gd`).
+    l2 : float
+        The L2 strength inside ``f`` (``l2 * ||W||^2``), used only to word a diverged ``"gd"`` run's
+        advice (:func:`divergence_advice`: the penalty alone needs ``lr < 1 / l2``).
+    precision : str
+        What the evaluations are computed from (``"float32"`` for float32 data), named in the message of
+        a run that stalls at the limit of that precision.
     """
 
     max_iter: int
@@ -125,6 +131,8 @@ class SolverOptions:
     max_cg: int | None = None
     trust_radius: float | None = None
     divergence_window: int = 500
+    l2: float = 0.0
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
         if int(self.max_iter) < 0:
@@ -354,11 +362,33 @@ def check_theta0(problem: Problem, theta0: np.ndarray) -> np.ndarray:
     return theta
 
 
-def not_finite_at_start(loss: float, gnorm: float) -> str:
-    """The message of a run whose starting point has a non-finite objective or gradient."""
-    return (f"the objective is not finite at the starting point (loss {fmt(loss)}, ||grad|| {fmt(gnorm)}): "
-            "check the data for NaN or infinite values, or start from smaller coefficients "
-            "(e.g. init='zeros')")
+def not_finite_at_start(loss: float, gnorm: float, zero_start: bool = False) -> str:
+    """The message of a run whose starting point has a non-finite objective or gradient: from zero
+    coefficients only the feature values can be the cause (too large to compute with), otherwise the
+    starting coefficients are the likelier one."""
+    what = f"the objective is not finite at the starting point (loss {fmt(loss)}, ||grad|| {fmt(gnorm)}): "
+    if zero_start:
+        return what + ("the feature values are too large to compute with (or hold NaN or infinite values): "
+                       "rescale (standardize) the columns")
+    return what + "start from smaller coefficients (e.g. init='zeros'), or rescale (standardize) the columns"
+
+
+def divergence_advice(lr: float, l2: float) -> str:
+    """The one suggestion for a ``"gd"`` run that diverged at step size ``lr`` with L2 strength ``l2``.
+
+    Gradient descent needs ``lr < 2 / L``; the penalty ``l2 * ||W||^2`` alone has curvature ``2 l2``, so
+    ``lr >= 1 / l2`` diverges on any data, scaled or not: then the advice is a step below ``1 / l2``
+    (``0.5 / l2``) and standardizing is not offered. Otherwise the data's curvature is the cause: a
+    tenth of ``lr``, or standardized columns."""
+    if l2 > 0 and lr * l2 >= 1.0:
+        return (f"lower lr below 1/l2 = {fmt(1.0 / l2)} (e.g. {fmt(0.5 / l2)}): the penalty alone makes "
+                f"steps of lr={fmt(lr)} unstable")
+    return f"lower lr (e.g. {fmt(suggested_lr(lr, l2))}) or standardize the columns"
+
+
+def suggested_lr(lr: float, l2: float) -> float:
+    """The step size :func:`divergence_advice` suggests."""
+    return 0.5 / l2 if l2 > 0 and lr * l2 >= 1.0 else lr / 10
 
 
 def start_state(problem: Problem, theta: np.ndarray, options: SolverOptions, *,
@@ -374,7 +404,7 @@ def start_state(problem: Problem, theta: np.ndarray, options: SolverOptions, *,
     state = SolverState(theta=theta, n_iter=0, n_evals=1, loss=loss, grad_norm=gnorm,
                         extra={"solver": name})
     if not (math.isfinite(loss) and math.isfinite(gnorm)):
-        state.status, state.message = "diverged", not_finite_at_start(loss, gnorm)
+        state.status, state.message = "diverged", not_finite_at_start(loss, gnorm, not np.any(theta))
     elif gnorm <= options.tol:
         state.status = "converged"
     elif options.max_iter == 0:
@@ -393,7 +423,7 @@ def max_iter_message(options: SolverOptions, gnorm: float) -> str:
 def stalled_message(measure: float, options: SolverOptions) -> str:
     """Why a run stopped because no step decreases the objective any more."""
     return (f"no step decreases the objective any more at optimality {fmt(measure)} > tol={fmt(options.tol)}:"
-            " tol is likely below what float64 resolves for this problem; use a tol of at least "
+            f" tol is likely below what {options.precision} resolves for this problem; use a tol of at least "
             f"{fmt(measure)}")
 
 
@@ -429,8 +459,10 @@ def reopen(state: SolverState, options: SolverOptions) -> SolverState:
 
 __all__ = [
     "EPS", "STATUSES", "Fun", "Hvp", "Problem", "Solver", "SolverOptions", "SolverState",
-    "check_state", "check_theta0", "evaluate", "finish", "fmt", "l1_value", "max_iter_message", "measure",
+    "check_state", "check_theta0", "divergence_advice", "evaluate", "finish", "fmt", "l1_value",
+    "max_iter_message", "measure",
     "norm",
-    "penalty_and_optimality", "pseudo_gradient", "reopen", "soft_threshold", "stalled_message", "start_state", "state_from_arrays",
+    "penalty_and_optimality", "pseudo_gradient", "reopen", "soft_threshold", "stalled_message", "start_state",
+    "suggested_lr", "state_from_arrays",
     "state_to_arrays",
 ]

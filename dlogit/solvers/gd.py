@@ -57,6 +57,7 @@ from dlogit.solvers._base import (
     SolverState,
     check_state,
     check_theta0,
+    divergence_advice,
     evaluate,
     fmt,
     max_iter_message,
@@ -115,8 +116,8 @@ class GradientDescent:
         why = _divergence(loss, measure, float(state.extra["loss0"]), window, rises, w)
         if why is not None:
             new.status = "diverged"
-            new.message = (f"gradient descent diverged at step {k} ({why}): lower lr (e.g. "
-                           f"{fmt(options.lr / 10)}) or standardize the columns")
+            new.message = (f"gradient descent diverged at step {k} ({why}): "
+                           f"{divergence_advice(options.lr, options.l2)}")
             return new
         if measure <= options.tol:
             new.status = "converged"

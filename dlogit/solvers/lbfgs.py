@@ -8,7 +8,9 @@ Smooth problems: direction ``-H g`` with ``H_0 = (s.y / y.y) I`` from the newest
 (and any step after the memory is reset) has unit length (``alpha = 1 / ||g||``), later ones start at
 ``alpha = 1``; pairs with ``s.y <= eps ||s|| ||y||`` are skipped. Stops "converged" when
 ``||grad f||_2 <= tol``, "stalled" when the line search cannot decrease ``f`` even along ``-g`` with an
-empty memory (``tol`` is then below what float64 resolves for the problem).
+empty memory (``tol`` is then below what float64 resolves for the problem). Near the optimum, where
+``f`` no longer resolves a step's decrease, the line search accepts steps on their directional
+derivative (:mod:`dlogit.solvers.linesearch`, the end game), so the gradient keeps shrinking.
 
 With L1 (any ``problem.l1 > 0``) each step is an OWL-QN step (:mod:`dlogit.solvers.owlqn`).
 """
@@ -82,7 +84,7 @@ def _lbfgs_step(problem: Problem, state: SolverState, options: SolverOptions) ->
             break
         S, Y = empty_memory(theta.size)  # retry along -g before giving up
         d = -g
-    if not res.ok or not res.f < f:
+    if not res.ok or not (res.f < f or res.flat):
         new.status, new.message = "stalled", stalled_message(state.grad_norm, options)
         return new
     S, Y = push_pair(S, Y, res.theta - theta, res.grad - g, options.memory)

@@ -7,6 +7,14 @@ The strong-Wolfe search is Nocedal & Wright's Algorithm 3.5 (bracketing by doubl
 Algorithm 3.6 (zoom) choosing trial steps by safeguarded cubic interpolation of the two bracket
 ends (values and slopes), falling back to bisection. Points where the objective is not finite are
 treated as "too far" (the step shrinks), which makes the search robust to overflow at long steps.
+
+The end game near an optimum: a step's decrease ``c1 alpha g.d`` (~ ||g||^2) falls below the rounding
+of ``f`` itself long before ``||g||`` stops shrinking (on standardized breast-cancer data ``f`` stops
+resolving decreases at ``||g|| ~ 1e-9``), so sufficient decrease judged on values fails and L-BFGS
+stalled there. As in Hager & Zhang's approximate Wolfe conditions, a point whose value is within
+rounding of ``f0`` (``f <= f0 + FLAT_RTOL |f0|``) is accepted on its directional derivative instead: the
+curvature condition ``|g.d| <= c2 |g0.d|`` and a smaller gradient (``||g|| < ||g0||``). The test runs only
+where sufficient decrease fails, so runs whose decreases are resolved take the same steps as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlogit.solvers._base import EPS, Problem, evaluate
+
+#: values within this relative distance of ``f0`` are rounding-level equal to it (the approximate
+#: Wolfe test of the end game; ~4500 ulps: sums of many terms round by far less between nearby points)
+FLAT_RTOL = 1e-12
 
 
 @dataclass
@@ -34,6 +46,9 @@ class LineSearchResult:
         ``fun`` calls made.
     wolfe : bool
         Whether the point satisfies the strong Wolfe conditions (else only sufficient decrease).
+    flat : bool
+        Whether it was accepted by the end game's approximate Wolfe test (its value is within rounding
+        of ``f0``, possibly a few ulps above it; its gradient is smaller).
     """
 
     ok: bool
@@ -42,6 +57,7 @@ class LineSearchResult:
     grad: np.ndarray
     n_evals: int
     wolfe: bool = False
+    flat: bool = False
 
 
 @dataclass
@@ -92,6 +108,8 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
         satisfies sufficient decrease is returned (``wolfe`` false); ``ok`` is false when there is none.
     """
     slope0 = float(np.dot(g0, d))
+    gg0 = float(np.dot(g0, g0))
+    flat_f = f0 + FLAT_RTOL * abs(f0)
     evals = 0
 
     def at(alpha: float) -> _Point:
@@ -110,9 +128,17 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
     def curvature(p: _Point) -> bool:
         return abs(p.slope) <= -c2 * slope0
 
-    def done(p: _Point, wolfe: bool) -> LineSearchResult:
+    def flat(p: _Point) -> bool:  # the end game's approximate Wolfe test (module docstring)
+        return (not math.isnan(p.f) and p.f <= flat_f and curvature(p) and p.grad is not None
+                and float(np.dot(p.grad, p.grad)) < gg0)
+
+    def done(p: _Point, wolfe: bool, is_flat: bool = False) -> LineSearchResult:
         assert p.theta is not None and p.grad is not None
-        return LineSearchResult(True, p.theta, p.f, p.grad, evals, wolfe)
+        if not p.f < f0 and not is_flat:  # c1 alpha g0.d rounded away: no resolved decrease either
+            if not flat(p):
+                return LineSearchResult(False, theta, f0, g0, evals)
+            is_flat = wolfe = True
+        return LineSearchResult(True, p.theta, p.f, p.grad, evals, wolfe, is_flat)
 
     def zoom(lo: _Point, hi: _Point) -> LineSearchResult:
         while evals < max_evals:
@@ -124,6 +150,8 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
             if not (math.isfinite(trial) and low <= trial <= high):
                 trial = lo.alpha + 0.5 * width
             p = at(trial)
+            if not armijo(p) and flat(p):
+                return done(p, True, True)
             if not armijo(p) or p.f >= lo.f:
                 hi = p
             else:
@@ -140,6 +168,8 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
     alpha = float(alpha0)
     while evals < max_evals:
         p = at(alpha)
+        if not armijo(p) and flat(p):
+            return done(p, True, True)
         if not armijo(p) or (prev.alpha > 0 and p.f >= prev.f):
             return zoom(prev, p)
         if curvature(p):

@@ -1,0 +1,61 @@
+"""``dlogit.config.get_bool``: one reader for every boolean setting, from YAML or environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dask
+import pytest
+
+from dlogit.config import get_bool
+from dlogit.errors import ConfigError
+
+
+@pytest.mark.parametrize("text, want", [("false", False), ("FALSE", False), ("no", False), ("0", False),
+                                        ("Off", False), ("true", True), ("Yes", True), ("1", True),
+                                        ("ON", True), (True, True), (False, False)])
+def test_get_bool_reads_every_spelling(text, want):
+    with dask.config.set({"dlogit.precondition": text}):
+        assert get_bool("dlogit.precondition") is want
+
+
+@pytest.mark.parametrize("bad", ["maybe", "", "2", 2, 0.5, "truee"])
+def test_get_bool_refuses_anything_else_naming_the_key(bad):
+    with dask.config.set({"dlogit.engine.worker-malloc": bad}):
+        with pytest.raises(ConfigError, match=r"dlogit\.engine\.worker-malloc"):
+            get_bool("dlogit.engine.worker-malloc")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc tuning is glibc only")
+def test_worker_malloc_false_in_the_environment_turns_the_tuning_off():
+    """``DASK_DLOGIT__ENGINE__WORKER_MALLOC=false`` reaches dask.config as the *string* "false"."""
+    code = "import dlogit.worker as w; print(w.tune_malloc())"
+    assert _python(code, DASK_DLOGIT__ENGINE__WORKER_MALLOC="false").stdout.strip() == "False"
+    assert _python(code, DASK_DLOGIT__ENGINE__WORKER_MALLOC="off").stdout.strip() == "False"
+    assert _python(code).stdout.strip() == "True"
+
+
+def test_the_cli_check_accepts_what_the_estimator_accepts():
+    """The CLI's config check refused 'no' / 'off' (only true/false/1/0) while the estimator took them."""
+    check = "from dlogit.cli._options import check_config; check_config(); print('ok')"
+    for text in ("no", "off", "yes", "on"):
+        out = _python(check, DASK_DLOGIT__PRECONDITION=text)
+        assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_cli_exits_2_on_a_bad_boolean_setting(tmp_path):
+    """A worker-malloc value the preload cannot read is one line naming the key, exit 2, before any work."""
+    out = subprocess.run([sys.executable, "-m", "dlogit", "train", "--synthetic", "100x3", "--workers", "1",
+                          "--out", str(tmp_path / "m.npz")],
+                         env={**os.environ, "DASK_DLOGIT__ENGINE__WORKER_MALLOC": "nah"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "dlogit.engine.worker-malloc" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m.npz").exists()
