@@ -67,6 +67,8 @@ class EngineSettings:
     max_recoveries: int = 10
     replica_every: float = 1.0
     tree_radix: int = 4
+    #: a worker silent for the heartbeat is also removed from the cluster (else only from this fit)
+    remove_silent_workers: bool = False
 
     @classmethod
     def from_config(cls) -> EngineSettings:
@@ -82,7 +84,8 @@ class EngineSettings:
                   recover_timeout=seconds("recover-timeout", "60s"),
                   max_recoveries=int(dask.config.get("dlogit.engine.max-recoveries", 10)),
                   replica_every=seconds("replica-every", "1s"),
-                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)))
+                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
+                  remove_silent_workers=bool(dask.config.get("dlogit.engine.remove-silent-workers", False)))
         if not out.heartbeat > 0:
             raise ConfigError(f"dlogit.engine.heartbeat must be positive, got {out.heartbeat}")
         if out.tree_radix < 2:
@@ -248,8 +251,8 @@ class Driver:
 
             start = (state_from_arrays(best["state"]), best["history"])
             self.resumed_from = best.get("resumed_from")
-            logger.warning("dlogit: fit %s continues on %s from step %d (its driver's worker was lost)",
-                           self.spec.run, self.worker.address, int(best["n_iter"]))
+            self._notice(f"the fit's driver was lost; it continues on {self.worker.address} from step "
+                         f"{int(best['n_iter'])}")
         info = {**self.info, "workers": sorted({s.worker for s in self.shards.values()}),
                 "driver": self.worker.address}
         if self.path is not None:  # every fold of a penalty in one pass down the tree
@@ -273,6 +276,12 @@ class Driver:
         if msg.get("type") == "start" and self.resumed_from is None and self.epoch == 1:
             self.resumed_from = msg.get("params", {}).get("resumed_from")
         self.worker.log_event(TOPIC, msg)
+
+    def _notice(self, message: str) -> None:
+        """A one-line warning for the user (a ``warning`` event: the client warns with it) and the log."""
+        logger.warning("dlogit: fit %s: %s", self.spec.run, message)
+        with contextlib.suppress(Exception):
+            self._send({"type": "warning", "run": self.spec.run, "time": time.time(), "message": message})
 
     def _hook(self, emitter: Any) -> None:
         self.emitter = emitter
@@ -432,21 +441,28 @@ class Driver:
         if exc.worker == self.worker.address:
             raise ClusterError(f"the driver's own worker failed a step: {exc}") from exc
         if isinstance(exc, ShardsMissing):  # up, but restarted: its chunks are attached again
-            logger.warning("dlogit: worker %s %s; attaching its chunks again", exc.worker, exc.why)
+            self._notice(f"worker {exc.worker} {exc.why} (restarted?); its chunks attached again")
             self._reattach([s for s in self.shards.values() if s.worker == exc.worker], self._alive())
             return
         listed = exc.worker in self._alive()
-        if listed and exc.silent:  # frozen: it would hold every later step of every fit
-            logger.warning("dlogit: worker %s failed the step (%s); removing it from the cluster and moving "
-                           "its chunks to the others", exc.worker, exc.why)
+        if listed and exc.silent and self.settings.remove_silent_workers:  # opt-in: frozen, it would
+            # hold every later step of every fit
+            self._notice(f"worker {exc.worker} failed a step ({exc.why}); removed from the cluster "
+                         "(dlogit.engine.remove-silent-workers), its chunks moved to the other workers")
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
-        elif listed:  # its link closed but the cluster still has it: this fit goes on without it
-            logger.warning("dlogit: worker %s failed the step (%s); moving its chunks to the others",
-                           exc.worker, exc.why)
+        elif listed:  # the cluster keeps it (Dask's own worker-ttl judges it): this fit goes on without it
+            if exc.silent:  # its chunks cannot be fetched from it: Dask computes them again elsewhere
+                refs = self.refs
+                keys = [k for s in self.shards.values() if s.worker == exc.worker for i in s.indices
+                        for k in (refs.x[i], refs.y[i], *(() if refs.w is None else (refs.w[i],)))]
+                with contextlib.suppress(Exception):
+                    self.client.run_on_scheduler(scheduler_functions()["forget"], keys, exc.worker)
+            self._notice(f"worker {exc.worker} failed a step ({exc.why}); dropped from this fit (not from "
+                         "the cluster), its chunks moved to the other workers")
         else:
-            logger.warning("dlogit: lost worker %s; moving its chunks to the others and retrying the step",
-                           exc.worker)
+            self._notice(f"lost worker {exc.worker}; its chunks moved to the other workers and the step "
+                         "retried")
         self.excluded.add(exc.worker)
         deadline = time.monotonic() + self.settings.recover_timeout
         while True:
@@ -551,7 +567,9 @@ def scheduler_functions() -> dict[str, Any]:
 
     ``remove(address)`` treats a worker that stopped answering as dead (its keys are recomputed, its
     tasks rescheduled); ``silence(key)`` is ``(worker, seconds since the scheduler last heard from
-    it)`` for the worker running task ``key``, or ``None``.
+    it)`` for the worker running task ``key``, or ``None``; ``forget(keys, address)`` tells the scheduler
+    that a silent worker no longer holds ``keys`` (a fit's chunks: Dask computes them again elsewhere;
+    the worker stays in the cluster).
     """
 
     async def remove(address: str, dask_scheduler: Any = None) -> None:
@@ -559,6 +577,19 @@ def scheduler_functions() -> dict[str, Any]:
 
         await dask_scheduler.remove_worker(address=address, stimulus_id=f"dlogit-unresponsive-{_time.time()}",
                                            close=True)
+
+    def forget(keys: list[Any], address: str, dask_scheduler: Any = None) -> None:
+        import time as _time
+
+        stimulus = f"dlogit-silent-{_time.time()}"
+        others = {a for a in dask_scheduler.workers if a != address}
+        for key in keys:  # as if the worker had released them: recomputed where no other replica is,
+            ts = dask_scheduler.tasks.get(key)  # on any other worker (not where the client placed them)
+            if ts is None or not others:
+                continue
+            ts.worker_restrictions = set(others)
+            ts.loose_restrictions = False
+            dask_scheduler.release_worker_data(key, address, stimulus)
 
     def silence(key: Any, dask_scheduler: Any = None) -> tuple[str, float] | None:
         import time as _time
@@ -569,4 +600,4 @@ def scheduler_functions() -> dict[str, Any]:
             return None
         return ws.address, _time.time() - ws.last_seen
 
-    return {"remove": remove, "silence": silence}
+    return {"remove": remove, "forget": forget, "silence": silence}
