@@ -264,7 +264,7 @@ class Driver:
                             self.path.scoring, self._send, mode="distributed", info=info, stop=self.stop)
         result = run_fit(_TreeEvaluator(self, kernel), self.spec, self.plan, self._send, mode="distributed",
                          info=info, stop=self.stop, emitter_hook=self._hook, start=start,
-                         on_step=self.replicate)
+                         on_step=self.replicate, epoch=self.epoch)
         if start is not None:  # the user sees their own resume (a file), not the driver's restarts
             result = replace(result, resumed_from=self.resumed_from)
         result.extra["driver_epoch"] = self.epoch
