@@ -73,6 +73,34 @@ def check_directory(directory: str, resume: bool) -> None:
                           "continue it, or choose another directory")
 
 
+def check_where_written(directory: str, resume: bool, client_view: dict[str, Any] | None, where: str) -> None:
+    """On the process that will write the checkpoints (a worker), before any step: the directory the
+    client checked must be there and writable, and with ``resume`` hold the very checkpoint the client
+    saw (``client_view``: its ``run``, ``step`` and ``written``) -- not a stale file of its own.
+    ``where`` names this process and host in the errors (the client's own check passed)."""
+    directory = os.fspath(directory)
+    shared = "is the directory on a filesystem the client and the workers share?"
+    if not os.path.isdir(directory):
+        raise ConfigError(f"checkpoint directory {directory} does not exist on {where}, where the fit "
+                          f"writes its checkpoints ({shared})")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"checkpoint directory {directory} is not writable on {where}, where the fit "
+                          "writes its checkpoints")
+    path = checkpoint_path(directory)
+    if resume:
+        if not os.path.isfile(path):
+            raise ConfigError(f"nothing to resume on {where}: {directory} holds no {FILENAME} there ({shared})")
+        seen = read_meta(path)
+        keys = ("run", "step", "written")
+        if client_view is not None and any(seen.get(k) != client_view.get(k) for k in keys):
+            raise ConfigError(f"the {FILENAME} in {directory} on {where} (step {seen.get('step')}, written "
+                              f"{seen.get('written')}) is not the one this client sees (step "
+                              f"{client_view.get('step')}, written {client_view.get('written')}): {shared}")
+    elif os.path.exists(path):
+        raise ConfigError(f"{directory} already holds a checkpoint on {where} (step "
+                          f"{read_meta(path).get('step', '?')}), not seen by the client: {shared}")
+
+
 def read_meta(path: str) -> dict[str, Any]:
     try:
         with np.load(path, allow_pickle=False) as z:

@@ -79,6 +79,18 @@ def _worker_fit(spec: FitSpec, n_chunks: int, xs: list[Any], ys: list[Any], ws: 
         control.clear(spec.run)
 
 
+def _check_checkpoint(directory: str, resume: bool, client_view: dict[str, Any] | None) -> None:
+    """On the worker that will run the fit's loop: :func:`dlogit.checkpoint.check_where_written`."""
+    import socket
+
+    from distributed import get_worker
+
+    from dlogit.checkpoint import check_where_written
+
+    check_where_written(directory, resume, client_view,
+                        f"worker {get_worker().address} (host {socket.gethostname()})")
+
+
 # --------------------------------------------------------------------------------------------------
 # the client side
 
@@ -273,6 +285,7 @@ class DaskFit:
     def _run_task(self, task: Any, target: str) -> FitResult:
         """Submit the fit's task and wait for it: progress events flow meanwhile; Ctrl-C stops it at a
         step boundary; a driver whose worker went silent for the heartbeat is moved elsewhere."""
+        self._check_checkpoint_on(target)
         unsubscribe, done = self._forward_events()
         fut = None
         finished = False
@@ -303,6 +316,26 @@ class DaskFit:
                     fut.cancel()
                 with contextlib.suppress(Exception):  # a driver that could not clean up after itself
                     self.client.run(drop_run, self.spec.run)
+
+    def _check_checkpoint_on(self, target: str) -> None:
+        """The checkpoint directory as the worker that will write it sees it, before anything runs (the
+        client checked its own view; a path that is not shared fails here, naming the worker's host)."""
+        ck = self.spec.checkpoint
+        if ck is None:
+            return
+        from dlogit.checkpoint import checkpoint_path, read_meta
+
+        view = None
+        if ck.resume:
+            meta = read_meta(checkpoint_path(ck.directory))
+            view = {k: meta.get(k) for k in ("run", "step", "written")}
+        fut = self.client.submit(_check_checkpoint, ck.directory, ck.resume, view, workers=[target],
+                                 allow_other_workers=True, pure=False,
+                                 key=f"dlogit-check-checkpoint-{self.spec.run}")
+        try:
+            fut.result(timeout=self.settings.attach_timeout)
+        finally:
+            fut.release()
 
     def _wait(self, fut: Any) -> tuple[str, Any]:
         """``fut.result()``, checking every ``heartbeat / 3`` seconds that the scheduler still hears

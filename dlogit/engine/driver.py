@@ -17,7 +17,8 @@ thread pool (so the worker's own shard tasks still run) and, through the worker'
    :class:`~dlogit.spec.FitPlan` and prepares the shards;
 3. links the tree of workers (:func:`~dlogit.engine.placement.worker_tree`, rooted at this process)
    and runs :func:`~dlogit.training.run_fit` on it; every ``dlogit.engine.replica-every`` seconds it
-   copies the solver state and history to the root's children (:meth:`Driver.replicate`);
+   copies the solver state and history to as many workers as the root has children, on other hosts
+   than the driver's first (:func:`~dlogit.engine.placement.replica_targets`; :meth:`Driver.replicate`);
 4. on a lost worker (connection closed, or silent for ``dlogit.engine.heartbeat``) it removes the
    worker from the scheduler when it is still listed (a frozen process), spreads its chunks over the
    survivors, re-attaches them and retries the step: the fixed chunk tree gives the same sums;
@@ -39,7 +40,7 @@ import numpy as np
 
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
-from dlogit.engine.placement import balanced_ranges, spread_orphans, worker_tree
+from dlogit.engine.placement import balanced_ranges, replica_targets, spread_orphans, worker_tree
 from dlogit.engine.shard import Shard, merged_stats
 from dlogit.engine.transport import (
     DriverLinks,
@@ -373,7 +374,8 @@ class Driver:
         spec = subtree_spec(me, tree, holders, nodes, self.refs.n_chunks)
         own = local_plugin(self.worker).shards_of(self.spec.run, self.epoch, holders.get(me, []))
         self.links.open(spec, own)
-        self.replica_targets = list(tree[me])
+        # as many copies as the root has children, on other hosts than the driver's first
+        self.replica_targets = replica_targets(me, order[1:], max(1, len(tree[me])))
 
     # -- steps -----------------------------------------------------------------------------------
     def reduce(self, op: str, *arrays: np.ndarray) -> np.ndarray:
@@ -393,7 +395,7 @@ class Driver:
         return np.array(values[0], dtype=np.float64)  # a fresh array: received frames are read-only
 
     def replicate(self, state: Any, history: dict[str, list[float]]) -> None:
-        """``run_fit``'s ``on_step``: copy the solver state and history to the root's children (the
+        """``run_fit``'s ``on_step``: copy the solver state and history to ``replica_targets`` (the
         in-memory checkpoint), at most every ``replica-every`` seconds and at most ~5% of the time."""
         now = time.monotonic()
         if not self.replica_targets or now - self._last_replica < max(self.settings.replica_every,
