@@ -220,6 +220,46 @@ def test_client_reaching_only_the_scheduler_trains_the_same_model(tmp_path):
     np.testing.assert_allclose(_vector(here), _reference(Xn, yn, 500, max_iter=300, **GD), rtol=1e-10)
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs root and unshare(1) for a mount namespace")
+def test_checkpoint_directory_is_checked_where_it_is_written(tmp_path):
+    """The fit's worker runs in a mount namespace of its own, where the client's directory is hidden
+    under a tmpfs holding an older checkpoint: a new directory fails before any step (it does not exist
+    there: the final write used to fail after the fit), and ``resume`` refuses the worker's stale file
+    (it used to continue from it), each naming the worker's host."""
+    from distributed import Client
+
+    from dlogit.errors import ConfigError
+    from dlogit.spec import CheckpointSpec
+
+    Xn, yn, X, y = _data(2000, 5, 500, seed=2)
+    private = tmp_path / "private"
+    private.mkdir()
+    old = tmp_path / "old"
+    dlogit.LogisticRegression(solver="gd", max_iter=3, tol=0.0).fit(Xn, yn, checkpoint=old)
+    dlogit.LogisticRegression(solver="gd", max_iter=6, tol=0.0).fit(Xn, yn, checkpoint=private / "ck")
+    with _cluster(0) as cluster, Client(cluster, set_as_default=False) as c:
+        procs = H.ProcessSet(tmp_path / "logs")
+        script = (f"mount -t tmpfs tmpfs {private} && mkdir {private}/ck && "
+                  f"cp {old}/checkpoint.npz {private}/ck/ && exec {sys.executable} -m distributed.cli.dask_worker "
+                  f"{cluster.scheduler_address} --nthreads 1 --no-nanny --host 127.0.0.1 --no-dashboard")
+        procs.start("worker", ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+        try:
+            c.wait_for_workers(1, timeout=60)
+            events: list[dict] = []
+            model = dlogit.LogisticRegression(solver="gd", max_iter=10, tol=0.0, mode="worker-local")
+            with pytest.raises(ConfigError, match=r"does not exist on worker tcp://127\.0\.0\.1:\d+ \(host "):
+                model.fit(X, y, client=c, checkpoint=private / "new", callback=events.append)
+            assert (private / "new").is_dir()  # the client's own check made it
+            with pytest.raises(ConfigError, match=r"\(step 3, .*not the one this client sees \(step 6"):
+                model.fit(X, y, client=c, checkpoint=CheckpointSpec(str(private / "ck"), resume=True),
+                          callback=events.append)
+            assert not events  # nothing started
+        finally:
+            procs.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # TLS: the cluster's own listeners and nothing else
 
