@@ -531,6 +531,69 @@ def test_ctrl_c_during_a_long_step_stops_at_its_end_and_removes_no_worker(tmp_pa
         assert took < 60, took
 
 
+def _block_sums_while_flagged(flag: str, dask_worker=None) -> None:
+    """On a worker: every "sums" op blocks (GIL released, as a wedged BLAS or CUDA call would leave the
+    event loop running) for as long as ``flag`` exists, at most 120 s."""
+    from dlogit.engine import shard
+
+    plain = shard.STEP_OPS["sums"]
+
+    def blocked(s, *args):
+        t0 = time.monotonic()
+        while os.path.exists(flag) and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        time.sleep(0.01)  # every step slow enough to run on a thread, not on a loop
+        return plain(s, *args)
+
+    shard.STEP_OPS["sums"] = blocked
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_while_a_step_is_blocked_stops_at_once_and_leaves_nothing(tmp_path):
+    """Ctrl-C while every worker's evaluation blocks (a wedged compute thread): the fit stops without
+    waiting for the step (it waited for it, however long), says interrupted, and once the stop has
+    returned the workers hold nothing of the fit -- no shard, no link, no driver task; the blocked
+    threads go as soon as their call returns -- and the cluster keeps all its workers."""
+    from distributed import Client
+
+    flag = str(tmp_path / "blocked")
+    _Xn, _yn, X, y = _data(3000, 10, 500, seed=1)
+    with _cluster(3) as cluster, Client(cluster, set_as_default=False) as c:
+        c.run(_block_sums_while_flagged, flag)
+        before = sorted(c.scheduler_info()["workers"])
+        events: list[dict] = []
+        sent: list[float] = []
+
+        def interrupt() -> None:
+            while not any(e.get("type") == "progress" for e in events):
+                time.sleep(0.05)
+            open(flag, "w").close()
+            time.sleep(1.0)  # inside a blocked step
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        try:
+            with pytest.raises(dlogit.Interrupted):
+                dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0,
+                                          progress_period=1).fit(X, y, client=c, callback=events.append)
+            took = time.monotonic() - sent[0]
+            print(f"Ctrl-C during a blocked step: stopped in {took:.2f}s", file=sys.stderr)
+            run = events[0]["run"]
+            states = _states(c)
+            assert all(run not in st["runs"] for st in states.values()), states
+            tasks = c.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+            assert not [k for k in tasks if run in k], tasks
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(flag)
+        ends = [e for e in events if e.get("type") == "end"]
+        assert [e["status"] for e in ends] == ["interrupted"], ends
+        assert took < 20, took  # the blocked step would have held it for 120 s
+        _assert_nothing_left(c)
+        assert sorted(c.scheduler_info()["workers"]) == before
+
+
 # --------------------------------------------------------------------------------------------------
 # several fits, and fits that are stopped
 

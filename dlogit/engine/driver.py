@@ -46,6 +46,7 @@ from dlogit.engine.transport import (
     DriverLinks,
     EnginePlugin,
     ShardsMissing,
+    StepStopped,
     WorkerLost,
     local_plugin,
     subtree_spec,
@@ -70,6 +71,9 @@ class EngineSettings:
     tree_radix: int = 4
     #: a worker silent for the heartbeat is also removed from the cluster (else only from this fit)
     remove_silent_workers: bool = False
+    #: a step's deadline: seconds, or ``step_timeout_factor`` x the median step (None: no deadline)
+    step_timeout: float | None = None
+    step_timeout_factor: float | None = None
 
     @classmethod
     def from_config(cls) -> EngineSettings:
@@ -87,6 +91,21 @@ class EngineSettings:
                   replica_every=seconds("replica-every", "1s"),
                   tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
                   remove_silent_workers=bool(dask.config.get("dlogit.engine.remove-silent-workers", False)))
+        raw = dask.config.get("dlogit.engine.step-timeout", None)
+        if raw not in (None, False, "", "off", "none", "null"):
+            text = str(raw).strip().lower()
+            try:
+                if text.endswith("x"):
+                    out = replace(out, step_timeout_factor=float(text[:-1]))
+                    bad = not out.step_timeout_factor > 1
+                else:
+                    out = replace(out, step_timeout=float(parse_timedelta(raw)))
+                    bad = not out.step_timeout > 0
+            except (TypeError, ValueError, KeyError):  # parse_timedelta: KeyError for an unknown unit
+                bad = True
+            if bad:
+                raise ConfigError(f"dlogit.engine.step-timeout must be a duration (e.g. 10m) or a multiple "
+                                  f"of the median step above 1 (e.g. 10x), got {raw!r}")
         if not out.heartbeat > 0:
             raise ConfigError(f"dlogit.engine.heartbeat must be positive, got {out.heartbeat}")
         if out.tree_radix < 2:
@@ -218,7 +237,7 @@ class Driver:
 
         self.client = get_client()
         self.client.register_plugin(EnginePlugin())
-        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat)
+        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat, stop=self.stop)
         alive = self._alive()
         self.touched.update(alive)
         begun = links.control({w: {} for w in alive}, "begin", missing_ok=True)
@@ -385,14 +404,29 @@ class Driver:
         while True:
             t0 = time.perf_counter()
             try:
-                values, seconds = self.links.step(op, args)
+                values, seconds = self.links.step(op, args, timeout=self._step_deadline())
                 break
             except WorkerLost as exc:
                 self._recover(exc)
+            except StepStopped as exc:  # Ctrl-C (or a cancelled fit) while the step was pending
+                stop = KeyboardInterrupt(exc.reason)
+                stop.message = exc.reason  # type: ignore[attr-defined]
+                raise stop from None  # run_fit checkpoints the last completed step and says interrupted
         self.timing.append((time.perf_counter() - t0, max(seconds.values(), default=0.0)))
         if self.emitter is not None:
             self.emitter.worker_seconds = seconds
         return np.array(values[0], dtype=np.float64)  # a fresh array: received frames are read-only
+
+    def _step_deadline(self) -> float | None:
+        """``dlogit.engine.step-timeout`` in seconds for the next step (a multiple of the median of the
+        last 100 steps once there are 5), or None."""
+        st = self.settings
+        if st.step_timeout is not None:
+            return st.step_timeout
+        if st.step_timeout_factor is None or len(self.timing) < 5:
+            return None
+        recent = [t for t, _ in itertools.islice(reversed(self.timing), 100)]
+        return st.step_timeout_factor * max(float(np.median(recent)), 1e-3)
 
     def replicate(self, state: Any, history: dict[str, list[float]]) -> None:
         """``run_fit``'s ``on_step``: copy the solver state and history to ``replica_targets`` (the
@@ -454,7 +488,8 @@ class Driver:
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
         elif listed:  # the cluster keeps it (Dask's own worker-ttl judges it): this fit goes on without it
-            if exc.silent:  # its chunks cannot be fetched from it: Dask computes them again elsewhere
+            if exc.silent and not exc.wedged:  # frozen: its chunks cannot be fetched from it, Dask computes
+                # them again elsewhere (a wedged worker's loop still serves them)
                 refs = self.refs
                 keys = [k for s in self.shards.values() if s.worker == exc.worker for i in s.indices
                         for k in (refs.x[i], refs.y[i], *(() if refs.w is None else (refs.w[i],)))]
