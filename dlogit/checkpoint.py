@@ -89,7 +89,8 @@ def check_where_written(directory: str, resume: bool, client_view: dict[str, Any
     path = checkpoint_path(directory)
     if resume:
         if not os.path.isfile(path):
-            raise ConfigError(f"nothing to resume on {where}: {directory} holds no {FILENAME} there ({shared})")
+            raise ConfigError(f"nothing to resume on {where}: {directory} holds no {FILENAME} there "
+                              f"({shared})")
         seen = read_meta(path)
         keys = ("run", "step", "written")
         if client_view is not None and any(seen.get(k) != client_view.get(k) for k in keys):

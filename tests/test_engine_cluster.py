@@ -242,8 +242,8 @@ def test_checkpoint_directory_is_checked_where_it_is_written(tmp_path):
     with _cluster(0) as cluster, Client(cluster, set_as_default=False) as c:
         procs = H.ProcessSet(tmp_path / "logs")
         script = (f"mount -t tmpfs tmpfs {private} && mkdir {private}/ck && "
-                  f"cp {old}/checkpoint.npz {private}/ck/ && exec {sys.executable} -m distributed.cli.dask_worker "
-                  f"{cluster.scheduler_address} --nthreads 1 --no-nanny --host 127.0.0.1 --no-dashboard")
+                  f"cp {old}/checkpoint.npz {private}/ck/ && "
+                  f"exec {sys.executable} -m distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --no-nanny --host 127.0.0.1 --no-dashboard")
         procs.start("worker", ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
         try:
             c.wait_for_workers(1, timeout=60)

@@ -362,7 +362,8 @@ class DaskFit:
             if seen is not None and seen[1] > heartbeat and seen[0] not in warned:
                 warned.add(seen[0])
                 if self.settings.remove_silent_workers:
-                    message = (f"the worker running the fit's driver ({seen[0]}) was silent for {seen[1]:.0f}s "
+                    message = (f"the worker running the fit's driver ({seen[0]}) was silent for "
+                               f"{seen[1]:.0f}s "
                                "(dlogit.engine.heartbeat); removed from the cluster "
                                "(dlogit.engine.remove-silent-workers), the fit continues elsewhere")
                     with contextlib.suppress(Exception):

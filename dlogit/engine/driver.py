@@ -237,7 +237,8 @@ class Driver:
 
         self.client = get_client()
         self.client.register_plugin(EnginePlugin())
-        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat, stop=self.stop)
+        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat,
+                                         stop=self.stop)
         alive = self._alive()
         self.touched.update(alive)
         begun = links.control({w: {} for w in alive}, "begin", missing_ok=True)

@@ -100,7 +100,8 @@ class Shard:
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
         fc = self.fold_chunks
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(fn(fc[i])), lo, hi)) for lo, hi in self.nodes])
+        return np.stack([to_numpy(node_sum(lambda i: self._counted(fn(fc[i])), lo, hi))
+                         for lo, hi in self.nodes])
 
     def _counted(self, value: Any) -> Any:
         self.done += 1
