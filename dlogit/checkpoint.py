@@ -3,7 +3,7 @@
 ``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state
 (:func:`dlogit.solvers.state_to_arrays`, keys prefixed ``state.``), the history so far
 (``history.loss``, ``history.grad_norm``, ``history.step_seconds``) and a JSON ``meta``:
-``format`` "dlogit-checkpoint", ``version`` 1, the run id, the step, the solver, the parameters that
+``format`` "dlogit-checkpoint", ``version`` 1, the run id, the driver's epoch, the step, the solver, the parameters that
 determine the iterates (:meth:`dlogit.spec.FitSpec.trajectory`), the data's fingerprint (from the
 validation pass: rows, features, labels, weights, column moments), the model's shape, and the time.
 
@@ -14,9 +14,11 @@ A resume refuses a checkpoint whose data or parameters differ, naming what diffe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,35 @@ def check_directory(directory: str, resume: bool) -> None:
                           "continue it, or choose another directory")
 
 
+def check_where_written(directory: str, resume: bool, client_view: dict[str, Any] | None, where: str) -> None:
+    """On the process that will write the checkpoints (a worker), before any step: the directory the
+    client checked must be there and writable, and with ``resume`` hold the very checkpoint the client
+    saw (``client_view``: its ``run``, ``step`` and ``written``) -- not a stale file of its own.
+    ``where`` names this process and host in the errors (the client's own check passed)."""
+    directory = os.fspath(directory)
+    shared = "is the directory on a filesystem the client and the workers share?"
+    if not os.path.isdir(directory):
+        raise ConfigError(f"checkpoint directory {directory} does not exist on {where}, where the fit "
+                          f"writes its checkpoints ({shared})")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"checkpoint directory {directory} is not writable on {where}, where the fit "
+                          "writes its checkpoints")
+    path = checkpoint_path(directory)
+    if resume:
+        if not os.path.isfile(path):
+            raise ConfigError(f"nothing to resume on {where}: {directory} holds no {FILENAME} there "
+                              f"({shared})")
+        seen = read_meta(path)
+        keys = ("run", "step", "written")
+        if client_view is not None and any(seen.get(k) != client_view.get(k) for k in keys):
+            raise ConfigError(f"the {FILENAME} in {directory} on {where} (step {seen.get('step')}, written "
+                              f"{seen.get('written')}) is not the one this client sees (step "
+                              f"{client_view.get('step')}, written {client_view.get('written')}): {shared}")
+    elif os.path.exists(path):
+        raise ConfigError(f"{directory} already holds a checkpoint on {where} (step "
+                          f"{read_meta(path).get('step', '?')}), not seen by the client: {shared}")
+
+
 def read_meta(path: str) -> dict[str, Any]:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -79,37 +110,78 @@ def read_meta(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a readable dlogit checkpoint ({type(exc).__name__})") from None
 
 
-class Checkpointer:
-    """Writes checkpoints for one fit (see the module docstring)."""
+LOCKNAME = ".checkpoint.lock"
 
-    def __init__(self, directory: str, every: float, meta: dict[str, Any], mode: int | None = None) -> None:
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """An exclusive lock on ``DIR/.checkpoint.lock`` (writers of one directory take turns)."""
+    import fcntl
+
+    fd = os.open(os.path.join(directory, LOCKNAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fence_of(path: str) -> tuple[str, int, int] | None:
+    """``(run, epoch, step)`` of the checkpoint at ``path``, or ``None`` (no file, or unreadable)."""
+    try:
+        meta = read_meta(path)
+    except ConfigError:
+        return None
+    return str(meta.get("run")), int(meta.get("epoch", 0)), int(meta.get("step", 0))
+
+
+class Checkpointer:
+    """Writes checkpoints for one fit (see the module docstring).
+
+    ``epoch`` is the incarnation of the fit's driver (a distributed fit's driver restarted elsewhere
+    has a higher one): under a lock file, a write never replaces a checkpoint of the same run with a
+    higher ``(epoch, step)`` -- a frozen driver that wakes up after its replacement writes nothing.
+    """
+
+    def __init__(self, directory: str, every: float, meta: dict[str, Any], mode: int | None = None,
+                 epoch: int = 0) -> None:
         self.directory = directory
         self.mode = mode  # the client's 0o666 & ~umask when the fit runs on a worker; else this process's
         self.path = checkpoint_path(directory)
         self.every = float(every)
         self.meta = meta
+        self.epoch = int(epoch)
         self._last = time.monotonic()
         self.written = 0
+        self.refused = 0  # writes fenced off by a newer driver's checkpoint
 
     def due(self) -> bool:
         return self.every > 0 and time.monotonic() - self._last >= self.every
 
-    def write(self, state: Any, history: dict[str, list[float]]) -> None:
+    def write(self, state: Any, history: dict[str, list[float]]) -> bool:
+        """Write the checkpoint; ``False`` when a newer driver's checkpoint fenced it off."""
         from dlogit.solvers import state_to_arrays
 
         arrays = {f"state.{k}": v for k, v in state_to_arrays(state).items()}
         for k, v in history.items():
             arrays[f"history.{k}"] = np.asarray(v, dtype=np.float64)
-        meta = {"format": FORMAT, "version": VERSION, **self.meta, "step": int(state.n_iter),
+        step = int(state.n_iter)
+        meta = {"format": FORMAT, "version": VERSION, **self.meta, "epoch": self.epoch, "step": step,
                 "status": state.status, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
         def save(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta, default=str)), **arrays)
 
-        atomic_write(self.path, save, mode=self.mode)
         self._last = time.monotonic()
+        with _locked(self.directory):
+            there = _fence_of(self.path)
+            if there is not None and there[0] == str(self.meta.get("run")) and there[1:] > (self.epoch, step):
+                self.refused += 1
+                return False
+            atomic_write(self.path, save, mode=self.mode)
         self.written += 1
+        return True
 
 
 def load(directory: str, expect: dict[str, Any]) -> Loaded:

@@ -141,7 +141,8 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
             info: dict[str, Any] | None = None, stop: Stop | None = None,
             emitter_hook: Callable[[ProgressEmitter], None] | None = None,
             start: tuple[Any, dict[str, list[float]]] | None = None,
-            on_step: Callable[[Any, dict[str, list[float]]], None] | None = None) -> FitResult:
+            on_step: Callable[[Any, dict[str, list[float]]], None] | None = None,
+            epoch: int = 0) -> FitResult:
     """Run the solver named in ``spec`` on ``evaluator``; return the :class:`FitResult`.
 
     ``stop()`` is polled between steps; a non-``None`` answer (the reason) stops the fit: a checkpoint
@@ -152,7 +153,8 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     ``start`` is an in-memory checkpoint ``(solver state, history)`` to continue from (the on-cluster
     driver restarted on another worker); it takes precedence over ``spec.checkpoint.resume``.
     ``on_step(state, history)`` is called after every completed step (the driver copies its in-memory
-    checkpoint to other workers from there); it must copy what it keeps.
+    checkpoint to other workers from there); it must copy what it keeps. ``epoch`` (the driver's
+    incarnation) fences the checkpoint file: no write replaces one of a newer epoch of the same run.
     """
     from dlogit import checkpoint as ckpt
     from dlogit.solvers import SolverOptions, get
@@ -180,7 +182,7 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     state = None
     if spec.checkpoint is not None:
         writer = ckpt.Checkpointer(spec.checkpoint.directory, spec.checkpoint.every, expect,
-                                   mode=spec.checkpoint.mode)
+                                   mode=spec.checkpoint.mode, epoch=epoch)
         if spec.checkpoint.resume and start is None:
             loaded = ckpt.load(spec.checkpoint.directory, expect)
             state = reopen(loaded.state, opts)  # a finished run goes on under a larger max_iter / smaller tol
@@ -200,8 +202,7 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
         if st is not None:
             for v in history.values():  # a signal may land between a step and its history entry
                 del v[int(st.n_iter):]  # one entry per completed step, resumed ones included
-        if writer is not None and st is not None:
-            writer.write(st, history)
+        if writer is not None and st is not None and writer.write(st, history):
             path = writer.path
         n = st.n_iter if st is not None else 0
         loss = st.loss if st is not None else math.nan

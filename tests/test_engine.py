@@ -322,3 +322,36 @@ def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold():
         assert all(v is not None for v in env.values()) and all(tuned.values()), (env, tuned)
     with dask.config.set({"dlogit.engine.worker-malloc": False}):
         assert tune_malloc() is False
+
+
+def test_a_superseded_driver_never_overwrites_a_newer_checkpoint(tmp_path):
+    """The checkpoint file is fenced by the driver's epoch as the in-memory copies are: a frozen
+    driver (epoch 1) that wakes up after its replacement (epoch 2) wrote step 5 must not put its own
+    later-numbered but stale state over it; another run (a --resume) still replaces the file."""
+    import dataclasses
+    import json
+
+    from dlogit import checkpoint as ckpt
+    from dlogit.solvers import state_from_arrays
+
+    Xn, yn = synthetic_numpy(600, 5, seed=1)
+    dlogit.LogisticRegression(solver="gd", max_iter=5, tol=0.0).fit(Xn, yn, checkpoint=tmp_path)
+    path = ckpt.checkpoint_path(str(tmp_path))
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        state = state_from_arrays({k[6:]: z[k] for k in z.files if k.startswith("state.")})
+    keep = {k: meta[k] for k in ("run", "solver", "params", "data", "shape", "classes")}
+    history = {"loss": [0.0] * 9, "grad_norm": [0.0] * 9, "step_seconds": [0.0] * 9}
+
+    def step_of() -> tuple[int, int]:
+        m = ckpt.read_meta(path)
+        return m["epoch"], m["step"]
+
+    assert ckpt.Checkpointer(str(tmp_path), 0, keep, epoch=2).write(state, history)
+    assert step_of() == (2, 5)
+    stale = dataclasses.replace(state, n_iter=9)
+    old = ckpt.Checkpointer(str(tmp_path), 0, keep, epoch=1)
+    assert old.write(stale, history) is False and old.refused == 1
+    assert step_of() == (2, 5)
+    other = ckpt.Checkpointer(str(tmp_path), 0, {**keep, "run": "another-run"}, epoch=1)
+    assert other.write(stale, history) and step_of() == (1, 9)

@@ -220,6 +220,46 @@ def test_client_reaching_only_the_scheduler_trains_the_same_model(tmp_path):
     np.testing.assert_allclose(_vector(here), _reference(Xn, yn, 500, max_iter=300, **GD), rtol=1e-10)
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="needs root and unshare(1) for a mount namespace")
+def test_checkpoint_directory_is_checked_where_it_is_written(tmp_path):
+    """The fit's worker runs in a mount namespace of its own, where the client's directory is hidden
+    under a tmpfs holding an older checkpoint: a new directory fails before any step (it does not exist
+    there: the final write used to fail after the fit), and ``resume`` refuses the worker's stale file
+    (it used to continue from it), each naming the worker's host."""
+    from distributed import Client
+
+    from dlogit.errors import ConfigError
+    from dlogit.spec import CheckpointSpec
+
+    Xn, yn, X, y = _data(2000, 5, 500, seed=2)
+    private = tmp_path / "private"
+    private.mkdir()
+    old = tmp_path / "old"
+    dlogit.LogisticRegression(solver="gd", max_iter=3, tol=0.0).fit(Xn, yn, checkpoint=old)
+    dlogit.LogisticRegression(solver="gd", max_iter=6, tol=0.0).fit(Xn, yn, checkpoint=private / "ck")
+    with _cluster(0) as cluster, Client(cluster, set_as_default=False) as c:
+        procs = H.ProcessSet(tmp_path / "logs")
+        script = (f"mount -t tmpfs tmpfs {private} && mkdir {private}/ck && "
+                  f"cp {old}/checkpoint.npz {private}/ck/ && "
+                  f"exec {sys.executable} -m distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --no-nanny --host 127.0.0.1 --no-dashboard")
+        procs.start("worker", ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+        try:
+            c.wait_for_workers(1, timeout=60)
+            events: list[dict] = []
+            model = dlogit.LogisticRegression(solver="gd", max_iter=10, tol=0.0, mode="worker-local")
+            with pytest.raises(ConfigError, match=r"does not exist on worker tcp://127\.0\.0\.1:\d+ \(host "):
+                model.fit(X, y, client=c, checkpoint=private / "new", callback=events.append)
+            assert (private / "new").is_dir()  # the client's own check made it
+            with pytest.raises(ConfigError, match=r"\(step 3, .*not the one this client sees \(step 6"):
+                model.fit(X, y, client=c, checkpoint=CheckpointSpec(str(private / "ck"), resume=True),
+                          callback=events.append)
+            assert not events  # nothing started
+        finally:
+            procs.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # TLS: the cluster's own listeners and nothing else
 
@@ -314,15 +354,17 @@ def test_frozen_worker_is_caught_by_the_heartbeat(who):
     """SIGSTOP a worker mid-fit with ``dlogit.engine.heartbeat`` at 3 s: a frozen shard worker is
     caught by its parent in the tree -- the driver, or a worker in the middle of the (binomial) tree
     that keeps its own link alive meanwhile and names the frozen one --, the frozen driver's worker
-    by the client's watchdog; either way the fit goes on within the heartbeat bound, the frozen
-    worker (and only it) is removed, and the model is the same."""
+    by the client's watchdog; either way the fit goes on within the heartbeat bound with the same
+    model, and says so in one warning. A frozen shard worker is only dropped from the fit (a
+    GIL-holding task of another user must not cost the cluster a worker and its data); the frozen
+    driver's worker is removed because the test opts in (``dlogit.engine.remove-silent-workers``)."""
     from distributed import Client
 
     heartbeat = 3.0
     Xn, yn, X, y = _data(16000, 40, 2000, seed=11)
     ref = _reference(Xn, yn, 2000, max_iter=LONG, **GD)
     settings = {"dlogit.engine.heartbeat": f"{heartbeat}s", "dlogit.engine.replica-every": "0.05s",
-                "dlogit.engine.tree-radix": 2}
+                "dlogit.engine.tree-radix": 2, "dlogit.engine.remove-silent-workers": who == "driver"}
     with dask.config.set(settings), _cluster(4 if who == "grandchild" else 3) as cluster, \
             Client(cluster, set_as_default=False) as c:
         fit = _Fit(c, X, y, max_iter=LONG, **GD)
@@ -355,7 +397,13 @@ def test_frozen_worker_is_caught_by_the_heartbeat(who):
               file=sys.stderr)
         assert resumed < heartbeat + 8, resumed
         alive = c.scheduler_info()["workers"]
-        assert victim not in alive and all(w in alive for w in params["workers"] if w != victim)
+        assert all(w in alive for w in params["workers"] if w != victim)
+        assert (victim in alive) == (who != "driver"), (victim, sorted(alive))
+        notes = [e["message"] for e in fit.events if e["type"] == "warning"]
+        if who == "driver":  # the client's watchdog removed it (it warns in the client); the new driver says
+            assert any("driver was lost" in n and "continues" in n for n in notes), notes
+        else:
+            assert notes and victim in notes[0] and "dropped from this fit" in notes[0], notes
         assert fit.model.n_iter_ == LONG
         if who == "driver":
             assert len(fit.starts()) == 2 and fit.starts()[1]["params"]["resumed_from"] >= step - 200
@@ -394,6 +442,41 @@ def test_a_frozen_driver_that_wakes_up_changes_nothing():
         alive = c.scheduler_info()["workers"]
         assert all(w in alive for w in params["workers"] if w != driver), (alive, params["workers"])
         assert fit.model.n_iter_ == LONG * 2
+
+
+@pytest.mark.timeout(180)
+def test_state_copies_go_to_other_hosts_first():
+    """Three workers on the driver's host (127.0.0.1) and one on another (127.0.0.2): the copies of the
+    driver's state go to the other host first (they went to the root's children, all on the driver's
+    own host here: losing that node lost every copy), and only then to the driver's host."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    from dlogit.engine.placement import host_of
+
+    _Xn, _yn, X, y = _data(16000, 40, 2000, seed=11)
+    quiet = {"nthreads": 1, "silence_logs": logging.CRITICAL}
+    workers = {f"w{i}": {"cls": Nanny, "options": {"host": "127.0.0.1" if i < 3 else "127.0.0.2", **quiet}}
+               for i in range(4)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    settings = {"dlogit.engine.tree-radix": 2, "dlogit.engine.replica-every": "0.05s"}
+    with dask.config.set(settings), SpecCluster(workers=workers, scheduler=scheduler, asynchronous=False,
+                                                silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(4, timeout=60)
+        fit = _Fit(c, X, y, max_iter=LONG, **GD)
+        fit.start()
+        _wait_for_step(fit.events, 100)
+        run, driver = fit.starts()[0]["run"], fit.starts()[0]["params"]["driver"]
+        copies: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(copies) < 2 and time.monotonic() < deadline:
+            copies = {w for w, st in _states(c).items() if st["runs"].get(run, {}).get("checkpoint")}
+            time.sleep(0.05)
+        fit.join(120)
+        assert fit.error is None, repr(fit.error)
+    assert host_of(driver) == "127.0.0.1"
+    assert len(copies) == 2 and driver not in copies, copies
+    assert sorted(host_of(w) for w in copies) == ["127.0.0.1", "127.0.0.2"], copies
 
 
 def _slow_sums_when_flagged(flag: str, dask_worker=None) -> None:
@@ -446,6 +529,69 @@ def test_ctrl_c_during_a_long_step_stops_at_its_end_and_removes_no_worker(tmp_pa
         time.sleep(max(0.0, sent[0] + 13.0 - time.monotonic()))  # the step is over: a removal shows
         assert sorted(c.scheduler_info()["workers"]) == before
         assert took < 60, took
+
+
+def _block_sums_while_flagged(flag: str, dask_worker=None) -> None:
+    """On a worker: every "sums" op blocks (GIL released, as a wedged BLAS or CUDA call would leave the
+    event loop running) for as long as ``flag`` exists, at most 120 s."""
+    from dlogit.engine import shard
+
+    plain = shard.STEP_OPS["sums"]
+
+    def blocked(s, *args):
+        t0 = time.monotonic()
+        while os.path.exists(flag) and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        time.sleep(0.01)  # every step slow enough to run on a thread, not on a loop
+        return plain(s, *args)
+
+    shard.STEP_OPS["sums"] = blocked
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_while_a_step_is_blocked_stops_at_once_and_leaves_nothing(tmp_path):
+    """Ctrl-C while every worker's evaluation blocks (a wedged compute thread): the fit stops without
+    waiting for the step (it waited for it, however long), says interrupted, and once the stop has
+    returned the workers hold nothing of the fit -- no shard, no link, no driver task; the blocked
+    threads go as soon as their call returns -- and the cluster keeps all its workers."""
+    from distributed import Client
+
+    flag = str(tmp_path / "blocked")
+    _Xn, _yn, X, y = _data(3000, 10, 500, seed=1)
+    with _cluster(3) as cluster, Client(cluster, set_as_default=False) as c:
+        c.run(_block_sums_while_flagged, flag)
+        before = sorted(c.scheduler_info()["workers"])
+        events: list[dict] = []
+        sent: list[float] = []
+
+        def interrupt() -> None:
+            while not any(e.get("type") == "progress" for e in events):
+                time.sleep(0.05)
+            open(flag, "w").close()
+            time.sleep(1.0)  # inside a blocked step
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        try:
+            with pytest.raises(dlogit.Interrupted):
+                dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0,
+                                          progress_period=1).fit(X, y, client=c, callback=events.append)
+            took = time.monotonic() - sent[0]
+            print(f"Ctrl-C during a blocked step: stopped in {took:.2f}s", file=sys.stderr)
+            run = events[0]["run"]
+            states = _states(c)
+            assert all(run not in st["runs"] for st in states.values()), states
+            tasks = c.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+            assert not [k for k in tasks if run in k], tasks
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(flag)
+        ends = [e for e in events if e.get("type") == "end"]
+        assert [e["status"] for e in ends] == ["interrupted"], ends
+        assert took < 20, took  # the blocked step would have held it for 120 s
+        _assert_nothing_left(c)
+        assert sorted(c.scheduler_info()["workers"]) == before
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,6 +699,7 @@ def test_ctrl_c_stops_the_fit_at_a_step_boundary(client4):
         dlogit.LogisticRegression(mode="distributed", max_iter=100_000, **GD).fit(
             X, y, client=client4, callback=events.append)
     took = time.monotonic() - hit["t"]
+    print(f"Ctrl-C at a step boundary: stopped in {took:.2f}s", file=sys.stderr)
     assert took < 4.0, took
     end = [e for e in events if e["type"] == "end"]
     assert end and end[-1]["status"] == "interrupted" and end[-1]["n_iter"] < 100_000

@@ -34,13 +34,13 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dlogit.engine.dask_fit import SchedulerLost, fit_dask, fit_path_dask
+from dlogit.engine.dask_fit import ClusterWarning, SchedulerLost, fit_dask, fit_path_dask
 from dlogit.engine.local import fit_arrays
 from dlogit.engine.routing import listen
 from dlogit.errors import ConfigError
 from dlogit.loss import CPU_KERNELS
 
-__all__ = ["SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask", "fit_path_dask",
+__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask", "fit_path_dask",
            "is_dask_array", "listen", "map_chunks"]
 
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,11 @@ from dlogit.spec import FitResult, FitSpec
 logger = logging.getLogger("dlogit.engine")
 
 Callback = Callable[[dict[str, Any]], None]
+
+
+class ClusterWarning(UserWarning):
+    """Something happened to the cluster during a fit that the fit survived (a worker lost or dropped
+    from the fit, a driver restarted): one line, also sent as a ``warning`` progress event."""
 
 
 class SchedulerLost(ClusterError):
@@ -71,6 +77,18 @@ def _worker_fit(spec: FitSpec, n_chunks: int, xs: list[Any], ys: list[Any], ws: 
         return "interrupted", (exc.message, exc.checkpoint)
     finally:
         control.clear(spec.run)
+
+
+def _check_checkpoint(directory: str, resume: bool, client_view: dict[str, Any] | None) -> None:
+    """On the worker that will run the fit's loop: :func:`dlogit.checkpoint.check_where_written`."""
+    import socket
+
+    from distributed import get_worker
+
+    from dlogit.checkpoint import check_where_written
+
+    check_where_written(directory, resume, client_view,
+                        f"worker {get_worker().address} (host {socket.gethostname()})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,6 +127,7 @@ class DaskFit:
         self.ys: list[Any] = []
         self.ws: list[Any] | None = None
         self.info = {"n_chunks": self.n_chunks, "dtype": str(X.dtype)}
+        self.notices: list[str] = []  # the fit's "warning" events, warned about when it ends
 
     # -- helpers ---------------------------------------------------------------------------------
     def _workers(self) -> list[str]:
@@ -177,6 +196,8 @@ class DaskFit:
             # the last event of a fit is its end; of a path, the path event of its last point (each
             # point's fits end before it)
             kind = msg.get("type")
+            if kind == "warning" and msg.get("message"):
+                self.notices.append(str(msg["message"]))
             if (kind == "path" and msg.get("done")) or (kind == "end" and (
                     msg.get("run") == run or (path and msg.get("status") in ("interrupted", "failed")))):
                 done.set()
@@ -264,6 +285,7 @@ class DaskFit:
     def _run_task(self, task: Any, target: str) -> FitResult:
         """Submit the fit's task and wait for it: progress events flow meanwhile; Ctrl-C stops it at a
         step boundary; a driver whose worker went silent for the heartbeat is moved elsewhere."""
+        self._check_checkpoint_on(target)
         unsubscribe, done = self._forward_events()
         fut = None
         finished = False
@@ -286,20 +308,45 @@ class DaskFit:
             return value
         finally:
             unsubscribe()
+            for message in dict.fromkeys(self.notices):  # each once, in the order they happened
+                warnings.warn(message, ClusterWarning, stacklevel=2)
+            self.notices.clear()
             if fut is not None and not finished:
                 with contextlib.suppress(Exception):
                     fut.cancel()
                 with contextlib.suppress(Exception):  # a driver that could not clean up after itself
                     self.client.run(drop_run, self.spec.run)
 
+    def _check_checkpoint_on(self, target: str) -> None:
+        """The checkpoint directory as the worker that will write it sees it, before anything runs (the
+        client checked its own view; a path that is not shared fails here, naming the worker's host)."""
+        ck = self.spec.checkpoint
+        if ck is None:
+            return
+        from dlogit.checkpoint import checkpoint_path, read_meta
+
+        view = None
+        if ck.resume:
+            meta = read_meta(checkpoint_path(ck.directory))
+            view = {k: meta.get(k) for k in ("run", "step", "written")}
+        fut = self.client.submit(_check_checkpoint, ck.directory, ck.resume, view, workers=[target],
+                                 allow_other_workers=True, pure=False,
+                                 key=f"dlogit-check-checkpoint-{self.spec.run}")
+        try:
+            fut.result(timeout=self.settings.attach_timeout)
+        finally:
+            fut.release()
+
     def _wait(self, fut: Any) -> tuple[str, Any]:
         """``fut.result()``, checking every ``heartbeat / 3`` seconds that the scheduler still hears
-        from the worker running it; a silent one (frozen) is removed, and Dask reruns the task."""
+        from the worker running it; a silent one (frozen) is said once, and removed (Dask then reruns the
+        task) only with ``dlogit.engine.remove-silent-workers``; else Dask's own ``worker-ttl`` judges it."""
         from distributed import TimeoutError as DaskTimeout
 
         heartbeat = self.settings.heartbeat
         poll = max(0.2, heartbeat / 3.0)
         fns = scheduler_functions()
+        warned: set[str] = set()
         while True:
             t0 = time.monotonic()
             try:
@@ -312,12 +359,21 @@ class DaskFit:
                 seen = self.client.run_on_scheduler(fns["silence"], fut.key)
             except Exception:  # noqa: BLE001 - the watchdog is best effort; the scheduler is checked below
                 seen = None
-            if seen is not None and seen[1] > heartbeat:
-                logger.warning("dlogit: the worker running the fit (%s) has been silent for %.0fs "
-                               "(dlogit.engine.heartbeat); removing it, the fit continues elsewhere",
-                               seen[0], seen[1])
-                with contextlib.suppress(Exception):
-                    self.client.run_on_scheduler(fns["remove"], seen[0])
+            if seen is not None and seen[1] > heartbeat and seen[0] not in warned:
+                warned.add(seen[0])
+                if self.settings.remove_silent_workers:
+                    message = (f"the worker running the fit's driver ({seen[0]}) was silent for "
+                               f"{seen[1]:.0f}s "
+                               "(dlogit.engine.heartbeat); removed from the cluster "
+                               "(dlogit.engine.remove-silent-workers), the fit continues elsewhere")
+                    with contextlib.suppress(Exception):
+                        self.client.run_on_scheduler(fns["remove"], seen[0])
+                else:
+                    message = (f"the worker running the fit's driver ({seen[0]}) has been silent for "
+                               f"{seen[1]:.0f}s (dlogit.engine.heartbeat); the fit waits for it, or for Dask "
+                               "to remove it (distributed.scheduler.worker-ttl) and restart the driver")
+                logger.warning("dlogit: %s", message)
+                self.notices.append(message)
 
 
 def _align_rows(X: Any, a: Any, what: str) -> Any:

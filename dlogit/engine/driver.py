@@ -17,7 +17,8 @@ thread pool (so the worker's own shard tasks still run) and, through the worker'
    :class:`~dlogit.spec.FitPlan` and prepares the shards;
 3. links the tree of workers (:func:`~dlogit.engine.placement.worker_tree`, rooted at this process)
    and runs :func:`~dlogit.training.run_fit` on it; every ``dlogit.engine.replica-every`` seconds it
-   copies the solver state and history to the root's children (:meth:`Driver.replicate`);
+   copies the solver state and history to as many workers as the root has children, on other hosts
+   than the driver's first (:func:`~dlogit.engine.placement.replica_targets`; :meth:`Driver.replicate`);
 4. on a lost worker (connection closed, or silent for ``dlogit.engine.heartbeat``) it removes the
    worker from the scheduler when it is still listed (a frozen process), spreads its chunks over the
    survivors, re-attaches them and retries the step: the fixed chunk tree gives the same sums;
@@ -40,12 +41,13 @@ import numpy as np
 from dlogit.cv import needs_labels
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
-from dlogit.engine.placement import balanced_ranges, spread_orphans, worker_tree
+from dlogit.engine.placement import balanced_ranges, replica_targets, spread_orphans, worker_tree
 from dlogit.engine.shard import Shard, merged_stats
 from dlogit.engine.transport import (
     DriverLinks,
     EnginePlugin,
     ShardsMissing,
+    StepStopped,
     WorkerLost,
     local_plugin,
     subtree_spec,
@@ -68,6 +70,11 @@ class EngineSettings:
     max_recoveries: int = 10
     replica_every: float = 1.0
     tree_radix: int = 4
+    #: a worker silent for the heartbeat is also removed from the cluster (else only from this fit)
+    remove_silent_workers: bool = False
+    #: a step's deadline: seconds, or ``step_timeout_factor`` x the median step (None: no deadline)
+    step_timeout: float | None = None
+    step_timeout_factor: float | None = None
 
     @classmethod
     def from_config(cls) -> EngineSettings:
@@ -83,7 +90,23 @@ class EngineSettings:
                   recover_timeout=seconds("recover-timeout", "60s"),
                   max_recoveries=int(dask.config.get("dlogit.engine.max-recoveries", 10)),
                   replica_every=seconds("replica-every", "1s"),
-                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)))
+                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
+                  remove_silent_workers=bool(dask.config.get("dlogit.engine.remove-silent-workers", False)))
+        raw = dask.config.get("dlogit.engine.step-timeout", None)
+        if raw not in (None, False, "", "off", "none", "null"):
+            text = str(raw).strip().lower()
+            try:
+                if text.endswith("x"):
+                    out = replace(out, step_timeout_factor=float(text[:-1]))
+                    bad = not out.step_timeout_factor > 1
+                else:
+                    out = replace(out, step_timeout=float(parse_timedelta(raw)))
+                    bad = not out.step_timeout > 0
+            except (TypeError, ValueError, KeyError):  # parse_timedelta: KeyError for an unknown unit
+                bad = True
+            if bad:
+                raise ConfigError(f"dlogit.engine.step-timeout must be a duration (e.g. 10m) or a multiple "
+                                  f"of the median step above 1 (e.g. 10x), got {raw!r}")
         if not out.heartbeat > 0:
             raise ConfigError(f"dlogit.engine.heartbeat must be positive, got {out.heartbeat}")
         if out.tree_radix < 2:
@@ -220,7 +243,8 @@ class Driver:
 
         self.client = get_client()
         self.client.register_plugin(EnginePlugin())
-        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat)
+        self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat,
+                                         stop=self.stop)
         alive = self._alive()
         self.touched.update(alive)
         begun = links.control({w: {} for w in alive}, "begin", missing_ok=True)
@@ -256,8 +280,8 @@ class Driver:
 
             start = (state_from_arrays(best["state"]), best["history"])
             self.resumed_from = best.get("resumed_from")
-            logger.warning("dlogit: fit %s continues on %s from step %d (its driver's worker was lost)",
-                           self.spec.run, self.worker.address, int(best["n_iter"]))
+            self._notice(f"the fit's driver was lost; it continues on {self.worker.address} from step "
+                         f"{int(best['n_iter'])}")
         info = {**self.info, "workers": sorted({s.worker for s in self.shards.values()}),
                 "driver": self.worker.address}
         if self.path is not None:  # every fold of a penalty in one pass down the tree
@@ -269,7 +293,7 @@ class Driver:
                             self.path.scoring, self._send, mode="distributed", info=info, stop=self.stop)
         result = run_fit(_TreeEvaluator(self, kernel), self.spec, self.plan, self._send, mode="distributed",
                          info=info, stop=self.stop, emitter_hook=self._hook, start=start,
-                         on_step=self.replicate)
+                         on_step=self.replicate, epoch=self.epoch)
         if start is not None:  # the user sees their own resume (a file), not the driver's restarts
             result = replace(result, resumed_from=self.resumed_from)
         result.extra["driver_epoch"] = self.epoch
@@ -281,6 +305,12 @@ class Driver:
         if msg.get("type") == "start" and self.resumed_from is None and self.epoch == 1:
             self.resumed_from = msg.get("params", {}).get("resumed_from")
         self.worker.log_event(TOPIC, msg)
+
+    def _notice(self, message: str) -> None:
+        """A one-line warning for the user (a ``warning`` event: the client warns with it) and the log."""
+        logger.warning("dlogit: fit %s: %s", self.spec.run, message)
+        with contextlib.suppress(Exception):
+            self._send({"type": "warning", "run": self.spec.run, "time": time.time(), "message": message})
 
     def _hook(self, emitter: Any) -> None:
         self.emitter = emitter
@@ -373,7 +403,8 @@ class Driver:
         spec = subtree_spec(me, tree, holders, nodes, self.refs.n_chunks)
         own = local_plugin(self.worker).shards_of(self.spec.run, self.epoch, holders.get(me, []))
         self.links.open(spec, own)
-        self.replica_targets = list(tree[me])
+        # as many copies as the root has children, on other hosts than the driver's first
+        self.replica_targets = replica_targets(me, order[1:], max(1, len(tree[me])))
 
     # -- steps -----------------------------------------------------------------------------------
     def reduce(self, op: str, *arrays: np.ndarray) -> np.ndarray:
@@ -383,17 +414,32 @@ class Driver:
         while True:
             t0 = time.perf_counter()
             try:
-                values, seconds = self.links.step(op, args)
+                values, seconds = self.links.step(op, args, timeout=self._step_deadline())
                 break
             except WorkerLost as exc:
                 self._recover(exc)
+            except StepStopped as exc:  # Ctrl-C (or a cancelled fit) while the step was pending
+                stop = KeyboardInterrupt(exc.reason)
+                stop.message = exc.reason  # type: ignore[attr-defined]
+                raise stop from None  # run_fit checkpoints the last completed step and says interrupted
         self.timing.append((time.perf_counter() - t0, max(seconds.values(), default=0.0)))
         if self.emitter is not None:
             self.emitter.worker_seconds = seconds
         return np.array(values[0], dtype=np.float64)  # a fresh array: received frames are read-only
 
+    def _step_deadline(self) -> float | None:
+        """``dlogit.engine.step-timeout`` in seconds for the next step (a multiple of the median of the
+        last 100 steps once there are 5), or None."""
+        st = self.settings
+        if st.step_timeout is not None:
+            return st.step_timeout
+        if st.step_timeout_factor is None or len(self.timing) < 5:
+            return None
+        recent = [t for t, _ in itertools.islice(reversed(self.timing), 100)]
+        return st.step_timeout_factor * max(float(np.median(recent)), 1e-3)
+
     def replicate(self, state: Any, history: dict[str, list[float]]) -> None:
-        """``run_fit``'s ``on_step``: copy the solver state and history to the root's children (the
+        """``run_fit``'s ``on_step``: copy the solver state and history to ``replica_targets`` (the
         in-memory checkpoint), at most every ``replica-every`` seconds and at most ~5% of the time."""
         now = time.monotonic()
         if not self.replica_targets or now - self._last_replica < max(self.settings.replica_every,
@@ -441,21 +487,29 @@ class Driver:
         if exc.worker == self.worker.address:
             raise ClusterError(f"the driver's own worker failed a step: {exc}") from exc
         if isinstance(exc, ShardsMissing):  # up, but restarted: its chunks are attached again
-            logger.warning("dlogit: worker %s %s; attaching its chunks again", exc.worker, exc.why)
+            self._notice(f"worker {exc.worker} {exc.why} (restarted?); its chunks attached again")
             self._reattach([s for s in self.shards.values() if s.worker == exc.worker], self._alive())
             return
         listed = exc.worker in self._alive()
-        if listed and exc.silent:  # frozen: it would hold every later step of every fit
-            logger.warning("dlogit: worker %s failed the step (%s); removing it from the cluster and moving "
-                           "its chunks to the others", exc.worker, exc.why)
+        if listed and exc.silent and self.settings.remove_silent_workers:  # opt-in: frozen, it would
+            # hold every later step of every fit
+            self._notice(f"worker {exc.worker} failed a step ({exc.why}); removed from the cluster "
+                         "(dlogit.engine.remove-silent-workers), its chunks moved to the other workers")
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
-        elif listed:  # its link closed but the cluster still has it: this fit goes on without it
-            logger.warning("dlogit: worker %s failed the step (%s); moving its chunks to the others",
-                           exc.worker, exc.why)
+        elif listed:  # the cluster keeps it (Dask's own worker-ttl judges it): this fit goes on without it
+            if exc.silent and not exc.wedged:  # frozen: its chunks cannot be fetched from it, Dask computes
+                # them again elsewhere (a wedged worker's loop still serves them)
+                refs = self.refs
+                keys = [k for s in self.shards.values() if s.worker == exc.worker for i in s.indices
+                        for k in (refs.x[i], refs.y[i], *(() if refs.w is None else (refs.w[i],)))]
+                with contextlib.suppress(Exception):
+                    self.client.run_on_scheduler(scheduler_functions()["forget"], keys, exc.worker)
+            self._notice(f"worker {exc.worker} failed a step ({exc.why}); dropped from this fit (not from "
+                         "the cluster), its chunks moved to the other workers")
         else:
-            logger.warning("dlogit: lost worker %s; moving its chunks to the others and retrying the step",
-                           exc.worker)
+            self._notice(f"lost worker {exc.worker}; its chunks moved to the other workers and the step "
+                         "retried")
         self.excluded.add(exc.worker)
         deadline = time.monotonic() + self.settings.recover_timeout
         while True:
@@ -560,7 +614,9 @@ def scheduler_functions() -> dict[str, Any]:
 
     ``remove(address)`` treats a worker that stopped answering as dead (its keys are recomputed, its
     tasks rescheduled); ``silence(key)`` is ``(worker, seconds since the scheduler last heard from
-    it)`` for the worker running task ``key``, or ``None``.
+    it)`` for the worker running task ``key``, or ``None``; ``forget(keys, address)`` tells the scheduler
+    that a silent worker no longer holds ``keys`` (a fit's chunks: Dask computes them again elsewhere;
+    the worker stays in the cluster).
     """
 
     async def remove(address: str, dask_scheduler: Any = None) -> None:
@@ -568,6 +624,19 @@ def scheduler_functions() -> dict[str, Any]:
 
         await dask_scheduler.remove_worker(address=address, stimulus_id=f"dlogit-unresponsive-{_time.time()}",
                                            close=True)
+
+    def forget(keys: list[Any], address: str, dask_scheduler: Any = None) -> None:
+        import time as _time
+
+        stimulus = f"dlogit-silent-{_time.time()}"
+        others = {a for a in dask_scheduler.workers if a != address}
+        for key in keys:  # as if the worker had released them: recomputed where no other replica is,
+            ts = dask_scheduler.tasks.get(key)  # on any other worker (not where the client placed them)
+            if ts is None or not others:
+                continue
+            ts.worker_restrictions = set(others)
+            ts.loose_restrictions = False
+            dask_scheduler.release_worker_data(key, address, stimulus)
 
     def silence(key: Any, dask_scheduler: Any = None) -> tuple[str, float] | None:
         import time as _time
@@ -578,4 +647,4 @@ def scheduler_functions() -> dict[str, Any]:
             return None
         return ws.address, _time.time() - ws.last_seen
 
-    return {"remove": remove, "silence": silence}
+    return {"remove": remove, "forget": forget, "silence": silence}

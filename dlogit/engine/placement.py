@@ -1,5 +1,6 @@
 """Where things go: chunks to workers (contiguous runs of about equal rows, persisted chunks stay put,
-a lost worker's chunks spread over the survivors), and the tree of workers a step travels along.
+a lost worker's chunks spread over the survivors), the tree of workers a step travels along, and
+the copies of the driver's state (other hosts first).
 
 Pure except :func:`resolve_aliases`, which reads a Dask graph (no cluster).
 """
@@ -102,6 +103,41 @@ def worker_tree(order: Sequence[str], radix: int = 2) -> dict[str, list[str]]:
     maps to its children (see :func:`knomial_children`)."""
     n = len(order)
     return {order[i]: [order[c] for c in knomial_children(i, n, radix)] for i in range(n)}
+
+
+def host_of(address: str) -> str:
+    """The host part of a worker's address (``tcp://10.0.0.5:4321`` -> ``10.0.0.5``; IPv6 unbracketed)."""
+    rest = address.split("://", 1)[-1]
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
+def replica_targets(root: str, workers: Sequence[str], k: int) -> list[str]:
+    """Up to ``k`` workers to hold copies of the driver's state: other hosts than the root's first (a
+    lost node must not take every copy with the driver), one per host in turn, then the root's host.
+
+    Parameters
+    ----------
+    root : str
+        The driver's address.
+    workers : sequence of str
+        The candidates (the fit's other workers), in order of preference.
+    k : int
+        How many copies.
+    """
+    mine = host_of(root)
+    by_host: dict[str, list[str]] = {}
+    for w in workers:
+        if w != root:
+            by_host.setdefault(host_of(w), []).append(w)
+    local = by_host.pop(mine, [])
+    out: list[str] = []
+    queues = list(by_host.values())
+    while len(out) < k and any(queues):
+        for q in queues:
+            if q and len(out) < k:
+                out.append(q.pop(0))
+    return out + local[:max(0, k - len(out))]
 
 
 def resolve_aliases(chunks: list[Any]) -> list[Any]:

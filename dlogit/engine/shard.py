@@ -43,6 +43,8 @@ class Shard:
         self.evaluators: dict[int, Any] = {}
         self.fold_chunks: dict[int, Any] = {}  # a cross-validated path's chunks (plan.folds)
         self.kernel = ""
+        #: chunk evaluations done so far (monotone; read from another thread: a step's progress)
+        self.done = 0
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
 
@@ -81,22 +83,29 @@ class Shard:
         self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
         return self.kernel
 
-    # -- evaluation --------------------------------------------------------------------------------
+    # -- evaluation (each chunk evaluated counts in ``done``) ----------------------------------------
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
         ev = self.evaluators
         th = self._theta(theta)
-        return np.stack([to_numpy(node_sum(lambda i: ev[i].sums(th), lo, hi)) for lo, hi in self.nodes])
+        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].sums(th)), lo, hi))
+                         for lo, hi in self.nodes])
 
     def node_hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         ev = self.evaluators
         th, vv = self._theta(theta), self._theta(v)
-        return np.stack([to_numpy(node_sum(lambda i: ev[i].hvp(th, vv), lo, hi)) for lo, hi in self.nodes])
+        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].hvp(th, vv)), lo, hi))
+                         for lo, hi in self.nodes])
 
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
         fc = self.fold_chunks
-        return np.stack([to_numpy(node_sum(lambda i: fn(fc[i]), lo, hi)) for lo, hi in self.nodes])
+        return np.stack([to_numpy(node_sum(lambda i: self._counted(fn(fc[i])), lo, hi))
+                         for lo, hi in self.nodes])
+
+    def _counted(self, value: Any) -> Any:
+        self.done += 1
+        return value
 
     def node_fold_sums(self, thetas: np.ndarray, models: np.ndarray, mult: np.ndarray) -> np.ndarray:
         """(nodes, q, 1 + P): training sums of the fold models ``models`` (float ids) at ``thetas``

@@ -25,9 +25,11 @@ Arrays travel as raw frames (the ``dlogit`` serialization family: dtypes, shapes
 no msgpack of array data, no per-array dispatch), or inline when a message's arrays are small
 (:data:`INLINE_BYTES`). A worker evaluates on its event loop when its last evaluation took under
 :data:`INLINE_SECONDS` (no thread hop), else on one thread of the fit's own.
-While a step is pending a worker sends ``{"k": 1}`` up every :func:`keepalive_interval` seconds, so
-a parent tells a slow step from a frozen process: a child silent for the fit's heartbeat is reported
-lost (``{"lost": address}``), by its parent or, at the root, as :class:`WorkerLost`.
+While a step is pending a worker sends ``{"k": 1, "p": progress}`` up every :func:`keepalive_interval`
+seconds (``p``: its subtree's chunk evaluations so far), so a parent tells a slow step from a frozen
+process or a wedged compute thread: a child silent for the fit's heartbeat, or whose ``p`` has not
+moved for it, is reported lost (``{"lost": address}``), by its parent or, at the root, as
+:class:`WorkerLost`.
 """
 
 from __future__ import annotations
@@ -111,13 +113,15 @@ def keepalive_interval(heartbeat: float) -> float:
 class WorkerLost(Exception):
     """A worker of the tree did not answer (connection closed, or silent for the heartbeat)."""
 
-    def __init__(self, worker: str, why: str, silent: bool = False) -> None:
+    def __init__(self, worker: str, why: str, silent: bool = False, wedged: bool = False) -> None:
         super().__init__(f"{worker}: {why}")
         self.worker = worker
         self.why = why
-        #: it stopped answering (frozen?) rather than closing its link: the only case that gets a
-        #: listed worker removed from the cluster
+        #: it stopped answering (frozen?) or stopped making progress, rather than closing its link: the
+        #: only cases that get a listed worker removed from the cluster (when opted in)
         self.silent = silent
+        #: it answers (keep-alives) but its evaluation does not progress: its data can still be fetched
+        self.wedged = wedged
 
 
 class ShardsMissing(WorkerLost):
@@ -126,6 +130,19 @@ class ShardsMissing(WorkerLost):
 
 class StepFailed(ClusterError):
     """A worker raised while evaluating a step (the message names it)."""
+
+
+class StepStopped(Exception):
+    """The fit was asked to stop (Ctrl-C, a cancelled task) while a step was pending: the step is
+    abandoned (its links closed), the fit stops from its last completed step."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StepTimeout(ClusterError):
+    """A step ran past ``dlogit.engine.step-timeout``."""
 
 
 if sys.version_info >= (3, 11):
@@ -149,6 +166,8 @@ class _Child:
     comm: Any
     targets: list[Node]
     workers: list[str]
+    #: the subtree's progress (chunk evaluations) its last message reported
+    progress: int = -1
 
 
 def _subtree_workers(tree: dict[str, Any]) -> list[str]:
@@ -186,8 +205,11 @@ async def _open_child(address: str, opening: dict[str, Any], heartbeat: float,
 
 
 async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> dict[str, Any]:
-    """The next answer of ``child`` that is not a keep-alive; :class:`WorkerLost` on silence."""
+    """The next answer of ``child`` that is not a keep-alive; :class:`WorkerLost` on silence, or when
+    its keep-alives report no progress of its subtree's evaluation for the heartbeat (a wedged
+    compute thread: a deadlocked BLAS, a hung kernel)."""
     retried = False
+    moved = time.monotonic()
     while True:
         t0 = time.monotonic()
         try:
@@ -204,10 +226,20 @@ async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> 
         if not isinstance(msg, dict):
             raise ClusterError(f"worker {child.address} sent {type(msg).__name__} on the step link")
         if "k" in msg:
+            p = int(msg.get("p", -1))
+            now = time.monotonic()
+            if p != child.progress:
+                child.progress, moved = p, now
+            elif now - moved > heartbeat:
+                child.comm.abort()
+                raise WorkerLost(child.address, f"its evaluation made no progress for {heartbeat:g}s "
+                                 "(dlogit.engine.heartbeat): wedged?", silent=True, wedged=True) from None
             continue
+        child.progress += 1  # an answer is progress too (a middle node's count stays monotone)
         if "lost" in msg:
             raise (ShardsMissing if msg.get("missing") else WorkerLost)(msg["lost"], msg.get("why", "lost"),
-                                                                        bool(msg.get("silent")))
+                                                                        bool(msg.get("silent")),
+                                                                        bool(msg.get("wedged")))
         if "error" in msg:
             raise StepFailed(f"worker {child.address} failed a {expect}: {msg['error']}")
         return msg
@@ -258,6 +290,10 @@ class TreeNode:
         self.last_compute: dict[str, float] = {}
         self.order = [address, *(w for c in children for w in c.workers)]
 
+    def progress(self) -> int:
+        """Chunk evaluations done in this subtree so far (what its keep-alives report)."""
+        return sum(s.done for s in self.shards) + sum(max(0, c.progress) for c in self.children)
+
     def own(self, op: str, arrays: Sequence[np.ndarray]) -> tuple[dict[Node, Any], float]:
         """Evaluate ``op`` on this process's shards: node -> row, and the seconds it took."""
         fn = STEP_OPS[op]
@@ -297,11 +333,13 @@ class TreeNode:
 
 
 class _KeepAlive:
-    """While started, sends ``{"k": 1}`` on a link every ``every`` seconds (a step still pending)."""
+    """While started, sends ``{"k": 1, "p": progress}`` on a link every ``every`` seconds (a step still
+    pending; ``p`` the subtree's chunk evaluations so far, so the parent tells slow from wedged)."""
 
-    def __init__(self, comm: Any, every: float) -> None:
+    def __init__(self, comm: Any, every: float, progress: Callable[[], int]) -> None:
         self.comm = comm
         self.every = every
+        self.progress = progress
         self.lock = asyncio.Lock()  # one writer at a time on the link: a beat, or the answer
         self.loop = asyncio.get_running_loop()
         self.handle: asyncio.TimerHandle | None = None
@@ -324,7 +362,7 @@ class _KeepAlive:
     async def _beat(self) -> None:
         async with self.lock:
             with contextlib.suppress(OSError):
-                await self.comm.write({"k": 1})
+                await self.comm.write({"k": 1, "p": self.progress()})
 
 
 @dataclass
@@ -461,7 +499,7 @@ class EnginePlugin(WorkerPlugin):
                     raise errors[0]
             except WorkerLost as exc:
                 await comm.write({"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing),
-                                  "silent": exc.silent})
+                                  "silent": exc.silent, "wedged": exc.wedged})
                 return
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
                 await comm.write({"error": f"{type(exc).__name__}: {exc}"})
@@ -484,7 +522,7 @@ class EnginePlugin(WorkerPlugin):
 
     async def _serve(self, comm: Any, run: str, state: RunState, node: TreeNode) -> None:
         loop = asyncio.get_running_loop()
-        beat = _KeepAlive(comm, keepalive_interval(node.heartbeat))
+        beat = _KeepAlive(comm, keepalive_interval(node.heartbeat), node.progress)
         while True:
             try:
                 msg = await comm.read()
@@ -505,7 +543,7 @@ class EnginePlugin(WorkerPlugin):
                 reply: dict[str, Any] = {"v": pack([rows, np.array([seconds[w] for w in node.order])])}
             except WorkerLost as exc:
                 reply = {"lost": exc.worker, "why": exc.why, "missing": isinstance(exc, ShardsMissing),
-                         "silent": exc.silent}
+                         "silent": exc.silent, "wedged": exc.wedged}
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
@@ -639,8 +677,13 @@ class DriverLinks:
     """The driver's end of the transport, in the driver's thread: its links to the root's children,
     and control comms, on an event loop of its own (:data:`OWN_LOOP_SCHEMES`) or the worker's."""
 
-    def __init__(self, worker: Any, run: str, epoch: int, heartbeat: float) -> None:
+    def __init__(self, worker: Any, run: str, epoch: int, heartbeat: float,
+                 stop: Callable[[], str | None] | None = None) -> None:
         self.address = worker.address
+        #: polled while a step is pending (a non-None answer abandons it: :class:`StepStopped`)
+        self.stop = stop
+        #: this process's own shards are evaluated here when a step takes long enough to poll meanwhile
+        self.executor: ThreadPoolExecutor | None = None
         self.connection_args = dict(worker.connection_args)
         self.run_id = run
         self.epoch = epoch
@@ -677,13 +720,38 @@ class DriverLinks:
                 self.close_tree()
                 raise c
 
-    def step(self, op: str, arrays: Sequence[np.ndarray]) -> tuple[list[Any], dict[str, float]]:
+    def step(self, op: str, arrays: Sequence[np.ndarray], timeout: float | None = None
+             ) -> tuple[list[Any], dict[str, float]]:
         """One step along the tree: the target nodes' values (the root node's) and each worker's
-        seconds of evaluation."""
+        seconds of evaluation. A stop request while it is pending raises :class:`StepStopped`, and a
+        step longer than ``timeout`` seconds :class:`StepTimeout` (the tree is closed either way)."""
         root = self.root
         if root is None:
             raise RuntimeError("the step tree is not open")
-        return self.run(self._step(root, op, arrays))
+        return self.run(self._guarded(self._step(root, op, arrays), timeout))
+
+    async def _guarded(self, coro: Any, timeout: float | None) -> Any:
+        task = asyncio.ensure_future(coro)
+        t0 = time.monotonic()
+        poll = 0.05
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            poll = min(0.1, poll * 2)
+            reason = self.stop() if self.stop is not None else None
+            late = timeout is not None and time.monotonic() - t0 > timeout
+            if reason is None and not late:
+                continue
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            root, self.root = self.root, None
+            if root is not None:
+                root.close()
+            if reason is not None:
+                raise StepStopped(reason)
+            raise StepTimeout(f"a step took more than {timeout:.3g}s (dlogit.engine.step-timeout)")
 
     async def _step(self, root: TreeNode, op: str, arrays: Sequence[np.ndarray]
                     ) -> tuple[list[Any], dict[str, float]]:
@@ -691,8 +759,12 @@ class DriverLinks:
             await root.send({"o": op, "a": pack(arrays)})
         if not root.shards:
             parts, dt = {}, 0.0
-        elif self.loop is None:  # on the worker's own loop: evaluate off it (its heartbeats go on)
-            parts, dt = await asyncio.get_running_loop().run_in_executor(None, root.own, op, arrays)
+        elif self.loop is None or root.last_compute.get(op, math.inf) >= INLINE_SECONDS:
+            # off the loop (a worker's: its heartbeats go on; our own: stop requests and the step
+            # deadline are watched meanwhile); a fast evaluation stays inline (no thread hop)
+            if self.executor is None:
+                self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"dlogit-root-{self.run_id[-6:]}")
+            parts, dt = await asyncio.get_running_loop().run_in_executor(self.executor, root.own, op, arrays)
         else:
             parts, dt = root.own(op, arrays)
         seconds = {self.address: dt} if root.shards else {}
@@ -755,6 +827,9 @@ class DriverLinks:
                 comm.abort()
 
         self.run(_call(abort))
+        if self.executor is not None:  # a wedged evaluation keeps its thread until it returns
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
         if self.loop is not None:
             with contextlib.suppress(Exception):
                 self.loop.run_until_complete(asyncio.sleep(0))
