@@ -1110,3 +1110,19 @@ def test_frozen_worker_is_dropped_after_the_heartbeat(tmp_path):
         assert took < 60, took
         err = [e for e in p.err if e.strip()]
         assert len(err) <= 2 and "Traceback" not in "\n".join(err), p.text()
+
+
+def test_exit_after_an_interruption_does_not_wait_for_the_resource_tracker():
+    """multiprocessing's resource tracker (every local cluster starts one) ignores SIGTERM and SIGINT and
+    leaves when its parent does: the exit after a Ctrl-C used to wait 3 s for it to obey a SIGTERM."""
+    start = "import multiprocessing.resource_tracker as rt; rt.ensure_running(); import dlogit.cli as c; "
+
+    def seconds(code: str) -> float:
+        t = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", start + code], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 130, out.stderr
+        return time.monotonic() - t
+
+    plain = seconds("import sys; sys.exit(130)")  # the same imports and tracker, a plain exit
+    hard = seconds("c._exit_now(130, hard=True)")
+    assert hard - plain < 2.0, f"the exit after an interruption took {hard:.2f}s, a plain exit {plain:.2f}s"
