@@ -109,7 +109,7 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
     """
     slope0 = float(np.dot(g0, d))
     gg0 = float(np.dot(g0, g0))
-    flat_f = f0 + FLAT_RTOL * abs(f0)
+    flat_tol = FLAT_RTOL * abs(f0)
     evals = 0
 
     def at(alpha: float) -> _Point:
@@ -128,8 +128,9 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
     def curvature(p: _Point) -> bool:
         return abs(p.slope) <= -c2 * slope0
 
-    def flat(p: _Point) -> bool:  # the end game's approximate Wolfe test (module docstring)
-        return (not math.isnan(p.f) and p.f <= flat_f and curvature(p) and p.grad is not None
+    def flat(p: _Point) -> bool:  # the end game's approximate Wolfe test (module docstring): only where
+        # f(alpha) differs from f0 by rounding alone -- a resolved decrease that fails Armijo still zooms
+        return (not math.isnan(p.f) and abs(p.f - f0) <= flat_tol and curvature(p) and p.grad is not None
                 and float(np.dot(p.grad, p.grad)) < gg0)
 
     def done(p: _Point, wolfe: bool, is_flat: bool = False) -> LineSearchResult:
@@ -150,7 +151,7 @@ def strong_wolfe(problem: Problem, theta: np.ndarray, f0: float, g0: np.ndarray,
             if not (math.isfinite(trial) and low <= trial <= high):
                 trial = lo.alpha + 0.5 * width
             p = at(trial)
-            if not armijo(p) and flat(p):
+            if not armijo(p) and flat(p) and not (lo.alpha > 0 and p.f > lo.f):
                 return done(p, True, True)
             if not armijo(p) or p.f >= lo.f:
                 hi = p
