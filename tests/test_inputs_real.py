@@ -311,3 +311,24 @@ def test_libsvm_integer_labels_come_back_as_integers(capfd, tmp_path, scheduler)
     assert list(pd.read_csv(tmp_path / "p.csv", nrows=0).columns) == ["label", "proba_-1", "proba_1"]
     (tmp_path / "f.svm").write_text("1.5 1:1\n0 1:2\n")  # labels written as floats stay floats
     assert load_local(str(tmp_path / "f.svm")).y.dtype == np.float64
+
+
+# --------------------------------------------------------------------------------------------------
+# 12. review: pandas' positional header; extensionless parts; matching predict options; Zarr
+# vlen-utf8 strings; 0-d arrays in JSON
+
+
+def test_a_header_of_pandas_positional_names_is_a_header(tmp_path):
+    d = _frame(300)
+    path = tmp_path / "pos.csv"
+    pd.DataFrame(d.to_numpy()).to_csv(path, index=False)  # header 0,1,2,3: pandas' default names
+    info = scan(Source(str(path), label="3"))
+    assert info.n_rows == 300 and info.feature_names == ["0", "1", "2"]
+    got = load_local(Source(str(path), label="3"))
+    np.testing.assert_array_equal(got.X, d[["f0", "f1", "f2"]].to_numpy())
+    assert sorted(set(got.y.tolist())) == [0, 1]  # no spurious class from a header read as data
+    for header in ("1,0,2,3", "0,1,2,4", "0.0,1,2,3"):  # numbers, not 0..n-1 in order: still refused
+        other = tmp_path / "other.csv"
+        other.write_text(header + "\n" + d.to_csv(index=False, header=False))
+        with pytest.raises(DataError, match="pass --no-header"):
+            scan(Source(str(other), label="3"))

@@ -65,7 +65,8 @@ def _names(header: bytes, sep: str, path: str, has_header: bool = True) -> list[
 
     Names are taken as written: a name written twice is an error (pandas would rename the second
     ``y.1`` and a duplicated label would become a feature), and so is a header of numbers only (the
-    first line is data: the file has no header)."""
+    first line is data: the file has no header) unless it is exactly ``0,1,...,n-1``: the names pandas
+    gives unnamed columns, written by ``pd.DataFrame(X).to_csv(index=False)``."""
     import pandas as pd
 
     try:
@@ -83,7 +84,9 @@ def _names(header: bytes, sep: str, path: str, has_header: bool = True) -> list[
     if duplicated:
         raise DataError(f"column {duplicated[0]!r} appears more than once in the header of {path}: give "
                         "every column a distinct name")
-    if raw and all(_is_number(str(c)) for c in raw):
+    positional = [str(k) for k in range(len(raw))]
+    if raw and [str(c) for c in raw] != positional and all(_is_number(str(c)) for c in raw):
+        # 0,1,2 ... in order is the header pandas writes for unnamed columns (DataFrame(X).to_csv())
         shown = sep.join(str(c) for c in raw[:6]) + (" ..." if len(raw) > 6 else "")
         raise DataError(f"the header of {path} is all numbers ({shown}): if the file has no header line, "
                         "pass --no-header (the columns are then named 0, 1, 2 ...)")
