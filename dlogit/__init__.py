@@ -16,9 +16,16 @@ def _cli_early_signals() -> None:
     import signal
     import sys
 
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) != "__main__":
+        return  # a process spawned by multiprocessing (a Dask worker) re-running the parent's main
     argv = list(getattr(sys, "orig_argv", None) or sys.argv)
-    as_module = "-m" in argv[1:] and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["dlogit"]
-    if not (as_module or os.path.basename(sys.argv[0] if sys.argv else "") == "dlogit"):
+    # ``python -m dlogit``: while runpy imports the package, sys.argv[0] is still "-m"
+    as_module = (bool(sys.argv) and sys.argv[0] == "-m" and "-m" in argv
+                 and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["dlogit"])
+    as_script = (bool(sys.argv) and os.path.basename(sys.argv[0]) == "dlogit"
+                 and os.path.basename(getattr(main, "__file__", None) or "") == "dlogit")
+    if not (as_module or as_script):
         return
     import multiprocessing
 

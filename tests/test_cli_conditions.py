@@ -281,6 +281,36 @@ def test_ctrl_c_during_the_imports_exits_130_in_one_line():
     assert err_lines == ["dlogit: interrupted"] and out == "", err_lines[-5:]
 
 
+def test_importing_dlogit_leaves_signals_alone_outside_the_command(tmp_path):
+    """Only the ``dlogit`` command itself gets the early handler: not a program whose own arguments
+    happen to read ``-m dlogit``, nor a process that multiprocessing spawns from a script named
+    ``dlogit`` (a Dask worker re-runs its parent's main as ``__mp_main__``)."""
+    root = str(Path(__file__).resolve().parents[1])
+    probe = tmp_path / "probe.py"
+    probe.write_text("import signal, dlogit\nprint(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n")
+    out = subprocess.run([sys.executable, str(probe), "-m", "dlogit"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": root})
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+    script = tmp_path / "dlogit"
+    script.write_text(
+        "import multiprocessing as mp, signal, sys\n"
+        f"sys.path.insert(0, {root!r})\n"
+        "import dlogit\n"
+        "def child(q):\n"
+        "    q.put(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "if __name__ == '__main__':\n"
+        "    print('parent', signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n"
+        "    ctx = mp.get_context('spawn')\n"
+        "    q = ctx.Queue()\n"
+        "    p = ctx.Process(target=child, args=(q,))\n"
+        "    p.start()\n"
+        "    print('child', q.get(timeout=100))\n"
+        "    p.join()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.stdout.split() == ["parent", "True", "child", "True"], out.stdout + out.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------------------------------
 # 8. JSON that is JSON
 
