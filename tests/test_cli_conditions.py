@@ -59,20 +59,25 @@ def _csv(path: Path, labels: list[int], seed: int = 0) -> Path:
 # 1. --json: progress lines reach a pipe as they are printed, the JSON object comes last
 
 def test_json_progress_lines_reach_a_pipe_while_the_fit_runs():
+    """--json: stdout is the one JSON object alone (``json.loads(stdout)`` works); the progress lines go
+    to stderr as they are printed, so a log being tailed shows them while the fit runs."""
     p = subprocess.Popen([*DLOGIT, "train", "--workers", "1", "--json", "--progress", "1000"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
-        first = p.stdout.readline()  # blocks until a line arrives (or the process ends)
+        seen = []
+        for line in p.stderr:  # blocks until a line arrives (or the process ends)
+            seen.append(line)
+            if line.startswith("start  run "):
+                break
         running = p.poll() is None
-        rest, err = p.communicate(timeout=240)
+        out, err = p.communicate(timeout=240)
     finally:
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0, err
-    assert first.startswith("start  run ") and running, (first, rest)
-    lines = (first + rest).splitlines()
-    assert any(line.startswith("step 1000 ") for line in lines), lines
-    summary = strict_json(lines[-1])
+    assert seen and seen[-1].startswith("start  run ") and running, seen
+    assert any(line.startswith("step 1000 ") for line in err.splitlines()), err
+    summary = json.loads(out)  # nothing else on stdout
     assert summary["status"] == "max_iter" and summary["n_iter"] == 10001
 
 
@@ -331,8 +336,10 @@ def test_json_outputs_are_strict_and_typed(capfd, tmp_path, scheduler):
 def test_diverged_train_json_prints_its_status(capfd, scheduler):
     r = cli(capfd, "train", "--synthetic", "300x5", "--solver", "gd", "--l2", "100", "--json",
             "--scheduler", scheduler)
-    assert r.rc == 3 and len(r.err_lines) == 1 and "diverged" in r.err, r.err
-    s = strict_json(r.out.strip().splitlines()[-1])
+    dlogit_lines = [line for line in r.err_lines if line.startswith("dlogit:")]  # progress is on stderr too
+    assert r.rc == 3 and len(dlogit_lines) == 1 and "diverged" in dlogit_lines[0], r.err
+    assert r.err_lines[-1] == dlogit_lines[0], r.err
+    s = strict_json(r.out)  # stdout: the JSON object alone
     assert s["status"] == "diverged" and s["model"] is None
 
 

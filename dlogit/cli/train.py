@@ -30,10 +30,10 @@ from dlogit.cli._options import (
 )
 
 
-def _progress(max_iter: int, period: int, quiet: bool) -> Any:
+def _progress(max_iter: int, period: int, quiet: bool, to_stderr: bool = False) -> Any:
     from dlogit.monitor.progress import TerminalProgress
 
-    return TerminalProgress(max_iter, period=period, quiet=quiet)
+    return TerminalProgress(max_iter, period=period, quiet=quiet, stream=sys.stderr if to_stderr else None)
 
 
 def _note(quiet: bool, message: str) -> None:
@@ -93,8 +93,8 @@ def _warn(message: str) -> None:
               help="How often to checkpoint, e.g. 30 or 5min [dlogit.checkpoint-every: 30s].")
 @click.option("--resume", is_flag=True, help="Continue the fit saved in --checkpoint DIR (same data and parameters).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object as the last stdout line (also when the fit diverged); progress "
-                   "lines still come before it, one at a time (--quiet: none).")
+              help="Print one JSON object on stdout, its only line (also when the fit diverged); progress "
+                   "lines go to stderr, one at a time (--quiet: none).")
 @click.option("--progress", "period", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Report every N steps.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -186,7 +186,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
-    quiet_progress = quiet  # --json keeps the progress lines (a log being tailed), the JSON comes last
+    quiet_progress = quiet  # --json keeps the progress lines, on stderr (a log being tailed; stdout is JSON)
     quiet = quiet or as_json
     from dlogit.cluster import resolve_scheduler
 
@@ -232,7 +232,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         n_chunks = int(X.numblocks[0])
         X, y, w = _load(client, X, y, w, quiet)
         load = time.perf_counter() - t1
-        progress = _progress(spec.max_iter, period, quiet_progress)
+        progress = _progress(spec.max_iter, period, quiet_progress, to_stderr=as_json)
         if ckpt is not None and resume:
             _note(quiet, f"resuming from {os.path.join(ckpt.directory, 'checkpoint.npz')}")
         try:
