@@ -332,3 +332,62 @@ def test_a_header_of_pandas_positional_names_is_a_header(tmp_path):
         other.write_text(header + "\n" + d.to_csv(index=False, header=False))
         with pytest.raises(DataError, match="pass --no-header"):
             scan(Source(str(other), label="3"))
+
+
+def test_parts_without_an_extension_are_read_as_the_format_given(tmp_path):
+    d = _frame(300)
+    spark = tmp_path / "spark"  # Spark's LIBSVM parts and markers
+    spark.mkdir()
+    for k, part in enumerate((d.iloc[:100], d.iloc[100:])):
+        lines = [f"{y} " + " ".join(f"{j + 1}:{v}" for j, v in enumerate(row))
+                 for y, row in zip(part.y, part[["f0", "f1", "f2"]].to_numpy())]
+        (spark / f"part-0000{k}").write_text("\n".join(lines) + "\n")
+        (spark / f".part-0000{k}.crc").write_bytes(b"\0")
+    (spark / "_SUCCESS").write_text("")
+    for path in (spark, spark / "part-*"):
+        assert scan(Source(str(path), format="libsvm")).n_rows == 300, path
+    hive = tmp_path / "hive"  # Hive's Parquet parts
+    hive.mkdir()
+    d.iloc[:100].to_parquet(hive / "000000_0", index=False)
+    d.iloc[100:].to_parquet(hive / "000001_0", index=False)
+    got = load_local(Source(str(hive), label="y", format="parquet"))
+    np.testing.assert_array_equal(got.X, d[["f0", "f1", "f2"]].to_numpy())
+    dask_dir = tmp_path / "dask"  # Dask's CSV parts
+    dask_dir.mkdir()
+    d.iloc[:100].to_csv(dask_dir / "0.part", index=False)
+    d.iloc[100:].to_csv(dask_dir / "1.part", index=False)
+    for path in (dask_dir, dask_dir / "*"):
+        assert scan(Source(str(path), label="y", format="csv")).n_rows == 300, path
+    # a file of another known data kind is still named, format given or not
+    d.iloc[:10].to_parquet(dask_dir / "extra.parquet", index=False)
+    for path in (dask_dir, dask_dir / "*"):
+        with pytest.raises(DataError, match=r"extra\.parquet \(parquet\)"):
+            scan(Source(str(path), label="y", format="csv"))
+
+
+def test_sidecar_files_beside_parts_are_skipped_with_a_notice(tmp_path):
+    d = _frame(300)
+    data = tmp_path / "parts"
+    data.mkdir()
+    d.iloc[:100].to_csv(data / "part-0.csv", index=False)
+    d.iloc[100:].to_csv(data / "part-1.csv", index=False)
+    (data / "schema.json").write_text('{"y": "int"}')
+    (data / "meta.yaml").write_text("rows: 300\n")
+    (data / "_SUCCESS").write_text("")
+    (data / "LICENSE").write_text("CC-BY\n")
+    info = scan(Source(str(data), label="y"))
+    assert info.n_rows == 300
+    notice = [n for n in info.notices if "schema.json" in n]
+    assert len(notice) == 1 and "meta.yaml" in notice[0] and "LICENSE" in notice[0], info.notices
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    d.to_parquet(pq_dir / "part-0.parquet", index=False)
+    (pq_dir / "README.md").write_text("notes\n")
+    (pq_dir / "schema.json").write_text("{}")
+    assert scan(Source(str(pq_dir), label="y")).n_rows == 300
+    assert scan(Source(str(pq_dir / "*"), label="y", format="parquet")).n_rows == 300
+    # a file of no known kind in a directory, no format given: named, not read and not skipped
+    d.iloc[:5].to_csv(data / "0.part", index=False)
+    with pytest.raises(DataError, match=r"no known format: 0\.part; name the format with --format"):
+        scan(Source(str(data), label="y"))
+    assert scan(Source(str(data), label="y", format="csv")).n_rows == 305

@@ -12,11 +12,12 @@ import contextlib
 import contextvars
 import errno
 import posixpath
+import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
 from dlogit.errors import DataError
-from dlogit.io.source import split_compression
+from dlogit.io.source import kind_of_name, split_compression
 
 T = TypeVar("T")
 
@@ -86,32 +87,97 @@ def _hidden(name: str) -> bool:
     return base.startswith((".", "_")) or base.endswith(".crc")
 
 
+_NOTE_NAME = re.compile(r"(README|LICENSE|NOTICE)", re.IGNORECASE)
+
+
 def is_note(name: str) -> bool:
     """A file kept beside data parts that is no data: ``README.txt``, ``NOTES.md``, ``LICENSE`` ..."""
     base = posixpath.basename(name.rstrip("/"))
     stem, ext = posixpath.splitext(base)
-    return ext.lower() in (".txt", ".md", ".rst") or stem.upper().startswith(("README", "LICENSE", "NOTICE"))
+    return ext.lower() in (".txt", ".md", ".rst") or bool(_NOTE_NAME.match(stem))
 
 
-def _refuse_skipped(path: str, found: list[str], is_data: Callable[[str], bool] | None) -> list[str]:
-    """The data files of ``found``; a file that is neither data of this format nor a note is an error
-    (reading a directory of CSV and Parquet parts must not quietly train on the CSV ones)."""
+_METADATA = (".json", ".yaml", ".yml")
+
+
+def is_sidecar(name: str) -> bool:
+    """A file writers keep beside data parts that is no part: a note (:func:`is_note`), a hidden file,
+    ``_SUCCESS``, ``_metadata``, ``_common_metadata``, a ``.crc`` checksum, metadata in JSON/YAML
+    (``schema.json``)."""
+    base = posixpath.basename(name.rstrip("/"))
+    stem = split_compression(base)[0]
+    return _hidden(base) or is_note(base) or posixpath.splitext(stem)[1].lower() in _METADATA
+
+
+#: set by :func:`listing` for the files :func:`expand` picks during one plan
+_FORMAT: contextvars.ContextVar[str | None] = contextvars.ContextVar("dlogit_io_format", default=None)
+_SKIPPED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("dlogit_io_skipped", default=None)
+
+
+@contextlib.contextmanager
+def listing(fmt: str | None) -> Iterator[list[str]]:
+    """While it lasts, :func:`expand` reads a directory's files of no known data kind as ``fmt`` (the
+    format given explicitly; ``None``: not given) and appends a notice naming the sidecar files it
+    skips to the list it yields."""
+    notices: list[str] = []
+    tokens = (_FORMAT.set(fmt), _SKIPPED.set(notices))
+    try:
+        yield notices
+    finally:
+        _SKIPPED.reset(tokens[1])
+        _FORMAT.reset(tokens[0])
+
+
+def _shown(files: list[str], with_kind: bool = False) -> str:
+    names = [posixpath.basename(f) + (f" ({kind_of_name(f)})" if with_kind else "") for f in files[:5]]
+    return ", ".join(names) + (" ..." if len(files) > 5 else "")
+
+
+def _pick(path: str, found: list[str], is_data: Callable[[str], bool] | None, glob: bool) -> list[str]:
+    """The data files of ``found`` (``is_data``: the files of this format by name).
+
+    A file of another known data kind is an error naming it (reading a directory of CSV and Parquet
+    parts must not quietly train on the CSV ones); sidecar files (:func:`is_sidecar`) are skipped with
+    a notice; a file of no known kind is read as this format when the path is a glob or the format was
+    given (Spark's ``part-00000``, Hive's ``000000_0``, Dask's ``0.part``), else it is an error.
+    """
     if is_data is None:
         return found
-    other = [f for f in found if not is_data(f) and not is_note(f)]
+    data, skipped, other, unknown = [], [], [], []
+    for f in found:
+        base = posixpath.basename(f)
+        if _hidden(base):
+            skipped.append(f)
+        elif is_data(f):
+            data.append(f)
+        elif glob and kind_of_name(f) == "txt" and not _NOTE_NAME.match(base):
+            unknown.append(f)  # data/*.txt with --format libsvm: the glob names them
+        elif is_sidecar(f):
+            skipped.append(f)
+        elif kind_of_name(f) not in (None, "txt"):
+            other.append(f)
+        else:
+            unknown.append(f)
     if other:
-        shown = ", ".join(posixpath.basename(f) for f in other[:5]) + (" ..." if len(other) > 5 else "")
-        raise DataError(f"{path} also holds {len(other)} file(s) of another format or none: {shown}; "
+        raise DataError(f"{path} also holds {len(other)} file(s) of another format: {_shown(other, True)}; "
                         "move them out, or name the data files with a glob")
-    return [f for f in found if is_data(f)]
+    fmt = _FORMAT.get()
+    if unknown and not glob and fmt is None:
+        raise DataError(f"{path} also holds {len(unknown)} file(s) of no known format: {_shown(unknown)}; "
+                        "name the format with --format to read them as parts, or move them out")
+    data = sorted(data + unknown)
+    notices = _SKIPPED.get()
+    if skipped and data and notices is not None:
+        notices.append(f"skipped {len(skipped)} file(s) of {path} that are no data: {_shown(skipped)}")
+    return data
 
 
 def expand(path: str, is_data: Callable[[str], bool] | None = None) -> list[str]:
     """The files ``path`` names, sorted: itself, a glob's matches, or a directory's data files.
 
     Files are returned as :func:`display` names (URLs keep their protocol). In a directory, hidden
-    files and ``_SUCCESS``-style markers are skipped; ``is_data`` (when given) picks the files, and any
-    other file that is not a note (:func:`is_note`) is an error naming it.
+    files and ``_SUCCESS``-style markers are skipped; ``is_data`` (when given) picks the files by name,
+    with the rules of :func:`_pick` for the others.
     """
     fs, p = filesystem(path)
     try:
@@ -119,14 +185,14 @@ def expand(path: str, is_data: Callable[[str], bool] | None = None) -> list[str]
             found = sorted(f for f in fs.glob(p) if not fs.isdir(f))
             if not found:
                 raise DataError(f"cannot read {path}{_WHERE.get()}: no files match the pattern")
-            found = _refuse_skipped(path, found, is_data)
+            found = _pick(path, found, is_data, glob=True)
             if not found:
                 raise DataError(f"cannot read {path}{_WHERE.get()}: no data files match the pattern")
             return [display(fs, f) for f in found]
         if fs.isdir(p):
             found = sorted(f for f in fs.find(p)
                            if not any(_hidden(part) for part in posixpath.relpath(f, p).split("/")))
-            found = _refuse_skipped(path, found, is_data)
+            found = _pick(path, found, is_data, glob=False)
             if not found:
                 raise DataError(f"cannot read {path}{_WHERE.get()}: the directory holds no data files")
             return [display(fs, f) for f in found]

@@ -106,7 +106,10 @@ def plan(source: Source, encoder: Encoder | dict[str, Any] | None = None) -> Dat
         raise DataError(f"--no-header is for CSV/TSV files, not {kind} data")
     if not reader.tables and (source.one_hot or source.hash_features is not None or encoder is not None):
         raise DataError(f"--one-hot and --hash-features encode table columns (CSV/TSV/Parquet), not {kind} data")
-    info = _guard(source.path, reader.plan, source, kind, encoder)
+    with fsio.listing(source.format) as skipped:  # files of no known kind: read as a format given
+        info = _guard(source.path, reader.plan, source, kind, encoder)
+    if skipped:
+        info = replace(info, notices=[*info.notices, *skipped])
     if source.weights_path is not None:  # opened here: a distributed plan runs where the data is
         weights = _guard(source.weights_path, npy.open_weights, source.weights_path)
         info = replace(info, weights_rows=weights.shape[0])
