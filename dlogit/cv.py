@@ -214,11 +214,12 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
     from dlogit.solvers import SolverOptions, get
-    from dlogit.training import _Problem, _solver_problem
+    from dlogit.training import _Problem, _solver_problem, precision_name
 
     m = source.n_folds
     solver = get(spec.solver)
-    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory)
+    opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory, l2=spec.l2,
+                         precision=precision_name(spec.info.get("dtype")))
     batcher = _Batcher(m)
     results: list[Any] = [None] * m
     errors: list[BaseException] = []

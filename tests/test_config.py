@@ -59,3 +59,14 @@ def test_cli_exits_2_on_a_bad_boolean_setting(tmp_path):
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "dlogit.engine.worker-malloc" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("text, want", [("off", False), ("no", False), ("on", True)])
+def test_remove_silent_workers_reads_the_spellings_of_get_bool(text, want):
+    """``bool("off")`` is True: the engine setting must go through get_bool like every other."""
+    import dask
+
+    from dlogit.engine.driver import EngineSettings
+
+    with dask.config.set({"dlogit.engine.remove-silent-workers": text}):
+        assert EngineSettings.from_config().remove_silent_workers is want

@@ -67,7 +67,7 @@ _CONFIG_DURATIONS = ("connect-timeout", "checkpoint-every", "engine.heartbeat", 
                      "engine.attach-timeout", "engine.recover-timeout", "monitor.interval")
 _CONFIG_BYTES = ("chunk-bytes", "engine.worker-local-bytes", "engine.worker-local-bytes-gpu")
 _CONFIG_INTS = ("max-classes", "engine.max-recoveries", "engine.tree-radix")
-_CONFIG_BOOLS = ("precondition", "engine.worker-malloc")
+_CONFIG_BOOLS = ("precondition", "engine.worker-malloc", "engine.remove-silent-workers")
 
 
 def config_duration(key: str) -> float:

@@ -52,6 +52,7 @@ from dlogit.engine.transport import (
     local_plugin,
     subtree_spec,
 )
+from dlogit.config import get_bool
 from dlogit.errors import ClusterError, DataError, Interrupted
 from dlogit.events import TOPIC
 from dlogit.objective import Node
@@ -91,7 +92,7 @@ class EngineSettings:
                   max_recoveries=int(dask.config.get("dlogit.engine.max-recoveries", 10)),
                   replica_every=seconds("replica-every", "1s"),
                   tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
-                  remove_silent_workers=bool(dask.config.get("dlogit.engine.remove-silent-workers", False)))
+                  remove_silent_workers=get_bool("dlogit.engine.remove-silent-workers"))
         raw = dask.config.get("dlogit.engine.step-timeout", None)
         if raw not in (None, False, "", "off", "none", "null"):
             text = str(raw).strip().lower()
