@@ -232,7 +232,7 @@ def dashboard_binding(host: str, dashboard_address: str | None) -> tuple[str, st
                          "it is plain HTTP without authentication; tunnel to it (ssh -L 8787:localhost:8787), "
                          "or expose it with --dashboard-address")
     address = str(dashboard_address).strip()
-    if address.startswith(":"):  # ":8787" binds every interface
+    if address.startswith(":") and address[1:].isdigit():  # ":8787" binds every interface (not "::1")
         address = "0.0.0.0" + address
     bind = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
     if is_loopback(bind):

@@ -225,6 +225,9 @@ def test_dashboard_binding_rules():
     addr, note = dashboard_binding("0.0.0.0", "0.0.0.0:9000")
     assert addr == "0.0.0.0:9000" and "plain HTTP" in note
     assert dashboard_binding("0.0.0.0", "127.0.0.1:0") == ("127.0.0.1:0", None)
+    assert dashboard_binding("127.0.0.1", "::1") == ("::1", None)  # not "0.0.0.0::1"
+    addr, note = dashboard_binding("127.0.0.1", ":9000")
+    assert addr == "0.0.0.0:9000" and "plain HTTP" in note
 
 
 # --------------------------------------------------------------------------------------------------
