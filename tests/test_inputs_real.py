@@ -285,7 +285,7 @@ def test_options_that_would_be_ignored_are_refused_or_warned(capfd, tmp_path, sc
     assert r.rc == 0, r.err
     assert "--one-hot column 'price' holds 300 distinct non-integer numbers" in r.out, r.out
     assert "'city' holds" not in r.out
-    for opts in (["--one-hot", "city"], ["--hash-features", "8", "--one-hot", "city"], ["--dtype", "float32"]):
+    for opts in (["--one-hot", "city"], ["--hash-features", "8", "--one-hot", "city"]):  # not the model's
         for cmd in (["predict", model, csv, "--out", tmp_path / "p.csv"], ["evaluate", model, csv]):
             r = cli(capfd, *cmd, *opts)
             line = _one_line(r)
@@ -391,3 +391,39 @@ def test_sidecar_files_beside_parts_are_skipped_with_a_notice(tmp_path):
     with pytest.raises(DataError, match=r"no known format: 0\.part; name the format with --format"):
         scan(Source(str(data), label="y"))
     assert scan(Source(str(data), label="y", format="csv")).n_rows == 305
+
+
+def test_predict_and_evaluate_accept_the_encoding_of_training(capfd, tmp_path, scheduler):  # noqa: F811
+    d = _frame(300)
+    d["city"] = np.where(d.f0 > 0, "Paris", np.where(d.f1 > 0, "Lyon", "Nice"))
+    csv = tmp_path / "d.csv"
+    d.to_csv(csv, index=False)
+    hashed = ["--one-hot", "city", "--hash-features"]
+    for opts, bad in ((["--dtype", "float64", "--one-hot", "city"], ["--one-hot", "city,f2"]),
+                      ([*hashed, "8"], [*hashed, "16"])):
+        model = tmp_path / "m.npz"
+        r = cli(capfd, "train", csv, "--label", "y", *opts, "--scheduler", scheduler, "--out", model)
+        assert r.rc == 0, r.err
+        for cmd in (["predict", model, csv, "--out", tmp_path / "p.csv"], ["evaluate", model, csv]):
+            r = cli(capfd, *cmd, *opts)  # the same $OPTS as training
+            assert r.rc == 0, r.err
+            assert "--dtype" not in r.out  # float64: what the model computes in, no notice
+            r = cli(capfd, *cmd, *bad)
+            line = _one_line(r)
+            assert bad[-2] in line and "model's encoding" in line, line
+        os.remove(tmp_path / "p.csv")
+        encoding = opts[opts.index("--one-hot"):]
+        r = cli(capfd, "predict", model, csv, "--out", tmp_path / "p.csv", "--dtype", "float32", *encoding)
+        assert r.rc == 0, r.err
+        assert "--dtype float32 has no effect" in r.out and "float64" in r.out, r.out
+    r = cli(capfd, "evaluate", model, csv, "--hash-features", "8")  # no --one-hot: not the model's
+    assert "no --one-hot" in _one_line(r)
+
+
+def test_json_value_of_zero_dimensional_arrays():
+    from dlogit.cli._common import json_line, json_value
+
+    assert json_value(np.array(1.5)) == 1.5 and isinstance(json_value(np.array(1.5)), float)
+    assert json_value(np.array(3)) == 3 and json_value(np.array(np.nan)) is None
+    assert json_value({"a": np.array(True), "b": np.array([np.array(2.0)])}) == {"a": True, "b": [2.0]}
+    assert json_line([np.array(-np.inf), np.float32(0.5)]) == "[null, 0.5]"

@@ -15,6 +15,8 @@ def json_value(x: Any) -> Any:
     converted item by item; anything else as text."""
     if isinstance(x, dict):
         return {str(k): json_value(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray) and x.ndim == 0:  # np.array(1.5): a scalar, not a sequence
+        x = x.item()
     if isinstance(x, (list, tuple, np.ndarray)):
         return [json_value(v) for v in x]
     if isinstance(x, np.generic):
@@ -52,13 +54,7 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
         raise ModelError(f"{model_path} holds a fit that diverged (kept with --keep-diverged): its "
                          "predictions would be meaningless; train again (see the advice it printed)")
     trained = model.meta_.get("source", {}) or {}
-    opts = dict(opts)
-    given = [f"--{k.replace('_', '-')}" for k in ("one_hot", "hash_features", "dtype") if opts.get(k)]
-    if given:  # the model holds the encoding and the precision does not change a prediction
-        from dlogit.errors import ConfigError
-
-        raise ConfigError(f"{', '.join(given)}: DATA is read with the model's encoding and columns "
-                          "(chosen at training); drop the option")
+    opts = _check_encoding_options(dict(opts), trained, quiet)
     label_given = opts.get("label")
     for key in ("label", "sep", "no_header", "index_col", "n_features"):  # read DATA as training did
         if opts.get(key) in (None, False) and trained.get(key) is not None:
@@ -88,6 +84,40 @@ def load_for_model(model_path: str, data: str, opts: dict[str, Any], require_lab
     _check_finite(X, data)
     chunk_stats(X, y if require_label else None, w, require_labels=require_label)  # NaN/inf, shapes, weights
     return model, X, y, w
+
+
+def _check_encoding_options(opts: dict[str, Any], trained: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """``opts`` without ``--one-hot``/``--hash-features``/``--dtype``: the model holds the encoding and
+    the precision does not change a prediction, so the options training took may be given again (the
+    same ``$OPTS`` for train and predict) but not other values: a :class:`ConfigError` names those."""
+    from dlogit.errors import ConfigError
+    from dlogit.io.encode import Encoder
+
+    one_hot, buckets, dtype = tuple(opts.get("one_hot") or ()), opts.get("hash_features"), opts.get("dtype")
+    if one_hot or buckets is not None:
+        enc = Encoder.from_json(trained["encoder"]) if trained.get("encoder") else None
+        model_cols = tuple(enc.categorical) if enc is not None else ()
+        model_buckets = enc.n_buckets if enc is not None else None
+        differ = []
+        if set(one_hot) != set(model_cols):
+            differ.append(f"--one-hot {','.join(one_hot)}" if one_hot else "no --one-hot")
+        if buckets != model_buckets:
+            differ.append(f"--hash-features {buckets}" if buckets is not None else "no --hash-features")
+        if differ:
+            if enc is None:
+                has = "encodes no columns"
+            else:
+                has = (f"encodes {', '.join(repr(c) for c in model_cols)} "
+                       + (f"hashed into {model_buckets} buckets" if model_buckets is not None else "one-hot"))
+            raise ConfigError(f"{', '.join(differ)}: DATA is read with the model's encoding (the model "
+                              f"{has}); drop the option or give the values training took")
+    if dtype is not None and dtype != "float64" and dtype != trained.get("dtype") and not quiet:
+        import click
+
+        click.echo(f"dlogit: --dtype {dtype} has no effect here: the model's coefficients are float64 and "
+                   "predictions are computed in float64")
+    opts.update(one_hot=(), hash_features=None, dtype=None)
+    return opts
 
 
 def _check_finite(X: Any, data: str) -> None:
