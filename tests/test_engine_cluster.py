@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import dask
@@ -546,6 +547,46 @@ def _block_sums_while_flagged(flag: str, dask_worker=None) -> None:
         return plain(s, *args)
 
     shard.STEP_OPS["sums"] = blocked
+
+
+def _first_sums_slow(seconds: float, dask_worker=None) -> None:
+    """On a worker: its first "sums" op takes ``seconds`` (GIL released, keep-alives go on, no chunk
+    finishes meanwhile: a first kernel compile, a huge chunk), later ones are quick."""
+    from dlogit.engine import shard
+
+    plain = shard.STEP_OPS["sums"]
+    first = [True]
+
+    def slow(s, *args):
+        if first[0]:
+            first[0] = False
+            time.sleep(seconds)
+        return plain(s, *args)
+
+    shard.STEP_OPS["sums"] = slow
+
+
+@pytest.mark.timeout(240)
+def test_a_slow_first_evaluation_is_not_taken_for_a_wedge():
+    """A worker whose first evaluation makes no visible progress for longer than the heartbeat (its
+    keep-alives still come) is slow, not wedged: the fit keeps it, says nothing, and ends where an
+    undisturbed fit ends, bit for bit."""
+    from distributed import Client
+
+    Xn, yn, X, y = _data(3000, 10, 500, seed=1)
+    want = _reference(Xn, yn, 500, max_iter=30, **GD)
+    with dask.config.set({"dlogit.engine.heartbeat": "1s"}), _cluster(2) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        c.run(_first_sums_slow, 3.0)
+        events: list[dict] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = dlogit.LogisticRegression(mode="distributed", max_iter=30, chunk_rows=500, **GD).fit(
+                X, y, client=c, callback=events.append)
+    assert [e["message"] for e in events if e.get("type") == "warning"] == []
+    assert not [w for w in caught if "dropped" in str(w.message) or "lost" in str(w.message)], caught
+    assert len(events[0]["params"]["workers"]) == 2
+    np.testing.assert_array_equal(_vector(m), want)
 
 
 @pytest.mark.timeout(240)

@@ -504,8 +504,12 @@ class Driver:
                 refs = self.refs
                 keys = [k for s in self.shards.values() if s.worker == exc.worker for i in s.indices
                         for k in (refs.x[i], refs.y[i], *(() if refs.w is None else (refs.w[i],)))]
-                with contextlib.suppress(Exception):
-                    self.client.run_on_scheduler(scheduler_functions()["forget"], keys, exc.worker)
+                try:
+                    self.client.run_on_scheduler(scheduler_functions()["forget"], keys, exc.worker,
+                                                 sorted(self.excluded))
+                except Exception as err:  # noqa: BLE001 - said, not hidden: the fit may then wait for it
+                    self._notice(f"could not ask the scheduler to recompute the chunks of {exc.worker} "
+                                 f"elsewhere ({type(err).__name__}: {err})")
             self._notice(f"worker {exc.worker} failed a step ({exc.why}); dropped from this fit (not from "
                          "the cluster), its chunks moved to the other workers")
         else:
@@ -626,17 +630,21 @@ def scheduler_functions() -> dict[str, Any]:
         await dask_scheduler.remove_worker(address=address, stimulus_id=f"dlogit-unresponsive-{_time.time()}",
                                            close=True)
 
-    def forget(keys: list[Any], address: str, dask_scheduler: Any = None) -> None:
+    def forget(keys: list[Any], address: str, excluded: list[str] = (), dask_scheduler: Any = None) -> None:
         import time as _time
 
         stimulus = f"dlogit-silent-{_time.time()}"
-        others = {a for a in dask_scheduler.workers if a != address}
+        others = {a for a in dask_scheduler.workers if a != address and a not in excluded}
         for key in keys:  # as if the worker had released them: recomputed where no other replica is,
-            ts = dask_scheduler.tasks.get(key)  # on any other worker (not where the client placed them)
-            if ts is None or not others:
+            ts = dask_scheduler.tasks.get(key)  # preferably on another worker of the fit
+            # a chunk that cannot be recomputed (scattered: no run_spec) is never released: its only
+            # copy is on the silent worker, and releasing it would lose the user's data
+            if ts is None or not others or getattr(ts, "run_spec", None) is None:
                 continue
+            # loose: a preference, not a rule -- when these workers are gone the key still computes
+            # anywhere (strict restrictions would leave the user's key unrunnable for good)
             ts.worker_restrictions = set(others)
-            ts.loose_restrictions = False
+            ts.loose_restrictions = True
             dask_scheduler.release_worker_data(key, address, stimulus)
 
     def silence(key: Any, dask_scheduler: Any = None) -> tuple[str, float] | None:

@@ -101,6 +101,16 @@ def unpack(field: Any) -> list[np.ndarray]:
     return list(field)
 
 
+#: a child whose keep-alives show no progress for this many times its slowest answered step (and at
+#: least the heartbeat) is judged wedged and dropped from the fit
+WEDGE_FACTOR = 20.0
+
+
+def wedge_limit(heartbeat: float, longest: float) -> float:
+    """Seconds without progress after which a link whose slowest step took ``longest`` is wedged."""
+    return max(heartbeat, WEDGE_FACTOR * longest)
+
+
 def keepalive_interval(heartbeat: float) -> float:
     """Seconds between keep-alive messages of a pending step, for a fit's heartbeat."""
     return max(0.05, min(1.0, heartbeat / 4.0))
@@ -168,6 +178,8 @@ class _Child:
     workers: list[str]
     #: the subtree's progress (chunk evaluations) its last message reported
     progress: int = -1
+    #: the longest a step of this link has taken to be answered (seconds; 0 before the first answer)
+    longest: float = 0.0
 
 
 def _subtree_workers(tree: dict[str, Any]) -> list[str]:
@@ -206,10 +218,12 @@ async def _open_child(address: str, opening: dict[str, Any], heartbeat: float,
 
 async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> dict[str, Any]:
     """The next answer of ``child`` that is not a keep-alive; :class:`WorkerLost` on silence, or when
-    its keep-alives report no progress of its subtree's evaluation for the heartbeat (a wedged
-    compute thread: a deadlocked BLAS, a hung kernel)."""
+    its keep-alives report no progress of its subtree's evaluation for ``wedge_limit`` (a wedged
+    compute thread: a deadlocked BLAS, a hung kernel). A wedged child is not silent (its loop answers:
+    it is dropped from the fit, never removed from the cluster), and a link that has answered no step
+    yet is never judged wedged (its first evaluations may compile kernels)."""
     retried = False
-    moved = time.monotonic()
+    started = moved = time.monotonic()
     while True:
         t0 = time.monotonic()
         try:
@@ -230,12 +244,14 @@ async def _read_reply(child: _Child, heartbeat: float, expect: str = "step") -> 
             now = time.monotonic()
             if p != child.progress:
                 child.progress, moved = p, now
-            elif now - moved > heartbeat:
+            elif child.longest > 0 and now - moved > wedge_limit(heartbeat, child.longest):
                 child.comm.abort()
-                raise WorkerLost(child.address, f"its evaluation made no progress for {heartbeat:g}s "
-                                 "(dlogit.engine.heartbeat): wedged?", silent=True, wedged=True) from None
+                raise WorkerLost(child.address, f"its evaluation made no progress for {now - moved:.3g}s, "
+                                 f"{WEDGE_FACTOR:g}x its slowest step so far and over the heartbeat: wedged?",
+                                 wedged=True) from None
             continue
         child.progress += 1  # an answer is progress too (a middle node's count stays monotone)
+        child.longest = max(child.longest, time.monotonic() - started)
         if "lost" in msg:
             raise (ShardsMissing if msg.get("missing") else WorkerLost)(msg["lost"], msg.get("why", "lost"),
                                                                         bool(msg.get("silent")),
