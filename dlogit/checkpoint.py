@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -114,16 +115,38 @@ LOCKNAME = ".checkpoint.lock"
 
 
 @contextlib.contextmanager
-def _locked(directory: str) -> Iterator[None]:
-    """An exclusive lock on ``DIR/.checkpoint.lock`` (writers of one directory take turns)."""
+def _locked(directory: str, mode: int | None = None) -> Iterator[None]:
+    """An exclusive lock on ``DIR/.checkpoint.lock`` (writers of one directory take turns).
+
+    The lock file gets the checkpoint's own mode. Where it cannot be had -- another user's lock file
+    left in a shared directory, a filesystem without ``flock`` (Lustre ``noflock``, some FUSE mounts) --
+    the checkpoint is still written, unfenced, with a warning: a lock must never cost the fit its
+    checkpoints."""
     import fcntl
 
-    fd = os.open(os.path.join(directory, LOCKNAME), os.O_RDWR | os.O_CREAT, 0o666)
+    path = os.path.join(directory, LOCKNAME)
+    fd = None
     try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY)  # flock needs no write access
+        if mode is not None:
+            with contextlib.suppress(OSError):  # not ours: keep its mode
+                os.fchmod(fd, mode)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        warnings.warn(f"cannot lock {path} ({exc.strerror or exc}): checkpoints are written without the "
+                      "fence that keeps an older driver from replacing a newer checkpoint", RuntimeWarning,
+                      stacklevel=3)
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _fence_of(path: str) -> tuple[str, int, int] | None:
@@ -174,7 +197,7 @@ class Checkpointer:
                 np.savez(f, meta=np.array(json.dumps(meta, default=str)), **arrays)
 
         self._last = time.monotonic()
-        with _locked(self.directory):
+        with _locked(self.directory, self.mode):
             there = _fence_of(self.path)
             if there is not None and there[0] == str(self.meta.get("run")) and there[1:] > (self.epoch, step):
                 self.refused += 1

@@ -355,3 +355,30 @@ def test_a_superseded_driver_never_overwrites_a_newer_checkpoint(tmp_path):
     assert step_of() == (2, 5)
     other = ckpt.Checkpointer(str(tmp_path), 0, {**keep, "run": "another-run"}, epoch=1)
     assert other.write(stale, history) and step_of() == (1, 9)
+
+
+def test_a_checkpoint_lock_that_cannot_be_had_still_writes_the_checkpoint(tmp_path):
+    """The fence's lock file must never cost a fit its checkpoints: where it cannot be opened or
+    locked (another user's file in a shared directory, a filesystem without flock) the checkpoint is
+    written anyway, with a warning; the lock file gets the checkpoint's mode."""
+    import os
+    import stat
+    import warnings
+
+    from dlogit import checkpoint as ckpt
+
+    Xn, yn = synthetic_numpy(600, 5, seed=1)
+    (tmp_path / ckpt.LOCKNAME).mkdir()  # cannot be opened for writing nor locked as a file
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = dlogit.LogisticRegression(solver="gd", max_iter=5, tol=0.0).fit(Xn, yn, checkpoint=tmp_path)
+    assert m.n_iter_ == 5 and os.path.exists(ckpt.checkpoint_path(str(tmp_path)))
+    assert any("cannot lock" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    other = tmp_path / "other"
+    other.mkdir()
+    old = os.umask(0o077)
+    try:
+        dlogit.LogisticRegression(solver="gd", max_iter=5, tol=0.0).fit(Xn, yn, checkpoint=other)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((other / ckpt.LOCKNAME).stat().st_mode) == 0o600
