@@ -427,3 +427,40 @@ def test_json_value_of_zero_dimensional_arrays():
     assert json_value(np.array(3)) == 3 and json_value(np.array(np.nan)) is None
     assert json_value({"a": np.array(True), "b": np.array([np.array(2.0)])}) == {"a": True, "b": [2.0]}
     assert json_line([np.array(-np.inf), np.float32(0.5)]) == "[null, 0.5]"
+
+
+def test_zarr_v2_string_arrays_are_no_pickle(capfd, tmp_path, scheduler):  # noqa: F811
+    zarr = pytest.importorskip("zarr")
+    store = tmp_path / "s.zarr"
+    g = zarr.open_group(str(store), mode="w", zarr_format=2)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    names = np.where(X[:, 0] - X[:, 1] > 0, "yes", "no")
+    g.create_array("X", data=X)
+    for name in ("label", "text"):
+        a = g.create_array(name, shape=(200,), dtype=str)  # zarr 3: "dtype": "|O", filter vlen-utf8
+        a[:] = names
+    with open(store / "label" / ".zarray") as f:
+        meta = json.load(f)
+    assert meta["dtype"] == "|O" and {"id": "vlen-utf8"} in meta["filters"], meta
+    info = scan(Source(str(store)))
+    assert info.n_rows == 200 and info.label_dtype == "object"
+    got = load_local(Source(str(store), chunk_rows=64))
+    assert got.y.tolist() == names.tolist()
+    with pytest.raises(DataError, match=r"weights in .*text are not numeric"):
+        scan(Source(str(store), weights="text"))
+    a = g.create_array("Xtext", shape=(200, 3), dtype=str)
+    a[:] = np.c_[names, names, names]
+    with pytest.raises(DataError, match=r"Xtext must hold numbers"):
+        scan(Source(str(store / "Xtext"), labels=str(store / "label")))
+    model = tmp_path / "m.npz"
+    r = cli(capfd, "train", store, "--scheduler", scheduler, "--out", model)
+    assert r.rc == 0, r.err
+    # an object array with no codec that decodes it without pickle is still refused from its metadata
+    bare = store / "bare"
+    bare.mkdir()
+    (bare / ".zarray").write_text(json.dumps({"zarr_format": 2, "shape": [200], "chunks": [200],
+                                              "dtype": "|O", "compressor": None, "fill_value": None,
+                                              "order": "C", "filters": None}))
+    with pytest.raises(DataError, match=r"holds Python objects \(a pickle\)"):
+        scan(Source(str(store), label="bare"))

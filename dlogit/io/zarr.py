@@ -36,22 +36,38 @@ def _zarr() -> Any:
     return zarr
 
 
-def _pickled(meta: Any) -> bool:
-    """Whether Zarr array metadata (v2 ``.zarray`` or v3 ``zarr.json``) describes Python objects (a
-    pickle codec, an object dtype): decoding such an array runs code the file chose."""
+#: codecs that decode a v2 object-dtype array without pickle: strings, bytes, JSON (zarr 3 writes
+#: ``dtype=str`` as ``"|O"`` with ``vlen-utf8``)
+_SAFE_OBJECT_CODECS = frozenset({"vlen-utf8", "vlen-bytes", "json2"})
+
+
+def _codecs_and_objects(meta: Any, ids: set[str]) -> bool:
+    """Collect the codec/filter ids of Zarr array metadata into ``ids``; whether a dtype is ``object``."""
+    objects = False
     if isinstance(meta, dict):
         for key, value in meta.items():
             if key == "attributes":  # the user's own attributes say nothing about decoding
                 continue
-            if key in ("id", "name") and isinstance(value, str) and "pickle" in value.lower():
-                return True
+            if key in ("id", "name") and isinstance(value, str):
+                ids.add(value.lower())
             if key in ("dtype", "data_type") and _object_dtype(value):
-                return True
-            if _pickled(value):
-                return True
+                objects = True
+            objects = _codecs_and_objects(value, ids) or objects
     elif isinstance(meta, list):
-        return any(_pickled(v) for v in meta)
-    return False
+        for v in meta:
+            objects = _codecs_and_objects(v, ids) or objects
+    return objects
+
+
+def _pickled(meta: Any) -> bool:
+    """Whether Zarr array metadata (v2 ``.zarray`` or v3 ``zarr.json``) describes Python objects
+    decoded by pickle: a pickle codec or filter, or an object dtype with no codec that decodes it
+    otherwise (vlen-utf8, vlen-bytes, json2): decoding such an array runs code the file chose."""
+    ids: set[str] = set()
+    objects = _codecs_and_objects(meta, ids)
+    if any("pickle" in i for i in ids):
+        return True
+    return objects and not ids & _SAFE_OBJECT_CODECS
 
 
 def _object_dtype(spec: Any) -> bool:
@@ -98,10 +114,8 @@ def _vector(path: str, what: str, n: int) -> Any:
         from dlogit.io.npy import open_vector
 
         return open_vector(path, what, n)
-    refuse_objects(path)
+    refuse_objects(path)  # a pickle codec: refused from the metadata; strings (vlen-utf8 ...) pass
     a = _open(path)
-    if np.dtype(a.dtype).hasobject:
-        raise DataError(f"{path} holds Python objects (a pickle): store it as a numeric or string array")
     if not hasattr(a, "shape") or len(a.shape) != 1:
         raise DataError(f"{what} in {path} must be a 1-D array")
     if a.shape[0] != n:
@@ -164,8 +178,25 @@ def plan(source: Source, kind: str, encoder: Any) -> DatasetInfo:
     return DatasetInfo(source=source, kind="zarr", n_features=d, feature_names=None, sparse=False, dtype=dtype,
                        pieces=ranges, piece_rows=[e - s for s, e in ranges], has_labels=labels is not None,
                        has_weights=source.weights is not None, notices=notices,
-                       label_dtype=np.dtype(labels.dtype).str if labels is not None else None,
+                       label_dtype=_label_dtype(labels) if labels is not None else None,
                        layout=ZarrLayout(x_path, labels_path, weights_path))
+
+
+def _label_dtype(labels: Any) -> str:
+    """``"object"`` for string labels (as CSV/Parquet text labels), else the array's dtype."""
+    dtype = np.dtype(labels.dtype)
+    return "object" if dtype.kind in "OTUS" else dtype.str
+
+
+def _text_labels(y: np.ndarray, path: str) -> np.ndarray:
+    """String labels as an object array of ``str``; bytes or other objects are an error."""
+    if y.dtype.kind == "S":
+        raise DataError(f"labels in {path} are bytes: store them as strings or numbers")
+    out = y.astype(object)
+    if y.dtype.kind == "O" and not all(isinstance(v, str) for v in out):
+        raise DataError(f"labels in {path} hold bytes or other objects: of the Zarr v2 object arrays only "
+                        "strings (vlen-utf8) are supported as labels; store them as strings or numbers")
+    return out
 
 
 def _rows(path: str, s: int, e: int) -> np.ndarray:
@@ -191,6 +222,8 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         X = np.ascontiguousarray(_rows(lay.X, s, e), dtype=info.dtype)
         check_finite(X, lambda r, s=s: f"{lay.X}: row {s + r + 1}", lambda j: f"column {j} (0-based)")
         y = _rows(lay.labels, s, e) if lay.labels is not None else None
+        if y is not None and info.label_dtype == "object":
+            y = _text_labels(y, lay.labels)
         if lay.weights is not None:
             w = np.asarray(_rows(lay.weights, s, e), dtype=np.float64)
         elif info.source.weights_path is not None:
