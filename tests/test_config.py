@@ -70,3 +70,25 @@ def test_remove_silent_workers_reads_the_spellings_of_get_bool(text, want):
 
     with dask.config.set({"dlogit.engine.remove-silent-workers": text}):
         assert EngineSettings.from_config().remove_silent_workers is want
+
+
+@pytest.mark.parametrize("value, seconds, factor", [(None, None, None), ("Off", None, None), ("None", None, None),
+                                                    ("10m", 600.0, None), ("10x", None, 10.0), (90, 90.0, None)])
+def test_step_timeout_reads_durations_multiples_and_off(value, seconds, factor):
+    import dask
+
+    from dlogit.engine.driver import EngineSettings
+
+    with dask.config.set({"dlogit.engine.step-timeout": value}):
+        s = EngineSettings.from_config()
+    assert (s.step_timeout, s.step_timeout_factor) == (seconds, factor)
+
+
+@pytest.mark.parametrize("bad", [0, "0s", "infx", "1x", "-5s", "soon"])
+def test_step_timeout_refuses_what_cannot_be_a_deadline(bad):
+    import dask
+
+    from dlogit.engine.driver import EngineSettings
+
+    with dask.config.set({"dlogit.engine.step-timeout": bad}), pytest.raises(ConfigError, match="step-timeout"):
+        EngineSettings.from_config()

@@ -590,6 +590,36 @@ def test_a_slow_first_evaluation_is_not_taken_for_a_wedge():
 
 
 @pytest.mark.timeout(240)
+def test_a_step_past_the_step_timeout_fails_the_fit_naming_the_setting(tmp_path):
+    """dlogit.engine.step-timeout bounds a step that never ends (a wedged evaluation whose loop still
+    sends keep-alives): the fit fails in one clear error instead of waiting forever."""
+    from distributed import Client
+
+    flag = str(tmp_path / "blocked")
+    _Xn, _yn, X, y = _data(3000, 10, 500, seed=1)
+    with dask.config.set({"dlogit.engine.step-timeout": "3s"}), _cluster(2) as cluster, \
+            Client(cluster, set_as_default=False) as c:
+        c.run(_block_sums_while_flagged, flag)
+        events: list[dict] = []
+
+        def block() -> None:
+            while not any(e.get("type") == "progress" for e in events):
+                time.sleep(0.05)
+            open(flag, "w").close()
+
+        threading.Thread(target=block, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(dlogit.ClusterError, match="step-timeout"):
+                dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0,
+                                          progress_period=1).fit(X, y, client=c, callback=events.append)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(flag)
+        assert time.monotonic() - t0 < 100  # the blocked step alone would have held it for 120 s
+
+
+@pytest.mark.timeout(240)
 def test_ctrl_c_while_a_step_is_blocked_stops_at_once_and_leaves_nothing(tmp_path):
     """Ctrl-C while every worker's evaluation blocks (a wedged compute thread): the fit stops without
     waiting for the step (it waited for it, however long), says interrupted, and once the stop has

@@ -94,15 +94,15 @@ class EngineSettings:
                   tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
                   remove_silent_workers=get_bool("dlogit.engine.remove-silent-workers"))
         raw = dask.config.get("dlogit.engine.step-timeout", None)
-        if raw not in (None, False, "", "off", "none", "null"):
-            text = str(raw).strip().lower()
+        text = "" if raw is None or raw is False else str(raw).strip().lower()
+        if text not in ("", "off", "none", "null"):
             try:
                 if text.endswith("x"):
                     out = replace(out, step_timeout_factor=float(text[:-1]))
-                    bad = not out.step_timeout_factor > 1
+                    bad = not 1 < out.step_timeout_factor < float("inf")
                 else:
                     out = replace(out, step_timeout=float(parse_timedelta(raw)))
-                    bad = not out.step_timeout > 0
+                    bad = not 0 < out.step_timeout < float("inf")
             except (TypeError, ValueError, KeyError):  # parse_timedelta: KeyError for an unknown unit
                 bad = True
             if bad:
