@@ -155,14 +155,17 @@ def _exit_now(code: int, hard: bool) -> None:
     with contextlib.suppress(Exception):  # psutil missing or /proc unreadable: exit anyway
         import psutil
 
-        # multiprocessing's resource tracker ignores SIGTERM and SIGINT by design and exits (cleaning
-        # up) when this process's end of its pipe closes: waiting for it cost 3 s of every Ctrl-C
-        children = [c for c in psutil.Process().children(recursive=True) if not _is_resource_tracker(c)]
+        # multiprocessing's resource tracker ignores SIGTERM and SIGINT by design: waiting for it to
+        # obey a SIGTERM cost 3 s of every Ctrl-C, and left alone it prints a warning about the
+        # interrupted workers' semaphores as this process exits -- it is killed at once instead
+        everyone = psutil.Process().children(recursive=True)
+        trackers = [c for c in everyone if _is_resource_tracker(c)]
+        children = [c for c in everyone if c not in trackers]
         for child in children:
             with contextlib.suppress(psutil.Error):
                 child.terminate()
         _, left = psutil.wait_procs(children, timeout=3)
-        for child in left:
+        for child in left + trackers:
             with contextlib.suppress(psutil.Error):
                 child.kill()
     os._exit(code)
