@@ -79,16 +79,16 @@ def _worker_fit(spec: FitSpec, n_chunks: int, xs: list[Any], ys: list[Any], ws: 
         control.clear(spec.run)
 
 
-def _check_checkpoint(directory: str, resume: bool, client_view: dict[str, Any] | None) -> None:
-    """On the worker that will run the fit's loop: :func:`dlogit.checkpoint.check_where_written`."""
+def _check_checkpoint(directory: str, resume: bool, client_view: dict[str, Any] | None,
+                      dask_worker: Any = None) -> None:
+    """On the worker that will run the fit's loop (``client.run``: at once, never queued behind other
+    tasks nor moved elsewhere): :func:`dlogit.checkpoint.check_where_written`."""
     import socket
-
-    from distributed import get_worker
 
     from dlogit.checkpoint import check_where_written
 
     check_where_written(directory, resume, client_view,
-                        f"worker {get_worker().address} (host {socket.gethostname()})")
+                        f"worker {dask_worker.address} (host {socket.gethostname()})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,13 +329,7 @@ class DaskFit:
         if ck.resume:
             meta = read_meta(checkpoint_path(ck.directory))
             view = {k: meta.get(k) for k in ("run", "step", "written")}
-        fut = self.client.submit(_check_checkpoint, ck.directory, ck.resume, view, workers=[target],
-                                 allow_other_workers=True, pure=False,
-                                 key=f"dlogit-check-checkpoint-{self.spec.run}")
-        try:
-            fut.result(timeout=self.settings.attach_timeout)
-        finally:
-            fut.release()
+        self.client.run(_check_checkpoint, ck.directory, ck.resume, view, workers=[target])
 
     def _wait(self, fut: Any) -> tuple[str, Any]:
         """``fut.result()``, checking every ``heartbeat / 3`` seconds that the scheduler still hears
