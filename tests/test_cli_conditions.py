@@ -234,12 +234,12 @@ def test_dashboard_binding_rules():
 # 6. options that cannot apply say so
 
 def test_local_cluster_options_with_a_scheduler_warn(capfd, scheduler):
-    r = cli(capfd, "train", "--synthetic", "60x3", "--workers", "3", "--max-iter", "5", "--json",
+    r = cli(capfd, "train", "--synthetic", "60x3", "--workers", "3", "--max-iter", "5", "--json", "--quiet",
             "--scheduler", scheduler)
     assert r.rc == 0, r.err
     assert r.err_lines == [("dlogit: warning: --workers is ignored: training on the existing scheduler at "
                             f"{scheduler}, not on a local cluster")], r.err
-    r = cli(capfd, "train", "--synthetic", "60x3", "--gpus", "0", "--max-iter", "5", "--json",
+    r = cli(capfd, "train", "--synthetic", "60x3", "--gpus", "0", "--max-iter", "5", "--json", "--quiet",
             env={"DLOGIT_SCHEDULER": scheduler})
     assert r.rc == 0, r.err
     assert len(r.err_lines) == 1 and "--gpus is ignored" in r.err and "DLOGIT_SCHEDULER" in r.err, r.err
@@ -247,12 +247,12 @@ def test_local_cluster_options_with_a_scheduler_warn(capfd, scheduler):
 
 def test_lr_with_a_solver_that_does_not_use_it_warns(capfd, scheduler):
     for solver in ("lbfgs", "newton"):
-        r = cli(capfd, "train", "--synthetic", "60x3", "--solver", solver, "--lr", "0.5", "--json",
+        r = cli(capfd, "train", "--synthetic", "60x3", "--solver", solver, "--lr", "0.5", "--json", "--quiet",
                 "--scheduler", scheduler)
         assert r.rc == 0, r.err
         assert r.err_lines == [(f"dlogit: warning: --lr is ignored by --solver {solver} (it chooses its own "
                                 "steps; --lr is for gd)")], r.err
-    r = cli(capfd, "train", "--synthetic", "60x3", "--solver", "lbfgs", "--json", "--scheduler", scheduler)
+    r = cli(capfd, "train", "--synthetic", "60x3", "--solver", "lbfgs", "--json", "--quiet", "--scheduler", scheduler)
     assert r.rc == 0 and r.err_lines == [], r.err  # the default --lr says nothing
 
 
