@@ -419,7 +419,9 @@ def test_a_frozen_driver_that_wakes_up_changes_nothing():
     from distributed import Client
 
     _Xn, _yn, X, y = _data(16000, 40, 2000, seed=11)
-    settings = {"dlogit.engine.heartbeat": "3s", "dlogit.engine.replica-every": "0.05s"}
+    # the watchdog removes a frozen driver's worker only when asked to (by default Dask's worker-ttl does)
+    settings = {"dlogit.engine.heartbeat": "3s", "dlogit.engine.replica-every": "0.05s",
+                "dlogit.engine.remove-silent-workers": True}
     with dask.config.set(settings), _cluster(3) as cluster, Client(cluster, set_as_default=False) as c:
         fit = _Fit(c, X, y, max_iter=LONG * 2, **GD)
         fit.start()
