@@ -497,6 +497,23 @@ def _slow_sums_when_flagged(flag: str, dask_worker=None) -> None:
     shard.STEP_OPS["sums"] = slow
 
 
+def _ctrl_c_inside_a_flagged_step(events: list[dict], flag: str) -> list[float]:
+    """Once the fit has made progress: create ``flag`` (the workers' steps then slow down or block),
+    wait 1 s -- inside such a step -- and send this process a Ctrl-C; the list gets its time."""
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        while not any(e.get("type") == "progress" for e in events):
+            time.sleep(0.05)
+        open(flag, "w").close()
+        time.sleep(1.0)
+        sent.append(time.monotonic())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    return sent
+
+
 def test_ctrl_c_during_a_long_step_stops_at_its_end_and_removes_no_worker(tmp_path):
     """Ctrl-C while every worker is inside a 10 s step: the fit stops when the step ends (its end
     event says interrupted), and the cluster keeps all its workers (an early drop of the fit used to
@@ -509,18 +526,7 @@ def test_ctrl_c_during_a_long_step_stops_at_its_end_and_removes_no_worker(tmp_pa
         c.run(_slow_sums_when_flagged, flag)
         before = sorted(c.scheduler_info()["workers"])
         events: list[dict] = []
-
-        sent: list[float] = []
-
-        def interrupt() -> None:
-            while not any(e.get("type") == "progress" for e in events):
-                time.sleep(0.05)
-            open(flag, "w").close()
-            time.sleep(1.0)  # inside a slow step
-            sent.append(time.monotonic())
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        threading.Thread(target=interrupt, daemon=True).start()
+        sent = _ctrl_c_inside_a_flagged_step(events, flag)
         t0 = time.monotonic()
         with pytest.raises(dlogit.Interrupted):
             dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0,
@@ -635,17 +641,7 @@ def test_ctrl_c_while_a_step_is_blocked_stops_at_once_and_leaves_nothing(tmp_pat
         c.run(_block_sums_while_flagged, flag)
         before = sorted(c.scheduler_info()["workers"])
         events: list[dict] = []
-        sent: list[float] = []
-
-        def interrupt() -> None:
-            while not any(e.get("type") == "progress" for e in events):
-                time.sleep(0.05)
-            open(flag, "w").close()
-            time.sleep(1.0)  # inside a blocked step
-            sent.append(time.monotonic())
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        threading.Thread(target=interrupt, daemon=True).start()
+        sent = _ctrl_c_inside_a_flagged_step(events, flag)
         try:
             with pytest.raises(dlogit.Interrupted):
                 dlogit.LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0,
