@@ -9,6 +9,7 @@ piece's rows (and collects the one-hot vocabularies), so every chunk's row count
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +35,14 @@ from dlogit.io.source import (
 from dlogit.io.text import TextPiece
 
 _SAMPLE_BYTES = 1 << 20
+_COUNT_BLOCK = 4 << 20  # the row count's reads: small enough to stay in cache, large enough to be cheap
+_ARROW_BLOCK = 4 << 20  # pyarrow's parse block (its unit of parallel work)
+#: pandas' default missing-value strings (``read_csv``'s ``na_values``): the pyarrow reader takes the
+#: same fields as missing (tests/test_io.py checks the list against pandas')
+NA_VALUES = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+             "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+#: the words pandas reads as booleans
+_TRUE, _FALSE = ("True", "TRUE", "true"), ("False", "FALSE", "false")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ class CsvLayout:
     read_dtypes: tuple[tuple[str, str], ...]  # columns parsed with a fixed dtype (text columns: str)
     bytes_per_row: float  # text bytes per row in the sample (for the chunk-size of compressed files)
     has_header: bool = True  # the first line of every file names the columns
+    # the Arrow type of each needed column for the pyarrow reader (see _arrow_read); () where a chunk
+    # is read by pandas only (encoded columns, a separator of several characters, unusual dtypes)
+    arrow_types: tuple[tuple[str, str], ...] = ()
 
 
 def is_csv_name(name: str) -> bool:
@@ -189,12 +201,14 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     if any(compressed):
         notices.append("compressed files are read whole, one task each (their rows are split into "
                        "chunks after reading)")
+    arrow_types = _arrow_types(layout, sample, sep)
     info = DatasetInfo(source=source, kind="csv", n_features=0, feature_names=None,
                        sparse=bool(layout.categorical), dtype=dtype, pieces=pieces, piece_rows=piece_rows,
                        has_labels=layout.label is not None and source.require_label, has_weights=source.weights is not None,
                        encoder=encoder, notices=notices, label_dtype=label_dtype,
                        layout=CsvLayout(tuple(files), compressed, tuple(h[1] for h in headers), sep, layout,
-                                        tuple(read_dtypes.items()), bytes_per_row, has_header))
+                                        tuple(read_dtypes.items()), bytes_per_row, has_header,
+                                        arrow_types))
     needs_vocab = bool(layout.categorical) and encoder is None
     if needs_vocab or any(r is None for r in piece_rows):
         info.surveys = list(range(len(pieces)))
@@ -230,11 +244,15 @@ def survey(info: DatasetInfo, k: int) -> Survey:
         data = fsio.read_all(path)
         frame = _parse(data, lay, vocab_cols or [lay.table.names[0]], path, header=lay.has_header)
         return Survey(rows=len(frame), nbytes=len(data), uniques={c: distinct(frame[c]) for c in vocab_cols})
+    if not vocab_cols:  # counted in blocks: no copy of the whole piece
+        rows, nbytes, open_quote = text.stream_records(fsio.iter_range(path, p.offset, p.length, _COUNT_BLOCK),
+                                                       style, skip_header=False)
+        if open_quote:
+            raise text.spanning_quote_error(path)
+        return Survey(rows=rows, nbytes=nbytes)
     data = fsio.read_range(path, p.offset, p.length)
     if text.has_open_quote(data):
         raise text.spanning_quote_error(path)
-    if not vocab_cols:
-        return Survey(rows=text.count_records(data, style), nbytes=len(data))
     frame = _parse(data, lay, vocab_cols, path, header=False)
     return Survey(rows=len(frame), nbytes=len(data), uniques={c: distinct(frame[c]) for c in vocab_cols})
 
@@ -275,6 +293,99 @@ def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
     return info
 
 
+def _arrow_types(layout: tbl.TableLayout, sample: Any, sep: str) -> tuple[tuple[str, str], ...]:
+    """The Arrow type to read each needed column with, from the sample's pandas dtypes; ``()`` where
+    chunks are read by pandas only."""
+    if layout.categorical or len(sep) != 1 or sep in '"\r\n':
+        return ()
+    out = []
+    for c in layout.needed:
+        if c == layout.label and layout.label_text:
+            out.append((c, "string"))
+            continue
+        dtype = sample[c].dtype if len(sample) and c in sample else np.dtype(np.float64)
+        if not isinstance(dtype, np.dtype) or dtype.name not in ("float64", "int64", "bool"):
+            return ()
+        out.append((c, dtype.name))
+    return tuple(out)
+
+
+def _arrow_read(source: Any, lay: CsvLayout, header: bool, whole: bool) -> Any:
+    """The needed columns of ``source`` (a pyarrow stream or buffer) as a pyarrow Table, or ``None``
+    where pyarrow cannot read them as pandas would (then the caller reads them with pandas).
+
+    pyarrow parses in parallel blocks and rounds every decimal number correctly, as pandas >= 3 does
+    (tests/test_io.py checks hard cases). Each column is read with the type the sample gave it; a field
+    that type cannot hold (text, a float in an integer column, a row of the wrong width, a line of
+    spaces) makes pyarrow fail, and pandas reads the chunk instead, with today's types and messages.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    types = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+    read = pacsv.ReadOptions(column_names=list(lay.table.names), skip_rows=1 if header else 0,
+                             use_threads=True, block_size=_ARROW_BLOCK)
+    parse = pacsv.ParseOptions(delimiter=lay.sep, newlines_in_values=whole)
+    convert = pacsv.ConvertOptions(column_types={c: types[t] for c, t in lay.arrow_types},
+                                   include_columns=[c for c, _ in lay.arrow_types],
+                                   null_values=list(NA_VALUES), strings_can_be_null=True,
+                                   quoted_strings_can_be_null=True,
+                                   true_values=list(_TRUE), false_values=list(_FALSE))
+    try:
+        table = pacsv.read_csv(source, read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowException, OSError, ValueError, EOFError):
+        return None  # pandas reads it again, and says what is wrong in today's words
+    if any(table.column(c).null_count for c, _ in lay.arrow_types):
+        return None  # a missing value: pandas' message names it (or its column becomes text)
+    return table
+
+
+def _arrow_piece(table: Any, info: DatasetInfo, path: str, w: np.ndarray | None, where: Any) -> Piece | None:
+    """One chunk from the Arrow columns, or ``None`` where a value is not finite (pandas then reads
+    the chunk, so that "nan"-like words pandas takes for text still say so)."""
+    lay: CsvLayout = info.layout
+    names = lay.table.numeric
+    n = table.num_rows
+    X = np.empty((n, len(names)), dtype=info.dtype)
+    for j, c in enumerate(names):
+        at = 0
+        for k in table.column(c).chunks:
+            m = len(k)
+            X[at:at + m, j] = k.to_numpy(zero_copy_only=False)
+            at += m
+    if X.dtype.kind == "f" and X.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not bool(np.isfinite(np.add.reduce(X, axis=0)).all()) and not bool(np.isfinite(X).all()):
+                return None
+    frame = {}
+    for c in (lay.table.label, lay.table.weights):
+        if c is not None:
+            v = table.column(c).to_numpy()
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                return None
+            frame[c] = v
+    return tbl.table_piece(frame, info, path, w, where, X=X)
+
+
+def _arrow_source(path: str, first: TextPiece, stack: contextlib.ExitStack) -> Any:
+    """What pyarrow reads for a unit: a byte range of a local file mapped (no copy), or of a remote one
+    read; a compressed file as a stream, decompressed by Arrow where it can (a local .gz, .bz2, .zst),
+    by Python otherwise (.xz, URLs)."""
+    import pyarrow as pa
+
+    fs, p = fsio.filesystem(path)
+    if not first.whole:
+        if fsio.is_local(fs) and first.length > 0:
+            mm = stack.enter_context(pa.memory_map(p))
+            mm.seek(first.offset)
+            return mm.read_buffer(first.length)
+        return pa.py_buffer(fsio.read_range(path, first.offset, first.length))
+    compression = fsio.split_compression(p)[1]
+    if fsio.is_local(fs) and compression in ("gzip", "bz2", "zstd") and pa.Codec.is_available(compression):
+        return stack.enter_context(pa.input_stream(p, compression=compression))
+    return pa.PythonFile(stack.enter_context(fsio.open_binary(path)), mode="r")
+
+
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     from dlogit.io.npy import weights_slice
 
@@ -283,22 +394,48 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
     first: TextPiece = info.pieces[members[0]]
     path = lay.files[first.file]
     columns = lay.table.needed
-    if first.whole:
-        frame = _parse(fsio.read_all(path), lay, columns, path, header=lay.has_header)
-        expect = info.pieces[members[-1]].stop
-    else:
-        frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False)
-        expect = info.piece_rows[members[0]]
-    if len(frame) != expect:
-        raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
-                        f"counted {expect}")
+    expect = info.pieces[members[-1]].stop if first.whole else info.piece_rows[members[0]]
     starts = info.row_starts() if info.source.weights_path else None
     # the first data row of this unit in its file (the pieces before it in the same file)
     base = sum(int(info.piece_rows[j] or 0) for j in range(members[0])
                if info.pieces[j].file == first.file) if not first.whole else 0
+    table = None
+    if lay.arrow_types:
+        with contextlib.ExitStack() as stack:
+            try:
+                source = _arrow_source(path, first, stack)
+            except DataError:
+                raise
+            except Exception:  # noqa: BLE001 - pandas' read below says what is wrong, in today's words
+                source = None
+            if source is not None:
+                table = _arrow_read(source, lay, header=first.whole and lay.has_header, whole=first.whole)
+        if table is not None and table.num_rows != expect:
+            table = None  # rows pandas would skip or split otherwise: it reads them (or says what changed)
+    if table is not None:
+        out = []
+        for i in members:
+            p: TextPiece = info.pieces[i]
+            part = table.slice(p.start, p.stop - p.start) if p.whole else table
+            w = weights_slice(info, starts[i], part.num_rows) if starts is not None else None
+            at = base + (p.start if p.whole else 0)
+            piece = _arrow_piece(part, info, path, w, lambda r, at=at: f"{path}: row {at + r + 1}")
+            if piece is None:
+                break
+            out.append(piece)
+        else:
+            return out
+        del table, out
+    if first.whole:
+        frame = _parse(fsio.read_all(path), lay, columns, path, header=lay.has_header)
+    else:
+        frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False)
+    if len(frame) != expect:
+        raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
+                        f"counted {expect}")
     out = []
     for i in members:
-        p: TextPiece = info.pieces[i]
+        p = info.pieces[i]
         part = frame.iloc[p.start:p.stop] if p.whole else frame
         w = weights_slice(info, starts[i], len(part)) if starts is not None else None
         at = base + (p.start if p.whole else 0)

@@ -179,17 +179,19 @@ def dense_features(get: Callable[[str], Any], columns: Sequence[str], n: int, dt
 
 
 def table_piece(frame: Any, info: DatasetInfo, path: str, weights: np.ndarray | None,
-                where: Callable[[int], str] | None = None) -> Piece:
+                where: Callable[[int], str] | None = None, X: np.ndarray | None = None) -> Piece:
     """One chunk from a table's columns (a DataFrame or a dict of arrays); ``where(i)`` says where its
-    local row ``i`` lies, for the message naming a NaN or infinite value."""
+    local row ``i`` lies, for the message naming a NaN or infinite value. ``X``: the dense features,
+    already built from the numeric columns (the CSV reader's Arrow path); ``frame`` then needs only the
+    label and weights columns."""
     from dlogit.io.source import check_finite
 
     lay: TableLayout = info.layout.table
-    n = len(frame[lay.needed[0]]) if lay.needed else 0
     unseen = 0
-    if info.encoder is not None:
+    if X is None and info.encoder is not None:
         X, unseen = info.encoder.transform(frame, info.dtype)
-    else:
+    elif X is None:
+        n = len(frame[lay.needed[0]]) if lay.needed else 0
         X = dense_features(lambda c: frame[c], lay.numeric, n, info.dtype, path)
     names = info.feature_names or list(lay.numeric)
     check_finite(X, where or (lambda i: f"{path} row {i + 1} of a chunk"),
