@@ -347,12 +347,13 @@ def _arrow_piece(table: Any, info: DatasetInfo, path: str, w: np.ndarray | None,
     names = lay.table.numeric
     n = table.num_rows
     X = np.empty((n, len(names)), dtype=info.dtype)
-    for j, c in enumerate(names):
-        at = 0
-        for k in table.column(c).chunks:
-            m = len(k)
-            X[at:at + m, j] = k.to_numpy(zero_copy_only=False)
-            at += m
+    index = [table.schema.get_field_index(c) for c in names]
+    at = 0
+    for batch in table.to_batches():  # a block of rows at a time: its part of X stays in cache
+        m = batch.num_rows
+        for j, k in enumerate(index):
+            X[at:at + m, j] = batch.column(k).to_numpy(zero_copy_only=False)
+        at += m
     if X.dtype.kind == "f" and X.size:
         with np.errstate(over="ignore", invalid="ignore"):
             if not bool(np.isfinite(np.add.reduce(X, axis=0)).all()) and not bool(np.isfinite(X).all()):
