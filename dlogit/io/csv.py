@@ -346,7 +346,12 @@ def _arrow_piece(table: Any, info: DatasetInfo, path: str, w: np.ndarray | None,
     lay: CsvLayout = info.layout
     names = lay.table.numeric
     n = table.num_rows
-    X = np.empty((n, len(names)), dtype=info.dtype)
+    # X from Arrow's memory pool, which keeps the pages the parse used and freed (NumPy's large
+    # arrays are fresh pages each time: page faults cost as much as the parse on some machines)
+    import pyarrow as pa
+
+    itemsize = np.dtype(info.dtype).itemsize
+    X = np.frombuffer(pa.allocate_buffer(n * len(names) * itemsize), dtype=info.dtype).reshape(n, len(names))
     index = [table.schema.get_field_index(c) for c in names]
     at = 0
     for batch in table.to_batches():  # a block of rows at a time: its part of X stays in cache
