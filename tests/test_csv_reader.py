@@ -58,7 +58,7 @@ def test_floats_round_correctly_as_pandas_does(tmp_path, packed, size):
     correctly rounded double — Python's ``float`` — as pandas >= 3 parses them."""
     rng = np.random.default_rng(3)
     extra = [repr(float(v)) for v in rng.standard_normal(200) * 10.0 ** rng.integers(-300, 300, 200)]
-    values = HARD + extra + ["%.17g" % v for v in rng.standard_normal(200)]
+    values = HARD + extra + [f"{v:.17g}" for v in rng.standard_normal(200)]
     body = "x,z,y\n" + "".join(f"{v},{values[-1 - k]},{k % 2}\n" for k, v in enumerate(values))
     got = load_local(_write(tmp_path, body, packed), label="y", **size)
     exact = np.array([[float(v), float(values[-1 - k])] for k, v in enumerate(values)])
@@ -112,8 +112,9 @@ ERRORS = {
     "NA word": ("a,b,y\n1,2,1\n3,4,1\nNA,4,0\n", "{path}: row 3, column 'a' holds a missing, NaN or infinite"),
     "missing label": ("a,b,y\n1,2,1\n3,4,\n", "label column 'y' in {path} has 1 missing value(s)"),
     "integer past 2**64": ("a,b,y\n1,2,1\n18446744073709551616,4,0\n", "column 'a' in {path} is not numeric"),
-    "short row": ("a,b,y\n1,2,1\n3,4\n", "label column 'y' in {path} has 1 missing value(s)|"
-                  "cannot read {path}: Too many columns specified: expected 3 and found 2"),  # a row's chunk
+    "short row": ("a,b,y\n1,2,1\n3,4\n", ("label column 'y' in {path} has 1 missing value(s)|"
+                                           "cannot read {path}: Too many columns specified: expected 3 and "
+                                           "found 2")),  # the second: the row is a chunk of its own
     "long row": ("a,b,y\n1,2,1\n3,4,0,9\n", "cannot read {path}: Error tokenizing data. C error: Expected 3 fields"),
 }
 

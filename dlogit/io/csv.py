@@ -374,18 +374,14 @@ def _arrow_piece(table: Any, info: DatasetInfo, path: str, w: np.ndarray | None,
 
 
 def _arrow_source(path: str, first: TextPiece, stack: contextlib.ExitStack) -> Any:
-    """What pyarrow reads for a unit: a byte range of a local file mapped (no copy), or of a remote one
-    read; a compressed file as a stream, decompressed by Arrow where it can (a local .gz, .bz2, .zst),
-    by Python otherwise (.xz, URLs)."""
+    """What pyarrow reads for a unit, as a stream in pyarrow's blocks (never a copy of the whole unit):
+    a byte range of an uncompressed file; a compressed file, decompressed by Arrow where it can (a local
+    .gz, .bz2, .zst), by Python otherwise (.xz, URLs)."""
     import pyarrow as pa
 
     fs, p = fsio.filesystem(path)
     if not first.whole:
-        if fsio.is_local(fs) and first.length > 0:
-            mm = stack.enter_context(pa.memory_map(p))
-            mm.seek(first.offset)
-            return mm.read_buffer(first.length)
-        return pa.py_buffer(fsio.read_range(path, first.offset, first.length))
+        return pa.PythonFile(stack.enter_context(fsio.open_range(path, first.offset, first.length)), mode="r")
     compression = fsio.split_compression(p)[1]
     if fsio.is_local(fs) and compression in ("gzip", "bz2", "zstd") and pa.Codec.is_available(compression):
         return stack.enter_context(pa.input_stream(p, compression=compression))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import io
 import posixpath
 import re
 from collections.abc import Callable, Iterator
@@ -356,3 +357,40 @@ def iter_range(path: str, offset: int, length: int, block: int = _BLOCK) -> Iter
                 yield b
     except Exception as exc:  # noqa: BLE001
         raise read_error(path, exc) from None
+
+
+class _Range(io.RawIOBase):
+    """``length`` bytes of a binary file from ``offset``, read as a stream (then end of file)."""
+
+    def __init__(self, f: IO[bytes], offset: int, length: int) -> None:
+        super().__init__()
+        self._f = f
+        self._f.seek(offset)
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._f.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def open_range(path: str, offset: int, length: int) -> Iterator[IO[bytes]]:
+    """A stream of ``length`` bytes of an uncompressed file from ``offset`` (read in the blocks its
+    reader asks for: no copy of the whole range in memory)."""
+    fs, p = filesystem(path)
+    try:
+        raw = fs.open(p, "rb")
+    except Exception as exc:  # noqa: BLE001
+        raise read_error(path, exc) from None
+    with raw:
+        yield _Range(raw, offset, length)  # type: ignore[misc]
