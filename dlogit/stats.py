@@ -15,6 +15,7 @@ largest magnitude ``M``, ``S = sum x / M`` and ``Q = sum (x / M)^2``.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +111,7 @@ def _check_weight_values(w: Any, index: int | None, where: str) -> None:
         value = float(to_numpy(w[i : i + 1])[0])
         row = f"row {i}" + (f" of chunk {index}" if index is not None else "")
         row += f" ({where})" if where else ""
-        kind = "NaN" if value != value else ("infinite" if abs(value) == float("inf") else "negative")
+        kind = "NaN" if math.isnan(value) else ("infinite" if abs(value) == float("inf") else "negative")
         raise DataError(f"sample_weight of {row} is {value} ({kind}): row weights must be finite and >= 0")
 
 
