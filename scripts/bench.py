@@ -19,6 +19,8 @@ Sections (each prints absolute figures and the ratio to its baseline):
   dense multinomial enet path sparse layouts
                 the models, penalties and data benchmarks of scripts/bench_models.py (its docstring
                 says what each compares), run from here too
+  first         issue 23's first-contact figures (cold start, --version, a small file, a fresh
+                cluster's first fit, a busy core, in-process sparse, CSV reading): scripts/bench_first.py
 The data is generated here (or on the workers); nothing is downloaded.
 """
 
@@ -602,11 +604,11 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_models
 
-    ap.add_argument("--only", nargs="*", default=None,
-                    choices=["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
+    sections = ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS, "first"]
+    ap.add_argument("--only", nargs="*", default=None, choices=sections)
     args = ap.parse_args()
     rows = 100_000 if args.quick else args.lbfgs_rows
-    want = set(args.only or ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
+    want = set(args.only or sections)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
                  "cpus": os.cpu_count(), "python": platform.python_version()}
     if "coordination" in want:
@@ -650,6 +652,10 @@ def main() -> None:
         if name in want:
             res[name] = section(args.quick)
             print(f"{name}: {json.dumps(res[name], default=float)}", flush=True)
+    if "first" in want:  # issue 23's first-contact figures, fresh processes (scripts/bench_first.py)
+        import bench_first
+
+        res["first"] = bench_first.main(["--quick"] if args.quick else [])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2, default=float)

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -218,13 +217,14 @@ def bench_cluster(rows: int, l2: float = 0.01) -> dict:
 
 
 def bench_busy(rows: int, repeat: int, l2: float = 0.01) -> dict:
-    import dlogit
     from sklearn.linear_model import LogisticRegression as SK
+
+    import dlogit
 
     X, y = _dense(rows)
     C = 1 / (2 * rows * l2)
-    fit_dl = lambda: dlogit.LogisticRegression(l2=l2, tol=1e-6).fit(X, y)  # noqa: E731
-    fit_sk = lambda: SK(C=C, tol=1e-6, solver="lbfgs", max_iter=1000).fit(X, y)  # noqa: E731
+    fit_dl = lambda: dlogit.LogisticRegression(l2=l2, tol=1e-6).fit(X, y)
+    fit_sk = lambda: SK(C=C, tol=1e-6, solver="lbfgs", max_iter=1000).fit(X, y)
     fit_dl()  # compiles / warms the kernels: this section is about load, not first use
     t = {"dlogit_quiet": [], "dlogit_busy": [], "sklearn_quiet": [], "sklearn_busy": []}
 
@@ -254,11 +254,11 @@ def bench_busy(rows: int, repeat: int, l2: float = 0.01) -> dict:
 
 def bench_sparse(rows: int, d: int = 100_000, nnz: int = 40, l2: float = 1e-5) -> dict:
     import scipy.sparse as sp
+    from bench import _cluster
+    from bench_models import _aligned, _on_workers, _persist, _sparse_chunk, objective
     from sklearn.linear_model import LogisticRegression as SK
 
     import dlogit
-    from bench import _cluster
-    from bench_models import _aligned, _on_workers, _persist, _sparse_chunk, objective
 
     tol = 1e-6
     out: dict = {"data": f"{rows}x{d} CSR, {nnz} nonzeros per row", "l2": l2, "tol": tol}
