@@ -51,11 +51,11 @@ def _median(xs):
     return float(np.median(np.asarray(xs, dtype=float)))
 
 
-def _run(cmd, env=None, first: str | None = None, timeout: float = 600) -> dict:
+def _run(cmd, env=None, first: str | None = None, timeout: float = 600, cwd: str = ROOT) -> dict:
     """Run ``cmd`` (stdout and stderr merged); wall to exit, and to the first line starting with ``first``."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env={**os.environ, **(env or {})}, cwd=ROOT)
+                         env={**os.environ, **(env or {})}, cwd=cwd)
     t_first, lines = None, []
     for line in p.stdout:
         lines.append(line)
@@ -91,11 +91,13 @@ def bench_cold(repeat: int, copy: bool = False) -> dict:
             cmd, env = [DLOGIT], {"NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
             if copy:
                 cmd, env = _fresh_copy(tmp)
+                where = _run([sys.executable, "-c", "import dlogit; print(dlogit.__file__)"], env, cwd=tmp)
+                assert where["tail"].strip().startswith(tmp), f"the copy is not what runs: {where['tail']}"
             os.makedirs(os.path.join(tmp, "numba"))
             before = _count_files(tmp)
-            cold.append(_run([*cmd, "train"], env, first="step "))
+            cold.append(_run([*cmd, "train"], env, first="step ", cwd=tmp))
             cached.append(_count_files(tmp) - before)
-            warm.append(_run([*cmd, "train"], env, first="step "))
+            warm.append(_run([*cmd, "train"], env, first="step ", cwd=tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     for r in cold + warm:
