@@ -231,7 +231,7 @@ def plain_numpy_textbook(X, y, w0, steps=10001, lr=0.1, l2=0.01, with_cost=True)
     return w, b, cost
 
 
-def bench_textbook() -> dict:
+def bench_textbook(quick: bool = False) -> dict:
     from dlogit.data import synthetic_numpy
 
     X, y = synthetic_numpy(400, 784, seed=0)
@@ -239,7 +239,7 @@ def bench_textbook() -> dict:
     plain, bare, runs, blas = [], [], [], []
     cmd = [sys.executable, "-m", "dlogit", "train", "--workers", "2", "--json"]
     blas_env = {**os.environ, "DASK_DLOGIT__CPU_KERNEL": "blas"}
-    for _ in range(5):  # interleaved, best of each: a burst of load on the machine hits all alike
+    for _ in range(2 if quick else 5):  # interleaved, best of each: a burst of load on the machine hits all alike
         t0 = time.perf_counter()
         plain_numpy_textbook(X, y, w0)
         plain.append(time.perf_counter() - t0)
@@ -619,7 +619,7 @@ def main() -> None:
               f"{c['dask_array_graph_step_ms']:.1f} ms ({c['speedup_vs_graph']:.0f}x slower); submit per "
               f"shard {c['submit_per_shard_step_ms']:.1f} ms ({c['speedup_vs_submit']:.0f}x slower)", flush=True)
     if "textbook" in want:
-        res["textbook"] = t = bench_textbook()
+        res["textbook"] = t = bench_textbook(args.quick)
         print(f"textbook (10 001 GD steps): plain NumPy textbook loop {t['plain_numpy_s']:.3f} s (without "
               f"the per-step cost {t['bare_gradient_loop_s']:.3f} s), dlogit train "
               f"{t['dlogit_fit_s']:.3f} s with the {t['kernel']} kernel (ratio {t['ratio']:.2f}, goal <= 1.0; "
