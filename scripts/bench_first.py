@@ -15,7 +15,8 @@ Sections:
   cluster  in a fresh python: a new LocalCluster (2 worker processes, 1 thread each, 127.0.0.1) and its
            first dlogit L-BFGS fit of ROWSx100 float64 from ``da.from_array`` (time from cluster creation,
            worker imports included), then the 2nd and 3rd fits, vs scikit-learn lbfgs on the aligned
-           C-contiguous array (same l2, tol 1e-6); objectives of both at their solutions
+           C-contiguous array (same l2, tol 1e-6); objectives of both at their solutions; then the same
+           on another fresh cluster with the data made on the workers (its making not counted)
   busy     in-process L-BFGS fit of a NumPy ROWSx100 array, quiet vs with a busy loop pinned to core 0
            (``taskset -c 0 python -c 'while True: pass'``); scikit-learn the same; slowdowns side by side
   sparse   CSR SROWSx100 000, 40 nonzeros/row, l2 1e-5, L-BFGS: dlogit in-process vs on a 2-worker local
@@ -188,9 +189,11 @@ sys.path[:0] = [sys.argv[3], sys.argv[4]]
 import numpy as np
 from bench_first import _dense
 from bench_models import objective
-rows, l2 = int(sys.argv[1]), float(sys.argv[2])
-X, y = _dense(rows)
-out = {"data": f"{rows}x100 float64 from da.from_array", "l2": l2, "tol": 1e-6}
+rows, l2, source = int(sys.argv[1]), float(sys.argv[2]), sys.argv[5]
+if source == "from_array":
+    X, y = _dense(rows)
+out = {"data": f"{rows}x100 float64 " + ("from da.from_array" if source == "from_array" else
+       "made on the workers (8 chunks, persisted; its making excluded)"), "l2": l2, "tol": 1e-6}
 t0 = time.perf_counter()
 import dask.array as da
 from distributed import Client, LocalCluster
@@ -199,14 +202,24 @@ cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="
                        dashboard_address=None, silence_logs=logging.CRITICAL)
 client = Client(cluster)
 out["cluster_up_s"] = time.perf_counter() - t0
+if source == "workers":
+    from distributed import wait
+    from bench import _signal_data
+    t = time.perf_counter()
+    dX, dy = client.persist(list(_signal_data(rows, 100, 8)))
+    wait([dX, dy])
+    out["data_making_s"] = time.perf_counter() - t
 fits = []
 for i in range(3):
     t = time.perf_counter()
-    dX, dy = da.from_array(X), da.from_array(y)
+    if source == "from_array":
+        dX, dy = da.from_array(X), da.from_array(y)
     m = dlogit.LogisticRegression(l2=l2, tol=1e-6).fit(dX, dy, client=client)
     fits.append(time.perf_counter() - t)
     if i == 0:
-        out["first_fit_from_creation_s"] = time.perf_counter() - t0
+        out["first_fit_from_creation_s"] = time.perf_counter() - t0 - out.get("data_making_s", 0.0)
+if source == "workers":
+    X, y = client.compute([dX, dy], sync=True)
 out["fits_s"] = fits
 out["dlogit_iter"] = int(np.max(m.n_iter_))
 out["worker_modules"] = client.run(lambda: sorted(
@@ -227,8 +240,8 @@ print("JSON", json.dumps(out))
 """
 
 
-def bench_cluster(rows: int, l2: float = 0.01) -> dict:
-    r = _run([sys.executable, "-c", CLUSTER_CHILD, str(rows), str(l2), ROOT, HERE])
+def bench_cluster(rows: int, source: str = "from_array", l2: float = 0.01) -> dict:
+    r = _run([sys.executable, "-c", CLUSTER_CHILD, str(rows), str(l2), ROOT, HERE, source])
     line = [x for x in r["tail"].splitlines() if x.startswith("JSON ")]
     if r["rc"] != 0 or not line:
         raise RuntimeError(f"cluster child failed: {r['tail']}")
@@ -370,14 +383,15 @@ def main(argv=None) -> dict:
         print(f"small file ({c['data']}): dlogit train {c['dlogit_s']:.2f} s vs scikit-learn script "
               f"{c['sklearn_script_s']:.2f} s -> {c['ratio']:.2f}x (goal <= 1.0)", flush=True)
     if "cluster" in want:
-        c = section("cluster", lambda: bench_cluster(rows))
-        f = c["fits_s"]
-        print(f"fresh cluster ({c['data']}, 2 workers): cluster up {c['cluster_up_s']:.2f} s, first fit "
-              f"{f[0]:.2f} s ({c['first_fit_from_creation_s']:.2f} s from creation), then "
-              f"{f[1]:.2f}, {f[2]:.2f} s; sklearn {c['sklearn_s']:.2f} s -> cold {c['cold_ratio']:.2f}x "
-              f"(goal <= 0.6; fit alone {c['cold_ratio_fit_only']:.2f}x), warm {c['warm_ratio']:.2f}x "
-              f"(goal <= 0.5); objectives {c['objective_dlogit']:.10f} vs {c['objective_sklearn']:.10f}; "
-              f"worker imported {c['worker_modules']}", flush=True)
+        for key, source in (("cluster", "from_array"), ("cluster_workers_data", "workers")):
+            c = section(key, lambda source=source: bench_cluster(rows, source))
+            f = c["fits_s"]
+            print(f"fresh cluster ({c['data']}, 2 workers): cluster up {c['cluster_up_s']:.2f} s, first fit "
+                  f"{f[0]:.2f} s ({c['first_fit_from_creation_s']:.2f} s from creation), then "
+                  f"{f[1]:.2f}, {f[2]:.2f} s; sklearn {c['sklearn_s']:.2f} s -> cold {c['cold_ratio']:.2f}x "
+                  f"(goal <= 0.6; fit alone {c['cold_ratio_fit_only']:.2f}x), warm {c['warm_ratio']:.2f}x "
+                  f"(goal <= 0.5); objectives {c['objective_dlogit']:.10f} vs {c['objective_sklearn']:.10f}; "
+                  f"worker imported {c['worker_modules']}", flush=True)
     if "busy" in want:
         c = section("busy", lambda: bench_busy(rows, repeat))
         print(f"busy core ({c['data']}): dlogit {c['dlogit_quiet_s']:.2f} -> {c['dlogit_busy_s']:.2f} s "
