@@ -19,6 +19,8 @@ Sections (each prints absolute figures and the ratio to its baseline):
   dense multinomial enet path sparse layouts
                 the models, penalties and data benchmarks of scripts/bench_models.py (its docstring
                 says what each compares), run from here too
+  first         issue 23's first-contact figures (cold start, --version, a small file, a fresh
+                cluster's first fit, a busy core, in-process sparse, CSV reading): scripts/bench_first.py
 The data is generated here (or on the workers); nothing is downloaded.
 """
 
@@ -229,7 +231,7 @@ def plain_numpy_textbook(X, y, w0, steps=10001, lr=0.1, l2=0.01, with_cost=True)
     return w, b, cost
 
 
-def bench_textbook() -> dict:
+def bench_textbook(quick: bool = False) -> dict:
     from dlogit.data import synthetic_numpy
 
     X, y = synthetic_numpy(400, 784, seed=0)
@@ -237,7 +239,7 @@ def bench_textbook() -> dict:
     plain, bare, runs, blas = [], [], [], []
     cmd = [sys.executable, "-m", "dlogit", "train", "--workers", "2", "--json"]
     blas_env = {**os.environ, "DASK_DLOGIT__CPU_KERNEL": "blas"}
-    for _ in range(5):  # interleaved, best of each: a burst of load on the machine hits all alike
+    for _ in range(2 if quick else 5):  # interleaved, best of each: a burst of load on the machine hits all alike
         t0 = time.perf_counter()
         plain_numpy_textbook(X, y, w0)
         plain.append(time.perf_counter() - t0)
@@ -264,26 +266,28 @@ def bench_textbook() -> dict:
 
 
 def bench_kernel(quick: bool = False) -> dict:
-    """One chunk evaluation (PreparedChunk.sums) with each CPU kernel, in this process, on one thread
+    """One chunk evaluation (chunks.DenseBinomialCPU.sums) with each CPU kernel, in this process, on one thread
     (as on a worker), over a grid of feature counts and chunk sizes."""
     from threadpoolctl import threadpool_limits
 
-    from dlogit.loss import PreparedChunk, choose_cpu_kernel
+    from dlogit.chunks import DenseBinomialCPU
+    from dlogit.family import ParamLayout
+    from dlogit.loss import choose_cpu_kernel
 
     rng = np.random.default_rng(0)
     sizes = (0.5, 2, 8) if quick else (0.5, 2, 8, 32, 128)
     rows = []
     with threadpool_limits(1):
-        for d in (16, 32, 64, 100, 128, 256, 784, 2000):
+        for d in (16, 100, 784) if quick else (16, 32, 64, 100, 128, 256, 784, 2000):
             for mib in sizes:
                 n = max(4, int(mib * 2**20 / (8 * d)))
                 X = rng.standard_normal((n, d))
                 y = (rng.random(n) < 0.5).astype(float)
                 theta = np.r_[rng.standard_normal(d) * 0.05, 0.1]
-                reps = max(3, int(1e8 / X.nbytes))
+                reps = max(3, int((1e7 if quick else 1e8) / X.nbytes))
                 us = {}
                 for kernel in ("fused", "blas"):
-                    chunk = PreparedChunk(X, y, True, kernel)
+                    chunk = DenseBinomialCPU(X, y, None, ParamLayout(d, 1), kernel=kernel)
                     chunk.sums(theta)
                     best = float("inf")
                     for _ in range(4):
@@ -600,11 +604,11 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_models
 
-    ap.add_argument("--only", nargs="*", default=None,
-                    choices=["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
+    sections = ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS, "first"]
+    ap.add_argument("--only", nargs="*", default=None, choices=sections)
     args = ap.parse_args()
     rows = 100_000 if args.quick else args.lbfgs_rows
-    want = set(args.only or ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS])
+    want = set(args.only or sections)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
                  "cpus": os.cpu_count(), "python": platform.python_version()}
     if "coordination" in want:
@@ -615,7 +619,7 @@ def main() -> None:
               f"{c['dask_array_graph_step_ms']:.1f} ms ({c['speedup_vs_graph']:.0f}x slower); submit per "
               f"shard {c['submit_per_shard_step_ms']:.1f} ms ({c['speedup_vs_submit']:.0f}x slower)", flush=True)
     if "textbook" in want:
-        res["textbook"] = t = bench_textbook()
+        res["textbook"] = t = bench_textbook(args.quick)
         print(f"textbook (10 001 GD steps): plain NumPy textbook loop {t['plain_numpy_s']:.3f} s (without "
               f"the per-step cost {t['bare_gradient_loop_s']:.3f} s), dlogit train "
               f"{t['dlogit_fit_s']:.3f} s with the {t['kernel']} kernel (ratio {t['ratio']:.2f}, goal <= 1.0; "
@@ -648,6 +652,10 @@ def main() -> None:
         if name in want:
             res[name] = section(args.quick)
             print(f"{name}: {json.dumps(res[name], default=float)}", flush=True)
+    if "first" in want:  # issue 23's first-contact figures, fresh processes (scripts/bench_first.py)
+        import bench_first
+
+        res["first"] = bench_first.main(["--quick"] if args.quick else [])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2, default=float)
