@@ -45,42 +45,24 @@ def _cli_early_signals() -> None:
 
 _cli_early_signals()
 
-#: public name -> the module defining it. Imported on first use (PEP 562), so that ``import dlogit`` and
-#: ``dlogit --version`` cost milliseconds, and a Dask worker that evaluates chunks never loads
-#: scikit-learn or pandas; ``dlogit.monitor``, ``dlogit.cluster`` and the other subpackages load the same way.
-_LAZY = {
-    "read_data": "dlogit.data", "synthetic": "dlogit.data",
-    "ClusterError": "dlogit.errors", "ConfigError": "dlogit.errors", "ConvergenceWarning": "dlogit.errors",
-    "DataError": "dlogit.errors", "DlogitError": "dlogit.errors", "Interrupted": "dlogit.errors",
-    "ModelError": "dlogit.errors", "OutputError": "dlogit.errors",
-    "LogisticRegression": "dlogit.estimator", "load_model": "dlogit.estimator",
-    "LogisticRegressionCV": "dlogit.estimator_cv",
-}
-_RENAMED = {"Checkpoint": ("dlogit.spec", "CheckpointSpec")}
+from dlogit import config as _config  # noqa: F401  (registers dask.config defaults)
+from dlogit.data import read_data, synthetic
+from dlogit.errors import (
+    ClusterError,
+    ConfigError,
+    ConvergenceWarning,
+    DataError,
+    DlogitError,
+    Interrupted,
+    ModelError,
+    OutputError,
+)
+from dlogit.estimator import LogisticRegression, load_model
+from dlogit.estimator_cv import LogisticRegressionCV
+from dlogit.spec import CheckpointSpec as Checkpoint
 
 __all__ = [
     "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",
     "Interrupted", "LogisticRegression", "LogisticRegressionCV", "ModelError", "OutputError", "__version__", "load_model",
     "read_data", "synthetic",
 ]
-
-
-def __getattr__(name: str) -> object:
-    import importlib
-
-    if name in _LAZY or name in _RENAMED:
-        module, attr = (_LAZY[name], name) if name in _LAZY else _RENAMED[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):
-        try:  # a subpackage or module: dlogit.monitor, dlogit.cluster, ...
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

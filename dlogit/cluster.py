@@ -16,7 +16,6 @@ from typing import Any
 
 import dask
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit._xp import cupy_available
 from dlogit.errors import ClusterError
 

@@ -21,7 +21,6 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit import io as dio
 from dlogit.errors import DataError
 from dlogit.files import atomic_write

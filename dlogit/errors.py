@@ -6,8 +6,9 @@ message and exit code 2.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+# scikit-learn is a dependency and ``import dlogit`` loads it anyway (the estimator's base classes);
+# sklearn.exceptions itself is a small module
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
 
 
 class DlogitError(Exception):
@@ -49,33 +50,8 @@ class Interrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+class ConvergenceWarning(_SklearnConvergenceWarning):
+    """A fit that stopped before reaching ``tol`` (``max_iter``, stalled, diverged).
 
-
-_lazy: dict[str, type] = {}
-_lazy_lock = threading.Lock()
-
-
-def _convergence_warning() -> type:
-    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
-
-    class ConvergenceWarning(SklearnConvergenceWarning):
-        """A fit that stopped before reaching ``tol`` (``max_iter``, stalled, diverged).
-
-        A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so filters written
-        for scikit-learn models catch it too."""
-
-    ConvergenceWarning.__module__ = __name__
-    ConvergenceWarning.__qualname__ = "ConvergenceWarning"
-    return ConvergenceWarning
-
-
-def __getattr__(name: str) -> Any:
-    """``ConvergenceWarning`` is made on first use (one class for the life of the process): it subclasses
-    scikit-learn's, and importing scikit-learn costs seconds that ``dlogit --version`` and a Dask worker
-    evaluating chunks should not pay."""
-    if name == "ConvergenceWarning":
-        with _lazy_lock:
-            if name not in _lazy:
-                _lazy[name] = _convergence_warning()
-            return _lazy[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so filters written
+    for scikit-learn models catch it too."""

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit._xp import is_cupy, to_numpy
 from dlogit.errors import DataError
 

@@ -8,7 +8,6 @@ coefficients); 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import sys
@@ -27,41 +26,7 @@ class NotConverged(DlogitError):
     """The fit ended without a usable model (exit code 3)."""
 
 
-#: command name -> (module, function): a command's module (and what it imports: NumPy, Dask, the
-#: estimator) loads only when that command runs or its help is shown, so ``dlogit --version`` and a
-#: usage error of the group cost only Python, click and this module
-COMMANDS = {
-    "train": ("dlogit.cli.train", "train"), "predict": ("dlogit.cli.predict", "predict"),
-    "evaluate": ("dlogit.cli.evaluate", "evaluate"), "generate": ("dlogit.cli.generate", "generate"),
-    "report": ("dlogit.cli.report", "report"), "cluster": ("dlogit.cli.cluster_cmd", "cluster"),
-}
-
-#: commands left out where their module's optional dependencies are missing
-OPTIONAL = frozenset({"report", "cluster"})
-
-
-class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(COMMANDS) | set(self.commands))
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in COMMANDS:
-            import importlib
-
-            module, name = COMMANDS[cmd_name]
-            try:
-                command = getattr(importlib.import_module(module), name)
-            except ImportError:
-                if cmd_name not in OPTIONAL:
-                    raise
-                return None  # its optional dependencies are not installed here
-            if command.callback is not None:
-                command.callback = _numpy_quiet(command.callback)
-            self.add_command(command, cmd_name)
-        return self.commands.get(cmd_name)
-
-
-@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlogit")
 def cli() -> None:
     """Distributed logistic regression on Dask clusters of NumPy or CuPy chunks.
@@ -75,18 +40,23 @@ def cli() -> None:
     """
 
 
-def _numpy_quiet(callback: Any) -> Any:
-    """A command's callback that first silences NumPy's floating-point warnings (dlogit says what went
-    wrong itself: a non-finite loss ends "diverged"); NumPy is imported only once a command runs."""
+def _register() -> None:
+    from dlogit.cli.evaluate import evaluate
+    from dlogit.cli.generate import generate
+    from dlogit.cli.predict import predict
+    from dlogit.cli.train import train
 
-    @functools.wraps(callback)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        import numpy as np
+    for cmd in (train, predict, evaluate, generate):
+        cli.add_command(cmd)
+    for mod, name in (("dlogit.cli.report", "report"), ("dlogit.cli.cluster_cmd", "cluster")):
+        try:
+            module = __import__(mod, fromlist=[name])
+        except ImportError:
+            continue
+        cli.add_command(getattr(module, name))
 
-        np.seterr(all="ignore")
-        return callback(*args, **kwargs)
 
-    return run
+_register()
 
 
 def one_line(text: str) -> str:
@@ -232,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings
 
+    import numpy as np
+
+    np.seterr(all="ignore")  # dlogit says what went wrong itself (non-finite loss -> diverged)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
     warnings.showwarning = _one_line_warning
     install_signal_handlers()

@@ -23,7 +23,6 @@ import dask
 import numpy as np
 from dask.array.utils import meta_from_array
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit.engine import control
 from dlogit.engine.driver import ChunkRefs, EngineSettings, drive, scheduler_functions
 from dlogit.engine.local import fit_shard

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit.errors import DataError
 
 if TYPE_CHECKING:

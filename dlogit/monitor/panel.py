@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit.monitor.state import (
     MonitorState,
     PathPoint,
