@@ -30,12 +30,22 @@ class NotConverged(DlogitError):
 # that command runs (or its own --help is asked for), so ``dlogit --version`` / ``--help`` and usage
 # errors stay cheap; tests/test_imports.py checks that each summary is the command's own short help.
 _COMMANDS = {
-    "cluster": ("dlogit.cli.cluster_cmd", "Run a Dask cluster for dlogit."),
-    "evaluate": ("dlogit.cli.evaluate", "Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC..."),
-    "generate": ("dlogit.cli.generate", "Write X ~ N(0,1) and y ~ uniform{0,1} to OUT (.csv / .parquet..."),
-    "predict": ("dlogit.cli.predict", "Write the predicted label and P(class) for every row of DATA."),
-    "report": ("dlogit.cli.report", "Write a report of MODEL: loss, gradient norm and step time..."),
-    "train": ("dlogit.cli.train", "Train a logistic regression on DATA (CSV/TSV, Parquet, NPY,..."),
+    "cluster": ("dlogit.cli.cluster_cmd",
+                "Run a Dask cluster for dlogit."),
+    "evaluate": ("dlogit.cli.evaluate",
+                 "Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC (weighted with "
+                 "--weights)."),
+    "generate": ("dlogit.cli.generate",
+                 "Write X ~ N(0,1) and y ~ uniform{0,1} to OUT (.csv / .parquet with a 'label' "
+                 "column, or .npy)."),
+    "predict": ("dlogit.cli.predict",
+                "Write the predicted label and P(class) for every row of DATA."),
+    "report": ("dlogit.cli.report",
+               "Write a report of MODEL: loss, gradient norm and step time per step, the "
+               "classes, and the coefficients (exact zeros of an L1 model shown as such)."),
+    "train": ("dlogit.cli.train",
+              "Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files,"
+              " directories, globs or URLs) or on synthetic data."),
 }
 
 
@@ -54,7 +64,10 @@ class _LazyGroup(click.Group):
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, _COMMANDS[name][1]) for name in sorted(_COMMANDS)]
+        # as click.Group.format_commands shortens a command's help, without importing the command
+        limit = formatter.width - 6 - max(len(name) for name in _COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(_COMMANDS[name][1], limit))
+                for name in sorted(_COMMANDS)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
