@@ -6,7 +6,10 @@ message and exit code 2.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+_lock = threading.Lock()
 
 
 class DlogitError(Exception):
@@ -67,9 +70,10 @@ def _convergence_warning() -> type[Warning]:
 def __getattr__(name: str) -> Any:
     """``ConvergenceWarning``: created once, on first access, then an ordinary module attribute."""
     if name == "ConvergenceWarning":
-        cls = globals().get("ConvergenceWarning")
-        if cls is None:
-            cls = globals()["ConvergenceWarning"] = _convergence_warning()
+        with _lock:  # one class object forever, even when two threads ask first at once
+            cls = globals().get("ConvergenceWarning")
+            if cls is None:
+                cls = globals()["ConvergenceWarning"] = _convergence_warning()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
