@@ -45,24 +45,46 @@ def _cli_early_signals() -> None:
 
 _cli_early_signals()
 
-from dlogit import config as _config  # noqa: F401  (registers dask.config defaults)
-from dlogit.data import read_data, synthetic
-from dlogit.errors import (
-    ClusterError,
-    ConfigError,
-    ConvergenceWarning,
-    DataError,
-    DlogitError,
-    Interrupted,
-    ModelError,
-    OutputError,
-)
-from dlogit.estimator import LogisticRegression, load_model
-from dlogit.estimator_cv import LogisticRegressionCV
-from dlogit.spec import CheckpointSpec as Checkpoint
+# Everything else loads on first use (PEP 562): ``import dlogit`` and ``dlogit --version`` stay cheap,
+# and a Dask worker that imports one engine module does not pull scikit-learn, pandas or dask.array.
+# dlogit's dask.config defaults are registered by dlogit.config, which every reader of a ``dlogit.*``
+# setting imports.
+_LAZY = {
+    "Checkpoint": ("dlogit.spec", "CheckpointSpec"),
+    "ClusterError": ("dlogit.errors", "ClusterError"),
+    "ConfigError": ("dlogit.errors", "ConfigError"),
+    "ConvergenceWarning": ("dlogit.errors", "ConvergenceWarning"),
+    "DataError": ("dlogit.errors", "DataError"),
+    "DlogitError": ("dlogit.errors", "DlogitError"),
+    "Interrupted": ("dlogit.errors", "Interrupted"),
+    "LogisticRegression": ("dlogit.estimator", "LogisticRegression"),
+    "LogisticRegressionCV": ("dlogit.estimator_cv", "LogisticRegressionCV"),
+    "ModelError": ("dlogit.errors", "ModelError"),
+    "OutputError": ("dlogit.errors", "OutputError"),
+    "load_model": ("dlogit.estimator", "load_model"),
+    "read_data": ("dlogit.data", "read_data"),
+    "synthetic": ("dlogit.data", "synthetic"),
+}
 
-__all__ = [
-    "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",
-    "Interrupted", "LogisticRegression", "LogisticRegressionCV", "ModelError", "OutputError", "__version__", "load_model",
-    "read_data", "synthetic",
-]
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):  # a submodule: ``dlogit.monitor.TerminalProgress`` after ``import dlogit``
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

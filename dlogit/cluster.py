@@ -18,6 +18,7 @@ import dask
 
 from dlogit._xp import cupy_available
 from dlogit.errors import ClusterError
+import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 logger = logging.getLogger("dlogit.cluster")
 

@@ -6,9 +6,10 @@ message and exit code 2.
 
 from __future__ import annotations
 
-# scikit-learn is a dependency and ``import dlogit`` loads it anyway (the estimator's base classes);
-# sklearn.exceptions itself is a small module
-from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+import threading
+from typing import Any
+
+_lock = threading.Lock()
 
 
 class DlogitError(Exception):
@@ -50,8 +51,32 @@ class Interrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
-class ConvergenceWarning(_SklearnConvergenceWarning):
-    """A fit that stopped before reaching ``tol`` (``max_iter``, stalled, diverged).
+def _convergence_warning() -> type[Warning]:
+    # made on first use: importing sklearn.exceptions loads scikit-learn (seconds), which neither
+    # ``import dlogit`` nor a Dask worker should pay
+    from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
 
-    A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so filters written
-    for scikit-learn models catch it too."""
+    class ConvergenceWarning(_SklearnConvergenceWarning):
+        """A fit that stopped before reaching ``tol`` (``max_iter``, stalled, diverged).
+
+        A subclass of scikit-learn's ``ConvergenceWarning`` (itself a ``UserWarning``), so filters
+        written for scikit-learn models catch it too."""
+
+    ConvergenceWarning.__module__ = __name__
+    ConvergenceWarning.__qualname__ = "ConvergenceWarning"
+    return ConvergenceWarning
+
+
+def __getattr__(name: str) -> Any:
+    """``ConvergenceWarning``: created once, on first access, then an ordinary module attribute."""
+    if name == "ConvergenceWarning":
+        with _lock:  # one class object forever, even when two threads ask first at once
+            cls = globals().get("ConvergenceWarning")
+            if cls is None:
+                cls = globals()["ConvergenceWarning"] = _convergence_warning()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"ConvergenceWarning"})

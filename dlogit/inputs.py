@@ -17,6 +17,7 @@ import numpy as np
 
 from dlogit._xp import is_cupy, to_numpy
 from dlogit.errors import DataError
+import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 
 @dataclass

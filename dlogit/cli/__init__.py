@@ -26,7 +26,53 @@ class NotConverged(DlogitError):
     """The fit ended without a usable model (exit code 3)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# name -> (module, short help shown by ``dlogit --help``). A command's module is imported only when
+# that command runs (or its own --help is asked for), so ``dlogit --version`` / ``--help`` and usage
+# errors stay cheap; tests/test_imports.py checks that each summary is the command's own short help.
+_COMMANDS = {
+    "cluster": ("dlogit.cli.cluster_cmd",
+                "Run a Dask cluster for dlogit."),
+    "evaluate": ("dlogit.cli.evaluate",
+                 "Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC (weighted with "
+                 "--weights)."),
+    "generate": ("dlogit.cli.generate",
+                 "Write X ~ N(0,1) and y ~ uniform{0,1} to OUT (.csv / .parquet with a 'label' "
+                 "column, or .npy)."),
+    "predict": ("dlogit.cli.predict",
+                "Write the predicted label and P(class) for every row of DATA."),
+    "report": ("dlogit.cli.report",
+               "Write a report of MODEL: loss, gradient norm and step time per step, the "
+               "classes, and the coefficients (exact zeros of an L1 model shown as such)."),
+    "train": ("dlogit.cli.train",
+              "Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files,"
+              " directories, globs or URLs) or on synthetic data."),
+}
+
+
+class _LazyGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            import importlib
+
+            module = importlib.import_module(_COMMANDS[cmd_name][0])
+            self.add_command(getattr(module, cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # as click.Group.format_commands shortens a command's help, without importing the command
+        limit = formatter.width - 6 - max(len(name) for name in _COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(_COMMANDS[name][1], limit))
+                for name in sorted(_COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dlogit")
 def cli() -> None:
     """Distributed logistic regression on Dask clusters of NumPy or CuPy chunks.
@@ -38,25 +84,6 @@ def cli() -> None:
       3    the fit did not converge to a usable model (diverged; no model unless --keep-diverged)
       130  interrupted (Ctrl-C); 143 terminated (SIGTERM) -- resume with --resume when checkpointing
     """
-
-
-def _register() -> None:
-    from dlogit.cli.evaluate import evaluate
-    from dlogit.cli.generate import generate
-    from dlogit.cli.predict import predict
-    from dlogit.cli.train import train
-
-    for cmd in (train, predict, evaluate, generate):
-        cli.add_command(cmd)
-    for mod, name in (("dlogit.cli.report", "report"), ("dlogit.cli.cluster_cmd", "cluster")):
-        try:
-            module = __import__(mod, fromlist=[name])
-        except ImportError:
-            continue
-        cli.add_command(getattr(module, name))
-
-
-_register()
 
 
 def one_line(text: str) -> str:
@@ -202,16 +229,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import warnings
 
-    import numpy as np
-
-    np.seterr(all="ignore")  # dlogit says what went wrong itself (non-finite loss -> diverged)
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
     warnings.showwarning = _one_line_warning
     install_signal_handlers()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         # not cli.main(): it turns KeyboardInterrupt (our Interrupted) into a bare "Aborted!"
-        with cli.make_context("dlogit", args) as ctx:
+        with cli.make_context("dlogit", args) as ctx:  # --version / --help / a usage error end here
+            import numpy as np  # not before: `dlogit --version` need not load NumPy
+
+            np.seterr(all="ignore")  # dlogit says what went wrong itself (non-finite loss -> diverged)
             rc = cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

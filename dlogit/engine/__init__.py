@@ -39,6 +39,7 @@ from dlogit.engine.local import fit_arrays
 from dlogit.engine.routing import listen
 from dlogit.errors import ConfigError
 from dlogit.loss import CPU_KERNELS
+import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 __all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask", "fit_path_dask",
            "is_dask_array", "listen", "map_chunks"]

@@ -33,6 +33,7 @@ from dlogit.engine.transport import drop_run
 from dlogit.errors import ClusterError, ConfigError, DataError, Interrupted
 from dlogit.events import TOPIC
 from dlogit.spec import FitResult, FitSpec
+import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 logger = logging.getLogger("dlogit.engine")
 

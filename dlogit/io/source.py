@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlogit.errors import DataError
+import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 if TYPE_CHECKING:
     import scipy.sparse

@@ -1,0 +1,96 @@
+"""What each entry point imports: ``import dlogit`` and ``dlogit --version`` load no Dask, scikit-learn or
+pandas; a Dask worker that evaluates a distributed fit loads no scikit-learn, pandas or scipy.stats; the
+lazy names of the top level (submodules, ``ConvergenceWarning``) behave like ordinary attributes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HEAVY = ("dask", "distributed", "sklearn", "pandas")
+
+
+def _loaded(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; it leaves ``loaded`` (a list of module names) behind."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_dlogit_is_light():
+    assert _loaded("import dlogit; dlogit.__version__") == []
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["nosuchcmd"]])
+def test_cli_version_help_and_usage_errors_are_light(argv):
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['dlogit', *{argv!r}]\n"
+            "try:\n    runpy.run_module('dlogit', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, 2), e.code\n")
+    assert _loaded(code) == []
+
+
+def test_group_help_lists_each_commands_own_summary():
+    import click
+
+    import dlogit.cli as cli
+
+    ctx = click.Context(cli.cli)
+    for name, (_, summary) in cli._COMMANDS.items():
+        command = cli.cli.get_command(ctx, name)
+        assert command is not None, name
+        assert command.get_short_help_str(limit=10**6) == summary, name
+
+
+def test_lazy_submodules_and_names():
+    code = ("import dlogit\n"
+            "assert dlogit.monitor.TerminalProgress is not None\n"
+            "assert callable(dlogit.cluster.connect)\n"
+            "assert set(dlogit.__all__) <= set(dir(dlogit))\n"
+            "for name in dlogit.__all__:\n    getattr(dlogit, name)\n"
+            "import sklearn.exceptions\n"
+            "w = dlogit.ConvergenceWarning\n"
+            "assert issubclass(w, sklearn.exceptions.ConvergenceWarning)\n"
+            "import dlogit.errors\n"
+            "from dlogit.errors import ConvergenceWarning\n"
+            "assert w is dlogit.ConvergenceWarning is dlogit.errors.ConvergenceWarning is ConvergenceWarning\n"
+            "try:\n    dlogit.nosuchthing\nexcept AttributeError:\n    pass\nelse:\n    raise AssertionError\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_errors_module_is_light():
+    assert "sklearn" not in _loaded("import dlogit.errors; dlogit.errors.DataError")
+
+
+def _worker_modules() -> list[str]:
+    return sorted(m for m in ("sklearn", "pandas", "scipy.stats") if m in sys.modules)
+
+
+def test_distributed_worker_imports_no_sklearn_pandas_scipy_stats():
+    """A fresh cluster (no other test's tasks ran there) after a distributed fit: the workers have
+    not loaded scikit-learn, pandas or scipy.stats (the driver here has: this test imports them)."""
+    import dask.array as da
+    from conftest import local_cluster
+
+    import dlogit
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 5))
+    y = (X @ rng.standard_normal(5) + rng.standard_normal(400) > 0).astype(float)
+    with local_cluster(2) as client:
+        # the workers' own state before the fit: a spawned worker re-runs this process's __main__
+        # (pytest's), which must not be what loads them either
+        assert all(v == [] for v in client.run(_worker_modules).values())
+        model = dlogit.LogisticRegression(mode="distributed", max_iter=50).fit(
+            da.from_array(X, chunks=100), da.from_array(y, chunks=100), client=client)
+        assert model.coef_.shape[-1] == 5
+        assert "sklearn" in sys.modules  # the check below is not vacuous
+        loaded = client.run(_worker_modules)
+    assert len(loaded) == 2
+    assert all(v == [] for v in loaded.values()), loaded
