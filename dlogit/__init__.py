@@ -66,7 +66,12 @@ _LAZY = {
     "synthetic": ("dlogit.data", "synthetic"),
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Checkpoint", "ClusterError", "ConfigError", "ConvergenceWarning", "DataError", "DlogitError",
+    "Interrupted", "LogisticRegression", "LogisticRegressionCV", "ModelError", "OutputError", "__version__",
+    "load_model", "read_data", "synthetic",
+]
+assert set(__all__) == {*_LAZY, "__version__"}
 
 
 def __getattr__(name: str) -> object:

@@ -16,9 +16,9 @@ from typing import Any
 
 import dask
 
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit._xp import cupy_available
 from dlogit.errors import ClusterError
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 logger = logging.getLogger("dlogit.cluster")
 

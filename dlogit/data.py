@@ -21,12 +21,12 @@ import dask
 import dask.array as da
 import numpy as np
 
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit import io as dio
 from dlogit.errors import DataError
 from dlogit.files import atomic_write
 from dlogit.io import DatasetInfo, Encoder, Piece, Source
 from dlogit.io.source import row_ranges
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 __all__ = ["Dataset", "DatasetInfo", "Encoder", "LocalData", "Piece", "Source", "chunk_rows_for", "load_local",
            "parse_shape", "read_data", "row_ranges", "split_array", "synthetic", "synthetic_numpy",

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit._xp import is_cupy, to_numpy
 from dlogit.errors import DataError
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 
 @dataclass

@@ -38,7 +38,7 @@ def test_cli_version_help_and_usage_errors_are_light(argv):
 def test_group_help_lists_each_commands_own_summary():
     import click
 
-    import dlogit.cli as cli
+    from dlogit import cli
 
     ctx = click.Context(cli.cli)
     for name, (_, summary) in cli._COMMANDS.items():

@@ -31,21 +31,21 @@ class NotConverged(DlogitError):
 # errors stay cheap; tests/test_imports.py checks that each summary is the command's own short help.
 _COMMANDS = {
     "cluster": ("dlogit.cli.cluster_cmd",
-                "Run a Dask cluster for dlogit."),
+                ("Run a Dask cluster for dlogit.")),
     "evaluate": ("dlogit.cli.evaluate",
-                 "Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC (weighted with "
-                 "--weights)."),
+                 ("Score MODEL on labelled DATA: log-loss, accuracy, ROC-AUC (weighted with "
+                 "--weights).")),
     "generate": ("dlogit.cli.generate",
-                 "Write X ~ N(0,1) and y ~ uniform{0,1} to OUT (.csv / .parquet with a 'label' "
-                 "column, or .npy)."),
+                 ("Write X ~ N(0,1) and y ~ uniform{0,1} to OUT (.csv / .parquet with a 'label' "
+                 "column, or .npy).")),
     "predict": ("dlogit.cli.predict",
-                "Write the predicted label and P(class) for every row of DATA."),
+                ("Write the predicted label and P(class) for every row of DATA.")),
     "report": ("dlogit.cli.report",
-               "Write a report of MODEL: loss, gradient norm and step time per step, the "
-               "classes, and the coefficients (exact zeros of an L1 model shown as such)."),
+               ("Write a report of MODEL: loss, gradient norm and step time per step, the "
+               "classes, and the coefficients (exact zeros of an L1 model shown as such).")),
     "train": ("dlogit.cli.train",
-              "Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files,"
-              " directories, globs or URLs) or on synthetic data."),
+              ("Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files,"
+              " directories, globs or URLs) or on synthetic data.")),
 }
 
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
+
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 
 FORMAT_CHOICES = ["csv", "tsv", "parquet", "npy", "libsvm", "zarr"]
 

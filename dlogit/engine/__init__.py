@@ -31,15 +31,26 @@ from collections.abc import Callable
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
-from dlogit.engine.dask_fit import ClusterWarning, SchedulerLost, fit_dask, fit_path_dask
-from dlogit.engine.local import fit_arrays
-from dlogit.engine.routing import listen
+from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit.errors import ConfigError
 from dlogit.loss import CPU_KERNELS
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
+
+#: the client-side entry points, imported on first use: a worker importing the transport or a shard
+#: loads neither dask.array nor the client side of the Dask modes
+_LAZY = {"ClusterWarning": "dask_fit", "SchedulerLost": "dask_fit", "fit_dask": "dask_fit",
+         "fit_path_dask": "dask_fit", "fit_arrays": "local", "listen": "routing"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask", "fit_path_dask",
            "is_dask_array", "listen", "map_chunks"]
@@ -69,7 +80,10 @@ def current_client() -> Any | None:
 
 
 def is_dask_array(x: Any) -> bool:
-    return isinstance(x, da.Array)
+    import sys
+
+    da = sys.modules.get("dask.array")  # not imported: x cannot be one
+    return da is not None and isinstance(x, da.Array)
 
 
 def map_chunks(fn: Callable[[Any], Any], X: Any, dtype: Any = np.float64, new_axis: int | None = None,

@@ -23,6 +23,7 @@ import dask
 import numpy as np
 from dask.array.utils import meta_from_array
 
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit.engine import control
 from dlogit.engine.driver import ChunkRefs, EngineSettings, drive, scheduler_functions
 from dlogit.engine.local import fit_shard
@@ -33,7 +34,6 @@ from dlogit.engine.transport import drop_run
 from dlogit.errors import ClusterError, ConfigError, DataError, Interrupted
 from dlogit.events import TOPIC
 from dlogit.spec import FitResult, FitSpec
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 logger = logging.getLogger("dlogit.engine")
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dlogit.config import get_bool
 from dlogit.cv import needs_labels
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
@@ -52,7 +53,6 @@ from dlogit.engine.transport import (
     local_plugin,
     subtree_spec,
 )
-from dlogit.config import get_bool
 from dlogit.errors import ClusterError, DataError, Interrupted
 from dlogit.events import TOPIC
 from dlogit.objective import Node

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit.errors import DataError
-import dlogit.config  # noqa: F401,E402  (registers the dlogit.* defaults this module reads)
 
 if TYPE_CHECKING:
     import scipy.sparse
