@@ -45,6 +45,9 @@ class Shard:
         self.kernel = ""
         #: chunk evaluations done so far (monotone; read from another thread: a step's progress)
         self.done = 0
+        #: threads evaluating chunks at once (in-process fits set ``dlogit.threads``; Dask workers keep 1)
+        self.threads = 1
+        self._pool: Any = None
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
 
@@ -84,24 +87,45 @@ class Shard:
         return self.kernel
 
     # -- evaluation (each chunk evaluated counts in ``done``) ----------------------------------------
+    def leaves(self, fn: Callable[[int], Any]) -> dict[int, Any]:
+        """``fn(i)`` of every held chunk ``i``. With ``threads > 1`` (CPU chunks) the chunks go to a pool in
+        chunk order and each free thread takes the next one (a descheduled thread takes fewer); callers
+        combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
+        items = [i for lo, hi in self.nodes for i in range(lo, hi)]
+        if self.threads <= 1 or len(items) <= 1 or self.on_gpu:
+            return {i: self._counted(fn(i)) for i in items}
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dlogit-chunk")
+        futures = [(i, self._pool.submit(fn, i)) for i in items]
+        return {i: self._counted(f.result()) for i, f in futures}
+
+    def close(self) -> None:
+        """Stop the evaluation threads (if any)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _nodes(self, fn: Callable[[int], Any]) -> np.ndarray:
+        values = self.leaves(fn)
+        return np.stack([to_numpy(node_sum(values.__getitem__, lo, hi)) for lo, hi in self.nodes])
+
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
         ev = self.evaluators
         th = self._theta(theta)
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].sums(th)), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: ev[i].sums(th))
 
     def node_hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         ev = self.evaluators
         th, vv = self._theta(theta), self._theta(v)
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].hvp(th, vv)), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: ev[i].hvp(th, vv))
 
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
         fc = self.fold_chunks
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(fn(fc[i])), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: fn(fc[i]))
 
     def _counted(self, value: Any) -> Any:
         self.done += 1
@@ -186,7 +210,8 @@ class LocalEvaluator:
         s = self.shard
         if len(s.nodes) == 1 and not s.on_gpu:
             ev = s.evaluators
-            return node_sum(lambda i: ev[i].sums(theta), 0, s.n_chunks)
+            values = s.leaves(lambda i: ev[i].sums(theta))
+            return node_sum(values.__getitem__, 0, s.n_chunks)
         return complete_tree(dict(zip(s.nodes, s.node_sums(theta))), s.n_chunks)
 
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
