@@ -54,7 +54,8 @@ class Shard:
     # -- validation pass ---------------------------------------------------------------------------
     def stats(self) -> list[tuple[Node, ChunkStats]]:
         """Validate every chunk; the merged summaries of the owned tree nodes."""
-        per = {i: chunk_stats(X, y, w, index=i, where=self.where) for i, (X, y, w) in self.raw.items()}
+        raw = self.raw
+        per = self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where), list(raw))
         return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
 
     # -- preparation -------------------------------------------------------------------------------
@@ -65,9 +66,10 @@ class Shard:
     def prepare(self, spec: FitSpec, plan: FitPlan, curvature: bool) -> str:
         """Build the evaluators (and, for a cross-validated path, each chunk's
         :class:`~dlogit.folds.FoldChunk`); return the kernel names used (``+``-joined when they differ)."""
-        evaluators = {}
-        folds = {}
-        for i, (X, y, w) in self.raw.items():
+        folds: dict[int, Any] = {}
+
+        def one(i: int) -> Any:
+            X, y, w = self.raw[i]
             codes = plan.classes.encode(y, what=f"labels of chunk {i}")
             if plan.folds is not None:
                 from dlogit.folds import FoldChunk
@@ -78,10 +80,12 @@ class Shard:
             weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
             if weights is not None and type(X).__module__.startswith("cupy"):
                 weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
-            evaluators[i] = prepare_chunk(X, codes, weights, plan.layout, plan.family,
-                                          kernel=spec.cpu_kernel, curvature=curvature)
+            return prepare_chunk(X, codes, weights, plan.layout, plan.family, kernel=spec.cpu_kernel,
+                                 curvature=curvature)
+
+        evaluators = self._map(one, list(self.raw))
         self.evaluators = evaluators
-        self.fold_chunks = folds
+        self.fold_chunks = {i: folds[i] for i in sorted(folds)}
         self.raw = {}
         self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
         return self.kernel
@@ -91,15 +95,20 @@ class Shard:
         """``fn(i)`` of every held chunk ``i``. With ``threads > 1`` (CPU chunks) the chunks go to a pool in
         chunk order and each free thread takes the next one (a descheduled thread takes fewer); callers
         combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
-        items = [i for lo, hi in self.nodes for i in range(lo, hi)]
+        values = self._map(fn, [i for lo, hi in self.nodes for i in range(lo, hi)])
+        self.done += len(values)
+        return values
+
+    def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
+        """``{i: fn(i)}``, on the pool when there is one to use; an error is the first item's in order."""
         if self.threads <= 1 or len(items) <= 1 or self.on_gpu:
-            return {i: self._counted(fn(i)) for i in items}
+            return {i: fn(i) for i in items}
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dlogit-chunk")
         futures = [(i, self._pool.submit(fn, i)) for i in items]
-        return {i: self._counted(f.result()) for i, f in futures}
+        return {i: f.result() for i, f in futures}
 
     def close(self) -> None:
         """Stop the evaluation threads (if any)."""
