@@ -7,7 +7,9 @@ chunk evaluators themselves live in :mod:`dlogit.chunks`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,24 +25,55 @@ CPU_BLOCK_BYTES = 4 << 20
 #: every chunk size from 0.5 to 128 MiB, mixed around d = 100, and mostly slower (up to 2x) for d <= 64,
 #: where the per-row scalar exp/log1p cost more than the second (cached) pass over X that fusion saves.
 FUSED_MIN_FEATURES = 128
-#: The fused kernel runs on one thread. Where BLAS has several (in-process fits; Dask workers set one),
-#: ``auto`` leaves chunks larger than this to multithreaded BLAS.
+#: The fused kernel runs on one thread. Where BLAS has several (a process that set none; Dask workers and
+#: in-process fits, see :func:`single_threaded_blas`, run one per thread), ``auto`` leaves chunks larger
+#: than this to multithreaded BLAS.
 FUSED_MAX_BYTES_THREADED_BLAS = 4 << 20
 
 CPU_KERNELS = ("auto", "fused", "blas")
 
 
-def blas_threads() -> int:
-    """Threads BLAS will use in this process, from the variables OpenBLAS/MKL/OpenMP read at start-up
-    (Dask worker processes get ``OPENBLAS_NUM_THREADS=1``), else the CPUs this process may run on."""
-    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+_BLAS_LIMITED = [0]  # fits inside single_threaded_blas() now
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS (OpenBLAS, MKL, OpenMP) on one thread for the duration (process-wide, via threadpoolctl):
+    an in-process fit runs one BLAS call per pool thread instead of threads that wait for each other at
+    every small call. :func:`blas_threads` reads 1 meanwhile."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        limits: Any = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(1)
+    with limits:
+        _BLAS_LIMITED[0] += 1
+        try:
+            yield
+        finally:
+            _BLAS_LIMITED[0] -= 1
+
+
+def blas_threads() -> int:
+    """Threads BLAS will use in this process: 1 inside :func:`single_threaded_blas`, else from the
+    variables OpenBLAS/MKL/OpenMP read at start-up (Dask worker processes get ``OPENBLAS_NUM_THREADS=1``),
+    else the CPUs this process may run on."""
+    if _BLAS_LIMITED[0]:
+        return 1
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return cpu_threads()
 
 
 def choose_cpu_kernel(kernel: str, n: int, d: int, dtype: Any, threads: int | None = None) -> str:

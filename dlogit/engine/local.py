@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
+from dlogit.errors import ConfigError
+from dlogit.loss import cpu_threads, single_threaded_blas
 from dlogit.spec import FitResult, FitSpec, make_plan
 from dlogit.training import Stop, run_fit
 
@@ -35,5 +37,26 @@ def fit_arrays(X_chunks: Sequence[Any], y_chunks: Sequence[Any], w_chunks: Seque
     ws = list(w_chunks) if w_chunks is not None else [None] * len(X_chunks)
     shard = Shard({i: (x, y, w) for i, (x, y, w) in enumerate(zip(X_chunks, y_chunks, ws))}, len(X_chunks))
     info = {"n_chunks": len(X_chunks), "workers": []}
-    return fit_shard(shard, spec, callback or (lambda msg: None), mode="in-process",
-                     weighted=w_chunks is not None, info=info, stop=stop)
+    if shard.on_gpu:
+        return fit_shard(shard, spec, callback or (lambda msg: None), mode="in-process",
+                         weighted=w_chunks is not None, info=info, stop=stop)
+    shard.threads = in_process_threads()
+    try:
+        with single_threaded_blas():
+            return fit_shard(shard, spec, callback or (lambda msg: None), mode="in-process",
+                             weighted=w_chunks is not None, info=info, stop=stop)
+    finally:
+        shard.close()
+
+
+def in_process_threads() -> int:
+    """``dlogit.threads``: threads evaluating an in-process CPU fit's chunks (each with one BLAS thread);
+    unset, the CPUs this process may run on."""
+    import dask.config
+
+    value = dask.config.get("dlogit.threads", None)
+    if value in (None, "", "auto"):
+        return cpu_threads()
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"dlogit.threads must be a positive integer or null, not {value!r}")
+    return int(value)

@@ -45,13 +45,17 @@ class Shard:
         self.kernel = ""
         #: chunk evaluations done so far (monotone; read from another thread: a step's progress)
         self.done = 0
+        #: threads evaluating chunks at once (in-process fits set ``dlogit.threads``; Dask workers keep 1)
+        self.threads = 1
+        self._pool: Any = None
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
 
     # -- validation pass ---------------------------------------------------------------------------
     def stats(self) -> list[tuple[Node, ChunkStats]]:
         """Validate every chunk; the merged summaries of the owned tree nodes."""
-        per = {i: chunk_stats(X, y, w, index=i, where=self.where) for i, (X, y, w) in self.raw.items()}
+        raw = self.raw
+        per = self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where), list(raw))
         return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
 
     # -- preparation -------------------------------------------------------------------------------
@@ -62,9 +66,10 @@ class Shard:
     def prepare(self, spec: FitSpec, plan: FitPlan, curvature: bool) -> str:
         """Build the evaluators (and, for a cross-validated path, each chunk's
         :class:`~dlogit.folds.FoldChunk`); return the kernel names used (``+``-joined when they differ)."""
-        evaluators = {}
-        folds = {}
-        for i, (X, y, w) in self.raw.items():
+        folds: dict[int, Any] = {}
+
+        def one(i: int) -> Any:
+            X, y, w = self.raw[i]
             codes = plan.classes.encode(y, what=f"labels of chunk {i}")
             if plan.folds is not None:
                 from dlogit.folds import FoldChunk
@@ -75,33 +80,61 @@ class Shard:
             weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
             if weights is not None and type(X).__module__.startswith("cupy"):
                 weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
-            evaluators[i] = prepare_chunk(X, codes, weights, plan.layout, plan.family,
-                                          kernel=spec.cpu_kernel, curvature=curvature)
+            return prepare_chunk(X, codes, weights, plan.layout, plan.family, kernel=spec.cpu_kernel,
+                                 curvature=curvature)
+
+        evaluators = self._map(one, list(self.raw))
         self.evaluators = evaluators
-        self.fold_chunks = folds
+        self.fold_chunks = {i: folds[i] for i in sorted(folds)}
         self.raw = {}
         self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
         return self.kernel
 
     # -- evaluation (each chunk evaluated counts in ``done``) ----------------------------------------
+    def leaves(self, fn: Callable[[int], Any]) -> dict[int, Any]:
+        """``fn(i)`` of every held chunk ``i``. With ``threads > 1`` (CPU chunks) the chunks go to a pool in
+        chunk order and each free thread takes the next one (a descheduled thread takes fewer); callers
+        combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
+        values = self._map(fn, [i for lo, hi in self.nodes for i in range(lo, hi)])
+        self.done += len(values)
+        return values
+
+    def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
+        """``{i: fn(i)}``, on the pool when there is one to use; an error is the first item's in order."""
+        if self.threads <= 1 or len(items) <= 1 or self.on_gpu:
+            return {i: fn(i) for i in items}
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dlogit-chunk")
+        futures = [(i, self._pool.submit(fn, i)) for i in items]
+        return {i: f.result() for i, f in futures}
+
+    def close(self) -> None:
+        """Stop the evaluation threads (if any)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _nodes(self, fn: Callable[[int], Any]) -> np.ndarray:
+        values = self.leaves(fn)
+        return np.stack([to_numpy(node_sum(values.__getitem__, lo, hi)) for lo, hi in self.nodes])
+
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
         ev = self.evaluators
         th = self._theta(theta)
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].sums(th)), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: ev[i].sums(th))
 
     def node_hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
         ev = self.evaluators
         th, vv = self._theta(theta), self._theta(v)
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(ev[i].hvp(th, vv)), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: ev[i].hvp(th, vv))
 
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
         fc = self.fold_chunks
-        return np.stack([to_numpy(node_sum(lambda i: self._counted(fn(fc[i])), lo, hi))
-                         for lo, hi in self.nodes])
+        return self._nodes(lambda i: fn(fc[i]))
 
     def _counted(self, value: Any) -> Any:
         self.done += 1
@@ -186,7 +219,8 @@ class LocalEvaluator:
         s = self.shard
         if len(s.nodes) == 1 and not s.on_gpu:
             ev = s.evaluators
-            return node_sum(lambda i: ev[i].sums(theta), 0, s.n_chunks)
+            values = s.leaves(lambda i: ev[i].sums(theta))
+            return node_sum(values.__getitem__, 0, s.n_chunks)
         return complete_tree(dict(zip(s.nodes, s.node_sums(theta))), s.n_chunks)
 
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
