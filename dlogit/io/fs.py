@@ -322,12 +322,7 @@ def iter_blocks(path: str, block: int = _BLOCK) -> Iterator[bytes]:
     blocks zlib gives, of a few MiB)."""
     try:
         if split_compression(path)[1] == "gzip":
-            fs, p = filesystem(path)
-            try:
-                raw = fs.open(p, "rb")
-            except Exception as exc:  # noqa: BLE001
-                raise read_error(path, exc) from None
-            with raw:
+            with _open_raw(path) as raw:
                 yield from _gunzip(raw, path)
             return
         with open_binary(path) as f:
@@ -387,10 +382,14 @@ class _Range(io.RawIOBase):
 def open_range(path: str, offset: int, length: int) -> Iterator[IO[bytes]]:
     """A stream of ``length`` bytes of an uncompressed file from ``offset`` (read in the blocks its
     reader asks for: no copy of the whole range in memory)."""
+    with _open_raw(path) as raw:
+        yield _Range(raw, offset, length)  # type: ignore[misc]
+
+
+def _open_raw(path: str) -> IO[bytes]:
+    """``path`` opened as it is stored (no decompression); a failure is the reader's one-line error."""
     fs, p = filesystem(path)
     try:
-        raw = fs.open(p, "rb")
+        return fs.open(p, "rb")
     except Exception as exc:  # noqa: BLE001
         raise read_error(path, exc) from None
-    with raw:
-        yield _Range(raw, offset, length)  # type: ignore[misc]
