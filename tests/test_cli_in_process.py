@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -100,3 +101,22 @@ def test_over_the_threshold_uses_a_local_cluster_and_says_why(small_csv):
     assert "dlogit: training on a local cluster: small.csv is " in r.stdout
     assert "over dlogit.cli.in-process-bytes (100 B)" in r.stdout
     assert "starting a local cluster" in r.stdout and "worker-local mode" in r.stdout
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_checkpoints_an_in_process_fit(small_csv, tmp_path, sig, code):
+    ckpt = tmp_path / "ck"
+    p = subprocess.Popen([*DLOGIT, "train", str(small_csv), "--label", "kind", "--solver", "gd", "--max-iter",
+                          "10000000", "--progress", "100", "--checkpoint", str(ckpt)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("step 100 "):
+                break
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == code, err
+    assert f"checkpoint in {ckpt / 'checkpoint.npz'} (resume with --resume)" in err
+    assert (ckpt / "checkpoint.npz").exists()

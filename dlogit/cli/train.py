@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import warnings
@@ -541,14 +542,14 @@ def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool
                      f"dlogit.cli.in-process-bytes ({dask.utils.format_bytes(limit)}); --workers N trains "
                      "on a local cluster")
         return True
-    why = "not on local disk" if size is None else f"{dask.utils.format_bytes(size)}, over " \
+    why = "not a local file" if size is None else f"{dask.utils.format_bytes(size)}, over " \
           f"dlogit.cli.in-process-bytes ({dask.utils.format_bytes(limit)})"
     _note(quiet, f"training on a local cluster: {name} is {why}")
     return False
 
 
 def _local_bytes(paths: list[str]) -> int | None:
-    """The bytes on local disk of ``paths`` (files, directories, globs); None for a URL or nothing found."""
+    """The bytes on local disk of ``paths`` (files, directories, globs; 0 for none there); None for a URL."""
     import glob
 
     total = 0
@@ -556,16 +557,11 @@ def _local_bytes(paths: list[str]) -> int | None:
         if "://" in path and not path.startswith("file://"):
             return None
         path = path[len("file://"):] if path.startswith("file://") else path
-        matches = glob.glob(path) if glob.has_magic(path) else [path]
-        if not matches:
-            return None
-        for match in matches:
+        for match in glob.glob(path) if glob.has_magic(path) else [path]:  # a missing file: its error, here
             if os.path.isdir(match):
                 total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(match) for f in fs)
             elif os.path.isfile(match):
                 total += os.path.getsize(match)
-            else:
-                return None
     return total
 
 
@@ -578,12 +574,40 @@ def _scheduler_lost(client: Any) -> Any:
     return SchedulerLost
 
 
+class _Signal(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+        self.message = "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+@contextlib.contextmanager
+def _fit_signals() -> Any:
+    """SIGINT / SIGTERM during an in-process fit: a ``KeyboardInterrupt`` the fit loop turns into a
+    checkpoint of its last step and :class:`~dlogit.errors.Interrupted` (the CLI's own handler raises
+    ``Interrupted`` itself, which the loop passes on without a checkpoint)."""
+    from dlogit.errors import Interrupted
+
+    def raise_signal(signum: int, frame: Any) -> None:
+        raise _Signal(signum)
+
+    saved = {sig: signal.signal(sig, raise_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Signal as exc:  # outside the fit loop (reading the data, scoring)
+        raise Interrupted(exc.message, exc.signum) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool, in_process: bool = False) -> Any:
     """Yield ``(client, kind)``: ``(None, "cpu")`` in this process; an existing scheduler when one is
     named, else a local cluster."""
     if in_process:
-        yield None, "cpu"
+        with _fit_signals():
+            yield None, "cpu"
         return
     from distributed import Client
 
