@@ -186,6 +186,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
+    _say_kernel(spec, quiet or as_json)
     quiet_progress = quiet  # --json keeps the progress lines, on stderr (a log being tailed; stdout is JSON)
     quiet = quiet or as_json
     from dlogit.cluster import resolve_scheduler
@@ -524,6 +525,16 @@ def _quiet_dask_logs(verbose: bool) -> Any:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+def _say_kernel(spec: Any, quiet: bool) -> None:
+    """One line when ``dlogit.cpu-kernel: auto`` took the BLAS path because the fused kernels are not in
+    the disk cache yet (:mod:`dlogit.kernels.cache`: a background process compiles them)."""
+    import dask
+
+    if spec.cpu_kernel == "blas" and str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() == "auto":
+        _note(quiet, "compiling the fused CPU kernels in the background (first run on this machine); "
+                     "this fit uses the BLAS path")
 
 
 def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool:
