@@ -51,8 +51,7 @@ def small_csv(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "small.csv"
     with open(path, "w") as f:
         f.write(",".join([f"x{i}" for i in range(5)] + ["kind"]) + "\n")
-        for row, label in zip(X, y):
-            f.write(",".join(f"{v:.6f}" for v in row) + f",k{label}\n")
+        f.writelines(",".join(f"{v:.6f}" for v in row) + f",k{label}\n" for row, label in zip(X, y))
     return path
 
 

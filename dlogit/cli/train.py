@@ -567,7 +567,7 @@ def _local_bytes(paths: list[str]) -> int | None:
     for path in paths:
         if "://" in path and not path.startswith("file://"):
             return None
-        path = path[len("file://"):] if path.startswith("file://") else path
+        path = path.removeprefix("file://")
         for match in glob.glob(path) if glob.has_magic(path) else [path]:  # a missing file: its error, here
             if os.path.isdir(match):
                 total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(match) for f in fs)
