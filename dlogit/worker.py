@@ -1,8 +1,8 @@
 """Worker preload: ``dask worker --preload dlogit.worker`` (local clusters get it automatically).
 
 It imports everything a fit runs on a worker (the engine, the solvers with SciPy, the chunk math), makes
-one tiny BLAS call and loads (or, the first time on a machine, compiles: ~2 s) the fused CPU kernel while
-the worker starts, so that the first fit does not pay ~0.4 s of imports and ~0.15 s of kernel loading
+one tiny BLAS call and loads the fused CPU kernels from the disk cache (never compiles them: see
+:mod:`dlogit.kernels.cache`) while the worker starts, so that the first fit does not pay ~0.4 s of imports and ~0.15 s of kernel loading
 inside its measured time. Loading dlogit lazily on a worker without this preload still
 works; it is only slower the first time.
 """
@@ -24,8 +24,13 @@ def warm_up() -> None:
     compiled variant a fit can meet in this process: the fused dense kernels on float64 and float32
     chunks, writable or read-only (as from a memory map), weighted or not, with or without curvature,
     and the CSR kernels (:mod:`dlogit.kernels.sparse`) on float64/float32 data with int32/int64 indices,
-    writable or read-only. The fixed-signature kernels compile (or load from the disk cache) when their
-    module is imported; calling them here also registers the read-only conversions."""
+    writable or read-only. The fixed-signature kernels load from the disk cache when their module is
+    imported; calling them here also registers the read-only conversions. When the cache is not filled
+    yet (:func:`dlogit.kernels.cache.ready`), only the BLAS path is warmed: nothing compiles here (the
+    fits meanwhile use BLAS/SciPy, and a background process fills the cache)."""
+    from dlogit.kernels import cache
+
+    fused = cpu.available() and cache.ready()  # never compile here: not ready, fits take BLAS/SciPy
     y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
     for dtype in (np.float64, np.float32):
         for writable in (True, False):
@@ -33,9 +38,9 @@ def warm_up() -> None:
             X.setflags(write=writable)
             if writable:
                 chunk_sums(X, y, np.zeros(3), kernel="blas")
-            if cpu.available():
+            if fused:
                 chunk_sums(X, y, np.zeros(3), kernel="fused")
-    if not cpu.available():
+    if not fused:
         return
     from dlogit.kernels import sparse
 

@@ -15,6 +15,19 @@ def _has_gpu() -> bool:
     return cupy_available()
 
 
+def pytest_sessionstart(session):
+    """Fill the fused kernels' disk cache first (once per machine): a fit that finds it empty takes the
+    BLAS path (:mod:`dlogit.kernels.cache`), and tests that name the kernel a fit picks mean a machine
+    where they are compiled."""
+    import os
+
+    from dlogit.kernels import cache, cpu
+
+    if cpu.available() and not cache.ready():
+        os.makedirs(cache.cache_dir(), exist_ok=True)
+        cache.compile_kernels(cache.stamp_path())
+
+
 def pytest_collection_modifyitems(config, items):
     if _has_gpu():
         return

@@ -67,7 +67,8 @@ def duration(ctx: click.Context | None, param: click.Parameter | None, value: An
 
 _CONFIG_DURATIONS = ("connect-timeout", "checkpoint-every", "engine.heartbeat", "engine.replica-every",
                      "engine.attach-timeout", "engine.recover-timeout", "monitor.interval")
-_CONFIG_BYTES = ("chunk-bytes", "engine.worker-local-bytes", "engine.worker-local-bytes-gpu")
+_CONFIG_BYTES = ("chunk-bytes", "engine.worker-local-bytes", "engine.worker-local-bytes-gpu",
+                 "cli.in-process-bytes")
 _CONFIG_INTS = ("max-classes", "engine.max-recoveries", "engine.tree-radix")
 _CONFIG_BOOLS = ("precondition", "engine.worker-malloc", "engine.remove-silent-workers")
 

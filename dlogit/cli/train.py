@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 import warnings
@@ -116,7 +117,6 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
 
     from dlogit import data as data_mod
     from dlogit.cli import NotConverged
-    from dlogit.engine import SchedulerLost
     from dlogit.errors import ClusterError, ConfigError, DlogitError
     from dlogit.estimator import LogisticRegression
     from dlogit.files import check_distinct, check_output
@@ -186,6 +186,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
         raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
     spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
+    _say_kernel(spec, quiet or as_json)
     quiet_progress = quiet  # --json keeps the progress lines, on stderr (a log being tailed; stdout is JSON)
     quiet = quiet or as_json
     from dlogit.cluster import resolve_scheduler
@@ -198,9 +199,10 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     if not local:
         _warn_local_only(ctx, target, cluster)
     _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
+    here = not synthetic and not target and _in_process(ctx, source, mode, quiet)
 
     t0 = time.perf_counter()
-    with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose) as (client, kind):
+    with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose, here) as (client, kind):
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
         if synthetic:
@@ -209,7 +211,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
             w = None
             meta_source: dict[str, Any] = {"synthetic": f"{rows}x{cols}", "seed": seed}
         else:
-            ds = data_mod.read_data(source, client=client)
+            ds = data_mod.read_data(source, client=client) if client else data_mod.load_local(source)
             check_label_option(opts.get("label"), ds.info.kind)
             for notice in ds.info.notices:
                 _note(quiet, notice)
@@ -227,10 +229,10 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                            "zero_based": getattr(ds.info.layout, "zero_based", None)
                            if ds.info.kind == "libsvm" else None,
                            "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
+        n_chunks = int(X.numblocks[0]) if client else -(-X.shape[0] // (opts.get("chunk_rows") or X.shape[0]))
         if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
-            _check_chunks(int(X.numblocks[0]))
-        n_chunks = int(X.numblocks[0])
-        X, y, w = _load(client, X, y, w, quiet)
+            _check_chunks(n_chunks)
+        X, y, w = _load(client, X, y, w, quiet) if client else (X, y, w)
         load = time.perf_counter() - t1
         progress = _progress(spec.max_iter, period, quiet_progress, to_stderr=as_json)
         if ckpt is not None and resume:
@@ -251,7 +253,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                     else:
                         model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
                                   callback=tracker)
-                except SchedulerLost:
+                except _scheduler_lost(client):
                     raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
                 except (DlogitError, KeyboardInterrupt):
                     raise
@@ -269,14 +271,15 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         table = None
         no_table = None
         if usable:
-            with client.as_current():
+            with client.as_current() if client else warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="X does not have valid feature names")  # X: NumPy
                 accuracy = model.score(X, y, sample_weight=None)
                 if with_summary:
                     try:  # a model without a table (K > 2, L1, a singular Hessian) is still a model
                         table = model.summary(X, y, sample_weight=w, client=client)
                     except ConfigError as exc:
                         no_table = str(exc)
-        workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) if client else 0
     _report_warnings(caught, model.status_)
     from dlogit.cli._common import json_line, json_value
 
@@ -326,9 +329,10 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
                    f"({cv} {cv_split} folds); "
                    "refit on all the data")
     classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
+    where = f"cluster start-up {startup:.2f}s, " if client else ""
+    where += f"data loaded in {load:.2f}s, " + (f"{workers} {kind} worker(s), " if client else "no cluster, ")
     click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
-               f"(cluster start-up {startup:.2f}s, data loaded in {load:.2f}s, {workers} {kind} worker(s), "
-               f"{model.mode_} mode, {model.kernel_} kernel{classes})")
+               f"({where}{model.mode_} mode, {model.kernel_} kernel{classes})")
     sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if model.n_nonzero_ < model.coef_.size else ""
     click.echo(f"loss {_num(model.loss_)}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
                f"{sparsity}")
@@ -523,9 +527,99 @@ def _quiet_dask_logs(verbose: bool) -> Any:
             logging.getLogger(name).setLevel(level)
 
 
+def _say_kernel(spec: Any, quiet: bool) -> None:
+    """One line when ``dlogit.cpu-kernel: auto`` took the BLAS path because the fused kernels are not in
+    the disk cache yet (:mod:`dlogit.kernels.cache`: a background process compiles them)."""
+    import dask
+
+    if spec.cpu_kernel == "blas" and str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() == "auto":
+        _note(quiet, "compiling the fused CPU kernels in the background (first run on this machine); "
+                     "this fit uses the BLAS path")
+
+
+def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool:
+    """Whether DATA trains in this process: no cluster asked for (no --workers, --gpus or other local
+    cluster option, --mode auto) and DATA (with its --labels / --weights files) at most
+    ``dlogit.cli.in-process-bytes`` on local disk. Says which it picked and why."""
+    import dask
+
+    if mode != "auto" or any(_given(ctx, n) for n in ("workers", "gpus", "rmm_pool_size", "dashboard_address")):
+        return False
+    limit = int(dask.utils.parse_bytes(dask.config.get("dlogit.cli.in-process-bytes")))
+    size = _local_bytes([p for p in (source.path, source.labels, source.weights) if p])
+    name = os.path.basename(source.path.rstrip("/")) or source.path
+    if size is not None and size <= limit:
+        _note(quiet, f"training in this process: {name} is {dask.utils.format_bytes(size)}, at most "
+                     f"dlogit.cli.in-process-bytes ({dask.utils.format_bytes(limit)}); --workers N trains "
+                     "on a local cluster")
+        return True
+    why = "not a local file" if size is None else f"{dask.utils.format_bytes(size)}, over " \
+          f"dlogit.cli.in-process-bytes ({dask.utils.format_bytes(limit)})"
+    _note(quiet, f"training on a local cluster: {name} is {why}")
+    return False
+
+
+def _local_bytes(paths: list[str]) -> int | None:
+    """The bytes on local disk of ``paths`` (files, directories, globs; 0 for none there); None for a URL."""
+    import glob
+
+    total = 0
+    for path in paths:
+        if "://" in path and not path.startswith("file://"):
+            return None
+        path = path.removeprefix("file://")
+        for match in glob.glob(path) if glob.has_magic(path) else [path]:  # a missing file: its error, here
+            if os.path.isdir(match):
+                total += sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(match) for f in fs)
+            elif os.path.isfile(match):
+                total += os.path.getsize(match)
+    return total
+
+
+def _scheduler_lost(client: Any) -> Any:
+    """What ``except`` catches for a lost scheduler: nothing in this process (and no ``distributed``)."""
+    if client is None:
+        return ()
+    from dlogit.engine import SchedulerLost
+
+    return SchedulerLost
+
+
+class _Signal(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+        self.message = "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
 @contextlib.contextmanager
-def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool) -> Any:
-    """Yield ``(client, kind)``: an existing scheduler when one is named, else a local cluster."""
+def _fit_signals() -> Any:
+    """SIGINT / SIGTERM during an in-process fit: a ``KeyboardInterrupt`` the fit loop turns into a
+    checkpoint of its last step and :class:`~dlogit.errors.Interrupted` (the CLI's own handler raises
+    ``Interrupted`` itself, which the loop passes on without a checkpoint)."""
+    from dlogit.errors import Interrupted
+
+    def raise_signal(signum: int, frame: Any) -> None:
+        raise _Signal(signum)
+
+    saved = {sig: signal.signal(sig, raise_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Signal as exc:  # outside the fit loop (reading the data, scoring)
+        raise Interrupted(exc.message, exc.signum) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool, in_process: bool = False) -> Any:
+    """Yield ``(client, kind)``: ``(None, "cpu")`` in this process; an existing scheduler when one is
+    named, else a local cluster."""
+    if in_process:
+        with _fit_signals():
+            yield None, "cpu"
+        return
     from distributed import Client
 
     from dlogit.cluster import connect, make_security, resolve_scheduler, start_local_cluster

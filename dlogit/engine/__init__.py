@@ -57,7 +57,9 @@ __all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_cli
 
 
 def cpu_kernel_setting() -> str:
-    """The CPU kernel choice from ``dlogit.cpu-kernel`` (``auto``, ``fused`` or ``blas``), validated."""
+    """The CPU kernel choice from ``dlogit.cpu-kernel`` (``auto``, ``fused`` or ``blas``), validated;
+    ``auto`` is ``blas`` while the fused kernels are not in the disk cache (:mod:`dlogit.kernels.cache`
+    starts compiling them in the background), so no chunk of the fit waits for a compile."""
     value = str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower()
     if value not in CPU_KERNELS:
         raise ConfigError(f"dlogit.cpu-kernel must be one of {', '.join(CPU_KERNELS)}, got {value!r}")
@@ -66,6 +68,11 @@ def cpu_kernel_setting() -> str:
 
         if not cpu.available():
             raise ConfigError("dlogit.cpu-kernel is 'fused' but numba is not installed")
+    if value == "auto":  # not compiled yet here: the whole fit takes BLAS/SciPy while they compile
+        from dlogit.kernels import cache, cpu
+
+        if cpu.available() and not cache.ensure_ready():
+            return "blas"
     return value
 
 
