@@ -231,9 +231,9 @@ class FoldChunk:
         # products -- the same bits -- however the chunk arrived
         self._host = None
         if not sparse and xp is np:
-            from dlogit.chunks import _Blocks
+            from dlogit.chunks.blocks import Blocks
 
-            self._host = _Blocks(X, rows)
+            self._host = Blocks(X, rows)
             self.dtype = self._host.dtype
         elif not sparse and not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
             self.X = X = X.astype(xp.float64)

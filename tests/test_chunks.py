@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import approx_fprime
 
 from dlogit._xp import to_numpy
-from dlogit.chunks import DenseBinomialCPU, LinearChunk, _Blocks, chunk_sums, prepare_chunk
+from dlogit.chunks import Blocks, DenseBinomialCPU, LinearChunk, chunk_sums, prepare_chunk
 from dlogit.family import Binomial, Multinomial, ParamLayout
 from dlogit.kernels import cpu
 from dlogit.objective import Objective
@@ -142,7 +142,7 @@ def test_blocked_path_reuses_buffers_without_leaking_state(rng, monkeypatch, dty
     layout = ParamLayout(12, 1)
     thetas = [rng.standard_normal(13) * (k + 1) for k in range(4)]
     one = [DenseBinomialCPU(X, codes, None, layout, kernel="blas").sums(t) for t in thetas]
-    monkeypatch.setattr(chunks, "CPU_BLOCK_BYTES", 100 * 12 * np.dtype(dtype).itemsize)  # 100-row blocks
+    monkeypatch.setattr(chunks.blocks, "CPU_BLOCK_BYTES", 100 * 12 * np.dtype(dtype).itemsize)  # 100-row blocks
     chunk = DenseBinomialCPU(X, codes, None, layout, kernel="blas")
     assert len(chunk.blocks.ranges) == 11
     for t, whole in zip(thetas, one):
@@ -176,7 +176,7 @@ def _awkward(X, how):
 def test_awkward_layouts_give_identical_sums_without_copying_the_chunk(rng, monkeypatch, kernel, how):
     from dlogit import chunks
 
-    monkeypatch.setattr(chunks, "CPU_BLOCK_BYTES", 64 * 200 * 8)  # several blocks
+    monkeypatch.setattr(chunks.blocks, "CPU_BLOCK_BYTES", 64 * 200 * 8)  # several blocks
     X = rng.standard_normal((500, 200))
     codes = rng.integers(0, 2, 500)
     layout = ParamLayout(200, 1)
@@ -200,12 +200,12 @@ def test_memory_mapped_and_converted_dtypes(rng, tmp_path):
     np.testing.assert_array_equal(DenseBinomialCPU(mm, codes, None, layout).sums(theta),
                                   DenseBinomialCPU(X, codes, None, layout).sums(theta))
     Xi = (X * 10).astype(np.int32)  # converted per block, in float64
-    blocks = _Blocks(Xi)
+    blocks = Blocks(Xi)
     assert blocks.dtype == np.float64 and not blocks.direct
     np.testing.assert_allclose(DenseBinomialCPU(Xi, codes, None, layout).sums(theta),
                                ref_binomial(Xi.astype(float), codes, theta), rtol=1e-12)
     X16 = X[:, :8].astype(np.float16)  # held as float32 (exact)
-    assert _Blocks(X16).dtype == np.float32
+    assert Blocks(X16).dtype == np.float32
 
 
 # -- multinomial and sparse --------------------------------------------------------------------------

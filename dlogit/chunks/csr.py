@@ -1,0 +1,118 @@
+"""SciPy CSR chunks on the CPU: the one-pass Numba kernels (:mod:`dlogit.kernels.sparse`), or the SciPy
+products of :class:`~dlogit.chunks.generic.LinearChunk` for wide chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dlogit.chunks.generic import LinearChunk
+from dlogit.family import Family, ParamLayout
+
+#: products (X @ w, X.T @ r). Measured on one thread (BENCHMARKS.md, "Sparse kernels"), 10^5 rows of 50
+#: values: binomial 0.63-0.74x SciPy's time up to d = 10^4, 1.15x at 10^5, 2x at 10^6 (the one pass needs
+#: both w and the gradient in cache); multinomial (K = 5) 0.91x at d = 10^3, slower from 10^4.
+CSR_FUSED_MAX_FEATURES = {"binomial": 30_000, "multinomial": 2_000}
+
+_EMPTY = np.empty(0)
+
+
+class _CSRChunk:
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, curvature: bool) -> None:
+        from dlogit.kernels import sparse
+
+        self._k = sparse
+        csr = sparse.canonical_csr(X.tocsr() if X.format != "csr" else X)
+        self.data, self.indices, self.indptr = csr.data, csr.indices, csr.indptr
+        self.n, self.d = csr.shape
+        self.layout = layout
+        self.sw = _EMPTY if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
+        self.keep = curvature
+        self._curv_theta: np.ndarray | None = None
+        self.kernel = "csr"
+
+    def _at(self, theta: Any) -> None:
+        if self._curv_theta is None or not np.array_equal(self._curv_theta, theta):
+            self.sums(theta)
+
+    def _mark(self, theta: Any) -> None:
+        if self.keep:
+            self._curv_theta = np.array(theta, dtype=np.float64, copy=True)
+
+
+class CSRBinomialCPU(_CSRChunk):
+    """Binomial sums of a SciPy CSR chunk: margins, residuals and the gradient's scatter-add in one pass."""
+
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
+                 kernel: str = "auto", curvature: bool = False) -> None:
+        super().__init__(X, codes, sample_weight, layout, curvature)
+        self.sign = 1.0 - 2.0 * np.asarray(codes, dtype=np.float64)
+        self.curv = np.empty(self.n) if curvature else _EMPTY
+
+    def sums(self, theta: Any) -> np.ndarray:
+        d = self.d
+        out = np.empty(d + 2)
+        w = np.ascontiguousarray(theta[:d], dtype=np.float64)
+        out[0], out[d + 1] = self._k.csr_binomial_sums(self.data, self.indices, self.indptr, self.sign,
+                                                       self.sw, w, float(theta[d]), out[1: d + 1], self.curv)
+        self._mark(theta)
+        return out
+
+    def hvp(self, theta: Any, v: Any) -> np.ndarray:
+        if not self.keep:
+            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+        self._at(theta)
+        d = self.d
+        out = np.empty(d + 1)
+        vw = np.ascontiguousarray(v[:d], dtype=np.float64)
+        out[d] = self._k.csr_binomial_hvp(self.data, self.indices, self.indptr, self.curv, vw, float(v[d]),
+                                          out[:d])
+        return out
+
+
+class CSRMultinomialCPU(_CSRChunk):
+    """Multinomial sums of a SciPy CSR chunk in one pass over its rows."""
+
+    def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
+                 kernel: str = "auto", curvature: bool = False) -> None:
+        super().__init__(X, codes, sample_weight, layout, curvature)
+        self.cls = np.ascontiguousarray(codes, dtype=np.int64)
+        K = layout.n_outputs
+        self.pbuf = np.empty((self.n, K)) if curvature else np.empty((0, K))
+
+    def sums(self, theta: Any) -> np.ndarray:
+        L = self.layout
+        out = np.empty(1 + L.size)
+        th = np.ascontiguousarray(theta, dtype=np.float64)
+        out[0] = self._k.csr_multinomial_sums(self.data, self.indices, self.indptr, self.cls, self.sw,
+                                              L.coef(th), L.intercept(th), L.coef(out[1:]),
+                                              L.intercept(out[1:]), self.pbuf)
+        self._mark(theta)
+        return out
+
+    def hvp(self, theta: Any, v: Any) -> np.ndarray:
+        if not self.keep:
+            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+        self._at(theta)
+        L = self.layout
+        out = np.empty(L.size)
+        vv = np.ascontiguousarray(v, dtype=np.float64)
+        self._k.csr_multinomial_hvp(self.data, self.indices, self.indptr, self.pbuf, self.sw, L.coef(vv),
+                                    L.intercept(vv), L.coef(out), L.intercept(out))
+        return out
+
+
+def csr_cpu(cls: type) -> Callable[..., Any]:
+    def factory(X: Any, codes: Any, sw: Any, layout: ParamLayout, family: Family, *, kernel: str = "auto",
+                curvature: bool = False) -> Any:
+        from dlogit.kernels import cpu
+
+        fused = cpu.available() and kernel != "blas" and (
+            kernel == "fused" or int(X.shape[1]) <= CSR_FUSED_MAX_FEATURES[family.name])
+        if fused:
+            return cls(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)
+        return LinearChunk(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)
+    return factory
+
