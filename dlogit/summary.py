@@ -122,7 +122,7 @@ def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercep
     """``[X 1]^T diag(s p (1 - p)) [X 1]`` of one chunk ((d + 1) x (d + 1) float64 on the host; without
     intercept the last row and column are 0): the Hessian of its weighted loss sum, for standard errors."""
     from dlogit._xp import get_xp, to_numpy
-    from dlogit.chunks import binomial_terms
+    from dlogit.family import Binomial
     from dlogit.loss import CPU_BLOCK_BYTES
 
     sparse = hasattr(X, "nnz")
@@ -130,7 +130,8 @@ def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercep
     n, d = (int(v) for v in X.shape)
     out = np.zeros((d + 1, d + 1))
     w = xp.asarray(np.asarray(coef, dtype=np.float64).reshape(-1))
-    sign = 1.0 - 2.0 * xp.asarray(np.asarray(to_numpy(codes), dtype=np.float64))
+    fam = Binomial()
+    sign = fam.target(np.asarray(to_numpy(codes)), xp)
     sw = None if sample_weight is None else xp.asarray(sample_weight, dtype=xp.float64)
     rows = max(64, CPU_BLOCK_BYTES // max(1, 8 * d)) if xp is np else max(n, 1)
     for lo in range(0, n, rows):
@@ -140,7 +141,7 @@ def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercep
             Xb = Xb.astype(xp.float64)
         z = Xb @ w
         z = xp.asarray(z.toarray() if hasattr(z, "toarray") else z).reshape(-1) + float(intercept)
-        _, _, D = binomial_terms(z, sign[lo:hi], None if sw is None else sw[lo:hi], True)
+        _, _, D = fam.terms(z, sign[lo:hi], None if sw is None else sw[lo:hi], True, class_axis=None)
         if sparse:
             XD = Xb.multiply(D.reshape(-1, 1)).tocsr()
             H = (Xb.T @ XD).toarray()

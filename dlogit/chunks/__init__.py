@@ -35,7 +35,7 @@ from dlogit.chunks.blocks import Blocks, array_kind, compute_dtype, direct
 from dlogit.chunks.csr import CSR_FUSED_MAX_FEATURES, CSRBinomialCPU, CSRMultinomialCPU, csr_cpu
 from dlogit.chunks.cupy import CudaBinomial
 from dlogit.chunks.dense import DenseBinomialCPU, DenseMultinomialCPU
-from dlogit.chunks.generic import LinearChunk, binomial_terms, multinomial_terms
+from dlogit.chunks.generic import LinearChunk
 from dlogit.family import Binomial, Family, Multinomial, ParamLayout, SumsLayout
 
 Evaluator = Any
@@ -85,10 +85,8 @@ __all__ = [
     "Multinomial",
     "SumsLayout",
     "array_kind",
-    "binomial_terms",
     "chunk_sums",
     "compute_dtype",
     "direct",
-    "multinomial_terms",
     "prepare_chunk",
 ]

@@ -27,8 +27,8 @@ class LinearChunk:
     """Sums of any family on any array kind, from ``X_b @ M`` and ``X_b.T @ R`` per row block.
 
     Dense NumPy chunks go through cache blocks (X read from memory once); CuPy chunks are one block
-    (cuBLAS / cuSPARSE). The family's row terms (:func:`binomial_terms`, :func:`multinomial_terms`) are
-    array-agnostic.
+    (cuBLAS / cuSPARSE). Margins are rows-major ``(rows, K')``; the row terms are the family's own
+    (:meth:`~dlogit.family.Family.terms`, array-agnostic), so nothing here depends on the family.
     """
 
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
@@ -62,8 +62,7 @@ class LinearChunk:
         self._curv_theta: Any = None
         self.kernel = {"numpy": "blas", "cupy": "cublas", "scipy-csr": "scipy",
                        "cupyx-csr": "cusparse"}[kind]
-        if family.name == "binomial":
-            self.sign = 1.0 - 2.0 * self.codes.astype(xp.float64)
+        self.target = family.target(self.codes, xp)
 
     def _x(self, lo: int, hi: int) -> Any:
         if self._sliced:
@@ -97,18 +96,11 @@ class LinearChunk:
         for lo, hi in self.blocks:
             Xb = self._x(lo, hi)
             sw = None if self.sw is None else self.sw[lo:hi]
-            if self.family.name == "binomial":
-                z = self._x_dot(Xb, W[0]) + b[0]
-                loss, r, curv = binomial_terms(z, self.sign[lo:hi], sw, self.keep)
-                out[0] += loss
-                G[0] += self._xt_dot(Xb, r)
-                gb[0] += r.sum()
-            else:
-                Z = self._x_dot(Xb, W.T) + b[None, :]
-                loss, R, curv = multinomial_terms(Z, self.codes[lo:hi], sw, self.keep)
-                out[0] += loss
-                G += self._xt_dot(Xb, R).T
-                gb += R.sum(axis=0)
+            Z = self._x_dot(Xb, W.T) + b[None, :]
+            loss, R, curv = self.family.terms(Z, self.target[lo:hi], sw, self.keep, class_axis=-1)
+            out[0] += loss
+            G += self._xt_dot(Xb, R).T
+            gb += R.sum(axis=0)
             if self.keep:
                 self.curv.append(curv)
         if self.keep:
@@ -131,57 +123,7 @@ class LinearChunk:
         ob = L.intercept(out)
         for (lo, hi), curv in zip(self.blocks, self.curv):
             Xb = self._x(lo, hi)
-            if self.family.name == "binomial":
-                t = (self._x_dot(Xb, V[0]) + vb[0]) * curv
-                O[0] += self._xt_dot(Xb, t)
-                ob[0] += t.sum()
-            else:
-                P, sw = curv
-                U = self._x_dot(Xb, V.T) + vb[None, :]
-                PU = P * U
-                T = PU - P * PU.sum(axis=1, keepdims=True)
-                if sw is not None:
-                    T *= sw[:, None]
-                O += self._xt_dot(Xb, T).T
-                ob += T.sum(axis=0)
+            T = self.family.hvp_terms(curv, self._x_dot(Xb, V.T) + vb[None, :], class_axis=-1)
+            O += self._xt_dot(Xb, T).T
+            ob += T.sum(axis=0)
         return out
-
-
-def binomial_terms(z: Any, sign: Any, sw: Any, curvature: bool) -> tuple[Any, Any, Any]:
-    """Weighted loss sum, residuals ``s_i (sigmoid(z_i) - y_i)`` and curvature ``s_i p_i (1 - p_i)``."""
-    xp = get_xp(z)
-    s = sign * z
-    e = xp.exp(-xp.abs(s))
-    l = xp.maximum(s, 0.0) + xp.log1p(e)
-    r = sign * xp.exp(s - l)
-    curv = xp.exp(s - 2.0 * l) if curvature else None
-    if sw is not None:
-        loss = (l * sw).sum()
-        r = r * sw
-        if curv is not None:
-            curv = curv * sw
-    else:
-        loss = l.sum()
-    return loss, r, curv
-
-
-def multinomial_terms(Z: Any, codes: Any, sw: Any, curvature: bool) -> tuple[Any, Any, Any]:
-    """Weighted loss sum, residuals ``s_i (softmax(z_i) - onehot(c_i))`` and (softmax, weights)."""
-    xp = get_xp(Z)
-    n = Z.shape[0]
-    m = Z.max(axis=1, keepdims=True)
-    E = xp.exp(Z - m)
-    S = E.sum(axis=1, keepdims=True)
-    rows = xp.arange(n)
-    lse = (m + xp.log(S)).reshape(-1)
-    terms = lse - Z[rows, codes]
-    P = E / S
-    R = P.copy() if curvature else P
-    R[rows, codes] -= 1.0
-    if sw is not None:
-        loss = (terms * sw).sum()
-        R *= sw[:, None]
-    else:
-        loss = terms.sum()
-    return loss, R, ((P, sw) if curvature else None)
-
