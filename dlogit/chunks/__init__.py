@@ -44,7 +44,7 @@ Factory = Callable[..., Evaluator]
 
 def _dense_binomial_cpu(X: Any, codes: Any, sw: Any, layout: ParamLayout, family: Family, *,
                         kernel: str = "auto", curvature: bool = False) -> Evaluator:
-    return DenseBinomialCPU(X, codes, sw, layout, kernel=kernel, curvature=curvature)
+    return DenseBinomialCPU(X, codes, sw, layout, kernel=kernel, curvature=curvature, family=family)
 
 
 #: (array kind, family name) -> evaluator factory; pairs not listed use :class:`LinearChunk`

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from dlogit.chunks.blocks import Blocks
-from dlogit.family import Family, ParamLayout
+from dlogit.family import Binomial, Family, ParamLayout
 from dlogit.loss import choose_cpu_kernel
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
@@ -17,23 +17,25 @@ _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwis
 class DenseBinomialCPU:
     """Binomial sums of a dense NumPy chunk (the inner loop of every CPU fit).
 
-    With label signs ``sigma = 1 - 2y`` and the signed margin ``s = sigma * z``, every row's terms come
-    from one stable expression: ``l = log1pexp(s)``, residual ``sigma * exp(s - l)`` (``= sigmoid(z) -
-    y``, with full relative precision for well-classified rows), curvature ``exp(s - 2 l)``. Two paths
-    (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
+    Two paths (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
 
-    * ``"blas"``: per cache block, ``X_b @ w`` then ``X_b.T @ r_b`` while the block is in cache;
-    * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once.
+    * ``"blas"``: per cache block, ``X_b @ w``, the family's row terms
+      (:meth:`dlogit.family.Binomial.row_terms`, in this chunk's work buffers), then ``X_b.T @ r_b``
+      while the block is in cache; the weighted loss sum is one BLAS dot;
+    * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once (a specialization
+      of the same terms, tested against them).
 
     Not thread-safe (work buffers are shared between calls); one owner evaluates it at a time.
     """
 
     def __init__(self, X: np.ndarray, codes: np.ndarray, sample_weight: np.ndarray | None,
-                 layout: ParamLayout, *, kernel: str = "auto", curvature: bool = False) -> None:
+                 layout: ParamLayout, *, kernel: str = "auto", curvature: bool = False,
+                 family: Family | None = None) -> None:
         self.blocks = b = Blocks(X)
         self.n, self.d = b.n, b.d
         self.layout = layout
-        self.sign = 1.0 - 2.0 * np.asarray(codes, dtype=np.float64)
+        self.family = Binomial() if family is None else family
+        self.sign = self.family.target(codes)
         self.sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
         self.curvature = np.empty(self.n) if curvature else None
         self._curv_theta: np.ndarray | None = None
@@ -104,30 +106,16 @@ class DenseBinomialCPU:
                 np.dot(Xb, w, out=s)
             if b:
                 np.add(s, b, out=s)
-            np.multiply(s, sg, out=s)  # signed margin
-            np.abs(s, out=e)
-            np.negative(e, out=e)
-            np.exp(e, out=e)  # exp(-|s|) in (0, 1]: never overflows
-            np.log1p(e, out=l)
-            np.maximum(s, 0.0, out=e)
-            np.add(l, e, out=l)  # log1pexp(s)
-            if self.curvature is not None:  # exp(s - 2 l) = sigmoid(s) sigmoid(-s)
-                c = self.curvature[lo:hi]
-                np.multiply(l, -2.0, out=c)
-                np.add(c, s, out=c)
-                np.exp(c, out=c)
-            if self.sw is not None:
+            c = None if self.curvature is None else self.curvature[lo:hi]
+            l, s, c = self.family.row_terms(s, sg, c is not None, class_axis=None, buffers=(l, e, c))
+            if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
                 swb = self.sw[lo:hi]
                 loss += float(np.dot(l, swb))
-                if self.curvature is not None:
+                if c is not None:
                     np.multiply(c, swb, out=c)
+                np.multiply(s, swb, out=s)
             else:
                 loss += float(_sum(l))
-            np.subtract(s, l, out=s)
-            np.exp(s, out=s)  # sigmoid(s)
-            np.multiply(s, sg, out=s)  # residual sigmoid(z) - y
-            if self.sw is not None:
-                np.multiply(s, self.sw[lo:hi], out=s)
             gb += float(_sum(s))
             if self._narrow:
                 r = self._r[:k]
@@ -169,7 +157,7 @@ class DenseBinomialCPU:
                 np.dot(Xb, vw, out=u)
             if vb:
                 np.add(u, vb, out=u)
-            np.multiply(u, self.curvature[lo:hi], out=u)
+            u = self.family.hvp_terms(self.curvature[lo:hi], u, class_axis=None)
             tb += float(_sum(u))
             acc += (u.astype(self.blocks.dtype, copy=False) @ Xb)
         out[d] = tb
@@ -195,10 +183,8 @@ class DenseMultinomialCPU:
         m = b.rows
         self._z = np.empty(K * m)
         self._zn = np.empty(K * m, b.dtype) if b.dtype != np.float64 else None
-        self._mx, self._s = np.empty(m), np.empty(m)
         self._gb = np.empty((K, self.d), b.dtype)
-        # flat index of each row's own class in its block's (K, rows) Z
-        self._own = [self.codes[lo:hi] * (hi - lo) + np.arange(hi - lo) for lo, hi in b.ranges]
+        self.family = family
         self.keep = curvature
         self._p = [np.empty((K, hi - lo)) for lo, hi in b.ranges] if curvature else []
         self._curv_theta: np.ndarray | None = None
@@ -233,19 +219,9 @@ class DenseMultinomialCPU:
             Xb = self.blocks.get(lo, hi)
             Z = self._product(W, Xb, k)
             Z += b[:, None]
-            mx, S = self._mx[:k], self._s[:k]
-            np.max(Z, axis=0, out=mx)
-            own = self._own[j]
-            zc = Z.ravel()[own]
-            Z -= mx
-            np.exp(Z, out=Z)
-            np.sum(Z, axis=0, out=S)
-            terms = mx + np.log(S) - zc  # logsumexp - z_own
-            Z /= S
-            if self.keep:
-                np.copyto(self._p[j], Z)
-            Z.ravel()[own] -= 1.0
-            if self.sw is not None:
+            terms, Z, _ = self.family.row_terms(Z, self.codes[lo:hi], self.keep, class_axis=-2,
+                                                buffers=(self._p[j],) if self.keep else None)
+            if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
                 swb = self.sw[lo:hi]
                 loss += float(np.dot(terms, swb))
                 Z *= swb
@@ -279,11 +255,8 @@ class DenseMultinomialCPU:
             Xb = self.blocks.get(lo, hi)
             U = self._product(V, Xb, k)
             U += vb[:, None]
-            P = self._p[j]
-            U *= P  # P * U
-            T = U - P * U.sum(axis=0)
-            if self.sw is not None:
-                T *= self.sw[lo:hi]
+            sw = None if self.sw is None else self.sw[lo:hi]
+            T = self.family.hvp_terms(self.family.curvature(self._p[j], sw, -2), U, class_axis=-2)
             ob += T.sum(axis=1)
             Tb = T if dt == np.float64 else T.astype(dt)
             np.dot(Tb, Xb, out=self._gb)
