@@ -88,6 +88,7 @@ def label_counts(y: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray, n
         raise DataError("labels contain NaN or infinite values")
     y = _canonical(y, kind)
     values, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    sums: np.ndarray
     if weights is None:
         sums = counts.astype(np.float64)
     else:
@@ -195,11 +196,11 @@ class Classes:
             unknown = np.unique(shown[bad])[:5]
             raise DataError(f"{what} hold {int(bad.sum())} value(s) that are not classes of the model: "
                             f"{', '.join(_show(v) for v in unknown)}")
-        return codes.astype(np.int64)
+        return np.asarray(codes, dtype=np.int64)
 
     def decode(self, codes: Any) -> np.ndarray:
         """Labels of class codes."""
-        return self.values[to_numpy(codes)]
+        return np.asarray(self.values[to_numpy(codes)])
 
     def display(self, limit: int = 100) -> list[str]:
         return [_show(v) for v in self.values[:limit]]
@@ -225,7 +226,7 @@ def class_multipliers(classes: Classes, class_weight: Any) -> np.ndarray | None:
         sums = classes.weight_sums
         if bool((sums <= 0).any()):
             raise DataError("class_weight='balanced' needs a positive weight in every class")
-        return sums.sum() / (classes.n * sums)
+        return np.asarray(sums.sum() / (classes.n * sums))
     items = dict(class_weight.items() if hasattr(class_weight, "items") else class_weight)
     mult = np.ones(classes.n)
     by_text = {_show(v): i for i, v in enumerate(classes.values)}
@@ -561,7 +562,7 @@ class Multinomial(Family):
     def intercept_only(self, weight_sums: np.ndarray) -> np.ndarray:
         """The centered log weight sums ``log S_k - mean log S``."""
         logs = np.log(np.asarray(weight_sums, dtype=np.float64))
-        return logs - logs.mean()
+        return np.asarray(logs - logs.mean())
 
 
 def _subtract_own(xp: Any, z: Any, idx: Any, axis: int) -> None:
@@ -592,9 +593,9 @@ def _namespace(X: Any) -> Any:
     """NumPy or CuPy for a dense or sparse (SciPy / cupyx) X."""
     mod = type(X).__module__
     if mod.startswith("cupy"):
-        import cupy
+        import importlib
 
-        return cupy
+        return importlib.import_module("cupy")
     return np
 
 

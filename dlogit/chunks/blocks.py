@@ -56,6 +56,7 @@ class Blocks:
     def get(self, lo: int, hi: int) -> np.ndarray:
         if self.direct:
             return self.X if (lo == 0 and hi == self.n) else self.X[lo:hi]
+        assert self._scratch is not None
         out = self._scratch[: hi - lo]
         np.copyto(out, self.X[lo:hi], casting="unsafe")
         return out

@@ -33,6 +33,9 @@ class _CSRChunk:
         self._curv_theta: np.ndarray | None = None
         self.kernel = "csr"
 
+    def sums(self, theta: Any) -> np.ndarray:
+        raise NotImplementedError
+
     def _at(self, theta: Any) -> None:
         if self._curv_theta is None or not np.array_equal(self._curv_theta, theta):
             self.sums(theta)

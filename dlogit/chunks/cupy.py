@@ -38,7 +38,7 @@ class CudaBinomial(LinearChunk):
 
 
 def _cuda_sums(kernels: Any, X: Any, y: Any, w: Any, b: float, sw: Any) -> tuple[Any, Any, Any]:
-    if sw is None:
-        return kernels.fused_chunk_sums(X, y, w, b, True)
-    return kernels.fused_chunk_sums(X, y, w, b, True, sample_weight=sw)
+    out: tuple[Any, Any, Any] = (kernels.fused_chunk_sums(X, y, w, b, True) if sw is None else
+                                 kernels.fused_chunk_sums(X, y, w, b, True, sample_weight=sw))
+    return out
 

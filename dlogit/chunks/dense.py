@@ -45,8 +45,8 @@ class DenseBinomialCPU:
         m = b.rows
         self._s, self._l, self._e = np.empty(m), np.empty(m), np.empty(m)
         self._narrow = b.dtype != np.float64
-        self._z = np.empty(m, b.dtype) if self._narrow else None
-        self._r = np.empty(m, b.dtype) if self._narrow else None
+        self._z = np.empty(m if self._narrow else 0, b.dtype)  # float32 chunks: margins, residuals
+        self._r = np.empty(m if self._narrow else 0, b.dtype)
         self._u = np.empty(m)
         if self.kernel == "fused":
             from dlogit.kernels import cpu
