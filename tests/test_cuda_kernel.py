@@ -968,5 +968,7 @@ def test_cupy_evaluators_specialize_the_family_reference(cp, dtype, kind, K_):
         got = chunk.sums(cp.asarray(theta)).get()
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
         if curvature:
-            hv = chunk.hvp(cp.asarray(theta), cp.asarray(v)).get()
+            handle = chunk.sums(cp.asarray(theta), keep_curvature=True)
+            np.testing.assert_allclose(handle.sums.get(), want, rtol=tol, atol=tol * np.abs(want).max())
+            hv = chunk.hvp(handle, cp.asarray(v)).get()
             np.testing.assert_allclose(hv, want_hv, rtol=tol, atol=tol * np.abs(want_hv).max())

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dlogit.chunks.generic import LinearChunk
+from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Family, ParamLayout
 
 #: products (X @ w, X.T @ r). Measured on one thread (BENCHMARKS.md, "Sparse kernels"), 10^5 rows of 50
@@ -19,7 +20,7 @@ CSR_FUSED_MAX_FEATURES = {"binomial": 30_000, "multinomial": 2_000}
 _EMPTY = np.empty(0)
 
 
-class _CSRChunk:
+class _CSRChunk(KeepsCurvature):
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, curvature: bool) -> None:
         from dlogit.kernels import sparse
 
@@ -30,19 +31,16 @@ class _CSRChunk:
         self.layout = layout
         self.sw = _EMPTY if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
         self.keep = curvature
-        self._curv_theta: np.ndarray | None = None
         self.kernel = "csr"
 
-    def sums(self, theta: Any) -> np.ndarray:
+    def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
+        if keep_curvature and not self.keep:
+            self._check(None, False)
+        out = self._sums(theta, keep_curvature)
+        return self._keep(out) if keep_curvature else out
+
+    def _sums(self, theta: Any, keep: bool) -> np.ndarray:
         raise NotImplementedError
-
-    def _at(self, theta: Any) -> None:
-        if self._curv_theta is None or not np.array_equal(self._curv_theta, theta):
-            self.sums(theta)
-
-    def _mark(self, theta: Any) -> None:
-        if self.keep:
-            self._curv_theta = np.array(theta, dtype=np.float64, copy=True)
 
 
 class CSRBinomialCPU(_CSRChunk):
@@ -51,22 +49,20 @@ class CSRBinomialCPU(_CSRChunk):
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
                  kernel: str = "auto", curvature: bool = False) -> None:
         super().__init__(X, codes, sample_weight, layout, curvature)
-        self.sign = 1.0 - 2.0 * np.asarray(codes, dtype=np.float64)
+        self.sign = family.target(codes)
         self.curv = np.empty(self.n) if curvature else _EMPTY
 
-    def sums(self, theta: Any) -> np.ndarray:
+    def _sums(self, theta: Any, keep: bool) -> np.ndarray:
         d = self.d
         out = np.empty(d + 2)
         w = np.ascontiguousarray(theta[:d], dtype=np.float64)
         out[0], out[d + 1] = self._k.csr_binomial_sums(self.data, self.indices, self.indptr, self.sign,
-                                                       self.sw, w, float(theta[d]), out[1: d + 1], self.curv)
-        self._mark(theta)
+                                                       self.sw, w, float(theta[d]), out[1: d + 1],
+                                                       self.curv if keep else _EMPTY)
         return out
 
-    def hvp(self, theta: Any, v: Any) -> np.ndarray:
-        if not self.keep:
-            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
-        self._at(theta)
+    def hvp(self, handle: Curvature, v: Any) -> np.ndarray:
+        self._check(handle, self.keep)
         d = self.d
         out = np.empty(d + 1)
         vw = np.ascontiguousarray(v[:d], dtype=np.float64)
@@ -84,21 +80,19 @@ class CSRMultinomialCPU(_CSRChunk):
         self.cls = np.ascontiguousarray(codes, dtype=np.int64)
         K = layout.n_outputs
         self.pbuf = np.empty((self.n, K)) if curvature else np.empty((0, K))
+        self._nobuf = np.empty((0, K))
 
-    def sums(self, theta: Any) -> np.ndarray:
+    def _sums(self, theta: Any, keep: bool) -> np.ndarray:
         L = self.layout
         out = np.empty(1 + L.size)
         th = np.ascontiguousarray(theta, dtype=np.float64)
         out[0] = self._k.csr_multinomial_sums(self.data, self.indices, self.indptr, self.cls, self.sw,
                                               L.coef(th), L.intercept(th), L.coef(out[1:]),
-                                              L.intercept(out[1:]), self.pbuf)
-        self._mark(theta)
+                                              L.intercept(out[1:]), self.pbuf if keep else self._nobuf)
         return out
 
-    def hvp(self, theta: Any, v: Any) -> np.ndarray:
-        if not self.keep:
-            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
-        self._at(theta)
+    def hvp(self, handle: Curvature, v: Any) -> np.ndarray:
+        self._check(handle, self.keep)
         L = self.layout
         out = np.empty(L.size)
         vv = np.ascontiguousarray(v, dtype=np.float64)

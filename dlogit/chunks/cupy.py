@@ -19,9 +19,9 @@ class CudaBinomial(LinearChunk):
         self.y = self.codes.astype(self.X.dtype)
         self.kernel = "cuda"
 
-    def sums(self, theta: Any) -> Any:
-        if self.keep:  # Newton: the curvature comes from the two-pass path
-            return super().sums(theta)
+    def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
+        if keep_curvature:  # Newton: the curvature comes from the two-pass path
+            return super().sums(theta, keep_curvature)
         from dlogit.kernels import cuda as kernels
 
         xp = self.xp

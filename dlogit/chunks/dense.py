@@ -8,13 +8,14 @@ from typing import Any
 import numpy as np
 
 from dlogit.chunks.blocks import Blocks
+from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Binomial, Family, ParamLayout
 from dlogit.loss import choose_cpu_kernel
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
 
 
-class DenseBinomialCPU:
+class DenseBinomialCPU(KeepsCurvature):
     """Binomial sums of a dense NumPy chunk (the inner loop of every CPU fit).
 
     Two paths (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
@@ -38,7 +39,6 @@ class DenseBinomialCPU:
         self.sign = self.family.target(codes)
         self.sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
         self.curvature = np.empty(self.n) if curvature else None
-        self._curv_theta: np.ndarray | None = None
         self.kernel = choose_cpu_kernel(kernel, self.n, self.d, b.dtype)
         self._w = np.empty(self.d)
         self._g = np.empty(self.d, b.dtype)
@@ -56,7 +56,12 @@ class DenseBinomialCPU:
             self._none = np.empty(0)
 
     # -- sums -------------------------------------------------------------------------------------
-    def sums(self, theta: Any) -> np.ndarray:
+    def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
+        """The sums at ``theta``; with ``keep_curvature`` a :class:`~dlogit.chunks.handle.Curvature`
+        handle holding them (for :meth:`hvp`)."""
+        if keep_curvature and self.curvature is None:
+            self._check(None, False)
+        self._keeping = keep_curvature
         d = self.d
         out = np.empty(d + 2)
         grad = out[1: d + 1]
@@ -67,15 +72,13 @@ class DenseBinomialCPU:
             loss, gb = self._sums_blas(theta, grad, b)
         out[0] = loss
         out[d + 1] = gb
-        if self.curvature is not None:
-            self._curv_theta = np.array(theta, dtype=np.float64, copy=True)
-        return out
+        return self._keep(out) if keep_curvature else out
 
     def _sums_fused(self, theta: Any, grad: np.ndarray, b: float) -> tuple[float, float]:
         w = self._w
         np.copyto(w, theta[: self.d])
         sw = self._none if self.sw is None else self.sw
-        dbuf = self._none if self.curvature is None else self.curvature
+        dbuf = self.curvature if self._keeping and self.curvature is not None else self._none
         blocks = self.blocks
         # the same blocks, in the same order, whether the chunk is read in place or through scratch: the
         # sums do not depend on where a chunk landed (aligned or not, C or Fortran order)
@@ -106,7 +109,7 @@ class DenseBinomialCPU:
                 np.dot(Xb, w, out=s)
             if b:
                 np.add(s, b, out=s)
-            c = None if self.curvature is None else self.curvature[lo:hi]
+            c = self.curvature[lo:hi] if self._keeping and self.curvature is not None else None
             l, s, c = self.family.row_terms(s, sg, c is not None, class_axis=None, buffers=(l, e, c))
             if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
                 swb = self.sw[lo:hi]
@@ -136,11 +139,10 @@ class DenseBinomialCPU:
         return loss, gb
 
     # -- Hessian-vector product --------------------------------------------------------------------
-    def hvp(self, theta: Any, v: Any) -> np.ndarray:
-        if self.curvature is None:
-            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
-        if self._curv_theta is None or not np.array_equal(self._curv_theta, theta):
-            self.sums(theta)
+    def hvp(self, handle: Curvature, v: Any) -> np.ndarray:
+        """The Hessian of the loss sum at the handle's ``theta`` times ``v``."""
+        self._check(handle, self.curvature is not None)
+        assert self.curvature is not None
         d = self.d
         out = np.empty(d + 1)
         vw = np.asarray(v[:d], dtype=self.blocks.dtype)
@@ -165,7 +167,7 @@ class DenseBinomialCPU:
 
 
 
-class DenseMultinomialCPU:
+class DenseMultinomialCPU(KeepsCurvature):
     """Multinomial sums of a dense NumPy chunk: per cache block ``Z = W @ X_b.T`` (K x rows: the
     per-row max, log-sum-exp and normalization reduce over a short leading axis, which NumPy vectorizes
     along the rows), the residuals in place, then ``G += R @ X_b`` while the block is in cache. Blocks
@@ -187,7 +189,6 @@ class DenseMultinomialCPU:
         self.family = family
         self.keep = curvature
         self._p = [np.empty((K, hi - lo)) for lo, hi in b.ranges] if curvature else []
-        self._curv_theta: np.ndarray | None = None
         self.kernel = "blas"
 
     def _zview(self, k: int) -> np.ndarray:
@@ -204,7 +205,10 @@ class DenseMultinomialCPU:
             np.copyto(Z, Zn)
         return Z
 
-    def sums(self, theta: Any) -> np.ndarray:
+    def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
+        keep = keep_curvature
+        if keep and not self.keep:
+            self._check(None, False)
         L = self.layout
         dt = self.blocks.dtype
         th = np.asarray(theta, dtype=np.float64)
@@ -219,8 +223,8 @@ class DenseMultinomialCPU:
             Xb = self.blocks.get(lo, hi)
             Z = self._product(W, Xb, k)
             Z += b[:, None]
-            terms, Z, _ = self.family.row_terms(Z, self.codes[lo:hi], self.keep, class_axis=-2,
-                                                buffers=(self._p[j],) if self.keep else None)
+            terms, Z, _ = self.family.row_terms(Z, self.codes[lo:hi], keep, class_axis=-2,
+                                                buffers=(self._p[j],) if keep else None)
             if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
                 swb = self.sw[lo:hi]
                 loss += float(np.dot(terms, swb))
@@ -232,16 +236,10 @@ class DenseMultinomialCPU:
             np.dot(Rb, Xb, out=self._gb)
             G += self._gb
         out[0] = loss
-        if self.keep:
-            self._curv_theta = np.array(th, copy=True)
-        return out
+        return self._keep(out) if keep else out
 
-    def hvp(self, theta: Any, v: Any) -> np.ndarray:
-        if not self.keep:
-            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
-        th = np.asarray(theta, dtype=np.float64)
-        if self._curv_theta is None or not np.array_equal(self._curv_theta, th):
-            self.sums(th)
+    def hvp(self, handle: Curvature, v: Any) -> np.ndarray:
+        self._check(handle, self.keep)
         L = self.layout
         dt = self.blocks.dtype
         vv = np.asarray(v, dtype=np.float64)

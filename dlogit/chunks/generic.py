@@ -8,6 +8,7 @@ import numpy as np
 
 from dlogit._xp import get_xp
 from dlogit.chunks.blocks import array_kind, compute_dtype, direct
+from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Family, ParamLayout
 from dlogit.loss import CPU_BLOCK_BYTES
 
@@ -23,7 +24,7 @@ def _row_blocks(X: Any, n_outputs: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
-class LinearChunk:
+class LinearChunk(KeepsCurvature):
     """Sums of any family on any array kind, from ``X_b @ M`` and ``X_b.T @ R`` per row block.
 
     Dense NumPy chunks go through cache blocks (X read from memory once); CuPy chunks are one block
@@ -58,8 +59,6 @@ class LinearChunk:
         if self._sliced:
             self.X = None  # the blocks hold the rows (no second copy)
         self.keep = curvature
-        self.curv: list[Any] = []
-        self._curv_theta: Any = None
         self.kernel = {"numpy": "blas", "cupy": "cublas", "scipy-csr": "scipy",
                        "cupyx-csr": "cusparse"}[kind]
         self.target = family.target(self.codes, xp)
@@ -82,7 +81,10 @@ class LinearChunk:
         out = out.toarray() if hasattr(out, "toarray") else out
         return xp.asarray(out).astype(xp.float64, copy=False)
 
-    def sums(self, theta: Any) -> Any:
+    def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
+        keep = keep_curvature
+        if keep and not self.keep:
+            self._check(None, False)
         xp = self.xp
         L = self.layout
         th = xp.asarray(theta, dtype=xp.float64)
@@ -91,29 +93,21 @@ class LinearChunk:
         out = xp.zeros(1 + L.size, dtype=xp.float64)
         G = L.coef(out[1:])
         gb = L.intercept(out[1:])
-        if self.keep:
-            self.curv = []
+        rows: list[Any] = []
         for lo, hi in self.blocks:
             Xb = self._x(lo, hi)
             sw = None if self.sw is None else self.sw[lo:hi]
             Z = self._x_dot(Xb, W.T) + b[None, :]
-            loss, R, curv = self.family.terms(Z, self.target[lo:hi], sw, self.keep, class_axis=-1)
+            loss, R, curv = self.family.terms(Z, self.target[lo:hi], sw, keep, class_axis=-1)
             out[0] += loss
             G += self._xt_dot(Xb, R).T
             gb += R.sum(axis=0)
-            if self.keep:
-                self.curv.append(curv)
-        if self.keep:
-            self._curv_theta = th.copy()
-        return out
+            rows.append(curv)
+        return self._keep(out, rows) if keep else out
 
-    def hvp(self, theta: Any, v: Any) -> Any:
-        if not self.keep:
-            raise RuntimeError("this chunk was prepared without curvature (curvature=True for Newton)")
+    def hvp(self, handle: Curvature, v: Any) -> Any:
+        self._check(handle, self.keep)
         xp = self.xp
-        th = xp.asarray(theta, dtype=xp.float64)
-        if self._curv_theta is None or not bool(xp.array_equal(self._curv_theta, th)):
-            self.sums(th)
         L = self.layout
         v = xp.asarray(v, dtype=xp.float64)
         V = L.coef(v)
@@ -121,7 +115,7 @@ class LinearChunk:
         out = xp.zeros(L.size, dtype=xp.float64)
         O = L.coef(out)
         ob = L.intercept(out)
-        for (lo, hi), curv in zip(self.blocks, self.curv):
+        for (lo, hi), curv in zip(self.blocks, handle.rows):
             Xb = self._x(lo, hi)
             T = self.family.hvp_terms(curv, self._x_dot(Xb, V.T) + vb[None, :], class_axis=-1)
             O += self._xt_dot(Xb, T).T
