@@ -5,9 +5,14 @@ A chunk is a block of rows ``(X, class codes, row weights)``. It is *prepared* o
 
 * ``sums(theta)`` -> ``[loss sum, gradient sums]`` in the :class:`~dlogit.family.SumsLayout` of the fit
   (weighted sums, never means; float64 whatever X's dtype);
-* ``hvp(theta, v)`` -> the Hessian of the loss sum times ``v`` (for Newton). The per-row curvature is
-  kept from the last ``sums`` call at the same ``theta`` (prepared with ``curvature=True``), so an
-  H.v costs one more read of X.
+* ``sums(theta, keep_curvature=True)`` -> a :class:`~dlogit.chunks.handle.Curvature` handle (its
+  ``sums`` are the same) and ``hvp(handle, v)`` -> the Hessian of the loss sum at that ``theta`` times
+  ``v`` (for Newton; the chunk is prepared with ``curvature=True``): an H.v costs one more read of X.
+
+The row terms (loss, residuals, curvature, the H.v factor) are the family's own
+(:meth:`dlogit.family.Family.terms`, one array-API reference per family); the evaluators differ in how
+they form the margins and reduce over rows, and the fused kernels (:mod:`dlogit.kernels`) specialize the
+same terms.
 
 The package is split by array kind: :mod:`~dlogit.chunks.blocks` (array kinds, compute dtypes, the
 cache blocks of dense CPU chunks), :mod:`~dlogit.chunks.dense` (NumPy on the CPU),
@@ -36,6 +41,7 @@ from dlogit.chunks.csr import CSR_FUSED_MAX_FEATURES, CSRBinomialCPU, CSRMultino
 from dlogit.chunks.cupy import CudaBinomial
 from dlogit.chunks.dense import DenseBinomialCPU, DenseMultinomialCPU
 from dlogit.chunks.generic import LinearChunk
+from dlogit.chunks.handle import Curvature
 from dlogit.family import Binomial, Family, Multinomial, ParamLayout, SumsLayout
 
 Evaluator = Any
@@ -79,6 +85,7 @@ __all__ = [
     "CSRBinomialCPU",
     "CSRMultinomialCPU",
     "CudaBinomial",
+    "Curvature",
     "DenseBinomialCPU",
     "DenseMultinomialCPU",
     "LinearChunk",
