@@ -631,7 +631,9 @@ def test_fused_dense_kernel_specializes_the_family_reference(rng, dtype, kind, c
     np.testing.assert_allclose(chunk.sums(theta), want, rtol=1e-11, atol=1e-11)
     if curvature:  # the products of an H.v run in X's dtype (BLAS)
         tol = 1e-11 if dtype == np.float64 else 1e-5
-        np.testing.assert_allclose(chunk.hvp(theta, v), want_hv, rtol=tol, atol=tol)
+        handle = chunk.sums(theta, keep_curvature=True)
+        np.testing.assert_allclose(handle.sums, want, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(chunk.hvp(handle, v), want_hv, rtol=tol, atol=tol)
     loss, g, gb, dbuf = dense(X, codes.astype(float), sw, theta[:d], theta[d], curvature=curvature)
     np.testing.assert_allclose(np.r_[loss, g, gb], want, rtol=1e-11, atol=1e-11)
     assert dbuf.size == (n if curvature else 0)
@@ -664,4 +666,6 @@ def test_csr_kernels_specialize_the_family_reference(rng, dtype, itype, kind, K)
         assert chunk.kernel == "csr"
         np.testing.assert_allclose(chunk.sums(theta), want, rtol=1e-11, atol=1e-11)
         if curvature:
-            np.testing.assert_allclose(chunk.hvp(theta, v), want_hv, rtol=1e-11, atol=1e-11)
+            handle = chunk.sums(theta, keep_curvature=True)
+            np.testing.assert_allclose(handle.sums, want, rtol=1e-11, atol=1e-11)
+            np.testing.assert_allclose(chunk.hvp(handle, v), want_hv, rtol=1e-11, atol=1e-11)
