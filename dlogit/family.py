@@ -323,6 +323,8 @@ class Family:
     """
 
     name: ClassVar[str]
+    #: whether :meth:`row_terms` uses ``own`` (precomputed positions of the rows' own class)
+    uses_own: ClassVar[bool] = False
 
     def n_outputs(self, n_classes: int) -> int:
         raise NotImplementedError
@@ -348,9 +350,11 @@ class Family:
         raise NotImplementedError
 
     def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
-                  buffers: tuple[Any, ...] | None = None) -> tuple[Any, Any, Any]:
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
         """``(l, R, C)``: per-row loss, residuals (``z`` itself, overwritten) and curvature (or None),
-        all unweighted. ``buffers``: optional work arrays (see each family)."""
+        all unweighted. ``buffers``: optional work arrays (see each family); ``own``: optional
+        :func:`own_positions` of the rows in a C-contiguous outputs-major ``z`` (families that index the
+        rows' own class use them; an evaluator meeting the same rows at every call computes them once)."""
         raise NotImplementedError
 
     def curvature(self, C: Any, sw: Any, class_axis: int | None) -> Any:
@@ -363,11 +367,11 @@ class Family:
         raise NotImplementedError
 
     def terms(self, z: Any, target: Any, sw: Any, want_curvature: bool, *,
-              class_axis: int | None = -1) -> tuple[Any, Any, Any]:
+              class_axis: int | None = -1, own: Any = None) -> tuple[Any, Any, Any]:
         """``(loss sum, residuals, curvature handle)`` of margins ``z`` (overwritten: they become the
         residuals), weighted by ``sw`` (None: all ones). The loss sum runs over the rows (one value per
         stacked model); residuals are ``s_i (dl_i / dz_i)``."""
-        l, R, C = self.row_terms(z, target, want_curvature, class_axis=class_axis)
+        l, R, C = self.row_terms(z, target, want_curvature, class_axis=class_axis, own=own)
         if sw is None:
             loss = l.sum(axis=-1)
         else:
@@ -384,6 +388,14 @@ class Family:
         at the intercept-only model: its largest magnitude."""
         g = np.asarray(coef_grad, dtype=np.float64)
         return float(np.max(np.abs(g))) if g.size else 0.0
+
+
+def own_positions(codes: Any, n_models: int, n_outputs: int, xp: Any = np) -> Any:
+    """(n_models, rows) flat positions of each row's own class in C-ordered outputs-major margins of shape
+    (n_models, n_outputs, rows): what :meth:`Family.row_terms` takes as ``own``."""
+    r = int(codes.shape[0])
+    base = xp.arange(n_models)[:, None] * (n_outputs * r)
+    return base + xp.asarray(codes, dtype=xp.int64)[None, :] * r + xp.arange(r)[None, :]
 
 
 def _along(v: Any, class_axis: int | None) -> Any:
@@ -443,7 +455,7 @@ class Binomial(Family):
         return 1.0 - 2.0 * xp.asarray(codes, dtype=xp.float64)
 
     def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
-                  buffers: tuple[Any, ...] | None = None) -> tuple[Any, Any, Any]:
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
         """With the signed margin ``s = sigma z`` (``sigma = 1 - 2 y``): ``l = log1pexp(s) = max(s, 0) +
         log1p(e^-|s|)`` (never overflows), residual ``sigma e^(s - l)`` (``= sigmoid(z) - y`` with full
         relative precision for well-classified rows), curvature ``e^(s - 2 l)`` (``= p (1 - p)``).
@@ -488,6 +500,7 @@ class Binomial(Family):
 
 class Multinomial(Family):
     name = "multinomial"
+    uses_own = True
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes
@@ -518,7 +531,7 @@ class Multinomial(Family):
         return xp.asarray(codes, dtype=xp.int64)
 
     def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
-                  buffers: tuple[Any, ...] | None = None) -> tuple[Any, Any, Any]:
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
         """From the row maximum ``m``: ``l = m + log(sum_k e^(z_k - m)) - z_c``, residuals ``softmax(z) -
         onehot(c)``, curvature the probabilities ``P``. ``buffers``: ``(P,)``, where the probabilities
         go (or None)."""
@@ -526,9 +539,12 @@ class Multinomial(Family):
             raise ValueError("multinomial margins need an output axis (class_axis -1 or -2)")
         xp = get_xp(z)
         ax = class_axis
-        idx = _rows_index(target, z.ndim, ax)
+        pb = buffers[0] if buffers is not None else None
+        flat = z.reshape(-1) if own is not None and ax == -2 and z.flags.c_contiguous else None
+        idx = _rows_index(target, z.ndim, ax) if flat is None else None
         mx = z.max(axis=ax, keepdims=True)
-        zc = xp.take_along_axis(z, idx, axis=ax)  # the own class's margins
+        # the own class's margins, (.., 1, rows) or (rows, 1)
+        zc = xp.take_along_axis(z, idx, axis=ax) if flat is None else xp.expand_dims(flat[own], ax)
         z -= mx
         xp.exp(z, out=z)
         S = z.sum(axis=ax, keepdims=True)
@@ -537,11 +553,13 @@ class Multinomial(Family):
         z /= S  # softmax
         P = None
         if want_curvature:
-            pb = buffers[0] if buffers is not None else None
             P = z.copy() if pb is None else pb
             if pb is not None:
                 xp.copyto(pb, z)
-        _subtract_own(xp, z, idx, ax)
+        if flat is None:
+            _subtract_own(xp, z, idx, ax)
+        else:
+            flat[own] -= 1.0
         l = l[:, 0] if ax == -1 else l[..., 0, :]
         return l, z, P
 

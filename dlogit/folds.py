@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
-from dlogit.family import Family, ParamLayout
+from dlogit.family import Family, ParamLayout, own_positions
 
 #: rows per block of a fold evaluation: about this many bytes of X (the block is read twice while in
 #: cache: once for the margins, once for the gradients), and at most FOLD_BLOCK_ELEMENTS margins
@@ -242,6 +242,10 @@ class FoldChunk:
             self.dtype = X.dtype
         self.kernel = "folds"
         self.target = family.target(self.codes, xp)
+        # flat positions of each row's own class in a block's (m, K, rows) margins, per block (for
+        # families that index it)
+        self._own = ([own_positions(self.codes[lo:hi], self.m, k, xp) for lo, hi in self.blocks]
+                     if family.uses_own else [None] * len(self.blocks))
         self._train: dict[bytes, Any] = {}
         self._test: Any = None
 
@@ -292,6 +296,13 @@ class FoldChunk:
         G = G.toarray() if hasattr(G, "toarray") else G
         return xp.asarray(G).astype(xp.float64, copy=False)
 
+    def _own_of(self, j: int, models: Any) -> Any:
+        """Own-class positions for the stacked models ``models`` (all m when None) of block ``j``."""
+        if models is None or self._own[j] is None:
+            return self._own[j]
+        lo, hi = self.blocks[j]
+        return own_positions(self.codes[lo:hi], len(models), self.layout.n_outputs, self.xp)
+
     def sums(self, thetas: Any, mult: Any = None, models: Any = None) -> Any:
         """Training sums of the fold models ``models`` (default all m; ``thetas`` one row each):
         (q, 1 + P) float64 (P the layout's size)."""
@@ -302,12 +313,12 @@ class FoldChunk:
         q = th.shape[0]
         out = xp.zeros((q, 1 + L.size), dtype=xp.float64)
         fam = self.family
-        for lo, hi in self.blocks:
+        for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
             Xb = self._block(lo, hi)
             Z = self._margins(Xb, th).reshape(q, k, r)  # models-major: (q, K', rows)
             v = self._weights(lo, hi, mult, True, models)
-            loss, R, _ = fam.terms(Z, self.target[lo:hi], v, False, class_axis=-2)
+            loss, R, _ = fam.terms(Z, self.target[lo:hi], v, False, class_axis=-2, own=self._own_of(j, models))
             R = R.reshape(q * k, r)
             G = self._grad(R, Xb)  # (q * K, d)
             out[:, 0] += loss
@@ -322,12 +333,12 @@ class FoldChunk:
         out = xp.zeros((self.m, 3), dtype=xp.float64)
         k = self.layout.n_outputs
         fam = self.family
-        for lo, hi in self.blocks:
+        for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
             Z = self._margins(self._block(lo, hi), th).reshape(self.m, k, r)
             u = self._weights(lo, hi, None, train=False)
             correct = fam.predict_codes(Z, class_axis=-2) == self.codes[None, lo:hi]
-            loss, _, _ = fam.terms(Z, self.target[lo:hi], u, False, class_axis=-2)
+            loss, _, _ = fam.terms(Z, self.target[lo:hi], u, False, class_axis=-2, own=self._own[j])
             out[:, 0] += loss
             out[:, 1] += (correct * u).sum(axis=1)
             out[:, 2] += u.sum(axis=1)
@@ -343,14 +354,14 @@ class FoldChunk:
         q = th.shape[0]
         out = xp.zeros((q, L.size), dtype=xp.float64)
         fam = self.family
-        for lo, hi in self.blocks:
+        for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
             Xb = self._block(lo, hi)
             Z = self._margins(Xb, th).reshape(q, k, r)
             U = self._margins(Xb, vv).reshape(q, k, r)
             v = self._weights(lo, hi, mult, True, models)
             # unweighted curvature, the training weights applied to the product (the reference's order)
-            _, _, curv = fam.terms(Z, self.target[lo:hi], None, True, class_axis=-2)
+            _, _, curv = fam.terms(Z, self.target[lo:hi], None, True, class_axis=-2, own=self._own_of(j, models))
             T = fam.hvp_terms(curv, U, class_axis=-2)
             T = (T * v[:, None, :]).reshape(q * k, r)
             out[:, : k * d] += self._grad(T, Xb).reshape(q, k * d)

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlogit.chunks.blocks import Blocks
 from dlogit.chunks.handle import Curvature, KeepsCurvature
-from dlogit.family import Binomial, Family, ParamLayout
+from dlogit.family import Binomial, Family, ParamLayout, own_positions
 from dlogit.loss import choose_cpu_kernel
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
@@ -187,6 +187,8 @@ class DenseMultinomialCPU(KeepsCurvature):
         self._zn = np.empty(K * m, b.dtype) if b.dtype != np.float64 else None
         self._gb = np.empty((K, self.d), b.dtype)
         self.family = family
+        # flat index of each row's own class in its block's (K, rows) Z (the family's terms take it)
+        self._own = [own_positions(self.codes[lo:hi], 1, K)[0] for lo, hi in b.ranges]
         self.keep = curvature
         self._p = [np.empty((K, hi - lo)) for lo, hi in b.ranges] if curvature else []
         self.kernel = "blas"
@@ -224,7 +226,7 @@ class DenseMultinomialCPU(KeepsCurvature):
             Z = self._product(W, Xb, k)
             Z += b[:, None]
             terms, Z, _ = self.family.row_terms(Z, self.codes[lo:hi], keep, class_axis=-2,
-                                                buffers=(self._p[j],) if keep else None)
+                                                buffers=(self._p[j],) if keep else None, own=self._own[j])
             if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
                 swb = self.sw[lo:hi]
                 loss += float(np.dot(terms, swb))
