@@ -381,11 +381,7 @@ def intercept_only(plan: FitPlan, fit_intercept: bool = True) -> np.ndarray:
     if plan.multipliers is not None:
         S = S * plan.multipliers
     S = np.maximum(S, 1e-300)
-    b = plan.layout.intercept(theta)
-    if plan.family.name == "binomial":
-        b[0] = math.log(S[1] / S[0])
-    else:
-        b[:] = np.log(S) - np.log(S).mean()
+    plan.layout.intercept(theta)[:] = plan.family.intercept_only(S)
     return theta
 
 
@@ -395,7 +391,7 @@ def lambda_max(plan: FitPlan, sums_at: Callable[[np.ndarray], np.ndarray], fit_i
     theta = intercept_only(plan, fit_intercept)
     s = sums_at(theta)
     g = np.asarray(s[1:], dtype=np.float64) / plan.weight_sum
-    return float(np.max(np.abs(plan.layout.coef(g)))) if plan.layout.n_features else 0.0
+    return plan.family.lambda_max(plan.layout.coef(g))
 
 
 #: how ``cv=K`` splits the rows: ``stratified`` (scikit-learn's ``StratifiedKFold(K)``) or ``contiguous``

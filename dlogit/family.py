@@ -88,6 +88,7 @@ def label_counts(y: Any, weights: Any = None) -> tuple[np.ndarray, np.ndarray, n
         raise DataError("labels contain NaN or infinite values")
     y = _canonical(y, kind)
     values, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    sums: np.ndarray
     if weights is None:
         sums = counts.astype(np.float64)
     else:
@@ -195,11 +196,11 @@ class Classes:
             unknown = np.unique(shown[bad])[:5]
             raise DataError(f"{what} hold {int(bad.sum())} value(s) that are not classes of the model: "
                             f"{', '.join(_show(v) for v in unknown)}")
-        return codes.astype(np.int64)
+        return np.asarray(codes, dtype=np.int64)
 
     def decode(self, codes: Any) -> np.ndarray:
         """Labels of class codes."""
-        return self.values[to_numpy(codes)]
+        return np.asarray(self.values[to_numpy(codes)])
 
     def display(self, limit: int = 100) -> list[str]:
         return [_show(v) for v in self.values[:limit]]
@@ -225,7 +226,7 @@ def class_multipliers(classes: Classes, class_weight: Any) -> np.ndarray | None:
         sums = classes.weight_sums
         if bool((sums <= 0).any()):
             raise DataError("class_weight='balanced' needs a positive weight in every class")
-        return sums.sum() / (classes.n * sums)
+        return np.asarray(sums.sum() / (classes.n * sums))
     items = dict(class_weight.items() if hasattr(class_weight, "items") else class_weight)
     mult = np.ones(classes.n)
     by_text = {_show(v): i for i, v in enumerate(classes.values)}
@@ -302,9 +303,28 @@ class SumsLayout:
 
 
 class Family:
-    """What a model family owns: its outputs, row terms (array-agnostic) and link."""
+    """What a model family owns: its outputs, row terms (array-agnostic) and link.
+
+    The row terms are the one reference every evaluator uses (scikit-learn's loss objects play the same
+    part). Margins carry an **output axis** of K' entries (``class_axis``): ``(rows, K')`` when it is
+    ``-1`` (rows-major, what ``X @ W.T`` gives), ``(..., K', rows)`` when it is ``-2`` (outputs-major, what
+    ``W @ X.T`` gives; leading axes are stacked models), and for the binomial family also plain ``(...,
+    rows)`` margins with ``class_axis=None``. ``target`` is :meth:`target` of the rows' class codes,
+    ``(rows,)``; row weights ``sw`` are ``(rows,)`` or, outputs-major, ``(..., rows)``.
+
+    * :meth:`row_terms` -- unweighted per-row loss (output axis dropped), residuals (in place of the
+      margins, which it overwrites) and curvature;
+    * :meth:`terms` -- the weighted loss sum (over the rows), weighted residuals and the curvature
+      handle :meth:`hvp_terms` takes;
+    * :meth:`hvp_terms` -- the per-row factor ``T`` of the Hessian-vector product (``H v`` of the loss
+      sum is ``X^T T`` and ``sum_rows T``) from the curvature and the direction's margins ``U``.
+
+    The fused kernels (:mod:`dlogit.kernels`) are specializations of these terms, tested against them.
+    """
 
     name: ClassVar[str]
+    #: whether :meth:`row_terms` uses ``own`` (precomputed positions of the rows' own class)
+    uses_own: ClassVar[bool] = False
 
     def n_outputs(self, n_classes: int) -> int:
         raise NotImplementedError
@@ -317,12 +337,79 @@ class Family:
         """Class probabilities (n, K) from :meth:`decision`'s margins, columns in ``classes_`` order."""
         raise NotImplementedError
 
-    def predict_codes(self, z: Any) -> Any:
+    def predict_codes(self, z: Any, class_axis: int | None = None) -> Any:
+        """Predicted class codes from margins (:meth:`decision`'s layout, or along ``class_axis``)."""
         raise NotImplementedError
 
     def row_loss(self, z: Any, codes: Any) -> Any:
         """Unweighted per-row loss l_i (float64) from margins and class codes (for scoring)."""
         raise NotImplementedError
+
+    def target(self, codes: Any, xp: Any = np) -> Any:
+        """The rows' labels in the form :meth:`row_terms` takes (computed once per chunk)."""
+        raise NotImplementedError
+
+    def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
+        """``(l, R, C)``: per-row loss, residuals (``z`` itself, overwritten) and curvature (or None),
+        all unweighted. ``buffers``: optional work arrays (see each family); ``own``: optional
+        :func:`own_positions` of the rows in a C-contiguous outputs-major ``z`` (families that index the
+        rows' own class use them; an evaluator meeting the same rows at every call computes them once)."""
+        raise NotImplementedError
+
+    def curvature(self, C: Any, sw: Any, class_axis: int | None) -> Any:
+        """The curvature handle of :meth:`hvp_terms` from :meth:`row_terms`'s ``C`` and the row weights."""
+        raise NotImplementedError
+
+    def hvp_terms(self, curv: Any, U: Any, *, class_axis: int | None = -1) -> Any:
+        """``T`` (U's shape, U may be overwritten): the Hessian of the weighted loss sum applied to the
+        direction whose margins are ``U``, per row and output, from :meth:`terms`' curvature handle."""
+        raise NotImplementedError
+
+    def terms(self, z: Any, target: Any, sw: Any, want_curvature: bool, *,
+              class_axis: int | None = -1, own: Any = None) -> tuple[Any, Any, Any]:
+        """``(loss sum, residuals, curvature handle)`` of margins ``z`` (overwritten: they become the
+        residuals), weighted by ``sw`` (None: all ones). The loss sum runs over the rows (one value per
+        stacked model); residuals are ``s_i (dl_i / dz_i)``."""
+        l, R, C = self.row_terms(z, target, want_curvature, class_axis=class_axis, own=own)
+        if sw is None:
+            loss = l.sum(axis=-1)
+        else:
+            loss = (l * sw).sum(axis=-1)
+            R *= _along(sw, class_axis)
+        return loss, R, (self.curvature(C, sw, class_axis) if want_curvature else None)
+
+    def intercept_only(self, weight_sums: np.ndarray) -> np.ndarray:
+        """Intercepts of the intercept-only model (coefficients 0) from the classes' weight sums."""
+        raise NotImplementedError
+
+    def lambda_max(self, coef_grad: np.ndarray) -> float:
+        """The smallest L1 penalty zeroing every coefficient, from the mean loss's coefficient gradient
+        at the intercept-only model: its largest magnitude."""
+        g = np.asarray(coef_grad, dtype=np.float64)
+        return float(np.max(np.abs(g))) if g.size else 0.0
+
+
+def own_positions(codes: Any, n_models: int, n_outputs: int, xp: Any = np) -> Any:
+    """(n_models, rows) flat positions of each row's own class in C-ordered outputs-major margins of shape
+    (n_models, n_outputs, rows): what :meth:`Family.row_terms` takes as ``own``."""
+    r = int(codes.shape[0])
+    base = xp.arange(n_models)[:, None] * (n_outputs * r)
+    return base + xp.asarray(codes, dtype=xp.int64)[None, :] * r + xp.arange(r)[None, :]
+
+
+def _along(v: Any, class_axis: int | None) -> Any:
+    """Per-row values ``v`` ((rows,) or (..., rows)) broadcast against margins with that output axis."""
+    if class_axis is None:
+        return v
+    return v[:, None] if class_axis == -1 else v[..., None, :]
+
+
+def _rows_index(target: Any, ndim: int, class_axis: int) -> Any:
+    """Class codes (rows,) shaped for ``take_along_axis`` on margins of ``ndim`` axes."""
+    if class_axis == -1:
+        return target.reshape(-1, 1)
+    return target.reshape((1,) * (ndim - 1) + (-1,))
 
 
 def _dense_matmul(X: Any, M: Any) -> Any:
@@ -351,7 +438,9 @@ class Binomial(Family):
         p = sigmoid(z)
         return xp.stack([sigmoid(-z), p], axis=1)
 
-    def predict_codes(self, z: Any) -> Any:
+    def predict_codes(self, z: Any, class_axis: int | None = None) -> Any:
+        if class_axis is not None:
+            z = z[:, 0] if class_axis == -1 else z[..., 0, :]
         return (z > 0).astype(np.int64)
 
     def row_loss(self, z: Any, codes: Any) -> Any:
@@ -361,9 +450,57 @@ class Binomial(Family):
         sign = 1.0 - 2.0 * xp.asarray(codes, dtype=xp.float64)
         return log1pexp(sign * z)
 
+    def target(self, codes: Any, xp: Any = np) -> Any:
+        """Label signs ``1 - 2 y`` (float64)."""
+        return 1.0 - 2.0 * xp.asarray(codes, dtype=xp.float64)
+
+    def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
+        """With the signed margin ``s = sigma z`` (``sigma = 1 - 2 y``): ``l = log1pexp(s) = max(s, 0) +
+        log1p(e^-|s|)`` (never overflows), residual ``sigma e^(s - l)`` (``= sigmoid(z) - y`` with full
+        relative precision for well-classified rows), curvature ``e^(s - 2 l)`` (``= p (1 - p)``).
+        ``buffers``: ``(l, e, c)`` float64 arrays of z's shape for the loss, a scratch and the curvature
+        (each may be None)."""
+        xp = get_xp(z)
+        lb, eb, cb = buffers if buffers is not None else (None, None, None)
+        sign = target if class_axis is None else _along(target, class_axis)
+        s = z
+        xp.multiply(s, sign, out=s)  # signed margin
+        e = xp.abs(s, out=eb)
+        xp.negative(e, out=e)
+        xp.exp(e, out=e)  # exp(-|s|) in (0, 1]
+        l = xp.log1p(e, out=lb)
+        xp.maximum(s, 0.0, out=e)
+        xp.add(l, e, out=l)  # log1pexp(s)
+        c = None
+        if want_curvature:  # exp(s - 2 l) = sigmoid(s) sigmoid(-s)
+            c = xp.multiply(l, -2.0, out=cb)
+            xp.add(c, s, out=c)
+            xp.exp(c, out=c)
+        xp.subtract(s, l, out=s)
+        xp.exp(s, out=s)  # sigmoid(s)
+        xp.multiply(s, sign, out=s)  # residual sigmoid(z) - y
+        if class_axis is not None:
+            l = l[:, 0] if class_axis == -1 else l[..., 0, :]
+        return l, s, c
+
+    def curvature(self, C: Any, sw: Any, class_axis: int | None) -> Any:
+        """``s_i p_i (1 - p_i)``, the margins' shape."""
+        return C if sw is None else C * _along(sw, class_axis)
+
+    def hvp_terms(self, curv: Any, U: Any, *, class_axis: int | None = -1) -> Any:
+        U *= curv
+        return U
+
+    def intercept_only(self, weight_sums: np.ndarray) -> np.ndarray:
+        """The weighted log-odds ``log(S_1 / S_0)``."""
+        S = np.asarray(weight_sums, dtype=np.float64)
+        return np.array([math.log(S[1] / S[0])])
+
 
 class Multinomial(Family):
     name = "multinomial"
+    uses_own = True
 
     def n_outputs(self, n_classes: int) -> int:
         return n_classes
@@ -379,8 +516,8 @@ class Multinomial(Family):
         e = xp.exp(z - m)
         return e / e.sum(axis=1, keepdims=True)
 
-    def predict_codes(self, z: Any) -> Any:
-        return z.argmax(axis=1).astype(np.int64)
+    def predict_codes(self, z: Any, class_axis: int | None = None) -> Any:
+        return z.argmax(axis=1 if class_axis is None else class_axis).astype(np.int64)
 
     def row_loss(self, z: Any, codes: Any) -> Any:
         xp = get_xp(z)
@@ -388,6 +525,74 @@ class Multinomial(Family):
         lse = (m + xp.log(xp.exp(z - m).sum(axis=1, keepdims=True))).reshape(-1)
         idx = xp.asarray(codes, dtype=xp.int64)
         return lse - z[xp.arange(z.shape[0]), idx]
+
+    def target(self, codes: Any, xp: Any = np) -> Any:
+        """Class codes (int64)."""
+        return xp.asarray(codes, dtype=xp.int64)
+
+    def row_terms(self, z: Any, target: Any, want_curvature: bool, *, class_axis: int | None = -1,
+                  buffers: tuple[Any, ...] | None = None, own: Any = None) -> tuple[Any, Any, Any]:
+        """From the row maximum ``m``: ``l = m + log(sum_k e^(z_k - m)) - z_c``, residuals ``softmax(z) -
+        onehot(c)``, curvature the probabilities ``P``. ``buffers``: ``(P,)``, where the probabilities
+        go (or None)."""
+        if class_axis is None:
+            raise ValueError("multinomial margins need an output axis (class_axis -1 or -2)")
+        xp = get_xp(z)
+        ax = class_axis
+        pb = buffers[0] if buffers is not None else None
+        flat = z.reshape(-1) if own is not None and ax == -2 and z.flags.c_contiguous else None
+        idx = _rows_index(target, z.ndim, ax) if flat is None else None
+        mx = z.max(axis=ax, keepdims=True)
+        # the own class's margins, (.., 1, rows) or (rows, 1)
+        zc = xp.take_along_axis(z, idx, axis=ax) if flat is None else xp.expand_dims(flat[own], ax)
+        z -= mx
+        xp.exp(z, out=z)
+        S = z.sum(axis=ax, keepdims=True)
+        l = mx + xp.log(S)
+        l -= zc  # log-sum-exp - z_own
+        z /= S  # softmax
+        P = None
+        if want_curvature:
+            P = z.copy() if pb is None else pb
+            if pb is not None:
+                xp.copyto(pb, z)
+        if flat is None:
+            _subtract_own(xp, z, idx, ax)
+        else:
+            flat[own] -= 1.0
+        l = l[:, 0] if ax == -1 else l[..., 0, :]
+        return l, z, P
+
+    def curvature(self, C: Any, sw: Any, class_axis: int | None) -> Any:
+        """``(P, sw)``: the probabilities and the row weights (applied after the product)."""
+        return (C, sw)
+
+    def hvp_terms(self, curv: Any, U: Any, *, class_axis: int | None = -1) -> Any:
+        """``s_i (P_i * u_i - P_i (P_i . u_i))``."""
+        P, sw = curv
+        ax = -1 if class_axis is None else class_axis
+        U *= P  # P * U
+        T = U - P * U.sum(axis=ax, keepdims=True)
+        if sw is not None:
+            T *= _along(sw, ax)
+        return T
+
+    def intercept_only(self, weight_sums: np.ndarray) -> np.ndarray:
+        """The centered log weight sums ``log S_k - mean log S``."""
+        logs = np.log(np.asarray(weight_sums, dtype=np.float64))
+        return np.asarray(logs - logs.mean())
+
+
+def _subtract_own(xp: Any, z: Any, idx: Any, axis: int) -> None:
+    """``z[own class] -= 1`` along ``axis`` (in place)."""
+    put = getattr(xp, "put_along_axis", None)
+    if put is not None:
+        put(z, idx, xp.take_along_axis(z, idx, axis=axis) - 1.0, axis=axis)
+    else:  # a namespace without put_along_axis: subtract the one-hot rows (p - 0 is exact)
+        k = z.shape[axis]
+        shape = [1] * z.ndim
+        shape[axis] = k
+        z -= (xp.arange(k).reshape(shape) == idx)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Binomial(), Multinomial())}
@@ -406,9 +611,9 @@ def _namespace(X: Any) -> Any:
     """NumPy or CuPy for a dense or sparse (SciPy / cupyx) X."""
     mod = type(X).__module__
     if mod.startswith("cupy"):
-        import cupy
+        import importlib
 
-        return cupy
+        return importlib.import_module("cupy")
     return np
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
-from dlogit.family import Family, ParamLayout
+from dlogit.family import Family, ParamLayout, own_positions
 
 #: rows per block of a fold evaluation: about this many bytes of X (the block is read twice while in
 #: cache: once for the margins, once for the gradients), and at most FOLD_BLOCK_ELEMENTS margins
@@ -231,9 +231,9 @@ class FoldChunk:
         # products -- the same bits -- however the chunk arrived
         self._host = None
         if not sparse and xp is np:
-            from dlogit.chunks import _Blocks
+            from dlogit.chunks.blocks import Blocks
 
-            self._host = _Blocks(X, rows)
+            self._host = Blocks(X, rows)
             self.dtype = self._host.dtype
         elif not sparse and not (X.dtype.kind == "f" and X.dtype.itemsize >= 4):
             self.X = X = X.astype(xp.float64)
@@ -241,14 +241,11 @@ class FoldChunk:
         else:
             self.dtype = X.dtype
         self.kernel = "folds"
-        self.sign = 1.0 - 2.0 * self.codes.astype(xp.float64)
-        # flat positions of each row's own class in a block's (m, K, rows) margins, per block
-        self._own: list[Any] = []
-        if k > 1:
-            for lo, hi in self.blocks:
-                r = hi - lo
-                base = (xp.arange(self.m)[:, None] * k * r)
-                self._own.append(base + self.codes[lo:hi][None, :] * r + xp.arange(r)[None, :])
+        self.target = family.target(self.codes, xp)
+        # flat positions of each row's own class in a block's (m, K, rows) margins, per block (for
+        # families that index it)
+        self._own = ([own_positions(self.codes[lo:hi], self.m, k, xp) for lo, hi in self.blocks]
+                     if family.uses_own else [None] * len(self.blocks))
         self._train: dict[bytes, Any] = {}
         self._test: Any = None
 
@@ -299,48 +296,12 @@ class FoldChunk:
         G = G.toarray() if hasattr(G, "toarray") else G
         return xp.asarray(G).astype(xp.float64, copy=False)
 
-    def _binomial_terms(self, Z: Any, sign: Any) -> tuple[Any, Any]:
-        """In place: ``Z`` becomes the signed residuals' sigmoid factor; returns (loss terms, residuals)."""
-        xp = self.xp
-        s = Z
-        s *= sign
-        e = xp.abs(s)
-        xp.negative(e, out=e)
-        xp.exp(e, out=e)
-        xp.log1p(e, out=e)
-        l = xp.maximum(s, 0.0)
-        l += e  # log1pexp(s)
-        xp.subtract(s, l, out=s)
-        xp.exp(s, out=s)
-        s *= sign  # sigmoid(z) - y
-        return l, s
-
     def _own_of(self, j: int, models: Any) -> Any:
-        """Flat positions of the rows' own classes in a block's (q, K, rows) margins."""
-        if models is None:
+        """Own-class positions for the stacked models ``models`` (all m when None) of block ``j``."""
+        if models is None or self._own[j] is None:
             return self._own[j]
-        xp = self.xp
-        k = self.layout.n_outputs
         lo, hi = self.blocks[j]
-        r = hi - lo
-        base = xp.arange(len(models))[:, None] * k * r
-        return base + self.codes[lo:hi][None, :] * r + xp.arange(r)[None, :]
-
-    def _softmax(self, Z: Any, j: int, hi_lo: int, models: Any = None) -> tuple[Any, Any, Any, Any]:
-        """Per row and model: log-sum-exp and the probabilities, Z (q*K, rows) -> (q, K, rows) views."""
-        xp = self.xp
-        k = self.layout.n_outputs
-        q = Z.shape[0] // k
-        own = self._own_of(j, models)
-        Z3 = Z.reshape(q, k, hi_lo)
-        mx = Z3.max(axis=1, keepdims=True)
-        zc = Z.ravel()[own]  # (q, rows) the own class's margins
-        Z3 -= mx
-        xp.exp(Z3, out=Z3)
-        S = Z3.sum(axis=1, keepdims=True)
-        lse = (mx + xp.log(S))[:, 0, :]
-        Z3 /= S
-        return Z3, lse, zc, own
+        return own_positions(self.codes[lo:hi], len(models), self.layout.n_outputs, self.xp)
 
     def sums(self, thetas: Any, mult: Any = None, models: Any = None) -> Any:
         """Training sums of the fold models ``models`` (default all m; ``thetas`` one row each):
@@ -351,21 +312,14 @@ class FoldChunk:
         th = xp.asarray(thetas, dtype=xp.float64).reshape(-1, L.size)
         q = th.shape[0]
         out = xp.zeros((q, 1 + L.size), dtype=xp.float64)
+        fam = self.family
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
             Xb = self._block(lo, hi)
-            Z = self._margins(Xb, th)
+            Z = self._margins(Xb, th).reshape(q, k, r)  # models-major: (q, K', rows)
             v = self._weights(lo, hi, mult, True, models)
-            if k == 1:
-                l, R = self._binomial_terms(Z, self.sign[None, lo:hi])
-                R *= v
-                loss = (l * v).sum(axis=1)
-            else:
-                P, lse, zc, own = self._softmax(Z, j, r, models)
-                loss = ((lse - zc) * v).sum(axis=1)
-                P.ravel()[own] -= 1.0
-                P *= v[:, None, :]
-                R = P.reshape(q * k, r)
+            loss, R, _ = fam.terms(Z, self.target[lo:hi], v, False, class_axis=-2, own=self._own_of(j, models))
+            R = R.reshape(q * k, r)
             G = self._grad(R, Xb)  # (q * K, d)
             out[:, 0] += loss
             out[:, 1: 1 + k * d] += G.reshape(q, k * d)
@@ -378,19 +332,14 @@ class FoldChunk:
         th = xp.asarray(thetas, dtype=xp.float64).reshape(self.m, self.layout.size)
         out = xp.zeros((self.m, 3), dtype=xp.float64)
         k = self.layout.n_outputs
+        fam = self.family
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
-            Z = self._margins(self._block(lo, hi), th)
+            Z = self._margins(self._block(lo, hi), th).reshape(self.m, k, r)
             u = self._weights(lo, hi, None, train=False)
-            c = self.codes[lo:hi]
-            if k == 1:
-                correct = (Z > 0) == (c[None, :] == 1)
-                l, _ = self._binomial_terms(Z, self.sign[None, lo:hi])
-            else:
-                correct = Z.reshape(self.m, k, r).argmax(axis=1) == c[None, :]
-                _, lse, zc, _ = self._softmax(Z, j, r)
-                l = lse - zc
-            out[:, 0] += (l * u).sum(axis=1)
+            correct = fam.predict_codes(Z, class_axis=-2) == self.codes[None, lo:hi]
+            loss, _, _ = fam.terms(Z, self.target[lo:hi], u, False, class_axis=-2, own=self._own[j])
+            out[:, 0] += loss
             out[:, 1] += (correct * u).sum(axis=1)
             out[:, 2] += u.sum(axis=1)
         return out
@@ -404,21 +353,17 @@ class FoldChunk:
         vv = xp.asarray(vs, dtype=xp.float64).reshape(-1, L.size)
         q = th.shape[0]
         out = xp.zeros((q, L.size), dtype=xp.float64)
+        fam = self.family
         for j, (lo, hi) in enumerate(self.blocks):
             r = hi - lo
             Xb = self._block(lo, hi)
-            Z = self._margins(Xb, th)
-            U = self._margins(Xb, vv)
+            Z = self._margins(Xb, th).reshape(q, k, r)
+            U = self._margins(Xb, vv).reshape(q, k, r)
             v = self._weights(lo, hi, mult, True, models)
-            if k == 1:
-                s = Z * self.sign[None, lo:hi]
-                l = xp.maximum(s, 0.0) + xp.log1p(xp.exp(-xp.abs(s)))
-                T = xp.exp(s - 2.0 * l) * U * v
-            else:
-                P, _, _, _ = self._softmax(Z, j, r, models)
-                U3 = U.reshape(q, k, r)
-                PU = P * U3
-                T = ((PU - P * PU.sum(axis=1, keepdims=True)) * v[:, None, :]).reshape(q * k, r)
+            # unweighted curvature, the training weights applied to the product (the reference's order)
+            _, _, curv = fam.terms(Z, self.target[lo:hi], None, True, class_axis=-2, own=self._own_of(j, models))
+            T = fam.hvp_terms(curv, U, class_axis=-2)
+            T = (T * v[:, None, :]).reshape(q * k, r)
             out[:, : k * d] += self._grad(T, Xb).reshape(q, k * d)
             out[:, k * d:] += T.sum(axis=1).reshape(q, k)
         return out

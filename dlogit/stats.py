@@ -124,12 +124,12 @@ def _dense_moments(X: Any, at: str, sw: Any = None) -> tuple[np.ndarray, np.ndar
         z = np.zeros(d)
         return z, z.copy(), z.copy()
     if xp is np:
-        from dlogit.chunks import _Blocks
+        from dlogit.chunks.blocks import Blocks
 
         # two passes over cache-sized blocks through one scratch buffer: no temporary per block
         # (on a Dask worker, whose nanny sets MALLOC_TRIM_THRESHOLD_, every freed temporary above
         # 128 KiB goes back to the OS and the next one page-faults in again: 3x slower)
-        blocks = _Blocks(X)
+        blocks = Blocks(X)
         tmp = np.empty((blocks.rows, d), dtype=np.float64)
         col_max = np.zeros(d)
         part = np.empty(d)

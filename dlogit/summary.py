@@ -117,10 +117,50 @@ def summarize(model: Any, hessian_sum: np.ndarray, weight_sum: float, n_rows: in
 
 
 
+def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercept: float,
+                     fit_intercept: bool = True) -> np.ndarray:
+    """``[X 1]^T diag(s p (1 - p)) [X 1]`` of one chunk ((d + 1) x (d + 1) float64 on the host; without
+    intercept the last row and column are 0): the Hessian of its weighted loss sum, for standard errors."""
+    from dlogit._xp import get_xp, to_numpy
+    from dlogit.family import Binomial
+    from dlogit.loss import CPU_BLOCK_BYTES
+
+    sparse = hasattr(X, "nnz")
+    xp = get_xp(X.data if sparse else X)
+    n, d = (int(v) for v in X.shape)
+    out = np.zeros((d + 1, d + 1))
+    w = xp.asarray(np.asarray(coef, dtype=np.float64).reshape(-1))
+    fam = Binomial()
+    sign = fam.target(np.asarray(to_numpy(codes)), xp)
+    sw = None if sample_weight is None else xp.asarray(sample_weight, dtype=xp.float64)
+    rows = max(64, CPU_BLOCK_BYTES // max(1, 8 * d)) if xp is np else max(n, 1)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        Xb = X[lo:hi]
+        if not sparse and Xb.dtype != np.float64:
+            Xb = Xb.astype(xp.float64)
+        z = Xb @ w
+        z = xp.asarray(z.toarray() if hasattr(z, "toarray") else z).reshape(-1) + float(intercept)
+        _, _, D = fam.terms(z, sign[lo:hi], None if sw is None else sw[lo:hi], True, class_axis=None)
+        if sparse:
+            XD = Xb.multiply(D.reshape(-1, 1)).tocsr()
+            H = (Xb.T @ XD).toarray()
+            col = to_numpy(XD.sum(axis=0)).reshape(-1)
+        else:
+            XD = Xb * D[:, None]
+            H = to_numpy(Xb.T @ XD)
+            col = to_numpy(XD.sum(axis=0))
+        out[:d, :d] += H
+        if fit_intercept:
+            out[:d, d] += col
+            out[d, :d] += col
+            out[d, d] += float(D.sum())
+    return out
+
+
 def _chunk_hessian(X: Any, y: Any, w: Any, classes: np.ndarray, mult: Any, coef: np.ndarray, b: float,
                    fit_intercept: bool) -> tuple[np.ndarray, float, int]:
     from dlogit._xp import to_numpy
-    from dlogit.chunks import binomial_hessian
     from dlogit.family import Classes
 
     cls = Classes(classes, np.zeros(len(classes), np.int64), np.zeros(len(classes)))

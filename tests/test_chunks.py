@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from scipy.optimize import approx_fprime
 
 from dlogit._xp import to_numpy
-from dlogit.chunks import DenseBinomialCPU, LinearChunk, _Blocks, chunk_sums, prepare_chunk
+from dlogit.chunks import Blocks, DenseBinomialCPU, LinearChunk, chunk_sums, prepare_chunk
 from dlogit.family import Binomial, Multinomial, ParamLayout
 from dlogit.kernels import cpu
 from dlogit.objective import Objective
@@ -142,7 +142,7 @@ def test_blocked_path_reuses_buffers_without_leaking_state(rng, monkeypatch, dty
     layout = ParamLayout(12, 1)
     thetas = [rng.standard_normal(13) * (k + 1) for k in range(4)]
     one = [DenseBinomialCPU(X, codes, None, layout, kernel="blas").sums(t) for t in thetas]
-    monkeypatch.setattr(chunks, "CPU_BLOCK_BYTES", 100 * 12 * np.dtype(dtype).itemsize)  # 100-row blocks
+    monkeypatch.setattr(chunks.blocks, "CPU_BLOCK_BYTES", 100 * 12 * np.dtype(dtype).itemsize)  # 100-row blocks
     chunk = DenseBinomialCPU(X, codes, None, layout, kernel="blas")
     assert len(chunk.blocks.ranges) == 11
     for t, whole in zip(thetas, one):
@@ -176,7 +176,7 @@ def _awkward(X, how):
 def test_awkward_layouts_give_identical_sums_without_copying_the_chunk(rng, monkeypatch, kernel, how):
     from dlogit import chunks
 
-    monkeypatch.setattr(chunks, "CPU_BLOCK_BYTES", 64 * 200 * 8)  # several blocks
+    monkeypatch.setattr(chunks.blocks, "CPU_BLOCK_BYTES", 64 * 200 * 8)  # several blocks
     X = rng.standard_normal((500, 200))
     codes = rng.integers(0, 2, 500)
     layout = ParamLayout(200, 1)
@@ -200,12 +200,12 @@ def test_memory_mapped_and_converted_dtypes(rng, tmp_path):
     np.testing.assert_array_equal(DenseBinomialCPU(mm, codes, None, layout).sums(theta),
                                   DenseBinomialCPU(X, codes, None, layout).sums(theta))
     Xi = (X * 10).astype(np.int32)  # converted per block, in float64
-    blocks = _Blocks(Xi)
+    blocks = Blocks(Xi)
     assert blocks.dtype == np.float64 and not blocks.direct
     np.testing.assert_allclose(DenseBinomialCPU(Xi, codes, None, layout).sums(theta),
                                ref_binomial(Xi.astype(float), codes, theta), rtol=1e-12)
     X16 = X[:, :8].astype(np.float16)  # held as float32 (exact)
-    assert _Blocks(X16).dtype == np.float32
+    assert Blocks(X16).dtype == np.float32
 
 
 # -- multinomial and sparse --------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_objective_gradient_and_hvp_match_finite_differences(rng, case, weighted
         assert np.all(grad[layout.n_outputs * layout.n_features:] == 0.0)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)
     v = rng.standard_normal(layout.size)
-    hv = obj.hvp_finalize(chunk.hvp(theta, v), v)
+    hv = obj.hvp_finalize(chunk.hvp(chunk.sums(theta, keep_curvature=True), v), v)
     eps = 1e-6
     fd_hv = (g(theta + eps * v) - g(theta - eps * v)) / (2 * eps)
     if not fit_intercept:
@@ -352,4 +352,48 @@ def test_a_chunk_gives_the_same_bits_wherever_it_lands(rng, case, dtype, how):
     if not multinomial:
         assert chunks[0].kernel == chunks[1].kernel == kernel
     np.testing.assert_array_equal(chunks[1].sums(theta), chunks[0].sums(theta))
-    np.testing.assert_array_equal(chunks[1].hvp(theta, v), chunks[0].hvp(theta, v))
+    h0, h1 = (c.sums(theta, keep_curvature=True) for c in chunks)
+    np.testing.assert_array_equal(h1.sums, h0.sums)
+    np.testing.assert_array_equal(chunks[1].hvp(h1, v), chunks[0].hvp(h0, v))
+
+
+@pytest.mark.parametrize("case", ["dense-blas", "dense-fused", "dense-multi", "linear", "linear-multi", "csr",
+                                  "csr-multi"])
+def test_curvature_is_an_explicit_handle(rng, case):
+    """``sums(theta, keep_curvature=True)`` returns a handle with the same sums; ``hvp(handle, v)`` is the
+    H.v at that theta whatever was evaluated since; a handle whose buffers a later keep-curvature call
+    reused, another chunk's handle, or a chunk prepared without curvature are refused."""
+    multi = case.endswith("multi")
+    K = 3 if multi else 2
+    fam = MULTI if multi else BIN
+    X, codes, sw, layout, theta = _problem(rng, n=300, d=7, K=K, weighted=True)
+    if case.startswith("csr"):
+        X = sp.csr_matrix(np.where(rng.random(X.shape) < 0.4, X, 0.0))
+    if case == "dense-fused" and not cpu.available():
+        pytest.skip("numba is not installed")
+
+    def make(curvature=True):
+        if case.startswith("linear"):
+            return LinearChunk(X, codes, sw, layout, fam, curvature=curvature)
+        kernel = {"dense-blas": "blas", "dense-fused": "fused"}.get(case, "auto")
+        return prepare_chunk(X, codes, sw, layout, fam, kernel=kernel, curvature=curvature)
+
+    chunk, other = make(), make()
+    v = rng.standard_normal(layout.size)
+    h = chunk.sums(theta, keep_curvature=True)
+    np.testing.assert_array_equal(h.sums, chunk.sums(theta))
+    want = chunk.hvp(h, v)
+    chunk.sums(theta + 1.0)  # a plain evaluation elsewhere keeps the handle valid
+    np.testing.assert_array_equal(chunk.hvp(h, v), want)
+    h2 = chunk.sums(theta + 1.0, keep_curvature=True)
+    assert not np.array_equal(chunk.hvp(h2, v), want)
+    with pytest.raises(RuntimeError, match="stale curvature handle"):
+        chunk.hvp(h, v)
+    with pytest.raises(TypeError, match="handle of this chunk"):
+        other.hvp(h2, v)
+    with pytest.raises(TypeError, match="handle of this chunk"):
+        chunk.hvp(theta, v)
+    plain = make(curvature=False)
+    for call in (lambda: plain.sums(theta, keep_curvature=True), lambda: plain.hvp(h2, v)):
+        with pytest.raises(RuntimeError, match="prepared without curvature"):
+            call()

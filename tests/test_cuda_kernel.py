@@ -929,3 +929,46 @@ def test_emulator_header_is_self_consistent():
     # the emulator relies on the source's opt-out of the extern __shared__ declaration
     assert "#ifndef DL_SMEM_DECLARED" in K.KERNEL_SOURCE
     assert textwrap.dedent(EMU_HEADER).count("DL_SMEM_DECLARED") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["none", "weights", "zeros"])
+@pytest.mark.parametrize("K_", [2, 3])
+def test_cupy_evaluators_specialize_the_family_reference(cp, dtype, kind, K_):
+    """The CuPy evaluators against the family's reference computed on the host: the fused CUDA kernel
+    (binomial sums without curvature), and the generic cuBLAS path, which runs the same reference on the
+    device (with curvature: sums and H.v), for each dtype, weights and mode."""
+    from dlogit.chunks import prepare_chunk
+    from dlogit.family import ParamLayout, family_for
+
+    rng = np.random.default_rng(K_ * 7 + len(kind))
+    n, d = 3001, 37
+    X = rng.standard_normal((n, d)).astype(dtype)
+    codes = rng.integers(0, K_, n)
+    sw = None if kind == "none" else rng.random(n) * 3
+    if kind == "zeros":
+        sw[::3] = 0.0
+    fam = family_for(K_)
+    L = ParamLayout(d, fam.n_outputs(K_))
+    theta, v = rng.standard_normal(L.size) * 0.3, rng.standard_normal(L.size)
+    Xd = X.astype(np.float64)
+    Z = Xd @ L.coef(theta).astype(dtype).astype(np.float64).T + L.intercept(theta)
+    loss, R, curv = fam.terms(Z, fam.target(codes), sw, True, class_axis=-1)
+    U = Xd @ L.coef(v).astype(dtype).astype(np.float64).T + L.intercept(v)
+    T = fam.hvp_terms(curv, U, class_axis=-1)
+    want = np.r_[loss, (R.T @ Xd).ravel(), R.sum(axis=0)]
+    want_hv = np.r_[(T.T @ Xd).ravel(), T.sum(axis=0)]
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    swd = None if sw is None else cp.asarray(sw)
+    for curvature in (False, True):
+        chunk = prepare_chunk(cp.asarray(X), cp.asarray(codes), swd, L, fam, curvature=curvature)
+        if K_ == 2 and not curvature:
+            assert chunk.kernel == "cuda"
+        got = chunk.sums(cp.asarray(theta)).get()
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+        if curvature:
+            handle = chunk.sums(cp.asarray(theta), keep_curvature=True)
+            np.testing.assert_allclose(handle.sums.get(), want, rtol=tol, atol=tol * np.abs(want).max())
+            hv = chunk.hvp(handle, cp.asarray(v)).get()
+            np.testing.assert_allclose(hv, want_hv, rtol=tol, atol=tol * np.abs(want_hv).max())

@@ -587,3 +587,85 @@ def test_read_only_memory_maps_compile_nothing_after_warm_up(rng, tmp_path, dtyp
     cpu.dense_binomial_sums(mm["Xd"], sg, EMPTY, w, 0.1, np.empty(d), EMPTY)
     assert [len(k.signatures) for k in all_kernels()] == before
     assert before == [2, 4, 4, 4, 4]  # the fixed-signature kernels: dtype x index dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# every specialization against the family's own reference (dlogit.family: terms, hvp_terms)
+
+
+def family_reference(K, X, codes, sw, theta, v):
+    """``(sums [loss, G, gb], H.v [G, gb])`` of one chunk from the family's array reference (float64,
+    rows-major margins): what every fused kernel specializes."""
+    from dlogit.family import ParamLayout, family_for
+
+    fam = family_for(K)
+    L = ParamLayout(X.shape[1], fam.n_outputs(K))
+    Xd = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+    Z = Xd @ L.coef(theta).T + L.intercept(theta)
+    loss, R, curv = fam.terms(Z, fam.target(codes), sw, True, class_axis=-1)
+    T = fam.hvp_terms(curv, Xd @ L.coef(v).T + L.intercept(v), class_axis=-1)
+    return np.r_[loss, (R.T @ Xd).ravel(), R.sum(axis=0)], np.r_[(T.T @ Xd).ravel(), T.sum(axis=0)]
+
+
+SPECIALIZATION_CASES = [pytest.param(dt, kind, id=f"{np.dtype(dt).name}-{kind}")
+                        for dt in (np.float64, np.float32) for kind in ("none", "weights", "zeros")]
+
+
+@needs_numba
+@pytest.mark.parametrize(("dtype", "kind"), SPECIALIZATION_CASES)
+@pytest.mark.parametrize("curvature", [False, True])
+def test_fused_dense_kernel_specializes_the_family_reference(rng, dtype, kind, curvature):
+    """The fused Numba dense binomial kernel (sums, curvature, the evaluator's H.v) against
+    Binomial.terms for each dtype, weights and mode (with and without curvature)."""
+    from dlogit.chunks import DenseBinomialCPU
+    from dlogit.family import ParamLayout
+
+    n, d = 203, 17
+    X = (rng.standard_normal((n, d)) * 2).astype(dtype)
+    codes = rng.integers(0, 2, n)
+    sw = weights(rng, n, kind)
+    theta, v = rng.standard_normal(d + 1) * 0.5, rng.standard_normal(d + 1)
+    want, want_hv = family_reference(2, X, codes, sw, theta, v)
+    chunk = DenseBinomialCPU(X, codes, sw, ParamLayout(d, 1), kernel="fused", curvature=curvature)
+    assert chunk.kernel == "fused"
+    np.testing.assert_allclose(chunk.sums(theta), want, rtol=1e-11, atol=1e-11)
+    if curvature:  # the products of an H.v run in X's dtype (BLAS)
+        tol = 1e-11 if dtype == np.float64 else 1e-5
+        handle = chunk.sums(theta, keep_curvature=True)
+        np.testing.assert_allclose(handle.sums, want, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(chunk.hvp(handle, v), want_hv, rtol=tol, atol=tol)
+    loss, g, gb, dbuf = dense(X, codes.astype(float), sw, theta[:d], theta[d], curvature=curvature)
+    np.testing.assert_allclose(np.r_[loss, g, gb], want, rtol=1e-11, atol=1e-11)
+    assert dbuf.size == (n if curvature else 0)
+
+
+CSR_SPEC_CASES = [pytest.param(dt, it, kind, id=f"{np.dtype(dt).name}-{np.dtype(it).name}-{kind}")
+                  for dt in (np.float64, np.float32) for it in (np.int32, np.int64)
+                  for kind in ("none", "weights", "zeros")]
+
+
+@needs_numba
+@pytest.mark.parametrize(("dtype", "itype", "kind"), CSR_SPEC_CASES)
+@pytest.mark.parametrize("K", [2, 4])
+def test_csr_kernels_specialize_the_family_reference(rng, dtype, itype, kind, K):
+    """The CSR Numba kernels (binomial and multinomial; sums with and without curvature, H.v) against
+    the family's terms for each data and index dtype and weights."""
+    from dlogit.chunks import prepare_chunk
+    from dlogit.family import ParamLayout, family_for
+
+    n, d = 71, 13
+    X = random_csr(rng, n, d, dtype, itype)
+    codes = rng.integers(0, K, n)
+    sw = weights(rng, n, kind)
+    fam = family_for(K)
+    L = ParamLayout(d, fam.n_outputs(K))
+    theta, v = rng.standard_normal(L.size) * 0.5, rng.standard_normal(L.size)
+    want, want_hv = family_reference(K, X, codes, sw, theta, v)
+    for curvature in (False, True):
+        chunk = prepare_chunk(X, codes, sw, L, fam, curvature=curvature)
+        assert chunk.kernel == "csr"
+        np.testing.assert_allclose(chunk.sums(theta), want, rtol=1e-11, atol=1e-11)
+        if curvature:
+            handle = chunk.sums(theta, keep_curvature=True)
+            np.testing.assert_allclose(handle.sums, want, rtol=1e-11, atol=1e-11)
+            np.testing.assert_allclose(chunk.hvp(handle, v), want_hv, rtol=1e-11, atol=1e-11)

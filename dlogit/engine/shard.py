@@ -48,6 +48,8 @@ class Shard:
         #: threads evaluating chunks at once (in-process fits set ``dlogit.threads``; Dask workers keep 1)
         self.threads = 1
         self._pool: Any = None
+        self.curvature = False  # Newton: every sums keeps the chunks' curvature handles for the H.v
+        self._handles: tuple[np.ndarray, dict[int, Any]] | None = None  # (theta, chunk -> handle)
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
 
@@ -85,6 +87,7 @@ class Shard:
 
         evaluators = self._map(one, list(self.raw))
         self.evaluators = evaluators
+        self.curvature = curvature
         self.fold_chunks = {i: folds[i] for i in sorted(folds)}
         self.raw = {}
         self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
@@ -120,16 +123,31 @@ class Shard:
         values = self.leaves(fn)
         return np.stack([to_numpy(node_sum(values.__getitem__, lo, hi)) for lo, hi in self.nodes])
 
-    def node_sums(self, theta: np.ndarray) -> np.ndarray:
-        """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
+    def chunk_sums(self, theta: np.ndarray) -> dict[int, Any]:
+        """Every held chunk's sums at ``theta``; a shard prepared for Newton keeps their curvature
+        handles (:mod:`dlogit.chunks.handle`) for the H.v products at that ``theta``."""
         ev = self.evaluators
         th = self._theta(theta)
-        return self._nodes(lambda i: ev[i].sums(th))
+        if not self.curvature:
+            return self.leaves(lambda i: ev[i].sums(th))
+        handles = self.leaves(lambda i: ev[i].sums(th, keep_curvature=True))
+        self._handles = (np.array(theta, dtype=np.float64, copy=True), handles)
+        return {i: h.sums for i, h in handles.items()}
+
+    def node_sums(self, theta: np.ndarray) -> np.ndarray:
+        """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
+        values = self.chunk_sums(theta)
+        return np.stack([to_numpy(node_sum(values.__getitem__, lo, hi)) for lo, hi in self.nodes])
 
     def node_hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
-        ev = self.evaluators
-        th, vv = self._theta(theta), self._theta(v)
-        return self._nodes(lambda i: ev[i].hvp(th, vv))
+        """H.v of every owned node at ``theta``: from the handles of the last sums when they were taken
+        there (a step's H.v follow its sums), else from new ones (a shard that joined a fit since)."""
+        if self._handles is None or not np.array_equal(self._handles[0], theta):
+            self.chunk_sums(theta)
+        assert self._handles is not None
+        ev, handles = self.evaluators, self._handles[1]
+        vv = self._theta(v)
+        return self._nodes(lambda i: ev[i].hvp(handles[i], vv))
 
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
@@ -218,8 +236,7 @@ class LocalEvaluator:
     def sums(self, theta: np.ndarray) -> np.ndarray:
         s = self.shard
         if len(s.nodes) == 1 and not s.on_gpu:
-            ev = s.evaluators
-            values = s.leaves(lambda i: ev[i].sums(theta))
+            values = s.chunk_sums(theta)
             return node_sum(values.__getitem__, 0, s.n_chunks)
         return complete_tree(dict(zip(s.nodes, s.node_sums(theta))), s.n_chunks)
 

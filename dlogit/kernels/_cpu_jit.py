@@ -48,8 +48,9 @@ def array(dtype: Any, ndim: int = 1, readonly: bool = True) -> Any:
 
 
 @compiled(inline="always")
-def binomial_terms(a: float, b: float, sg: float) -> tuple[float, float, float]:
-    """``(loss, residual, curvature)`` of one row with margin ``z = a + b`` and label sign ``sg``."""
+def binomial_row(a: float, b: float, sg: float) -> tuple[float, float, float]:
+    """``(loss, residual, curvature)`` of one row with margin ``z = a + b`` and label sign ``sg``: the scalar
+    specialization of :meth:`dlogit.family.Binomial.row_terms` the fused kernels inline."""
     s = sg * (a + b)
     e = math.exp(-abs(s))
     inv = 1.0 / (1.0 + e)
@@ -81,10 +82,10 @@ def _dense_binomial(X: Any, sg: Any, sw: Any, w: Any, b: float, g: Any, dbuf: An
             a1 += x1[j] * wj
             a2 += x2[j] * wj
             a3 += x3[j] * wj
-        l0, r0, c0 = binomial_terms(a0, b, sg[i])
-        l1, r1, c1 = binomial_terms(a1, b, sg[i + 1])
-        l2, r2, c2 = binomial_terms(a2, b, sg[i + 2])
-        l3, r3, c3 = binomial_terms(a3, b, sg[i + 3])
+        l0, r0, c0 = binomial_row(a0, b, sg[i])
+        l1, r1, c1 = binomial_row(a1, b, sg[i + 1])
+        l2, r2, c2 = binomial_row(a2, b, sg[i + 2])
+        l3, r3, c3 = binomial_row(a3, b, sg[i + 3])
         if weighted:
             s0 = sw[i]
             s1 = sw[i + 1]
@@ -117,7 +118,7 @@ def _dense_binomial(X: Any, sg: Any, sw: Any, w: Any, b: float, g: Any, dbuf: An
         a0 = 0.0
         for j in range(d):
             a0 += x0[j] * w[j]
-        l0, r0, c0 = binomial_terms(a0, b, sg[i])
+        l0, r0, c0 = binomial_row(a0, b, sg[i])
         if weighted:
             s0 = sw[i]
             l0 *= s0

@@ -1,7 +1,7 @@
 """The Numba half of :mod:`dlogit.kernels.sparse`: importing this module compiles (or loads from the on-disk
 cache) the CSR kernels for their fixed signatures. :mod:`dlogit.kernels.sparse` hands these names out on
 first access; see it for the kernels' contract. The binomial row terms are
-:func:`dlogit.kernels._cpu_jit.binomial_terms`, inlined here: Numba's disk cache keys a kernel on its own
+:func:`dlogit.kernels._cpu_jit.binomial_row`, inlined here: Numba's disk cache keys a kernel on its own
 file only, so after editing that function, touch this file (or delete ``dlogit/kernels/__pycache__``).
 """
 
@@ -94,7 +94,7 @@ def csr_binomial_sums(data: Any, indices: Any, indptr: Any, sg: Any, sw: Any, w:
     gb = 0.0
     for i in range(n):
         lo, hi = _row(indptr, i)
-        li, ri, ci = cpu.binomial_terms(_row_dot(data, indices, lo, hi, w), b, sg[i])
+        li, ri, ci = cpu.binomial_row(_row_dot(data, indices, lo, hi, w), b, sg[i])
         if weighted:
             s = sw[i]
             li *= s

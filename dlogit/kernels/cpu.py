@@ -10,8 +10,9 @@ while they are still in L1.
 unweighted loop, at no cost) and, on request, writes each row's weighted curvature to ``dbuf`` (for
 Hessian-vector products). It is the ``fused`` path of :class:`dlogit.chunks.DenseBinomialCPU`.
 
-The row terms are the signed-margin form of :class:`dlogit.chunks.DenseBinomialCPU` (``s = sigma * z``, see
-:func:`binomial_terms`)::
+The row terms specialize the family's reference, :meth:`dlogit.family.Binomial.row_terms` (tested against
+it: ``tests/test_kernels_cpu.py``), in a scalar form for one row at a time, :func:`binomial_row`
+(``s = sigma * z``)::
 
     loss_i      = max(s, 0) + log1p(e)                 e = exp(-|s|)  in (0, 1]: never overflows
     residual_i  = sigma * (1 / (1 + e)   if s >= 0  else  e / (1 + e))
@@ -44,7 +45,7 @@ import importlib.util
 from typing import Any
 
 #: the names :mod:`dlogit.kernels._cpu_jit` defines (importing it compiles or loads the kernels)
-_JIT_NAMES = frozenset({"numba", "nt", "FAST_FLAGS", "STRICT_FLAGS", "compiled", "array", "binomial_terms",
+_JIT_NAMES = frozenset({"numba", "nt", "FAST_FLAGS", "STRICT_FLAGS", "compiled", "array", "binomial_row",
                         "dense_binomial_sums"})
 
 

@@ -6,7 +6,7 @@ then scatter-adds the row's gradient contribution while the row is still in cach
 float64 whether ``data`` is float32 or float64; every sum is weighted by the row weights ``sw`` (a
 length-0 ``sw`` means all ones).
 
-binomial (labels as signs ``sg = 1 - 2 y``; :func:`dlogit.kernels.cpu.binomial_terms`)
+binomial (labels as signs ``sg = 1 - 2 y``; :func:`dlogit.kernels.cpu.binomial_row`)
     :func:`csr_binomial_sums` loss, gradient, intercept gradient and (optionally) the weighted
     curvatures ``s_i sigmoid(z_i) (1 - sigmoid(z_i))``; :func:`csr_binomial_hvp` the Hessian-vector
     product from those curvatures.
