@@ -1,7 +1,8 @@
 """Checkpoints: the solver's whole state, written atomically, so that a fit resumes exactly.
 
-``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state
-(:func:`dlogit.solvers.state_to_arrays`, keys prefixed ``state.``), the history so far
+``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state (the arrays
+:func:`dlogit.solvers.state_to_arrays` derives from the frozen state's fields, keys prefixed
+``state.``), the history so far
 (``history.loss``, ``history.grad_norm``, ``history.step_seconds``) and a JSON ``meta``:
 ``format`` "dlogit-checkpoint", ``version`` 1, the run id, the driver's epoch, the step, the solver, the parameters that
 determine the iterates (:meth:`dlogit.spec.FitSpec.trajectory`), the data's fingerprint (from the
@@ -21,12 +22,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dlogit.errors import ConfigError
 from dlogit.files import atomic_write
+
+if TYPE_CHECKING:
+    from dlogit.solvers import SolverState
 
 FORMAT = "dlogit-checkpoint"
 VERSION = 1
@@ -39,7 +43,7 @@ def checkpoint_path(directory: str) -> str:
 
 @dataclass
 class Loaded:
-    state: Any
+    state: SolverState
     history: dict[str, np.ndarray]
     meta: dict[str, Any]
 
@@ -181,7 +185,7 @@ class Checkpointer:
     def due(self) -> bool:
         return self.every > 0 and time.monotonic() - self._last >= self.every
 
-    def write(self, state: Any, history: dict[str, list[float]]) -> bool:
+    def write(self, state: SolverState, history: dict[str, list[float]]) -> bool:
         """Write the checkpoint; ``False`` when a newer driver's checkpoint fenced it off."""
         from dlogit.solvers import state_to_arrays
 

@@ -213,8 +213,8 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
               stop: Callable[[], str | None] | None, seen: _Seen | None = None
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
-    from dlogit.solvers import SolverOptions, get
     from dlogit.objective import fit_penalty
+    from dlogit.solvers import SolverOptions, get
     from dlogit.training import _Problem, _solver_problem, precision_name
 
     m = source.n_folds
@@ -228,7 +228,8 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
 
     def run(f: int) -> None:
         try:
-            obj = Objective(plan.layout, float(weight_sums[f]), penalty, spec.fit_intercept)
+            obj = Objective(plan.layout, float(weight_sums[f]), fit_intercept=spec.fit_intercept,
+                            penalty=penalty)
             fplan = replace(plan, theta0=starts[f])
             problem = _Problem(_FoldEvaluator(batcher, f), obj, fplan, penalty, solver.needs_hvp)
             sp = _solver_problem(problem)

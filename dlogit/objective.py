@@ -99,18 +99,21 @@ class Objective:
         The layout of ``theta``.
     weight_sum : float
         ``sum_i s_i`` over the data (the row count when unweighted).
-    penalty : Penalty or float
-        The fit's penalty (model coordinates; its smooth part is used), or an L2 strength ``l2`` for
-        ``l2 * ||W||_F^2`` (intercepts excluded, :func:`fit_penalty`).
+    l2 : float
+        Without ``penalty``: the strength in ``l2 * ||W||_F^2`` (intercepts excluded, :func:`fit_penalty`).
     fit_intercept : bool
         When false the intercepts stay at 0 (their gradient is forced to 0).
+    penalty : Penalty or None
+        The fit's penalty (model coordinates; its smooth part is used here) instead of ``l2``.
     """
 
-    def __init__(self, layout: ParamLayout, weight_sum: float, penalty: Penalty | float,
-                 fit_intercept: bool = True) -> None:
+    def __init__(self, layout: ParamLayout, weight_sum: float, l2: float = 0.0, fit_intercept: bool = True,
+                 *, penalty: Penalty | None = None) -> None:
         self.layout = layout
         self.weight_sum = float(weight_sum)
-        full = penalty if isinstance(penalty, Penalty) else fit_penalty(layout, l2=float(penalty))
+        if penalty is not None and l2:
+            raise ValueError("give the L2 strength in the penalty or as l2, not both")
+        full = penalty if penalty is not None else fit_penalty(layout, l2=float(l2))
         self.penalty = full.split()[0]
         self.fit_intercept = bool(fit_intercept)
         self._k = layout.n_outputs * layout.n_features

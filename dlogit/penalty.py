@@ -1,4 +1,4 @@
-"""The penalty ``P(theta) = l2 sum_j f_j (theta_j / s_j)^2 + l1 sum_j f_j |theta_j| / s_j``: one home for its math.
+"""The penalty ``P(theta) = l2 sum_j f_j (theta_j / s_j)^2 + l1 sum_j f_j |theta_j| / s_j`` (one home).
 
 ``l1`` and ``l2`` are the strengths (elastic net when both are set), ``f_j >= 0`` per-coordinate
 penalty factors (0 leaves a coordinate unpenalized, e.g. the intercepts; glmnet's

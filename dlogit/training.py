@@ -153,7 +153,7 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     solver = get(spec.solver)
     info = dict(info or {})
     penalty = fit_penalty(plan.layout, l1=spec.l1, l2=spec.l2)
-    objective = Objective(plan.layout, plan.weight_sum, penalty, spec.fit_intercept)
+    objective = Objective(plan.layout, plan.weight_sum, fit_intercept=spec.fit_intercept, penalty=penalty)
     problem = _Problem(evaluator, objective, plan, penalty, solver.needs_hvp)
     sp = _solver_problem(problem)
     opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory, l2=spec.l2,

@@ -30,13 +30,13 @@ import numpy as np
 
 from dlogit.errors import ConfigError
 from dlogit.solvers._base import (
+    STATE_TYPES,
     Fun,
     Hvp,
     Problem,
     Solver,
     SolverOptions,
     SolverState,
-    STATE_TYPES,
     divergence_advice,
     fmt,
     reopen,

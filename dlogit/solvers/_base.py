@@ -499,13 +499,13 @@ def reopen(state: S, options: SolverOptions) -> S:
 
 __all__ = [
     "EPS",
+    "STATE_TYPES",
     "STATUSES",
     "Fun",
     "Hvp",
     "Problem",
     "Solver",
     "SolverOptions",
-    "STATE_TYPES",
     "SolverState",
     "check_state",
     "check_theta0",
@@ -520,8 +520,8 @@ __all__ = [
     "reopen",
     "stalled_message",
     "start_state",
-    "state_type",
     "state_from_arrays",
     "state_to_arrays",
+    "state_type",
     "suggested_lr",
 ]
