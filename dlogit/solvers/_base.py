@@ -255,13 +255,15 @@ class Solver(Protocol):
 # saving and restoring a state: the arrays are derived from the state's fields
 
 
-def state_to_arrays(state: SolverState) -> dict[str, np.ndarray]:
+def state_to_arrays(state: SolverState, *, structured: bool = True) -> dict[str, np.ndarray]:
     """The state as NumPy arrays only (``np.savez(..., **arrays)``; loads with ``allow_pickle=False``).
 
     Parameters
     ----------
     state : SolverState
         Any solver's state; fields with ``saved=False`` metadata (process hints) are left out.
+    structured : bool
+        False leaves out the structured fields (the L-BFGS memory): for a copy that sends them apart.
 
     Returns
     -------
@@ -289,6 +291,8 @@ def state_to_arrays(state: SolverState) -> dict[str, np.ndarray]:
         value = getattr(state, f.name)
         to_arrays = getattr(value, "to_arrays", None)
         if to_arrays is not None:  # a structured field (the L-BFGS memory) saves itself
+            if not structured:
+                continue
             names = f.metadata["arrays"]
             for key, arr in zip(names, to_arrays(), strict=True):
                 out[f"extra.{key}"] = arr

@@ -39,8 +39,9 @@ class Pairs:
     count : int
         Pairs held (``<= capacity``).
     pushed : int
-        Pairs added since the memory was created or last reset (the pair with number ``pushed`` is
-        the newest): a replica that holds pair ``j`` is missing pairs ``j + 1 .. pushed``.
+        Pairs added since the memory was created, resets included: the pairs held are numbered
+        ``pushed - count + 1 .. pushed`` (:meth:`numbers`), so a copy that holds pairs up to ``j``
+        lacks only ``j + 1 .. pushed`` (the driver's copies to its replicas send just those).
     """
 
     n: int
@@ -60,8 +61,14 @@ class Pairs:
         return cls(int(n), c, (None,) * c, (None,) * c, (0.0,) * c, (0.0,) * c)
 
     def reset(self) -> Pairs:
-        """An empty memory of the same size."""
-        return Pairs.empty(self.n, self.capacity)
+        """An empty memory of the same size (the pairs' numbering goes on)."""
+        out = Pairs.empty(self.n, self.capacity)
+        return Pairs(out.n, out.capacity, out.s, out.y, out.sy, out.yy, out.newest, 0, self.pushed)
+
+    def numbers(self) -> tuple[int, int]:
+        """``(first, last)``: the numbers of the oldest and newest pairs held (``first > last`` when
+        empty)."""
+        return self.pushed - self.count + 1, self.pushed
 
     def slots(self) -> list[int]:
         """The occupied slots, oldest pair first."""
