@@ -51,7 +51,6 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import Serialized, ToPickle
 from distributed.protocol.serialize import register_serialization_family
 
-from dlogit.checkpoint import merge_copy
 from dlogit.engine.shard import STEP_OPS, Shard
 from dlogit.errors import ClusterError
 from dlogit.objective import Node, complete_nodes
@@ -626,7 +625,9 @@ async def _checkpoint(plugin: EnginePlugin, run: str, epoch: int, n_iter: int, p
         if epoch < state.epoch:  # a superseded driver's copy: never resumed from
             return
         old = state.checkpoint
-        if old is None or (epoch, n_iter) >= (old["epoch"], old["n_iter"]):  # a delta completes old
+        if old is None or (epoch, n_iter) >= (old["epoch"], old["n_iter"]):
+            from dlogit.checkpoint import merge_copy  # an L-BFGS copy may carry only its newest pairs
+
             state.checkpoint = merge_copy(old, {"epoch": epoch, "n_iter": n_iter, **payload})
 
 

@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -62,6 +62,7 @@ from dlogit.solvers._base import (
     divergence_advice,
     evaluate,
     fmt,
+    make_state,
     max_iter_message,
     penalty_and_optimality,
     start_state,
@@ -132,28 +133,35 @@ class GradientDescent:
         """Report ``theta_k`` and move to ``theta_{k+1}`` (one evaluation, except on the last step)."""
         check_state(state, GDState)
         assert isinstance(state, GDState)
+        f, grad, n_evals = state.f, state.grad, state.n_evals
         if state.pending:  # a max_iter run resumed with a larger max_iter: evaluate its point
             f, grad = evaluate(problem, state.theta)
-            state = replace(state, n_evals=state.n_evals + 1, f=f, grad=grad, pending=False)
-        theta, grad = state.theta, state.grad
+            n_evals += 1
+        theta = state.theta
         penalty, measure = penalty_and_optimality(problem, theta, grad)
-        loss = float(state.f) + penalty
+        loss = float(f) + penalty
         k = state.n_iter
         w = options.divergence_window
         window, rises = _slide(state.window, int(state.rises), loss, w)
-        new = replace(state, n_iter=k + 1, loss=loss, grad_norm=measure, window=window, rises=rises)
+        # one new state per step (make_state: dataclasses.replace or GDState(...) cost as much as the
+        # step's own bookkeeping on small problems)
+        new: dict[str, Any] = {"theta": theta, "n_iter": k + 1, "n_evals": n_evals, "loss": loss,
+                               "grad_norm": measure, "f": f, "grad": grad, "loss0": state.loss0,
+                               "window": window, "rises": rises}
         why = _divergence(loss, measure, float(state.loss0), window, rises, w)
         if why is not None:
-            return replace(new, status="diverged", message=f"gradient descent diverged at step {k} ({why}): "
-                                                           f"{divergence_advice(options.lr, options.l2)}")
-        if measure <= options.tol:
-            return replace(new, status="converged")
-        moved = problem.nonsmooth.prox(theta - options.lr * grad, options.lr)
-        if new.n_iter >= options.max_iter:  # moved, not yet evaluated (f, grad are the last point's)
-            return replace(new, theta=moved, status="max_iter", message=max_iter_message(options, measure),
-                           pending=True)
-        f, grad = evaluate(problem, moved)
-        return replace(new, theta=moved, n_evals=new.n_evals + 1, f=f, grad=grad)
+            new.update(status="diverged", message=f"gradient descent diverged at step {k} ({why}): "
+                                                  f"{divergence_advice(options.lr, options.l2)}")
+        elif measure <= options.tol:
+            new["status"] = "converged"
+        else:
+            new["theta"] = problem.nonsmooth.prox(theta - options.lr * grad, options.lr)
+            if k + 1 >= options.max_iter:  # moved, not yet evaluated (f, grad are the last point's)
+                new.update(status="max_iter", message=max_iter_message(options, measure), pending=True)
+            else:
+                new["f"], new["grad"] = evaluate(problem, new["theta"])
+                new["n_evals"] = n_evals + 1
+        return make_state(GDState, new)
 
 
 def _rose(before: float, after: float) -> bool:
