@@ -155,7 +155,7 @@ class _Aborted(Exception):
 
 
 class _FoldEvaluator:
-    """One fold's view for :class:`dlogit.training._Problem`: sums / H.v answered by the batcher."""
+    """One fold's view for :class:`dlogit.training.FitProblem`: sums / H.v answered by the batcher."""
 
     kernel = "folds"
 
@@ -215,7 +215,7 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
     """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
     from dlogit.objective import fit_penalty
     from dlogit.solvers import SolverOptions, get
-    from dlogit.training import _Problem, _solver_problem, precision_name
+    from dlogit.training import FitProblem, precision_name, solver_problem
 
     m = source.n_folds
     solver = get(spec.solver)
@@ -231,8 +231,8 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
             obj = Objective(plan.layout, float(weight_sums[f]), fit_intercept=spec.fit_intercept,
                             penalty=penalty)
             fplan = replace(plan, theta0=starts[f])
-            problem = _Problem(_FoldEvaluator(batcher, f), obj, fplan, penalty, solver.needs_hvp)
-            sp = _solver_problem(problem)
+            problem = FitProblem(_FoldEvaluator(batcher, f), obj, fplan, penalty, solver.needs_hvp)
+            sp = solver_problem(problem)
             th0 = starts[f] if plan.reparam.is_identity else plan.reparam.to_solver(starts[f])
             state = solver.init(sp, th0, opts)
             while state.status is None:

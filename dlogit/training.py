@@ -45,7 +45,7 @@ class Evaluator(Protocol):
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray: ...
 
 
-class _Problem:
+class FitProblem:
     """The solver's view: f and H.v in solver coordinates, optimality in the model's."""
 
     def __init__(self, evaluator: Evaluator, objective: Objective, plan: FitPlan, penalty: Penalty,
@@ -101,7 +101,7 @@ class _Problem:
         return float(np.sqrt(np.dot(g, g)))
 
 
-def _solver_problem(p: _Problem) -> Problem:
+def solver_problem(p: FitProblem) -> Problem:
     """The solvers' :class:`~dlogit.solvers.Problem` of a fit (or of one fold of a path)."""
     return Problem(fun=p.fun, n_params=p.R.layout.size, penalty=p.solver_penalty,
                    hvp=p.hvp if p.needs_hvp else None, optimality=p.optimality)
@@ -154,8 +154,8 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
     info = dict(info or {})
     penalty = fit_penalty(plan.layout, l1=spec.l1, l2=spec.l2)
     objective = Objective(plan.layout, plan.weight_sum, fit_intercept=spec.fit_intercept, penalty=penalty)
-    problem = _Problem(evaluator, objective, plan, penalty, solver.needs_hvp)
-    sp = _solver_problem(problem)
+    problem = FitProblem(evaluator, objective, plan, penalty, solver.needs_hvp)
+    sp = solver_problem(problem)
     opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory, l2=spec.l2,
                          precision=precision_name({**spec.info, **(info or {})}.get("dtype")))
     row_bytes = plan.n_features * 8
