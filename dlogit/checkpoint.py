@@ -1,7 +1,8 @@
 """Checkpoints: the solver's whole state, written atomically, so that a fit resumes exactly.
 
-``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state
-(:func:`dlogit.solvers.state_to_arrays`, keys prefixed ``state.``), the history so far
+``DIR/checkpoint.npz`` (NumPy only, no pickles) holds the solver state (the arrays
+:func:`dlogit.solvers.state_to_arrays` derives from the frozen state's fields, keys prefixed
+``state.``), the history so far
 (``history.loss``, ``history.grad_norm``, ``history.step_seconds``) and a JSON ``meta``:
 ``format`` "dlogit-checkpoint", ``version`` 1, the run id, the driver's epoch, the step, the solver, the parameters that
 determine the iterates (:meth:`dlogit.spec.FitSpec.trajectory`), the data's fingerprint (from the
@@ -21,12 +22,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dlogit.errors import ConfigError
 from dlogit.files import atomic_write
+
+if TYPE_CHECKING:
+    from dlogit.solvers import SolverState
 
 FORMAT = "dlogit-checkpoint"
 VERSION = 1
@@ -39,7 +43,7 @@ def checkpoint_path(directory: str) -> str:
 
 @dataclass
 class Loaded:
-    state: Any
+    state: SolverState
     history: dict[str, np.ndarray]
     meta: dict[str, Any]
 
@@ -181,7 +185,7 @@ class Checkpointer:
     def due(self) -> bool:
         return self.every > 0 and time.monotonic() - self._last >= self.every
 
-    def write(self, state: Any, history: dict[str, list[float]]) -> bool:
+    def write(self, state: SolverState, history: dict[str, list[float]]) -> bool:
         """Write the checkpoint; ``False`` when a newer driver's checkpoint fenced it off."""
         from dlogit.solvers import state_to_arrays
 
@@ -239,3 +243,55 @@ def _difference(old: Any, new: Any) -> str:
         keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         return "; ".join(f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}" for k in keys[:3])
     return "the data's fingerprint changed" if isinstance(old, str) else f"{old!r} vs {new!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# in-memory copies of the solver state, sent by a distributed fit's driver to its replicas
+
+
+def state_copy(state: SolverState, since: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The solver part of an in-memory checkpoint copy: ``{"state": arrays, "pairs": (first, last)}``
+    (``pairs``: the numbers of the L-BFGS pairs it holds, None without a memory).
+
+    With ``since = (n_iter, last)`` -- the step and the newest pair's number of a copy the receiver
+    holds -- and an L-BFGS state that still holds that pair, the copy is a delta: ``"state"`` without
+    the memory and ``"delta": {"base": n_iter, "pairs": (first, last), "S", "Y"}`` carrying only the
+    pairs pushed since (:func:`merge_copy` completes it). Otherwise it is whole.
+    """
+    from dlogit.solvers import Pairs, state_to_arrays
+
+    memory = getattr(state, "memory", None)
+    if not isinstance(memory, Pairs):
+        return {"state": state_to_arrays(state), "pairs": None}
+    first, last = memory.numbers()
+    if since is None or not first <= since[1] <= last:
+        return {"state": state_to_arrays(state), "pairs": (first, last)}
+    new = memory.pairs()[memory.count - (last - since[1]):]
+    n = memory.n
+    S = np.stack([p[0] for p in new]) if new else np.empty((0, n))
+    Y = np.stack([p[1] for p in new]) if new else np.empty((0, n))
+    return {"state": state_to_arrays(state, structured=False),
+            "delta": {"base": int(since[0]), "pairs": (first, last), "S": S, "Y": Y}}
+
+
+def merge_copy(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """The copy a replica keeps when ``new`` arrives on top of ``old`` (both ``{"epoch", "n_iter",
+    **payload}`` with the payload from :func:`state_copy`): ``new`` when it is whole; a delta
+    completed with ``old``'s pairs when ``old`` is the copy it was made against; else ``old`` (a
+    replica that missed a copy keeps its older complete one until the next whole copy)."""
+    delta = new.get("delta")
+    if delta is None:
+        return new
+    if old is None or old.get("pairs") is None or \
+            (old["epoch"], old["n_iter"]) != (new["epoch"], delta["base"]):
+        return old
+    o_first, o_last = old["pairs"]
+    first, last = delta["pairs"]
+    if not (o_first <= first <= o_last + 1 and o_last + delta["S"].shape[0] == last):
+        return old  # not the continuation of the pairs held (cannot happen between two copies of one driver)
+    keep = old["state"]["extra.S"][first - o_first:], old["state"]["extra.Y"][first - o_first:]
+    arrays = {**new["state"], "extra.S": np.concatenate([keep[0], delta["S"]]),
+              "extra.Y": np.concatenate([keep[1], delta["Y"]])}
+    out = {k: v for k, v in new.items() if k != "delta"}
+    out.update(state=arrays, pairs=(first, last))
+    return out

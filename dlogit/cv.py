@@ -155,7 +155,7 @@ class _Aborted(Exception):
 
 
 class _FoldEvaluator:
-    """One fold's view for :class:`dlogit.training._Problem`: sums / H.v answered by the batcher."""
+    """One fold's view for :class:`dlogit.training.FitProblem`: sums / H.v answered by the batcher."""
 
     kernel = "folds"
 
@@ -213,8 +213,9 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
               stop: Callable[[], str | None] | None, seen: _Seen | None = None
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Train the ``m`` fold models of one penalty together; their solutions (model coordinates)."""
+    from dlogit.objective import fit_penalty
     from dlogit.solvers import SolverOptions, get
-    from dlogit.training import _Problem, _solver_problem, precision_name
+    from dlogit.training import FitProblem, precision_name, solver_problem
 
     m = source.n_folds
     solver = get(spec.solver)
@@ -223,14 +224,15 @@ def fit_folds(source: FoldSource, spec: FitSpec, plan: FitPlan, mult: np.ndarray
     batcher = _Batcher(m)
     results: list[Any] = [None] * m
     errors: list[BaseException] = []
-    l1w = plan.reparam.l1_weights(spec.l1) if spec.l1 > 0 else None
+    penalty = fit_penalty(plan.layout, l1=spec.l1, l2=spec.l2)
 
     def run(f: int) -> None:
         try:
-            obj = Objective(plan.layout, float(weight_sums[f]), spec.l2, spec.fit_intercept)
+            obj = Objective(plan.layout, float(weight_sums[f]), fit_intercept=spec.fit_intercept,
+                            penalty=penalty)
             fplan = replace(plan, theta0=starts[f])
-            problem = _Problem(_FoldEvaluator(batcher, f), obj, fplan, spec.l1, solver.needs_hvp)
-            sp = _solver_problem(problem, plan.layout.size, l1w)
+            problem = FitProblem(_FoldEvaluator(batcher, f), obj, fplan, penalty, solver.needs_hvp)
+            sp = solver_problem(problem)
             th0 = starts[f] if plan.reparam.is_identity else plan.reparam.to_solver(starts[f])
             state = solver.init(sp, th0, opts)
             while state.status is None:

@@ -5,7 +5,8 @@ The objective (rows with weights ``s_i``, see :mod:`dlogit.family`)::
     f(theta) = sum_i s_i l_i / sum_i s_i  +  l2 ||W||^2  [ + l1 ||W||_1, handled by the solver ]
 
 :class:`Objective` turns the root sums (:class:`~dlogit.family.SumsLayout`) into the smooth part's
-``(loss, grad)``. :class:`Reparam` is the affine change of variables ``theta = A theta'`` the solvers
+``(loss, grad)``, the penalty's smooth part included (:class:`~dlogit.penalty.Penalty`; the fit's is
+:func:`fit_penalty`). :class:`Reparam` is the affine change of variables ``theta = A theta'`` the solvers
 work in when preconditioning is on (L-BFGS, Newton): coefficients divided by each column's scale and
 the intercept absorbing the column means (``W = W' / s``, ``b = b' - W m``). The objective is
 unchanged -- only the coordinates the solver moves in are -- so the optimum is the optimum of the
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from dlogit.family import ParamLayout
+from dlogit.penalty import Penalty
 
 Node = tuple[int, int]
 Combine = Callable[[Any, Any], Any]
@@ -88,7 +90,8 @@ def complete_tree(parts: Mapping[Node, Any], n_chunks: int, combine: Combine = o
 
 
 class Objective:
-    """``(loss, grad)`` of the smooth part (weighted mean loss + L2) from the root chunk sums.
+    """``(loss, grad)`` of the smooth part (weighted mean loss + the penalty's smooth part) from the root
+    chunk sums.
 
     Parameters
     ----------
@@ -97,19 +100,24 @@ class Objective:
     weight_sum : float
         ``sum_i s_i`` over the data (the row count when unweighted).
     l2 : float
-        Penalty strength in ``l2 * ||W||_F^2`` (intercepts excluded).
+        Without ``penalty``: the strength in ``l2 * ||W||_F^2`` (intercepts excluded, :func:`fit_penalty`).
     fit_intercept : bool
         When false the intercepts stay at 0 (their gradient is forced to 0).
+    penalty : Penalty or None
+        The fit's penalty (model coordinates; its smooth part is used here) instead of ``l2``.
     """
 
-    def __init__(self, layout: ParamLayout, weight_sum: float, l2: float, fit_intercept: bool = True) -> None:
+    def __init__(self, layout: ParamLayout, weight_sum: float, l2: float = 0.0, fit_intercept: bool = True,
+                 *, penalty: Penalty | None = None) -> None:
         self.layout = layout
         self.weight_sum = float(weight_sum)
-        self.l2 = float(l2)
+        if penalty is not None and l2:
+            raise ValueError("give the L2 strength in the penalty or as l2, not both")
+        full = penalty if penalty is not None else fit_penalty(layout, l2=float(l2))
+        self.penalty = full.split()[0]
         self.fit_intercept = bool(fit_intercept)
         self._k = layout.n_outputs * layout.n_features
         self._inv = 1.0 / self.weight_sum
-        self._two_l2 = 2.0 * self.l2
 
     def finalize(self, sums: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """``(loss, grad)`` at ``theta`` from its root sums ``[loss sum, gradient sums]``."""
@@ -119,11 +127,9 @@ class Objective:
         if not self.fit_intercept:
             grad[k:] = 0.0
         loss = float(sums[0]) * inv
-        if self.l2:
-            w = theta[:k]
-            loss += self.l2 * float(np.dot(w, w))
-            g = grad[:k]
-            g += self._two_l2 * w
+        if self.penalty.has_l2:
+            loss += self.penalty.value(theta)
+            self.penalty.add_gradient(theta, grad)
         return loss, grad
 
     def hvp_finalize(self, hv_sums: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -132,8 +138,7 @@ class Objective:
         k = self._k
         if not self.fit_intercept:
             out[k:] = 0.0
-        if self.l2:
-            out[:k] += (2.0 * self.l2) * v[:k]
+        self.penalty.add_hvp(v, out)
         return out
 
 
@@ -188,12 +193,23 @@ class Reparam:
         GW += np.outer(gb, self.shift)
         return out
 
-    def l1_weights(self, l1: float) -> np.ndarray:
-        """Per-coordinate L1 weights in solver coordinates (``l1 / s_j`` on coefficients, 0 on b)."""
-        out = np.zeros(self.layout.size)
+    def param_scale(self) -> np.ndarray:
+        """Each coordinate's scale ``theta'_j = s_j theta_j`` for a penalty, which reads only the
+        coefficients (``s`` of their column; 1 on the intercepts, which no penalty touches)."""
+        out = np.ones(self.layout.size)
         K, d = self.layout.n_outputs, self.layout.n_features
-        out[: K * d] = np.tile(l1 / self.scale, K)
+        out[: K * d] = np.tile(self.scale, K)
         return out
+
+    def penalty(self, penalty: Penalty) -> Penalty:
+        """``penalty`` (model coordinates) written in solver coordinates (L1 weights ``l1 f_j / s_j``)."""
+        return penalty if self.is_identity else penalty.rescaled(self.param_scale())
+
+
+def fit_penalty(layout: ParamLayout, l1: float = 0.0, l2: float = 0.0) -> Penalty:
+    """A fit's penalty in model coordinates: ``l2 ||W||_F^2 + l1 ||W||_1``, the intercepts unpenalized
+    (penalty factor 0)."""
+    return Penalty(layout.size, l1=l1, l2=l2, factors=layout.penalized())
 
 
 def column_spread(col_max: np.ndarray, col_sum: np.ndarray, col_sq: np.ndarray, n_rows: float) -> np.ndarray:

@@ -27,8 +27,9 @@ import numpy as np
 from dlogit.errors import Interrupted
 from dlogit.events import ProgressEmitter, Send
 from dlogit.family import describe_classes, n_nonzero
-from dlogit.objective import Objective, Reparam
-from dlogit.solvers import reopen
+from dlogit.objective import Objective, fit_penalty
+from dlogit.penalty import Penalty
+from dlogit.solvers import Problem, reopen
 from dlogit.spec import FitPlan, FitResult, FitSpec
 
 Stop = Callable[[], "str | None"]
@@ -44,33 +45,18 @@ class Evaluator(Protocol):
     def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray: ...
 
 
-def subgradient_norm(theta: np.ndarray, grad: np.ndarray, l1: float, penalized: np.ndarray,
-                     standardize: Reparam | None = None) -> float:
-    """Norm of the minimum-norm subgradient of ``f + l1 ||W||_1`` (``||grad||`` without L1); with
-    ``standardize``, of that subgradient mapped into standardized coordinates (columns centred and
-    divided by their standard deviation: ``(g_W - g_b m) / s``)."""
-    g = grad
-    if l1:
-        g = grad.copy()
-        w = theta[penalized]
-        gp = grad[penalized]
-        g[penalized] = np.where(w != 0, gp + l1 * np.sign(w), np.sign(gp) * np.maximum(np.abs(gp) - l1, 0.0))
-    if standardize is not None:
-        g = standardize.grad_to_solver(g)
-    return float(np.sqrt(np.dot(g, g)))
-
-
-class _Problem:
+class FitProblem:
     """The solver's view: f and H.v in solver coordinates, optimality in the model's."""
 
-    def __init__(self, evaluator: Evaluator, objective: Objective, plan: FitPlan, l1: float,
+    def __init__(self, evaluator: Evaluator, objective: Objective, plan: FitPlan, penalty: Penalty,
                  needs_hvp: bool) -> None:
         self.ev = evaluator
         self.obj = objective
         self.R = plan.reparam
         self.identity = plan.reparam.is_identity
-        self.l1 = float(l1)
-        self.penalized = plan.layout.penalized()
+        #: the penalty's nonsmooth part, which the solver handles (the objective holds the smooth part)
+        self.nonsmooth = penalty.split()[1]
+        self.solver_penalty = plan.reparam.penalty(self.nonsmooth)
         # preconditioned solvers stop on the scale-free measure: the (sub)gradient in standardized
         # coordinates (for a column of spread 1e4 -- an income -- the raw gradient cannot get below
         # ~1e-6 within float64, while the optimum is reached to 1e-9); gd keeps the plain gradient
@@ -98,22 +84,27 @@ class _Problem:
         return hv if self.identity else self.R.grad_to_solver(hv)
 
     def optimality(self, theta_s: np.ndarray, grad_s: np.ndarray) -> float:
-        """The stopping measure in model coordinates (scale-free of the preconditioner)."""
+        """The stopping measure in model coordinates (scale-free of the preconditioner): the norm of the
+        minimum-norm subgradient of ``f + P``; with ``standardize``, of that subgradient mapped into
+        standardized coordinates (columns centred and divided by their standard deviation:
+        ``(g_W - g_b m) / s``)."""
         if self.identity:
             theta, grad = theta_s, grad_s
         elif self._last_theta_s is not None and np.array_equal(self._last_theta_s, theta_s):
+            assert self._last_user is not None
             theta, grad = self._last_user
         else:
             theta, grad = self.R.to_user(theta_s), self.R.grad_to_user(grad_s)
-        return subgradient_norm(theta, grad, self.l1, self.penalized, self.standardize)
+        g = self.nonsmooth.min_norm_subgradient(theta, grad)
+        if self.standardize is not None:
+            g = self.standardize.grad_to_solver(g)
+        return float(np.sqrt(np.dot(g, g)))
 
 
-def _solver_problem(p: _Problem, n_params: int, l1_weights: np.ndarray | None) -> Any:
+def solver_problem(p: FitProblem) -> Problem:
     """The solvers' :class:`~dlogit.solvers.Problem` of a fit (or of one fold of a path)."""
-    from dlogit.solvers import Problem
-
-    return Problem(fun=p.fun, n_params=n_params, l1=l1_weights, hvp=p.hvp if p.needs_hvp else None,
-                   optimality=p.optimality)
+    return Problem(fun=p.fun, n_params=p.R.layout.size, penalty=p.solver_penalty,
+                   hvp=p.hvp if p.needs_hvp else None, optimality=p.optimality)
 
 
 def precision_name(dtype: Any) -> str:
@@ -161,10 +152,10 @@ def run_fit(evaluator: Evaluator, spec: FitSpec, plan: FitPlan, send: Send, *, m
 
     solver = get(spec.solver)
     info = dict(info or {})
-    objective = Objective(plan.layout, plan.weight_sum, spec.l2, spec.fit_intercept)
-    l1w = plan.reparam.l1_weights(spec.l1) if spec.l1 > 0 else None
-    problem = _Problem(evaluator, objective, plan, spec.l1, solver.needs_hvp)
-    sp = _solver_problem(problem, plan.layout.size, l1w)
+    penalty = fit_penalty(plan.layout, l1=spec.l1, l2=spec.l2)
+    objective = Objective(plan.layout, plan.weight_sum, fit_intercept=spec.fit_intercept, penalty=penalty)
+    problem = FitProblem(evaluator, objective, plan, penalty, solver.needs_hvp)
+    sp = solver_problem(problem)
     opts = SolverOptions(max_iter=spec.max_iter, tol=spec.tol, lr=spec.lr, memory=spec.memory, l2=spec.l2,
                          precision=precision_name({**spec.info, **(info or {})}.get("dtype")))
     row_bytes = plan.n_features * 8

@@ -85,9 +85,17 @@ def test_reparam_keeps_the_objective_and_its_gradient(rng):
 
     fd = approx_fprime(ts, lambda t: f(R.to_user(t)), 1e-7)
     np.testing.assert_allclose(R.grad_to_solver(grad(R.to_user(ts))), fd, rtol=1e-4, atol=1e-6)
-    w = R.l1_weights(0.5)
+    from dlogit.objective import fit_penalty
+
+    P = fit_penalty(layout, l1=0.5, l2=0.01)
+    Ps = R.penalty(P)  # the same penalty in the solver's coordinates
+    w = Ps.l1_weights
     np.testing.assert_allclose(w[:d], 0.5 / R.scale)
     assert w[d] == 0.0  # the intercept is never penalized
+    for t in (ts, np.r_[0.0, ts[1:]]):
+        assert Ps.value(t) == pytest.approx(P.value(R.to_user(t)), rel=1e-13)
+    # the smooth part's gradient transforms as every gradient does (A^T)
+    np.testing.assert_allclose(Ps.gradient(ts), R.grad_to_solver(P.gradient(R.to_user(ts))), rtol=1e-13)
 
 
 def test_preconditioner_is_finite_at_extreme_scales():

@@ -22,8 +22,11 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.optimize import minimize as scipy_minimize
 
 from dlogit.errors import ConfigError, ModelError
+from dlogit.penalty import Penalty
 from dlogit.solvers import (
     SOLVERS,
+    LBFGSState,
+    Pairs,
     Problem,
     Solver,
     SolverOptions,
@@ -76,7 +79,8 @@ class Logistic:
         return out
 
     def problem(self, l1: np.ndarray | None = None, hvp: bool = True) -> Problem:
-        return Problem(self.fun, self.d + 1, l1=l1, hvp=self.hvp if hvp else None)
+        return Problem(self.fun, self.d + 1, penalty=None if l1 is None else Penalty.weighted_l1(l1),
+                       hvp=self.hvp if hvp else None)
 
 
 class Softmax:
@@ -485,20 +489,22 @@ def test_resume_is_bit_identical(case):
 
 
 def test_state_arrays_are_plain_numpy_and_round_trip_exactly():
-    state = SolverState(theta=np.array([1.0, -2.5, 0.0]), n_iter=7, n_evals=11, loss=0.1 + 0.2,
-                        grad_norm=3e-9, status=None, message="",
-                        extra={"solver": "lbfgs", "S": np.arange(6.0).reshape(2, 3), "flag": True,
-                               "count": 3, "radius": 1 / 3, "_hint": True})
+    S, Y = np.arange(6.0).reshape(2, 3) + 1.0, np.arange(6.0).reshape(2, 3) ** 2 + 0.5
+    memory = Pairs.from_arrays(S, Y)
+    state = LBFGSState(theta=np.array([1.0, -2.5, 0.0]), n_iter=7, n_evals=11, loss=0.1 + 0.2,
+                       grad_norm=3e-9, status=None, message="", mode="lbfgs", f=1 / 3,
+                       grad=np.array([0.5, 0.25, -1.0]), memory=memory)
     arrays = state_to_arrays(state)
     assert all(isinstance(v, np.ndarray) and not v.dtype.hasobject for v in arrays.values())
     back = roundtrip(state)
+    assert type(back) is LBFGSState
     assert_array_equal(back.theta, state.theta)
     assert (back.n_iter, back.n_evals, back.loss, back.grad_norm, back.status, back.message) == \
            (7, 11, 0.1 + 0.2, 3e-9, None, "")
-    assert "_hint" not in back.extra  # process hints are not saved
-    assert back.extra["solver"] == "lbfgs" and back.extra["flag"] is True and back.extra["count"] == 3
-    assert type(back.extra["count"]) is int and back.extra["radius"] == 1 / 3
-    assert_array_equal(back.extra["S"], state.extra["S"])
+    assert back.mode == "lbfgs" and type(back.f) is float and back.f == 1 / 3
+    assert_array_equal(back.grad, state.grad)
+    assert_array_equal(back.memory.to_arrays()[0], S)  # oldest pair first, the layout before the ring
+    assert_array_equal(back.memory.to_arrays()[1], Y)
     with pytest.raises(ModelError):
         state_from_arrays({"theta": np.zeros(3)})
 
@@ -638,9 +644,9 @@ def test_gd_flags_persistent_oscillation_and_slow_growth():
                         r"has not gone below \S+ in the last 251 steps; it is now \S+\): lower lr \(e\.g\. "
                         r"0\.046\) or standardize the columns", state.message), state.message
     _numbers_have_at_most_4_digits(state.message)
-    window = state.extra["window"]  # the running count of rises is the count over the window
+    window = state.window  # the running count of rises is the count over the window
     assert window.size == 501
-    assert state.extra["rises"] == np.count_nonzero(
+    assert state.rises == np.count_nonzero(
         np.diff(window) > 1e-6 * np.maximum(np.abs(window[:-1]), np.abs(window[1:]))) >= 125
     # a quadratic with lr just above 2/L, started next to its optimum: the loss creeps up
     A = np.diag(np.linspace(0.1, 1.0, 20))
@@ -704,8 +710,9 @@ def test_reused_output_buffers_and_inputs_untouched():
     keep0, keep_l1 = theta0.copy(), l1.copy()
     for name, l1w, o in (("gd", None, opts(max_iter=50, tol=0.0, lr=0.5)), ("gd", l1, opts(max_iter=50, tol=0.0)),
                          ("lbfgs", None, opts()), ("lbfgs", l1, opts()), ("newton", None, opts())):
-        fresh = minimize(Problem(obj.fun, 31, l1=l1w, hvp=obj.hvp), theta0, o, name)
-        reused = minimize(Problem(fun_reusing, 31, l1=l1w, hvp=hvp_reusing), theta0, o, name)
+        pen = None if l1w is None else Penalty.weighted_l1(l1w)
+        fresh = minimize(Problem(obj.fun, 31, penalty=pen, hvp=obj.hvp), theta0, o, name)
+        reused = minimize(Problem(fun_reusing, 31, penalty=pen, hvp=hvp_reusing), theta0, o, name)
         assert_array_equal(fresh.theta, reused.theta)
         assert (fresh.n_iter, fresh.loss, fresh.status) == (reused.n_iter, reused.loss, reused.status)
     assert_array_equal(theta0, keep0)
@@ -735,9 +742,9 @@ def test_a_supplied_optimality_measure_is_reported_and_stops_the_run():
 def test_invalid_problem_and_options_are_config_errors():
     fun, _ = quadratic(np.eye(2), np.ones(2))
     with pytest.raises(ConfigError):
-        Problem(fun, 2, l1=np.array([0.1, -1.0]))
+        Problem(fun, 2, penalty=Penalty.weighted_l1(np.array([0.1, -1.0])))
     with pytest.raises(ConfigError):
-        Problem(fun, 2, l1=np.array([0.1]))
+        Problem(fun, 2, penalty=Penalty.weighted_l1(np.array([0.1])))
     with pytest.raises(ConfigError):
         SolverOptions(max_iter=10, tol=-1.0)
     with pytest.raises(ConfigError):

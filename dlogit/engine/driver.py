@@ -60,6 +60,10 @@ from dlogit.spec import FitPlan, FitResult, FitSpec, make_plan
 
 logger = logging.getLogger("dlogit.engine")
 
+#: every this many copies of the solver state to the replicas is whole (the others carry only the
+#: L-BFGS pairs pushed since the previous copy; see :meth:`Driver.replicate`)
+REPLICA_WHOLE_EVERY = 8
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -227,6 +231,8 @@ class Driver:
         self.replica_targets: list[str] = []
         self._last_replica = time.monotonic()
         self._replica_cost = 0.0
+        self._replica_copies = 0  # copies sent by this driver; every REPLICA_WHOLE_EVERY-th is whole
+        self._replica_mark: tuple[tuple[str, ...], int, int] | None = None  # targets, step, newest pair
         self.resumed_from: int | None = None
         self._ids = itertools.count()
         #: per reduction (the last 100 000): the wall time at the driver and the slowest worker's
@@ -441,22 +447,37 @@ class Driver:
 
     def replicate(self, state: Any, history: dict[str, list[float]]) -> None:
         """``run_fit``'s ``on_step``: copy the solver state and history to ``replica_targets`` (the
-        in-memory checkpoint), at most every ``replica-every`` seconds and at most ~5% of the time."""
+        in-memory checkpoint), at most every ``replica-every`` seconds and at most ~5% of the time.
+
+        An L-BFGS copy carries only the memory pairs pushed since the previous copy (the newest pair,
+        or the few since then), which each replica adds to the copy it holds
+        (:func:`~dlogit.checkpoint.merge_copy`), instead of the whole memory (``memory`` x 2 vectors).
+        Every ``REPLICA_WHOLE_EVERY``-th copy, the first one and the first after the targets change
+        are whole: the copies go without a reply, so a replica that missed one (a dropped message, a
+        new target) cannot complete the next ones and keeps its older whole copy until a whole one
+        comes -- at most ``REPLICA_WHOLE_EVERY`` copies (~8 x ``replica-every``) stale."""
         now = time.monotonic()
         if not self.replica_targets or now - self._last_replica < max(self.settings.replica_every,
                                                                       20.0 * self._replica_cost):
             return
         from distributed.protocol import ToPickle
 
-        from dlogit.solvers import state_to_arrays
+        from dlogit.checkpoint import state_copy
 
         assert self.links is not None
         t0 = time.perf_counter()
-        payload = ToPickle({"state": state_to_arrays(state), "history": {k: list(v) for k, v in history.items()},
+        targets = tuple(self.replica_targets)
+        mark = self._replica_mark
+        whole = mark is None or mark[0] != targets or self._replica_copies % REPLICA_WHOLE_EVERY == 0
+        copy = state_copy(state, None if whole or mark is None else (mark[1], mark[2]))
+        pairs = copy.get("pairs") or copy.get("delta", {}).get("pairs")
+        payload = ToPickle({**copy, "history": {k: list(v) for k, v in history.items()},
                             "resumed_from": self.resumed_from})
         with contextlib.suppress(WorkerLost):  # a lost worker shows in the next step
             self.links.control({w: {"epoch": self.epoch, "n_iter": int(state.n_iter), "payload": payload}
-                                for w in self.replica_targets}, "checkpoint", reply=False, missing_ok=True)
+                                for w in targets}, "checkpoint", reply=False, missing_ok=True)
+        self._replica_copies += 1
+        self._replica_mark = None if pairs is None else (targets, int(state.n_iter), int(pairs[1]))
         self._replica_cost = time.perf_counter() - t0
         self._last_replica = time.monotonic()
 

@@ -626,7 +626,9 @@ async def _checkpoint(plugin: EnginePlugin, run: str, epoch: int, n_iter: int, p
             return
         old = state.checkpoint
         if old is None or (epoch, n_iter) >= (old["epoch"], old["n_iter"]):
-            state.checkpoint = {"epoch": epoch, "n_iter": n_iter, **payload}
+            from dlogit.checkpoint import merge_copy  # an L-BFGS copy may carry only its newest pairs
+
+            state.checkpoint = merge_copy(old, {"epoch": epoch, "n_iter": n_iter, **payload})
 
 
 async def _drop(plugin: EnginePlugin, run: str, epoch: int) -> dict[str, Any]:

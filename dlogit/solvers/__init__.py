@@ -7,8 +7,11 @@ A solver is looked up by name in :data:`SOLVERS` (a registry, not an if/elif cha
     while state.status is None:
         state = solver.step(problem, state, options)    # one iteration; checkpoint between steps
 
-A checkpoint is ``np.savez(path, **state_to_arrays(state))``; ``state_from_arrays(np.load(path,
-allow_pickle=False))`` resumes the same iterates. :func:`minimize` is that loop.
+Each solver's state is a frozen dataclass of its own (:class:`GDState`, :class:`LBFGSState`,
+:class:`NewtonState`); ``step`` returns a new one. A checkpoint is ``np.savez(path,
+**state_to_arrays(state))`` (arrays derived from the state's fields); ``state_from_arrays(np.load(path,
+allow_pickle=False))`` resumes the same iterates. :func:`minimize` is that loop. The penalty is a
+:class:`~dlogit.penalty.Penalty` in ``Problem(penalty=...)``.
 
 ========  ====================================================  ==========  ==========
 name      method                                                max_iter    tol
@@ -27,6 +30,7 @@ import numpy as np
 
 from dlogit.errors import ConfigError
 from dlogit.solvers._base import (
+    STATE_TYPES,
     Fun,
     Hvp,
     Problem,
@@ -40,9 +44,10 @@ from dlogit.solvers._base import (
     state_to_arrays,
     suggested_lr,
 )
-from dlogit.solvers.gd import GradientDescent
-from dlogit.solvers.lbfgs import LBFGS
-from dlogit.solvers.newton import NewtonCG
+from dlogit.solvers._memory import Pairs
+from dlogit.solvers.gd import GDState, GradientDescent
+from dlogit.solvers.lbfgs import LBFGS, LBFGSState
+from dlogit.solvers.newton import NewtonCG, NewtonState
 
 #: name -> solver
 SOLVERS: dict[str, Solver] = {s.name: s for s in (GradientDescent(), LBFGS(), NewtonCG())}
@@ -96,10 +101,15 @@ def minimize(problem: Problem, theta0: np.ndarray, options: SolverOptions, solve
 __all__ = [
     "LBFGS",
     "SOLVERS",
+    "STATE_TYPES",
     "Fun",
+    "GDState",
     "GradientDescent",
     "Hvp",
+    "LBFGSState",
     "NewtonCG",
+    "NewtonState",
+    "Pairs",
     "Problem",
     "Solver",
     "SolverOptions",

@@ -6,29 +6,29 @@ the state alone (with the same :class:`Problem` and :class:`SolverOptions`) dete
 run. So a checkpoint is ``np.savez(path, **state_to_arrays(state))`` and a resume is
 ``state_from_arrays(np.load(path, allow_pickle=False))``: the remaining iterates are bit-identical.
 
-The objective is ``F(theta) = f(theta) + sum_j l1_j |theta_j|`` with ``f`` smooth (supplied as
-``fun(theta) -> (f, grad f)``) and per-coordinate L1 weights ``l1_j >= 0``. Everything here is plain
-NumPy float64 on the driver; nothing knows about Dask.
+The objective is ``F(theta) = f(theta) + P(theta)`` with ``f`` smooth (supplied as
+``fun(theta) -> (f, grad f)``) and ``P`` a :class:`~dlogit.penalty.Penalty` the solver handles
+itself (per-coordinate L1 weights ``l1_j >= 0``). Everything here is plain NumPy float64 on the
+driver; nothing knows about Dask.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import MISSING, dataclass, fields, replace
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from dlogit.errors import ConfigError, ModelError
+from dlogit.penalty import Penalty
 
 Fun = Callable[[np.ndarray], tuple[float, np.ndarray]]
 """Smooth part ``f(theta) -> (value, gradient)``, float64."""
 
 Hvp = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(theta, v) -> hessian(f)(theta) @ v``."""
-
-"""``callback(step, loss, grad_norm)`` of the legacy ``solve`` functions."""
 
 STATUSES = ("converged", "max_iter", "stalled", "diverged")
 
@@ -45,7 +45,7 @@ _VERSION = 1
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """What to minimize: ``F(theta) = f(theta) + sum_j l1[j] * |theta[j]|``.
+    """What to minimize: ``F(theta) = f(theta) + P(theta)``, ``P`` the nonsmooth penalty.
 
     Parameters
     ----------
@@ -54,21 +54,23 @@ class Problem:
         be a buffer the caller reuses on the next call: solvers copy what they keep.
     n_params : int
         Length of ``theta``.
-    l1 : numpy.ndarray or None
-        ``(n_params,)`` L1 weights ``>= 0`` (0 for unpenalized coordinates such as the intercept), or
-        None for a smooth problem. Stored as a read-only float64 copy.
+    penalty : Penalty or None
+        The penalty ``P`` (:class:`~dlogit.penalty.Penalty`, in the solver's coordinates). Its smooth
+        part (L2), if any, is added to ``fun`` and ``hvp`` here; the solvers handle the nonsmooth part
+        (L1: value, proximal map, minimum-norm subgradient), which ``problem.penalty`` then holds. A fit
+        passes only the L1 part (its objective already holds the L2 term). None: no penalty.
     hvp : Hvp or None
         ``hvp(theta, v) -> hessian(f)(theta) @ v``; needed by ``"newton"`` only.
     optimality : callable or None
         ``optimality(theta, grad) -> float``, the measure reported as ``state.grad_norm`` and compared
-        with ``tol`` (``grad`` is ``grad f(theta)``). None: ``||grad||_2``, or the norm of the
-        minimum-norm subgradient of ``F`` with L1. A caller that solves in rescaled coordinates passes
-        the measure in its own coordinates; the solvers' internal decisions never use it.
+        with ``tol`` (``grad`` is ``grad f(theta)``). None: the norm of the minimum-norm subgradient of
+        ``F`` (``||grad||_2`` without L1). A caller that solves in rescaled coordinates passes the
+        measure in its own coordinates; the solvers' internal decisions never use it.
     """
 
     fun: Fun
     n_params: int
-    l1: np.ndarray | None = None
+    penalty: Penalty | None = None
     hvp: Hvp | None = None
     optimality: Callable[[np.ndarray, np.ndarray], float] | None = None
 
@@ -76,20 +78,45 @@ class Problem:
         if int(self.n_params) < 1:
             raise ConfigError(f"n_params must be at least 1, got {self.n_params}")
         object.__setattr__(self, "n_params", int(self.n_params))
-        if self.l1 is not None:
-            l1 = np.array(self.l1, dtype=np.float64, copy=True)
-            if l1.shape != (self.n_params,):
-                raise ConfigError(f"l1 must have shape ({self.n_params},), got {l1.shape}")
-            if not (np.all(np.isfinite(l1)) and np.all(l1 >= 0)):
-                raise ConfigError("l1 weights must be finite and >= 0")
-            l1.flags.writeable = False
-            object.__setattr__(self, "l1", l1)
-        object.__setattr__(self, "_has_l1", self.l1 is not None and bool(np.any(self.l1 > 0)))
+        penalty = self.penalty if self.penalty is not None else Penalty(self.n_params)
+        if penalty.n_params != self.n_params:
+            raise ConfigError(f"the penalty has {penalty.n_params} coordinates, the problem {self.n_params}")
+        if penalty.has_l2:
+            smooth, penalty = penalty.split()
+            object.__setattr__(self, "fun", _SmoothPlus(self.fun, smooth).fun)
+            if self.hvp is not None:
+                object.__setattr__(self, "hvp", _SmoothPlus(self.hvp, smooth).hvp)
+        object.__setattr__(self, "penalty", penalty)
+
+    @property
+    def nonsmooth(self) -> Penalty:
+        """The penalty the solver handles (a zero one when none was given)."""
+        assert self.penalty is not None
+        return self.penalty
 
     @property
     def has_l1(self) -> bool:
-        """Whether any L1 weight is nonzero (the problem is then nonsmooth)."""
-        return bool(self._has_l1)  # type: ignore[attr-defined]
+        """Whether the penalty has a nonzero L1 weight (the problem is then nonsmooth)."""
+        return self.nonsmooth.has_l1
+
+
+@dataclass(frozen=True)
+class _SmoothPlus:
+    """``fun`` or ``hvp`` with a penalty's smooth part added."""
+
+    base: Callable[..., Any]
+    smooth: Penalty
+
+    def fun(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = self.base(theta)
+        grad = np.array(grad, dtype=np.float64, copy=True)
+        self.smooth.add_gradient(theta, grad)
+        return float(value) + self.smooth.value(theta), grad
+
+    def hvp(self, theta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.array(self.base(theta, v), dtype=np.float64, copy=True)
+        self.smooth.add_hvp(v, out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -152,9 +179,14 @@ class SolverOptions:
             raise ConfigError(f"divergence_window must be at least 8, got {self.divergence_window}")
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SolverState:
-    """Everything a solver needs to continue a run; a value that :func:`state_to_arrays` saves.
+    """Everything a solver needs to continue a run: a frozen value that :func:`state_to_arrays` saves.
+
+    Each solver has its own subclass (``GDState``, ``LBFGSState``, ``NewtonState``) adding the fields it
+    needs; a step returns a new state and never changes the one it was given. Fields whose metadata
+    says ``saved=False`` are hints about the running process (e.g. "the last ``fun`` call was at
+    ``theta``") and are not saved: a resumed run starts without them.
 
     Attributes
     ----------
@@ -165,19 +197,17 @@ class SolverState:
     n_evals : int
         Calls of ``problem.fun`` so far.
     loss : float
-        ``F = f + sum_j l1_j |theta_j|`` at the reported point.
+        ``F = f + P`` at the reported point.
     grad_norm : float
-        Optimality at the reported point: ``||grad f||_2`` for smooth problems, the norm of the
-        minimum-norm subgradient of ``F`` with L1 (0 exactly at a KKT point).
+        Optimality at the reported point: the norm of the minimum-norm subgradient of ``F``
+        (``||grad f||_2`` for smooth problems; 0 exactly at a KKT point).
     status : str or None
         None while running, else one of ``"converged"``, ``"max_iter"``, ``"stalled"``, ``"diverged"``.
     message : str
         One line for the user when ``status`` is not ``"converged"``.
-    extra : dict
-        Solver-specific values: NumPy arrays or Python ``bool`` / ``int`` / ``float`` / ``str``. Keys
-        starting with ``"_"`` are hints about the running process (e.g. "the last ``fun`` call was at
-        ``theta``") and are not saved: a resumed run starts without them.
     """
+
+    solver: ClassVar[str] = ""
 
     theta: np.ndarray
     n_iter: int
@@ -186,7 +216,38 @@ class SolverState:
     grad_norm: float
     status: str | None = None
     message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: solver name -> its state class (filled by :func:`state_type`)
+STATE_TYPES: dict[str, type[SolverState]] = {}
+
+_BASE_FIELDS = frozenset(f.name for f in fields(SolverState))
+
+S = TypeVar("S", bound=SolverState)
+
+
+def state_type(cls: type[S]) -> type[S]:
+    """Register a solver's state class (a decorator), so that :func:`state_from_arrays` restores it."""
+    STATE_TYPES[cls.solver] = cls
+    _DEFAULTS[cls] = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    _NAMES[cls] = frozenset(f.name for f in fields(cls))
+    return cls
+
+
+_DEFAULTS: dict[type[SolverState], dict[str, Any]] = {}
+_NAMES: dict[type[SolverState], frozenset[str]] = {}
+
+
+def make_state(cls: type[S], values: dict[str, Any]) -> S:
+    """``cls(**values)`` for a registered state class, built without the frozen ``__init__``'s
+    ``object.__setattr__`` per field (several microseconds: the ``"gd"`` step, whose other
+    bookkeeping costs about as much, builds one state per step). Fields left out get their defaults."""
+    assert _NAMES[cls].issuperset(values) and _NAMES[cls].issubset({*values, *_DEFAULTS[cls]}), \
+        sorted(_NAMES[cls].symmetric_difference(values))
+    out = object.__new__(cls)
+    out.__dict__.update(_DEFAULTS[cls])
+    out.__dict__.update(values)
+    return out
 
 
 @runtime_checkable
@@ -209,22 +270,26 @@ class Solver(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# saving and restoring a state
+# saving and restoring a state: the arrays are derived from the state's fields
 
 
-def state_to_arrays(state: SolverState) -> dict[str, np.ndarray]:
+def state_to_arrays(state: SolverState, *, structured: bool = True) -> dict[str, np.ndarray]:
     """The state as NumPy arrays only (``np.savez(..., **arrays)``; loads with ``allow_pickle=False``).
 
     Parameters
     ----------
     state : SolverState
-        Any state; ``extra`` keys starting with ``"_"`` (process hints) are left out.
+        Any solver's state; fields with ``saved=False`` metadata (process hints) are left out.
+    structured : bool
+        False leaves out the structured fields (the L-BFGS memory): for a copy that sends them apart.
 
     Returns
     -------
     dict of str to numpy.ndarray
-        ``theta``, 0-d arrays for the scalar fields, ``extra.<key>`` for array extras and
-        ``extra_scalar.<key>`` for scalar extras (restored as Python scalars).
+        ``theta``, 0-d arrays for the common scalar fields, and for the solver's own fields
+        ``extra.<name>`` (arrays; the L-BFGS memory as ``extra.S`` and ``extra.Y``, oldest pair first)
+        or ``extra_scalar.<name>`` (scalars, restored as Python scalars; ``extra_scalar.solver`` names
+        the solver).
     """
     out: dict[str, np.ndarray] = {
         "format": np.array(_FORMAT),
@@ -236,18 +301,26 @@ def state_to_arrays(state: SolverState) -> dict[str, np.ndarray]:
         "grad_norm": np.array(float(state.grad_norm), dtype=np.float64),
         "status": np.array("" if state.status is None else str(state.status)),
         "message": np.array(str(state.message)),
+        "extra_scalar.solver": np.array(state.solver),
     }
-    for key, value in state.extra.items():
-        if key.startswith("_"):
+    for f in fields(state):
+        if f.name in _BASE_FIELDS or not f.metadata.get("saved", True):
             continue
-        if isinstance(value, np.ndarray):
-            if value.dtype.hasobject:
-                raise TypeError(f"extra[{key!r}] holds Python objects and cannot be saved")
-            out[f"extra.{key}"] = value.copy()
+        value = getattr(state, f.name)
+        to_arrays = getattr(value, "to_arrays", None)
+        if to_arrays is not None:  # a structured field (the L-BFGS memory) saves itself
+            if not structured:
+                continue
+            names = f.metadata["arrays"]
+            for key, arr in zip(names, to_arrays(), strict=True):
+                out[f"extra.{key}"] = arr
+        elif isinstance(value, np.ndarray):
+            out[f"extra.{f.name}"] = np.array(value, copy=True)
         elif isinstance(value, (bool, int, float, str, np.generic)):
-            out[f"extra_scalar.{key}"] = np.array(value)
+            out[f"extra_scalar.{f.name}"] = np.array(value)
         else:
-            raise TypeError(f"extra[{key!r}] is a {type(value).__name__}; only arrays and scalars are saved")
+            raise TypeError(f"{type(state).__name__}.{f.name} is a {type(value).__name__}; only arrays, "
+                            "scalars and the L-BFGS memory are saved")
     return out
 
 
@@ -257,7 +330,8 @@ def state_from_arrays(arrays: Mapping[str, np.ndarray]) -> SolverState:
     Raises
     ------
     dlogit.errors.ModelError
-        When ``arrays`` is not a saved solver state (missing keys, another format or version).
+        When ``arrays`` is not a saved solver state (missing keys, another format or version, an
+        unknown solver, a field missing).
     """
     keys = set(arrays.keys())
     required = {"format", "version", "theta", "n_iter", "n_evals", "loss", "grad_norm", "status", "message"}
@@ -270,13 +344,28 @@ def state_from_arrays(arrays: Mapping[str, np.ndarray]) -> SolverState:
     status = str(np.asarray(arrays["status"])[()]) or None
     if status is not None and status not in STATUSES:
         raise ModelError(f"solver state has an unknown status {status!r}")
-    extra: dict[str, Any] = {}
-    for key in sorted(keys):  # fresh, aligned, writable copies: the file's buffers are not kept
-        if key.startswith("extra."):
-            extra[key[len("extra."):]] = np.array(arrays[key], copy=True)
-        elif key.startswith("extra_scalar."):
-            extra[key[len("extra_scalar."):]] = np.asarray(arrays[key])[()].item()
-    return SolverState(
+    solver = str(np.asarray(arrays["extra_scalar.solver"])[()]) if "extra_scalar.solver" in keys else ""
+    cls = STATE_TYPES.get(solver)
+    if cls is None:
+        raise ModelError(f"solver state of an unknown solver {solver!r}")
+    own: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in _BASE_FIELDS or not f.metadata.get("saved", True):
+            continue
+        codec = f.metadata.get("codec")
+        if codec is not None:  # fresh, aligned, writable copies: the file's buffers are not kept
+            names = f.metadata["arrays"]
+            missing = [n for n in names if f"extra.{n}" not in keys]
+            if missing:
+                raise ModelError(f"{solver} solver state lacks {', '.join(missing)}")
+            own[f.name] = codec(*(np.asarray(arrays[f"extra.{n}"], dtype=np.float64) for n in names))
+        elif f"extra.{f.name}" in keys:
+            own[f.name] = np.array(arrays[f"extra.{f.name}"], copy=True)
+        elif f"extra_scalar.{f.name}" in keys:
+            own[f.name] = np.asarray(arrays[f"extra_scalar.{f.name}"])[()].item()
+        elif f.default is MISSING:
+            raise ModelError(f"{solver} solver state lacks {f.name!r}")
+    return cls(
         theta=np.array(arrays["theta"], dtype=np.float64, copy=True),
         n_iter=int(np.asarray(arrays["n_iter"])[()]),
         n_evals=int(np.asarray(arrays["n_evals"])[()]),
@@ -284,7 +373,7 @@ def state_from_arrays(arrays: Mapping[str, np.ndarray]) -> SolverState:
         grad_norm=float(np.asarray(arrays["grad_norm"])[()]),
         status=status,
         message=str(np.asarray(arrays["message"])[()]),
-        extra=extra,
+        **own,
     )
 
 
@@ -311,47 +400,20 @@ def norm(v: np.ndarray) -> float:
     return math.sqrt(float(np.dot(v, v)))
 
 
-def l1_value(theta: np.ndarray, l1: np.ndarray | None) -> float:
-    """``sum_j l1_j |theta_j|`` (0.0 without weights)."""
-    if l1 is None:
-        return 0.0
-    return float(np.dot(l1, np.abs(theta)))
-
-
-def pseudo_gradient(theta: np.ndarray, grad: np.ndarray, l1: np.ndarray) -> np.ndarray:
-    """The minimum-norm subgradient of ``f + sum_j l1_j |theta_j|`` (OWL-QN's pseudo-gradient).
-
-    ``grad_j + l1_j sign(theta_j)`` where ``theta_j != 0``; where ``theta_j == 0`` the subdifferential
-    is ``[grad_j - l1_j, grad_j + l1_j]`` and its point nearest 0 is ``grad_j`` soft-thresholded by
-    ``l1_j`` (0 when ``|grad_j| <= l1_j``).
-    """
-    at_zero = theta == 0
-    shrunk = np.sign(grad) * np.maximum(np.abs(grad) - l1, 0.0)
-    return np.where(at_zero, shrunk, grad + l1 * np.sign(theta))
-
-
-def soft_threshold(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``sign(x) * max(|x| - t, 0)``: the proximal map of ``sum_j t_j |x_j|`` (exact zeros)."""
-    return np.sign(x) * np.maximum(np.abs(x) - t, 0.0)
-
-
 def measure(problem: Problem, theta: np.ndarray, grad: np.ndarray) -> float:
     """The optimality measure at ``theta`` given ``grad = grad f(theta)`` (``state.grad_norm``).
 
-    ``problem.optimality(theta, grad)`` when supplied; else ``||grad||_2`` for a smooth problem and the
-    norm of :func:`pseudo_gradient` (the minimum-norm subgradient of ``F``) with L1.
+    ``problem.optimality(theta, grad)`` when supplied; else the norm of the minimum-norm subgradient of
+    ``F`` (:meth:`Penalty.optimality`; ``||grad||_2`` for a smooth problem).
     """
     if problem.optimality is not None:
         return float(problem.optimality(theta, grad))
-    if problem.has_l1:
-        assert problem.l1 is not None
-        return norm(pseudo_gradient(theta, grad, problem.l1))
-    return norm(grad)
+    return problem.nonsmooth.optimality(theta, grad)
 
 
 def penalty_and_optimality(problem: Problem, theta: np.ndarray, grad: np.ndarray) -> tuple[float, float]:
-    """``(sum_j l1_j |theta_j|, measure(problem, theta, grad))``."""
-    return l1_value(theta, problem.l1 if problem.has_l1 else None), measure(problem, theta, grad)
+    """``(P(theta), measure(problem, theta, grad))``."""
+    return problem.nonsmooth.value(theta), measure(problem, theta, grad)
 
 
 def check_theta0(problem: Problem, theta0: np.ndarray) -> np.ndarray:
@@ -391,25 +453,27 @@ def suggested_lr(lr: float, l2: float) -> float:
     return 0.5 / l2 if l2 > 0 and lr * l2 >= 1.0 else lr / 10
 
 
-def start_state(problem: Problem, theta: np.ndarray, options: SolverOptions, *,
-                name: str) -> tuple[SolverState, float, np.ndarray]:
-    """Evaluate ``theta`` (one ``fun`` call) and build the initial state of solver ``name``.
+def start_state(problem: Problem, theta: np.ndarray, options: SolverOptions
+                ) -> tuple[dict[str, Any], float, np.ndarray]:
+    """Evaluate ``theta`` (one ``fun`` call): the common fields of a solver's initial state.
 
     The state is final when the start is not finite ("diverged"), already optimal ("converged",
-    ``n_iter`` 0), or ``max_iter`` is 0. Returns the state, ``f(theta)`` and the (private) gradient.
+    ``n_iter`` 0), or ``max_iter`` is 0. Returns those fields (keyword arguments of a
+    :class:`SolverState` subclass), ``f(theta)`` and the (private) gradient.
     """
     f, grad = evaluate(problem, theta)
     penalty, gnorm = penalty_and_optimality(problem, theta, grad)
     loss = f + penalty
-    state = SolverState(theta=theta, n_iter=0, n_evals=1, loss=loss, grad_norm=gnorm,
-                        extra={"solver": name})
+    status, message = None, ""
     if not (math.isfinite(loss) and math.isfinite(gnorm)):
-        state.status, state.message = "diverged", not_finite_at_start(loss, gnorm, not np.any(theta))
+        status, message = "diverged", not_finite_at_start(loss, gnorm, not np.any(theta))
     elif gnorm <= options.tol:
-        state.status = "converged"
+        status = "converged"
     elif options.max_iter == 0:
-        state.status, state.message = "max_iter", max_iter_message(options, gnorm)
-    return state, f, grad
+        status, message = "max_iter", max_iter_message(options, gnorm)
+    common = {"theta": theta, "n_iter": 0, "n_evals": 1, "loss": loss, "grad_norm": gnorm, "status": status,
+              "message": message}
+    return common, f, grad
 
 
 def max_iter_message(options: SolverOptions, gnorm: float) -> str:
@@ -427,38 +491,37 @@ def stalled_message(measure: float, options: SolverOptions) -> str:
             f"{fmt(measure)}")
 
 
-def check_state(state: SolverState, name: str) -> None:
+def check_state(state: SolverState, cls: type[SolverState]) -> None:
     """Refuse to step a finished state, or a state another solver made."""
-    owner = state.extra.get("solver")
-    if owner != name:
-        raise ConfigError(f"this solver state was made by solver {owner!r}, not {name!r}")
+    if not isinstance(state, cls):
+        raise ConfigError(f"this solver state was made by solver {state.solver!r}, not {cls.solver!r}")
     if state.status is not None:
         raise ConfigError(f"the run is already over (status {state.status!r}); start a new one")
 
 
-def finish(state: SolverState, options: SolverOptions) -> SolverState:
-    """Set ``converged`` / ``max_iter`` on a state that just completed an iteration (if it applies)."""
+def finish(state: S, options: SolverOptions) -> S:
+    """``state`` with ``converged`` / ``max_iter`` set when it just completed an iteration that ends
+    the run (``state`` itself otherwise)."""
     if state.status is None:
         if state.grad_norm <= options.tol:
-            state.status = "converged"
-        elif state.n_iter >= options.max_iter:
-            state.status, state.message = "max_iter", max_iter_message(options, state.grad_norm)
+            return replace(state, status="converged")
+        if state.n_iter >= options.max_iter:
+            return replace(state, status="max_iter", message=max_iter_message(options, state.grad_norm))
     return state
 
 
-def reopen(state: SolverState, options: SolverOptions) -> SolverState:
+def reopen(state: S, options: SolverOptions) -> S:
     """A resumed state under the resumed run's ``max_iter`` and ``tol``: a run that ended ``max_iter``
     or ``converged`` goes on when the new limits allow more (a larger ``max_iter``, a smaller ``tol``);
     ``stalled`` and ``diverged`` runs stay over."""
     if state.status not in ("max_iter", "converged"):
         return state
-    out = SolverState(theta=state.theta, n_iter=state.n_iter, n_evals=state.n_evals, loss=state.loss,
-                      grad_norm=state.grad_norm, extra=dict(state.extra))
-    return finish(out, options)
+    return finish(replace(state, status=None, message=""), options)
 
 
 __all__ = [
     "EPS",
+    "STATE_TYPES",
     "STATUSES",
     "Fun",
     "Hvp",
@@ -472,17 +535,16 @@ __all__ = [
     "evaluate",
     "finish",
     "fmt",
-    "l1_value",
+    "make_state",
     "max_iter_message",
     "measure",
     "norm",
     "penalty_and_optimality",
-    "pseudo_gradient",
     "reopen",
-    "soft_threshold",
     "stalled_message",
     "start_state",
     "state_from_arrays",
     "state_to_arrays",
+    "state_type",
     "suggested_lr",
 ]

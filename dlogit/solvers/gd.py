@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -60,16 +62,48 @@ from dlogit.solvers._base import (
     divergence_advice,
     evaluate,
     fmt,
+    make_state,
     max_iter_message,
     penalty_and_optimality,
-    soft_threshold,
     start_state,
+    state_type,
 )
 
 #: relative rise of the loss that counts as a rise (far above rounding, see the module docstring)
 RISE_RTOL = 1e-6
 #: the loss may not exceed F_0 + GROWTH * |F_0|
 GROWTH = 10.0
+
+
+@state_type
+@dataclass(frozen=True, eq=False, kw_only=True)
+class GDState(SolverState):
+    """A ``"gd"`` run between steps.
+
+    Attributes
+    ----------
+    f, grad : float, numpy.ndarray
+        The smooth part's value and gradient at ``theta`` (the point the next step reports); when
+        ``pending``, those of the previous point.
+    loss0 : float
+        ``F`` at the start (divergence criterion 2).
+    window : numpy.ndarray
+        The last ``divergence_window + 1`` reported losses, oldest first.
+    rises : int
+        How many steps of ``window`` rose.
+    pending : bool
+        ``theta`` moved on the last step of a ``max_iter`` run and is not evaluated yet (a resumed run
+        with a larger ``max_iter`` evaluates it first).
+    """
+
+    solver: ClassVar[str] = "gd"
+
+    f: float
+    grad: np.ndarray
+    loss0: float
+    window: np.ndarray
+    rises: int
+    pending: bool = False
 
 
 class GradientDescent:
@@ -81,7 +115,7 @@ class GradientDescent:
     supports_l1: bool = True
     needs_hvp: bool = False
 
-    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> SolverState:
+    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> GDState:
         """Evaluate ``theta0``; the returned state's ``theta`` is the first point step 0 reports.
 
         Raises
@@ -92,50 +126,42 @@ class GradientDescent:
         if not (math.isfinite(float(options.lr)) and float(options.lr) > 0):
             raise ConfigError(f"lr must be > 0, got {options.lr}")
         theta = check_theta0(problem, theta0)
-        state, f, grad = start_state(problem, theta, options, name=self.name)
-        state.extra.update(f=f, grad=grad, loss0=state.loss, window=np.empty(0), rises=0)
-        return state
+        common, f, grad = start_state(problem, theta, options)
+        return GDState(**common, f=f, grad=grad, loss0=common["loss"], window=np.empty(0), rises=0)
 
-    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
+    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> GDState:
         """Report ``theta_k`` and move to ``theta_{k+1}`` (one evaluation, except on the last step)."""
-        check_state(state, self.name)
-        if state.extra.get("pending"):  # a max_iter run resumed with a larger max_iter: evaluate its point
+        check_state(state, GDState)
+        assert isinstance(state, GDState)
+        f, grad, n_evals = state.f, state.grad, state.n_evals
+        if state.pending:  # a max_iter run resumed with a larger max_iter: evaluate its point
             f, grad = evaluate(problem, state.theta)
-            state = SolverState(theta=state.theta, n_iter=state.n_iter, n_evals=state.n_evals + 1,
-                                loss=state.loss, grad_norm=state.grad_norm,
-                                extra={**state.extra, "f": f, "grad": grad, "pending": False})
-        theta, grad = state.theta, state.extra["grad"]
+            n_evals += 1
+        theta = state.theta
         penalty, measure = penalty_and_optimality(problem, theta, grad)
-        loss = float(state.extra["f"]) + penalty
+        loss = float(f) + penalty
         k = state.n_iter
         w = options.divergence_window
-        window, rises = _slide(state.extra["window"], int(state.extra["rises"]), loss, w)
-        extra = {**state.extra, "window": window, "rises": rises}
-        new = SolverState(theta=theta, n_iter=k + 1, n_evals=state.n_evals, loss=loss, grad_norm=measure,
-                          extra=extra)
-        why = _divergence(loss, measure, float(state.extra["loss0"]), window, rises, w)
+        window, rises = _slide(state.window, int(state.rises), loss, w)
+        # one new state per step (make_state: dataclasses.replace or GDState(...) cost as much as the
+        # step's own bookkeeping on small problems)
+        new: dict[str, Any] = {"theta": theta, "n_iter": k + 1, "n_evals": n_evals, "loss": loss,
+                               "grad_norm": measure, "f": f, "grad": grad, "loss0": state.loss0,
+                               "window": window, "rises": rises}
+        why = _divergence(loss, measure, float(state.loss0), window, rises, w)
         if why is not None:
-            new.status = "diverged"
-            new.message = (f"gradient descent diverged at step {k} ({why}): "
-                           f"{divergence_advice(options.lr, options.l2)}")
-            return new
-        if measure <= options.tol:
-            new.status = "converged"
-            return new
-        step = options.lr * grad
-        if problem.has_l1:
-            assert problem.l1 is not None
-            new.theta = soft_threshold(theta - step, options.lr * problem.l1)
+            new.update(status="diverged", message=f"gradient descent diverged at step {k} ({why}): "
+                                                  f"{divergence_advice(options.lr, options.l2)}")
+        elif measure <= options.tol:
+            new["status"] = "converged"
         else:
-            new.theta = theta - step
-        if new.n_iter >= options.max_iter:
-            new.status, new.message = "max_iter", max_iter_message(options, measure)
-            new.extra["pending"] = True  # theta moved, not yet evaluated (f, grad are the last point's)
-            return new
-        f, grad = evaluate(problem, new.theta)
-        new.n_evals += 1
-        new.extra.update(f=f, grad=grad)
-        return new
+            new["theta"] = problem.nonsmooth.prox(theta - options.lr * grad, options.lr)
+            if k + 1 >= options.max_iter:  # moved, not yet evaluated (f, grad are the last point's)
+                new.update(status="max_iter", message=max_iter_message(options, measure), pending=True)
+            else:
+                new["f"], new["grad"] = evaluate(problem, new["theta"])
+                new["n_evals"] = n_evals + 1
+        return make_state(GDState, new)
 
 
 def _rose(before: float, after: float) -> bool:

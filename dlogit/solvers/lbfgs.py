@@ -17,6 +17,9 @@ With L1 (any ``problem.l1 > 0``) each step is an OWL-QN step (:mod:`dlogit.solve
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
 import numpy as np
 
 from dlogit.errors import ConfigError
@@ -31,10 +34,34 @@ from dlogit.solvers._base import (
     norm,
     stalled_message,
     start_state,
+    state_type,
 )
-from dlogit.solvers._memory import empty_memory, push_pair, two_loop
+from dlogit.solvers._memory import Pairs, two_loop
 from dlogit.solvers.linesearch import strong_wolfe
 from dlogit.solvers.owlqn import owlqn_step
+
+
+@state_type
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LBFGSState(SolverState):
+    """An ``"lbfgs"`` run between steps.
+
+    Attributes
+    ----------
+    mode : str
+        ``"lbfgs"``, or ``"owlqn"`` for a problem with L1 weights (a state resumes only on its kind).
+    f, grad : float, numpy.ndarray
+        The smooth part's value and gradient at ``theta``.
+    memory : Pairs
+        The correction pairs (a ring; saved as ``S`` and ``Y``, oldest pair first).
+    """
+
+    solver: ClassVar[str] = "lbfgs"
+
+    mode: str
+    f: float
+    grad: np.ndarray
+    memory: Pairs = field(metadata={"codec": Pairs.from_arrays, "arrays": ("S", "Y")})
 
 
 class LBFGS:
@@ -46,19 +73,19 @@ class LBFGS:
     supports_l1: bool = True
     needs_hvp: bool = False
 
-    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> SolverState:
+    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> LBFGSState:
         """Evaluate ``theta0`` and start with an empty memory."""
         theta = check_theta0(problem, theta0)
-        state, f, grad = start_state(problem, theta, options, name=self.name)
-        S, Y = empty_memory(problem.n_params)
-        state.extra.update(mode="owlqn" if problem.has_l1 else "lbfgs", f=f, grad=grad, S=S, Y=Y)
-        return state
+        common, f, grad = start_state(problem, theta, options)
+        return LBFGSState(**common, mode="owlqn" if problem.has_l1 else "lbfgs", f=f, grad=grad,
+                          memory=Pairs.empty(problem.n_params, options.memory))
 
-    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
+    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> LBFGSState:
         """One L-BFGS (or OWL-QN) iteration."""
-        check_state(state, self.name)
+        check_state(state, LBFGSState)
+        assert isinstance(state, LBFGSState)
         mode = "owlqn" if problem.has_l1 else "lbfgs"
-        if state.extra["mode"] != mode:
+        if state.mode != mode:
             raise ConfigError(f"this lbfgs state was made for a problem {'with' if mode == 'lbfgs' else 'without'}"
                               " L1 weights; resume it with the same problem")
         if mode == "owlqn":
@@ -66,28 +93,26 @@ class LBFGS:
         return finish(_lbfgs_step(problem, state, options), options)
 
 
-def _lbfgs_step(problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
-    theta, f, g = state.theta, float(state.extra["f"]), state.extra["grad"]
-    S, Y = state.extra["S"], state.extra["Y"]
-    new = SolverState(theta=theta, n_iter=state.n_iter + 1, n_evals=state.n_evals, loss=state.loss,
-                      grad_norm=state.grad_norm, extra=dict(state.extra))
-    d = -two_loop(S, Y, g)
+def _lbfgs_step(problem: Problem, state: LBFGSState, options: SolverOptions) -> LBFGSState:
+    theta, f, g = state.theta, float(state.f), state.grad
+    memory = state.memory
+    n_evals = state.n_evals
+    d = -two_loop(memory, g)
     if not float(np.dot(g, d)) < 0:  # not a descent direction (rounding): start the memory afresh
-        S, Y = empty_memory(theta.size)
+        memory = memory.reset()
         d = -g
     while True:
-        fresh = S.shape[0] == 0
+        fresh = memory.count == 0
         alpha0 = 1.0 / norm(d) if fresh else 1.0
         res = strong_wolfe(problem, theta, f, g, d, alpha0, max_evals=options.max_linesearch)
-        new.n_evals += res.n_evals
+        n_evals += res.n_evals
         if res.ok or fresh:
             break
-        S, Y = empty_memory(theta.size)  # retry along -g before giving up
+        memory = memory.reset()  # retry along -g before giving up
         d = -g
     if not res.ok or not (res.f < f or res.flat):
-        new.status, new.message = "stalled", stalled_message(state.grad_norm, options)
-        return new
-    S, Y = push_pair(S, Y, res.theta - theta, res.grad - g, options.memory)
-    new.theta, new.loss, new.grad_norm = res.theta, res.f, measure(problem, res.theta, res.grad)
-    new.extra.update(f=res.f, grad=res.grad, S=S, Y=Y)
-    return new
+        return replace(state, n_iter=state.n_iter + 1, n_evals=n_evals, status="stalled",
+                       message=stalled_message(state.grad_norm, options))
+    memory = memory.push(res.theta - theta, res.grad - g, options.memory)
+    return replace(state, theta=res.theta, n_iter=state.n_iter + 1, n_evals=n_evals, loss=res.f,
+                   grad_norm=measure(problem, res.theta, res.grad), f=res.f, grad=res.grad, memory=memory)

@@ -14,13 +14,16 @@ One step at ``theta_k`` (value ``f``, gradient ``g``, radius ``Delta``):
    ``f``, the ratio is meaningless and the step is accepted if it lowers ``||g||``.
 
 "stalled" when the radius falls below float64 resolution of ``theta`` (no step helps any more).
-The radius, value and gradient are in the state; the "last call was here" flag is a process hint
-(``"_fun_at_theta"``) that a saved state drops, so a resumed run calls ``fun(theta_k)`` first.
+The radius, value and gradient are in the state (:class:`NewtonState`); the "last call was here" flag
+is a process hint (``fun_at_theta``) that a saved state drops, so a resumed run calls ``fun(theta_k)``
+first.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,6 +41,7 @@ from dlogit.solvers._base import (
     norm,
     stalled_message,
     start_state,
+    state_type,
 )
 
 #: CG iterations per step unless options.max_cg says otherwise
@@ -46,6 +50,29 @@ DEFAULT_MAX_CG = 250
 ACCEPT = 1e-4
 #: predicted reductions below RESOLUTION * |f| are not resolved by float64 values of f
 RESOLUTION = 64 * EPS
+
+
+@state_type
+@dataclass(frozen=True, eq=False, kw_only=True)
+class NewtonState(SolverState):
+    """A ``"newton"`` run between steps.
+
+    Attributes
+    ----------
+    f, grad : float, numpy.ndarray
+        The smooth part's value and gradient at ``theta``.
+    radius : float
+        The trust radius.
+    fun_at_theta : bool
+        The last ``fun`` call was at ``theta`` (a process hint, not saved).
+    """
+
+    solver: ClassVar[str] = "newton"
+
+    f: float
+    grad: np.ndarray
+    radius: float
+    fun_at_theta: bool = field(default=False, metadata={"saved": False})
 
 
 class NewtonCG:
@@ -65,34 +92,31 @@ class NewtonCG:
             raise ConfigError("newton needs Hessian-vector products (problem.hvp is None); "
                               "use solver='lbfgs' or supply hvp")
 
-    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> SolverState:
+    def init(self, problem: Problem, theta0: np.ndarray, options: SolverOptions) -> NewtonState:
         """Evaluate ``theta0``; the initial radius is ``options.trust_radius`` or ``||g0||``."""
         self._check(problem)
         theta = check_theta0(problem, theta0)
-        state, f, grad = start_state(problem, theta, options, name=self.name)
+        common, f, grad = start_state(problem, theta, options)
         radius = options.trust_radius if options.trust_radius is not None else norm(grad)
-        state.extra.update(f=f, grad=grad, radius=float(radius), _fun_at_theta=True)
-        return state
+        return NewtonState(**common, f=f, grad=grad, radius=float(radius), fun_at_theta=True)
 
-    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
+    def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> NewtonState:
         """One trust-region iteration (one accepted or rejected trial point)."""
         self._check(problem)
-        check_state(state, self.name)
-        assert problem.hvp is not None
-        theta, f, g = state.theta, float(state.extra["f"]), state.extra["grad"]
-        radius = float(state.extra["radius"])
-        new = SolverState(theta=theta, n_iter=state.n_iter + 1, n_evals=state.n_evals, loss=state.loss,
-                          grad_norm=state.grad_norm, extra=dict(state.extra))
-        if not state.extra.get("_fun_at_theta", False):
+        check_state(state, NewtonState)
+        assert isinstance(state, NewtonState) and problem.hvp is not None
+        theta, f, g = state.theta, float(state.f), state.grad
+        radius = float(state.radius)
+        n_evals = state.n_evals + 1
+        if not state.fun_at_theta:
             evaluate(problem, theta)  # for the engine's curvature cache; f and g are the saved ones
-            new.n_evals += 1
+            n_evals += 1
         max_cg = options.max_cg if options.max_cg is not None else DEFAULT_MAX_CG
         gnorm = norm(g)
         z, Hz, boundary = _steihaug(problem, theta, g, gnorm, radius, max_cg)
         predicted = -(float(np.dot(g, z)) + 0.5 * float(np.dot(z, Hz)))
         trial = theta + z
         f_t, g_t = evaluate(problem, trial)
-        new.n_evals += 1
         gnorm_t = norm(g_t)
         if not (math.isfinite(f_t) and math.isfinite(gnorm_t) and math.isfinite(predicted)):
             rho = -math.inf
@@ -105,14 +129,14 @@ class NewtonCG:
             radius = 0.25 * min(radius, znorm)
         elif rho > 0.75 and boundary:
             radius = 2.0 * radius
-        new.extra["radius"] = radius
+        new = replace(state, n_iter=state.n_iter + 1, n_evals=n_evals, radius=radius)
         if rho > ACCEPT:
-            new.theta, new.loss, new.grad_norm = trial, f_t, measure(problem, trial, g_t)
-            new.extra.update(f=f_t, grad=g_t, _fun_at_theta=True)
+            new = replace(new, theta=trial, loss=f_t, grad_norm=measure(problem, trial, g_t), f=f_t, grad=g_t,
+                          fun_at_theta=True)
         else:
-            new.extra["_fun_at_theta"] = False
+            new = replace(new, fun_at_theta=False)
             if radius <= EPS * max(norm(theta), 1.0):
-                new.status, new.message = "stalled", stalled_message(state.grad_norm, options)
+                new = replace(new, status="stalled", message=stalled_message(state.grad_norm, options))
         return finish(new, options)
 
 

@@ -2,7 +2,8 @@
 
 One step, at ``theta`` with smooth gradient ``g``:
 
-1. the pseudo-gradient ``pg`` (the minimum-norm subgradient of ``F``, :func:`pseudo_gradient`);
+1. the pseudo-gradient ``pg`` (the minimum-norm subgradient of ``F``,
+   :meth:`~dlogit.penalty.Penalty.min_norm_subgradient`);
 2. the two-loop direction ``d = -H pg`` from pairs of *smooth* gradient differences;
 3. on penalized coordinates (``l1_j > 0``), components of ``d`` whose sign disagrees with ``-pg`` are
    set to 0 (only terms with ``d_j pg_j > 0`` are dropped, so ``pg . d`` stays negative);
@@ -18,62 +19,52 @@ nor projected. Optimality is ``||pg||_2``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from dlogit.solvers._base import (
-    Problem,
-    SolverOptions,
-    SolverState,
-    l1_value,
-    measure,
-    norm,
-    pseudo_gradient,
-    stalled_message,
-)
-from dlogit.solvers._memory import empty_memory, push_pair, two_loop
+from dlogit.solvers._base import Problem, SolverOptions, measure, norm, stalled_message
+from dlogit.solvers._memory import two_loop
 from dlogit.solvers.linesearch import projected_backtracking
 
+if TYPE_CHECKING:
+    from dlogit.solvers.lbfgs import LBFGSState
 
-def owlqn_step(problem: Problem, state: SolverState, options: SolverOptions) -> SolverState:
+
+def owlqn_step(problem: Problem, state: LBFGSState, options: SolverOptions) -> LBFGSState:
     """One OWL-QN iteration from ``state`` (made by the ``lbfgs`` solver); returns a new state."""
-    assert problem.l1 is not None
-    l1 = problem.l1
-    penalized = l1 > 0
-    theta, g = state.theta, state.extra["grad"]
-    S, Y = state.extra["S"], state.extra["Y"]
-    new = SolverState(theta=theta, n_iter=state.n_iter + 1, n_evals=state.n_evals, loss=state.loss,
-                      grad_norm=state.grad_norm, extra=dict(state.extra))
-    pg = pseudo_gradient(theta, g, l1)
+    P = problem.nonsmooth
+    penalized = P.l1_penalized
+    theta, g = state.theta, state.grad
+    memory = state.memory
+    n_evals = state.n_evals
+    pg = P.min_norm_subgradient(theta, g)
     orthant = np.where(theta != 0, np.sign(theta), np.sign(-pg))
 
     def project(x: np.ndarray) -> np.ndarray:
         return np.where(penalized & (np.sign(x) != orthant), 0.0, x)
 
-    def penalty(x: np.ndarray) -> float:
-        return l1_value(x, l1)
-
-    d = -two_loop(S, Y, pg)
+    d = -two_loop(memory, pg)
     d = np.where(penalized & (d * pg >= 0), 0.0, d)
     if not float(np.dot(pg, d)) < 0:
-        S, Y = empty_memory(theta.size)
+        memory = memory.reset()
         d = -pg
     while True:
-        fresh = S.shape[0] == 0
+        fresh = memory.count == 0
         alpha0 = 1.0 / norm(d) if fresh else 1.0
-        res = projected_backtracking(problem, theta, state.loss, pg, d, alpha0, project, penalty,
+        res = projected_backtracking(problem, theta, state.loss, pg, d, alpha0, project, P.value,
                                      max_evals=options.max_linesearch)
-        new.n_evals += res.n_evals
+        n_evals += res.n_evals
         if res.ok or fresh:
             break
-        S, Y = empty_memory(theta.size)
+        memory = memory.reset()
         d = -pg
     if res.ok:
-        loss = res.f + penalty(res.theta)
+        loss = res.f + P.value(res.theta)
     if not res.ok or not loss < state.loss:
-        new.status, new.message = "stalled", stalled_message(state.grad_norm, options)
-        return new
-    S, Y = push_pair(S, Y, res.theta - theta, res.grad - g, options.memory)
-    new.theta, new.loss = res.theta, loss
-    new.grad_norm = measure(problem, res.theta, res.grad)
-    new.extra.update(f=res.f, grad=res.grad, S=S, Y=Y)
-    return new
+        return replace(state, n_iter=state.n_iter + 1, n_evals=n_evals, status="stalled",
+                       message=stalled_message(state.grad_norm, options))
+    memory = memory.push(res.theta - theta, res.grad - g, options.memory)
+    return replace(state, theta=res.theta, n_iter=state.n_iter + 1, n_evals=n_evals, loss=loss,
+                   grad_norm=measure(problem, res.theta, res.grad), f=res.f, grad=res.grad, memory=memory)
