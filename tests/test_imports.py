@@ -35,6 +35,32 @@ def test_cli_version_help_and_usage_errors_are_light(argv):
     assert _loaded(code) == []
 
 
+# dlogit modules a command's usage error may load: the CLI's frame, the command's module, its options
+_CLI_LIGHT = {"dlogit", "dlogit.__main__", "dlogit.errors", "dlogit.cli", "dlogit.cli._options"}
+
+
+@pytest.mark.parametrize("argv", [["train", "--bogus"], ["train", "--l2", "abc"], ["train", "--solver", "sgd"],
+                                  ["cluster", "up", "--bogus"], ["predict", "--bogus"],
+                                  ["generate", "--rows", "0"], ["report"]])
+def test_a_commands_usage_error_loads_no_dask_numpy_or_library(argv):
+    """click's parsing fails before any heavy import: no Dask, distributed, scikit-learn, pandas, NumPy,
+    and no dlogit module beyond the CLI's own; exit code 2 and one line on stderr."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = ['dlogit', *{argv!r}]\n"
+            "try:\n    runpy.run_module('dlogit', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dlogit', 'dask', 'distributed', 'sklearn', 'pandas', 'numpy', 'scipy'))]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlogit: error: "), out.stderr
+    command = "dlogit.cli." + {"cluster": "cluster_cmd"}.get(argv[0], argv[0])
+    assert set(loaded) <= _CLI_LIGHT | {command}, loaded
+    assert command in loaded  # the command's own parsing ran (not the group's)
+
+
 def test_group_help_lists_each_commands_own_summary():
     import click
 

@@ -21,15 +21,14 @@ import click
 
 logger = logging.getLogger("dlogit.cli.cluster")
 
-from dlogit.cluster import is_loopback
-from dlogit.monitor.progress import format_dashboard_url
-
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
 
 
 def exposure_warning(host: str, tls: bool) -> str | None:
     """The warning to print when the scheduler would be reachable beyond loopback without TLS."""
+    from dlogit.cluster import is_loopback
+
     if tls or is_loopback(host):
         return None
     return (
@@ -112,6 +111,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
     """Start a scheduler and workers here and keep them running until Ctrl-C / SIGTERM."""
     from dlogit import cluster as dcluster
     from dlogit.errors import ClusterError, DlogitError
+    from dlogit.monitor.progress import format_dashboard_url
 
     try:
         security = dcluster.make_security(tls_ca_file, tls_cert, tls_key)
