@@ -107,11 +107,11 @@ def test_open_cluster_on_an_existing_scheduler_and_a_local_one(tmp_path):
             return None
 
     interrupted = []
-    with pytest.raises(KeyboardInterrupt):
-        with open_cluster(workers=1, dashboard_address="127.0.0.1:0", spawn_guard=Guard,
-                          on_interrupt=lambda: interrupted.append(True)) as s:
-            assert s.cluster is not None and s.kind == "cpu" and s.n_workers == 1
-            started = s.cluster
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), open_cluster(workers=1, dashboard_address="127.0.0.1:0",
+                                                         spawn_guard=Guard,
+                                                         on_interrupt=lambda: interrupted.append(True)) as s:
+        assert s.cluster is not None and s.kind == "cpu" and s.n_workers == 1
+        started = s.cluster
+        raise KeyboardInterrupt
     assert entered == [True] and interrupted == [True, True]  # before closing the client, the cluster
     assert started.status.name == "closed"
