@@ -7,11 +7,16 @@ otherwise CPU worker processes (NumPy chunks).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import sys
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -117,6 +122,32 @@ def workers_have_gpus(client: Any) -> bool:
         elif answer is not True:
             ok = False
     return ok
+
+
+def worker_kind(client: Any) -> str:
+    """``"gpu"`` when every worker of ``client``'s cluster sees CuPy and a CUDA device, else ``"cpu"``
+    (no workers: ``"cpu"``). The probe runs on the workers (as :func:`workers_have_gpus`'s).
+
+    Raises
+    ------
+    ClusterError
+        The workers could not be asked (the scheduler went away), or a worker's probe failed: its chunks'
+        kind cannot be told, and guessing CPU chunks for a GPU worker (or the reverse) would be wrong.
+    """
+    status = getattr(client, "status", "running")
+    if status not in ("running", "newly-created"):
+        raise ClusterError(f"cannot ask the workers whether they have a GPU: the client is {status} (the "
+                           "scheduler went away?)")
+    try:
+        answers = client.run(_worker_sees_gpu, on_error="return")
+    except (OSError, TimeoutError) as exc:  # distributed's CommClosedError is an OSError
+        raise ClusterError(f"cannot ask the workers whether they have a GPU: "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for worker, answer in sorted(answers.items()):
+        if isinstance(answer, BaseException):
+            raise ClusterError(f"cannot tell whether worker {worker} has a GPU (its probe raised "
+                               f"{type(answer).__name__}: {answer})")
+    return "gpu" if answers and all(answer is True for answer in answers.values()) else "cpu"
 
 
 #: worker preload: imports dlogit's engine at worker start (cluster start-up) rather than in the first fit
@@ -445,3 +476,107 @@ def check_versions(client: Any) -> None:
             if vers.get(pkg) != v:
                 raise ClusterError(f"version mismatch: worker {worker} has {pkg} {vers.get(pkg)}, "
                                    f"this client has {pkg} {v}; install the same versions everywhere")
+
+
+@dataclass(frozen=True)
+class Session:
+    """A client ready for dlogit's fits (:func:`open_cluster`): ``kind`` is the workers' chunk kind
+    (``"gpu"`` or ``"cpu"``); ``cluster`` the local cluster started for it (``None`` on an existing
+    scheduler)."""
+
+    client: Any
+    kind: str
+    cluster: Any = None
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+@contextlib.contextmanager
+def open_cluster(scheduler: str | None = None, scheduler_file: str | None = None, *,
+                 connect_timeout: float | None = None, tls_ca_file: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, workers: int | None = None,
+                 gpus: str | None = None, rmm_pool_size: str | None = None, host: str = "127.0.0.1",
+                 dashboard_address: str | None = None,
+                 spawn_guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+                 on_interrupt: Callable[[], None] | None = None) -> Iterator[Session]:
+    """A :class:`Session` on the scheduler named (:func:`resolve_scheduler`: the arguments,
+    ``DLOGIT_SCHEDULER``, ``dlogit.scheduler``), else on a local cluster started for it
+    (:func:`start_local_cluster`; the workers' options apply only there); closed on exit, quietly.
+
+    The client listens to dlogit's events (:func:`dlogit.engine.listen`). ``spawn_guard()`` is entered
+    around the local workers' start (the CLI blocks SIGINT in the processes spawned meanwhile);
+    ``on_interrupt()`` is called before closing when a ``KeyboardInterrupt`` is leaving the block."""
+    from distributed import Client
+
+    from dlogit.engine import listen
+
+    security = make_security(tls_ca_file, tls_cert, tls_key)
+    if resolve_scheduler(scheduler, scheduler_file):
+        client = connect(scheduler, scheduler_file, timeout=connect_timeout, security=security)
+        try:
+            listen(client)
+            yield Session(client, worker_kind(client))
+        finally:
+            _close_quietly(client, on_interrupt)
+        return
+    cluster = None
+    try:
+        with spawn_guard() if spawn_guard is not None else contextlib.nullcontext():
+            cluster = start_local_cluster(workers=workers, gpus=gpus, host=host,
+                                          dashboard_address=dashboard_address, rmm_pool_size=rmm_pool_size,
+                                          security=security)
+        client = Client(cluster, security=security, set_as_default=False)
+        client._dlogit_versions_checked = True  # its workers are this installation's own processes
+        try:
+            listen(client)
+            yield Session(client, cluster.kind, cluster)
+        finally:
+            _close_quietly(client, on_interrupt)
+    finally:
+        if cluster is not None:
+            _close_quietly(cluster, on_interrupt)
+
+
+def _close_quietly(obj: Any, on_interrupt: Callable[[], None] | None) -> None:
+    leaving = sys.exc_info()[0]
+    if on_interrupt is not None and leaving is not None and issubclass(leaving, KeyboardInterrupt):
+        on_interrupt()
+    with contextlib.suppress(Exception):
+        obj.close()
+
+
+def persist(client: Any, arrays: list[Any],
+            report: Callable[[int, int, float, bool], None] | None = None,
+            after: float = 1.0, every: float = 5.0) -> list[Any]:
+    """``client.persist(arrays)``, waiting until every chunk is in memory on the workers; the first
+    array's chunks are counted for ``report(done, total, seconds, final)``: first after ``after``
+    seconds, then every ``every`` seconds, and once with ``final=True`` at the end when it reported at
+    all (a load under ``after`` seconds reports nothing). A chunk that failed raises its error (the
+    reader's :class:`~dlogit.errors.DataError`)."""
+    from distributed import futures_of
+
+    with warnings.catch_warnings():  # dask's advice about graph size is not for a dlogit user
+        warnings.filterwarnings("ignore", message="Sending large graph")
+        persisted = client.persist(list(arrays))
+    futs = [f for a in persisted for f in futures_of(a)]
+    counted = futures_of(persisted[0])
+    t0 = time.monotonic()
+    next_report = t0 + after
+    reported = False
+    while True:
+        errored = next((f for f in futs if f.status == "error"), None)
+        if errored is not None:
+            errored.result()  # raises the chunk's error
+        if all(f.done() for f in futs):
+            break
+        now = time.monotonic()
+        if report is not None and now >= next_report:
+            report(sum(f.done() for f in counted), len(counted), now - t0, False)
+            next_report = now + every
+            reported = True
+        time.sleep(0.05)
+    if reported and report is not None:
+        report(len(counted), len(counted), time.monotonic() - t0, True)
+    return list(persisted)

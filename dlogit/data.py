@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 
 import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
@@ -129,6 +128,8 @@ def on_device(a: Any) -> Any:
 def synthetic(rows: int, cols: int, seed: int = 0, dtype: str = "float64", chunk_rows: int | None = None,
               gpu: bool = False) -> tuple[Any, Any]:
     """The textbook data as lazy Dask arrays, each chunk generated where it is computed."""
+    import dask.array as da  # here: a worker generating or reading chunks loads no dask.array
+
     dtype = np.dtype(dtype).name
     per = chunk_rows_for(cols, np.dtype(dtype).itemsize, chunk_rows)
     xs, ys = [], []
@@ -212,6 +213,8 @@ def _x_meta(info: DatasetInfo) -> Any:
 
 def dataset(info: DatasetInfo) -> Dataset:
     """The lazy Dask arrays of a scanned source: one read task per unit, then cheap picks per chunk."""
+    import dask.array as da
+
     info_d = dask.delayed(info, name="dlogit-info-" + dask.base.tokenize(info), traverse=False)
     xmeta = _x_meta(info)
     ydtype = np.dtype(info.label_dtype or "float64")
@@ -278,9 +281,10 @@ def load_local(source: Source | str, *, encoder: Encoder | dict[str, Any] | None
     columns with THAT vocabulary, as the model was trained; values it does not know count in
     ``n_unseen`` (and a notice).
     """
+    from dlogit.io.scan import scan_read
+
     src = _as_source(source, source_fields)
-    info = dio.scan(src, encoder=encoder)
-    pieces = [p for u in range(len(info.units)) for p in dio.read_unit(info, u)]
+    info, pieces = scan_read(src, encoder=encoder)  # CSV: its rows counted as it is parsed, one pass
     if not pieces:
         raise DataError(f"{src.path} holds no rows")
     if info.sparse:

@@ -1,14 +1,15 @@
 """Worker preload: ``dask worker --preload dlogit.worker`` (local clusters get it automatically).
 
-It imports everything a fit runs on a worker (the engine, the solvers with SciPy, the chunk math), makes
-one tiny BLAS call and loads the fused CPU kernels from the disk cache (never compiles them: see
-:mod:`dlogit.kernels.cache`) while the worker starts, so that the first fit does not pay ~0.4 s of imports and ~0.15 s of kernel loading
-inside its measured time. Loading dlogit lazily on a worker without this preload still
+It imports the chunk math and the solvers, makes tiny BLAS calls, and starts loading the fused CPU
+kernels from the disk cache in a background thread (never compiling them: see
+:mod:`dlogit.kernels.cache`), so that neither the worker's start nor a first fit on the BLAS path waits
+for Numba (~1 s, more on a busy machine); a fused fit waits only for what is left of that load. Loading dlogit lazily on a worker without this preload still
 works; it is only slower the first time.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,11 @@ import dlogit.solvers  # noqa: F401  (every solver)
 from dlogit.chunks import chunk_sums
 from dlogit.kernels import cpu
 
+#: the thread loading the fused kernels after :func:`dask_setup` returned (``None``: none was started)
+_loader: threading.Thread | None = None
 
-def warm_up() -> None:
+
+def warm_up(background: bool = False) -> threading.Thread | None:
     """Evaluate tiny chunks with every CPU kernel: initializes BLAS, NumPy's ufunc loops and every
     compiled variant a fit can meet in this process: the fused dense kernels on float64 and float32
     chunks, writable or read-only (as from a memory map), weighted or not, with or without curvature,
@@ -27,22 +31,40 @@ def warm_up() -> None:
     writable or read-only. The fixed-signature kernels load from the disk cache when their module is
     imported; calling them here also registers the read-only conversions. When the cache is not filled
     yet (:func:`dlogit.kernels.cache.ready`), only the BLAS path is warmed: nothing compiles here (the
-    fits meanwhile use BLAS/SciPy, and a background process fills the cache)."""
+    fits meanwhile use BLAS/SciPy, and a background process fills the cache).
+
+    With ``background`` the fused kernels load in a thread of their own (returned), after the BLAS path
+    is warm: the worker starts without waiting ~1 s for Numba. A fit whose spec chose the fused kernels
+    (``dlogit.cpu-kernel``, resolved once per fit on the client) then waits, in its first fused
+    evaluation, for that thread's import of the kernel module (Python's import lock): the kernel a
+    chunk uses never depends on timing; a BLAS evaluation does not wait."""
     from dlogit.kernels import cache
 
     fused = cpu.available() and cache.ready()  # never compile here: not ready, fits take BLAS/SciPy
     y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
     for dtype in (np.float64, np.float32):
+        X = np.ones((5, 2), dtype=dtype)
+        chunk_sums(X, y, np.zeros(3), kernel="blas")
+    if not fused:
+        return None
+    if background:
+        thread = threading.Thread(target=_warm_fused, name="dlogit-kernel-load", daemon=True)
+        thread.start()
+        return thread
+    _warm_fused()
+    return None
+
+
+def _warm_fused() -> None:
+    """Load the fused kernels (Numba, from the disk cache) and call every variant once."""
+    from dlogit.kernels import sparse
+
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    for dtype in (np.float64, np.float32):
         for writable in (True, False):
             X = np.ones((5, 2), dtype=dtype)
             X.setflags(write=writable)
-            if writable:
-                chunk_sums(X, y, np.zeros(3), kernel="blas")
-            if fused:
-                chunk_sums(X, y, np.zeros(3), kernel="fused")
-    if not fused:
-        return
-    from dlogit.kernels import sparse
+            chunk_sums(X, y, np.zeros(3), kernel="fused")
 
     def frozen(a: np.ndarray, writable: bool) -> np.ndarray:
         a = np.array(a)
@@ -137,6 +159,7 @@ def tune_malloc() -> bool:
 
 
 def dask_setup(worker: Any) -> None:
+    global _loader
     quiet_local_worker()
     tune_malloc()
-    warm_up()
+    _loader = warm_up(background=True)

@@ -4,8 +4,8 @@
 Makes a CSV of float64 features and a 0/1 label in a temporary directory (``--mb`` of text, 1 GB by
 default; ``--gzip`` beside it), then times, interleaved and ``--repeat`` times:
 
-- ``dlogit``: ``dlogit.data.load_local`` (the scan with its row count, then every chunk read into X,
-  y): what a first in-process fit reads, with the default chunking;
+- ``dlogit``: ``dlogit.data.load_local`` (every chunk read into X, y, its rows counted as it is
+  parsed): what a first in-process fit reads, with the default chunking;
 - ``pyarrow``: ``pyarrow.csv.read_csv`` of the same columns with their types given (an Arrow table);
 - ``pyarrow+X``: the same, then the features copied into one C-contiguous float64 X, as dlogit gives;
 - ``pandas``: ``pandas.read_csv`` of the same file (a DataFrame).

@@ -8,6 +8,7 @@ and with Python's correctly rounded ``float``.
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import random
 
@@ -188,3 +189,70 @@ def test_gzip_members_padding_and_errors_read_as_gzip_reads_them(tmp_path):
         except DataError as exc:
             got = str(exc)
         assert got == want, name
+
+
+def test_counter_fed_block_by_block_equals_stream_records():
+    """The fused read's count (blocks as pyarrow pulls them) is the scan's count of the same stream."""
+    rng = random.Random(1)
+    pieces = [b"1,2", b"  ", b"", b"\t", b'"a",b', b'"a\nb"', b"x,y", b"\r", b'3,"q"', b" 4", b"5"]
+    for style in (text.csv_style(","), text.csv_style("\t")):
+        for _ in range(1500):
+            buf = b"\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+            buf += rng.choice([b"", b"\n", b"\r\n"])
+            skip = rng.random() < 0.5
+            step = rng.randint(1, 12)
+            blocks = [buf[i:i + step] for i in range(0, len(buf), step)]
+            counter = csvio._Counter(style, skip)
+            for b in blocks:
+                counter.feed(b)
+            got = counter.finish()
+            rows, nbytes, quote = text.stream_records(blocks, style, skip)
+            assert (got.rows, got.nbytes, counter.open_quote) == (rows, nbytes, quote), (buf, step)
+
+
+def _two_pass(src):
+    """The scan's pass, then each unit read (what load_local did before the fused read)."""
+    scanmod = importlib.import_module("dlogit.io.scan")  # dlogit.io.scan: also a function
+
+    info = scanmod.scan(src)
+    return info, [p for u in range(len(info.units)) for p in scanmod.read_unit(info, u)]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("size", [{}, {"chunk_bytes": 700}, {"chunk_rows": 7}])
+def test_one_pass_read_gives_the_scans_chunks_and_arrays(tmp_path, monkeypatch, packed, size):
+    """load_local reads a CSV (a gzip file: decompressed) once, with the rows counted as pyarrow parses
+    them: the same chunks, row counts and arrays, bit for bit, as the scan's pass followed by the read;
+    row weights from a .npy are sliced the same way."""
+    scanmod = importlib.import_module("dlogit.io.scan")  # dlogit.io.scan: also a function
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 3)) * 10.0 ** rng.integers(-5, 5, (300, 3))
+    body = "a,b,c,y\n" + "".join(f"{r[0]!r},{r[1]!r},{r[2]!r},{k % 3}\n" for k, r in enumerate(X.tolist()))
+    path = _write(tmp_path, body, packed)
+    np.save(tmp_path / "w.npy", rng.uniform(0.5, 2, 300))
+    src = Source(path, label="y", weights=str(tmp_path / "w.npy"), **size).absolute()
+    ref_info, ref = _two_pass(src)
+    calls = {"iter_blocks": 0, "arrow_source": 0, "survey": 0}
+
+    def counting(name, fn):
+        def run(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(fsio, "iter_blocks", counting("iter_blocks", fsio.iter_blocks))
+    monkeypatch.setattr(csvio, "_arrow_source", counting("arrow_source", csvio._arrow_source))
+    monkeypatch.setattr(scanmod, "survey", counting("survey", scanmod.survey))
+    got = load_local(src)
+    # one pass: no survey, no second source for the read; a gzip file decompressed once. (A plain file
+    # cut by --chunk-rows has its rows counted by the cut: no survey there, each chunk read once.)
+    cut = "chunk_rows" in size and not packed
+    assert calls == {"iter_blocks": 1 if packed else 0, "arrow_source": len(ref) if cut else 0, "survey": 0}
+    assert got.info.piece_rows == ref_info.piece_rows and got.info.units == ref_info.units
+    assert got.info.pieces == ref_info.pieces
+    np.testing.assert_array_equal(_bits(got.X), _bits(np.concatenate([p.X for p in ref])))
+    np.testing.assert_array_equal(got.y, np.concatenate([p.y for p in ref]))
+    np.testing.assert_array_equal(got.sample_weight, np.concatenate([p.sample_weight for p in ref]))
+    np.testing.assert_array_equal(_bits(got.X), _bits(_reference(body)[0]))
+    assert len(ref) == len(got.info.pieces) and (len(ref) > 1) == bool(size)

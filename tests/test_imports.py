@@ -35,6 +35,32 @@ def test_cli_version_help_and_usage_errors_are_light(argv):
     assert _loaded(code) == []
 
 
+# dlogit modules a command's usage error may load: the CLI's frame, the command's module, its options
+_CLI_LIGHT = {"dlogit", "dlogit.__main__", "dlogit.errors", "dlogit.cli", "dlogit.cli._options"}
+
+
+@pytest.mark.parametrize("argv", [["train", "--bogus"], ["train", "--l2", "abc"], ["train", "--solver", "sgd"],
+                                  ["cluster", "up", "--bogus"], ["predict", "--bogus"],
+                                  ["generate", "--rows", "0"], ["report"]])
+def test_a_commands_usage_error_loads_no_dask_numpy_or_library(argv):
+    """click's parsing fails before any heavy import: no Dask, distributed, scikit-learn, pandas, NumPy,
+    and no dlogit module beyond the CLI's own; exit code 2 and one line on stderr."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = ['dlogit', *{argv!r}]\n"
+            "try:\n    runpy.run_module('dlogit', run_name='__main__')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('dlogit', 'dask', 'distributed', 'sklearn', 'pandas', 'numpy', 'scipy'))]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlogit: error: "), out.stderr
+    command = "dlogit.cli." + {"cluster": "cluster_cmd"}.get(argv[0], argv[0])
+    assert set(loaded) <= _CLI_LIGHT | {command}, loaded
+    assert command in loaded  # the command's own parsing ran (not the group's)
+
+
 def test_group_help_lists_each_commands_own_summary():
     import click
 
@@ -69,12 +95,47 @@ def test_errors_module_is_light():
 
 
 def _worker_modules() -> list[str]:
-    return sorted(m for m in ("sklearn", "pandas", "scipy.stats") if m in sys.modules)
+    return sorted(m for m in ("sklearn", "pandas", "scipy.stats", "dask.array") if m in sys.modules)
+
+
+_BLOCKED_KERNELS = r"""
+import sys, threading
+release = threading.Event()
+
+class Hold:  # the fused kernels' module cannot load until `release` is set
+    def find_spec(self, name, path=None, target=None):
+        if name == "dlogit.kernels._cpu_jit":
+            release.wait()
+        return None
+
+sys.meta_path.insert(0, Hold())
+import dlogit.worker
+from dlogit.kernels import cache
+assert cache.ready()  # conftest filled the cache: the preload would load the fused kernels
+dlogit.worker.dask_setup(None)  # must return while the kernels' module is held
+loader = dlogit.worker._loader
+assert loader is not None and loader.is_alive()
+assert "dlogit.kernels._cpu_jit" not in sys.modules
+release.set()
+loader.join(300)
+assert not loader.is_alive() and "dlogit.kernels._cpu_jit" in sys.modules and "numba" in sys.modules
+print("ok")
+"""
+
+
+def test_worker_preload_returns_before_the_fused_kernels_load():
+    """The preload leaves the fused kernels (Numba, ~1 s or more on a busy machine) to a thread: with
+    their module held, ``dask_setup`` returns (it would wait forever if it loaded them itself), and the
+    thread loads them once released."""
+    out = subprocess.run([sys.executable, "-c", _BLOCKED_KERNELS], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_distributed_worker_imports_no_sklearn_pandas_scipy_stats():
-    """A fresh cluster (no other test's tasks ran there) after a distributed fit: the workers have
-    not loaded scikit-learn, pandas or scipy.stats (the driver here has: this test imports them)."""
+    """A fresh cluster (no other test's tasks ran there) after distributed fits: the workers have not
+    loaded scikit-learn, pandas or scipy.stats (the driver here has: this test imports them), nor
+    dask.array for data made on the workers (a ``da.from_array`` graph's own tasks need it there)."""
     import dask.array as da
     from conftest import local_cluster
 
@@ -87,10 +148,19 @@ def test_distributed_worker_imports_no_sklearn_pandas_scipy_stats():
         # the workers' own state before the fit: a spawned worker re-runs this process's __main__
         # (pytest's), which must not be what loads them either
         assert all(v == [] for v in client.run(_worker_modules).values())
+        Xs, ys = dlogit.synthetic(400, 130, chunk_rows=100)  # made on the workers; fused-kernel wide
+        fits = [dlogit.LogisticRegression(mode="distributed", max_iter=50).fit(Xs, ys, client=client)
+                for _ in range(2)]
+        on_workers = client.run(_worker_modules)
         model = dlogit.LogisticRegression(mode="distributed", max_iter=50).fit(
             da.from_array(X, chunks=100), da.from_array(y, chunks=100), client=client)
         assert model.coef_.shape[-1] == 5
-        assert "sklearn" in sys.modules  # the check below is not vacuous
+        assert "sklearn" in sys.modules and "dask.array" in sys.modules  # the checks below are not vacuous
         loaded = client.run(_worker_modules)
-    assert len(loaded) == 2
-    assert all(v == [] for v in loaded.values()), loaded
+    assert len(loaded) == 2 == len(on_workers)
+    assert all(v == [] for v in on_workers.values()), on_workers
+    assert all(set(v) <= {"dask.array"} for v in loaded.values()), loaded
+    # the first fit on fresh workers (the kernels perhaps still loading there) is the one with them loaded
+    assert fits[0].kernel_ == fits[1].kernel_ == "fused"
+    np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
+    np.testing.assert_array_equal(fits[0].intercept_, fits[1].intercept_)

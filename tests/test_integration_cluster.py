@@ -526,7 +526,8 @@ def test_cluster_up_tls(tmp_path, tls_files, data, reference):
 
 
 def test_cluster_up_exposure_warning():
-    from dlogit.cli.cluster_cmd import exposure_warning, is_loopback
+    from dlogit.cli.cluster_cmd import exposure_warning
+    from dlogit.cluster import is_loopback
 
     for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2", "tcp://127.0.0.1"):
         assert is_loopback(host), host

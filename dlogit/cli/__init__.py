@@ -49,6 +49,33 @@ _COMMANDS = {
 }
 
 
+def _numpy_quiet(callback: Any) -> Any:
+    """``callback`` run with NumPy's floating-point warnings off (dlogit says what went wrong itself: a
+    non-finite loss is "diverged"). Set as the command starts, after click parsed its arguments: a usage
+    error has imported no NumPy."""
+    import functools
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        np.seterr(all="ignore")
+        return callback(*args, **kwargs)
+
+    run._dlogit_numpy_quiet = True  # type: ignore[attr-defined]
+    return run
+
+
+def _quiet_numpy_in(command: click.Command) -> None:
+    """Wrap the callbacks of ``command`` that do the work in :func:`_numpy_quiet` (a group's own callback
+    runs before its subcommand parses its arguments: a group's subcommands are wrapped instead)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _quiet_numpy_in(sub)
+    elif command.callback is not None and not getattr(command.callback, "_dlogit_numpy_quiet", False):
+        command.callback = _numpy_quiet(command.callback)
+
+
 class _LazyGroup(click.Group):
     """A click group whose commands are imported on first use."""
 
@@ -60,7 +87,9 @@ class _LazyGroup(click.Group):
             import importlib
 
             module = importlib.import_module(_COMMANDS[cmd_name][0])
-            self.add_command(getattr(module, cmd_name), cmd_name)
+            command = getattr(module, cmd_name)
+            _quiet_numpy_in(command)
+            self.add_command(command, cmd_name)
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -236,10 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # not cli.main(): it turns KeyboardInterrupt (our Interrupted) into a bare "Aborted!"
         with cli.make_context("dlogit", args) as ctx:  # --version / --help / a usage error end here
-            import numpy as np  # not before: `dlogit --version` need not load NumPy
-
-            np.seterr(all="ignore")  # dlogit says what went wrong itself (non-finite loss -> diverged)
-            rc = cli.invoke(ctx)
+            rc = cli.invoke(ctx)  # the command's own usage errors before NumPy too (_numpy_quiet)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

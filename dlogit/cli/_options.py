@@ -1,4 +1,8 @@
-"""Options shared by several commands (cluster selection, TLS, data sources) and their parsers."""
+"""Options shared by several commands (cluster selection, TLS, data sources) and their parsers.
+
+Importing this module loads click only: a usage error (click's parsing) fails before Dask or NumPy are
+imported. The functions that read ``dlogit.*`` settings import :mod:`dlogit.config` themselves.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 
 FORMAT_CHOICES = ["csv", "tsv", "parquet", "npy", "libsvm", "zarr"]
 
@@ -77,6 +79,7 @@ def config_duration(key: str) -> float:
     """``dlogit.<key>`` in seconds; a bad value is a one-line :class:`~dlogit.errors.ConfigError`."""
     import dask
 
+    import dlogit.config  # noqa: F401  (registers the dlogit.* defaults)
     from dlogit.errors import ConfigError
 
     value = dask.config.get(f"dlogit.{key}")
@@ -94,7 +97,7 @@ def check_config() -> None:
     so that a bad value is one line naming the key, not a traceback from deep inside a fit."""
     import dask
 
-    from dlogit.config import get_bool
+    from dlogit.config import get_bool  # registers the dlogit.* defaults too
     from dlogit.errors import ConfigError
 
     def present(key: str) -> bool:

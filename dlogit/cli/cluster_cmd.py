@@ -21,15 +21,14 @@ import click
 
 logger = logging.getLogger("dlogit.cli.cluster")
 
-from dlogit.cluster import is_loopback
-from dlogit.monitor.progress import format_dashboard_url
-
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
 
 
 def exposure_warning(host: str, tls: bool) -> str | None:
     """The warning to print when the scheduler would be reachable beyond loopback without TLS."""
+    from dlogit.cluster import is_loopback
+
     if tls or is_loopback(host):
         return None
     return (
@@ -111,24 +110,14 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
        tls_ca_file, tls_cert, tls_key) -> None:
     """Start a scheduler and workers here and keep them running until Ctrl-C / SIGTERM."""
     from dlogit import cluster as dcluster
-    from dlogit.errors import ClusterError, DlogitError
+    from dlogit.errors import DlogitError
 
     try:
         security = dcluster.make_security(tls_ca_file, tls_cert, tls_key)
     except (DlogitError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-
     if scheduler_file:  # before anything starts, as every output is (its directory made if missing)
-        from dlogit.errors import OutputError
-        from dlogit.files import check_output
-
-        directory = os.path.dirname(os.path.abspath(scheduler_file))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot write the scheduler file to {scheduler_file}: directory {directory} "
-                              f"does not exist and cannot be made ({exc.strerror or exc})") from None
-        check_output(scheduler_file, what="scheduler file")
+        _check_scheduler_file(scheduler_file)
     warning = exposure_warning(host, tls=security is not None)
     if warning:
         click.echo(warning, err=True)
@@ -146,55 +135,91 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
     lc = None
     wrote_file = False
     try:
-        try:
-            with warnings.catch_warnings():
-                # already said above, once, in this command's words
-                warnings.filterwarnings("ignore", message=r"binding the cluster to .* without TLS",
-                                        category=RuntimeWarning)
-                from dlogit.cli import children_start_without_sigint
-
-                with children_start_without_sigint():  # a Ctrl-C while the workers import is ours alone
-                    lc = dcluster.start_local_cluster(**kwargs)
-        except (DlogitError, OSError, ValueError, ImportError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClusterError(f"cannot start the cluster: {text}") from None
-
-        address = lc.scheduler_address
+        lc = _start(dcluster, kwargs)
         if scheduler_file:
             write_scheduler_file(scheduler_file, _scheduler_identity(lc))
             wrote_file = True
-        n_workers = len(getattr(lc, "workers", {}) or {})
-        click.echo(f"dlogit cluster up: {n_workers} worker(s)")
-        click.echo(f"scheduler: {address}")
-        link = dcluster.dashboard_link(lc)
-        click.echo(f"dashboard: {format_dashboard_url(link) if link else 'off'}")
-        if scheduler_file:
-            click.echo(f"scheduler file: {os.path.abspath(scheduler_file)}")
-            click.echo(f"train with: dlogit train DATA --scheduler-file {scheduler_file}")
-        else:
-            click.echo(f"train with: dlogit train DATA --scheduler {address}")
-        click.echo("press Ctrl-C to stop")
-        sys.stdout.flush()
-
-        while not stop.wait(0.5):
-            status = getattr(getattr(lc, "scheduler", None), "status", None)
-            if status is not None and getattr(status, "name", str(status)) in ("closed", "failed"):
-                raise ClusterError("the scheduler stopped")
+        _say_started(dcluster, lc, scheduler_file)
+        _wait(lc, stop)
     finally:
         # a second Ctrl-C while closing must not leave orphans behind: ignore it
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
-        if lc is not None:
-            click.echo("stopping...")
-            try:
-                lc.close(timeout=30)
-            except Exception as exc:  # noqa: BLE001 - still remove the file and exit cleanly
-                click.echo(f"dlogit: warning: closing the cluster: {str(exc).strip()[:200]}", err=True)
-        if wrote_file:
-            try:
-                os.unlink(scheduler_file)
-            except OSError:
-                pass
+        _stop(lc, scheduler_file if wrote_file else None)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("stopped")
+
+
+def _check_scheduler_file(scheduler_file: str) -> None:
+    """``--scheduler-file`` can be written (its directory made if missing), or an :class:`OutputError`."""
+    from dlogit.errors import OutputError
+    from dlogit.files import check_output
+
+    directory = os.path.dirname(os.path.abspath(scheduler_file))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the scheduler file to {scheduler_file}: directory {directory} "
+                          f"does not exist and cannot be made ({exc.strerror or exc})") from None
+    check_output(scheduler_file, what="scheduler file")
+
+
+def _start(dcluster, kwargs: dict):
+    """The local cluster (its workers spawned with SIGINT blocked); a failure is one ClusterError line."""
+    from dlogit.cli import children_start_without_sigint
+    from dlogit.errors import ClusterError, DlogitError
+
+    try:
+        with warnings.catch_warnings():
+            # already said above, once, in this command's words
+            warnings.filterwarnings("ignore", message=r"binding the cluster to .* without TLS",
+                                    category=RuntimeWarning)
+            with children_start_without_sigint():  # a Ctrl-C while the workers import is ours alone
+                return dcluster.start_local_cluster(**kwargs)
+    except (DlogitError, OSError, ValueError, ImportError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"cannot start the cluster: {text}") from None
+
+
+def _say_started(dcluster, lc, scheduler_file: str | None) -> None:
+    from dlogit.monitor.progress import format_dashboard_url
+
+    address = lc.scheduler_address
+    n_workers = len(getattr(lc, "workers", {}) or {})
+    click.echo(f"dlogit cluster up: {n_workers} worker(s)")
+    click.echo(f"scheduler: {address}")
+    link = dcluster.dashboard_link(lc)
+    click.echo(f"dashboard: {format_dashboard_url(link) if link else 'off'}")
+    if scheduler_file:
+        click.echo(f"scheduler file: {os.path.abspath(scheduler_file)}")
+        click.echo(f"train with: dlogit train DATA --scheduler-file {scheduler_file}")
+    else:
+        click.echo(f"train with: dlogit train DATA --scheduler {address}")
+    click.echo("press Ctrl-C to stop")
+    sys.stdout.flush()
+
+
+def _wait(lc, stop: threading.Event) -> None:
+    """Until ``stop`` is set (a signal) or the scheduler stopped (a ClusterError)."""
+    from dlogit.errors import ClusterError
+
+    while not stop.wait(0.5):
+        status = getattr(getattr(lc, "scheduler", None), "status", None)
+        if status is not None and getattr(status, "name", str(status)) in ("closed", "failed"):
+            raise ClusterError("the scheduler stopped")
+
+
+def _stop(lc, written_file: str | None) -> None:
+    """Close the cluster (when it started) and remove the scheduler file this command wrote."""
+    if lc is not None:
+        click.echo("stopping...")
+        try:
+            lc.close(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - still remove the file and exit cleanly
+            click.echo(f"dlogit: warning: closing the cluster: {str(exc).strip()[:200]}", err=True)
+    if written_file:
+        try:
+            os.unlink(written_file)
+        except OSError:
+            pass

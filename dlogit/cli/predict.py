@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from dlogit.cli._common import load_for_model
 from dlogit.cli._options import data_options
 
 
@@ -35,6 +34,7 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
     """
     import numpy as np
 
+    from dlogit.cli._common import load_for_model
     from dlogit.data import write_table
     from dlogit.files import check_output
 

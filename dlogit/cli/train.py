@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass, fields
 from typing import Any
 
 import click
@@ -101,245 +102,403 @@ def _warn(message: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print informational notices.")
 @cluster_options
-def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight: str | None,
-          solver: str | None, l2: Any, l1: Any, l2_path: int | None, l1_path: int | None, cv: int | None,
-          cv_split: str, scoring: str, with_summary: bool, lr: float, max_iter: int | None, tol: float | None,
-          init: str | None, no_intercept: bool, mode: str, out: str | None, keep_diverged: bool,
-          checkpoint: str | None, checkpoint_every: float | None, resume: bool, as_json: bool, period: int,
-          quiet: bool, verbose: bool, **opts: Any) -> None:
+def train(**kw: Any) -> None:
     """Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files, directories,
     globs or URLs) or on synthetic data.
 
     With no arguments: the textbook run (400x784 random data, gd, lr 0.1, l2 0.01, 10001 steps) on a
     local cluster started for the run.
     """
-    import numpy as np
-
-    from dlogit import data as data_mod
-    from dlogit.cli import NotConverged
-    from dlogit.errors import ClusterError, ConfigError, DlogitError
-    from dlogit.estimator import LogisticRegression
-    from dlogit.files import check_distinct, check_output
-    from dlogit.spec import CheckpointSpec
-
     check_config()
-    cluster = {k: opts.pop(k) for k in list(opts) if k in _CLUSTER_KEYS}
-    if cluster["connect_timeout"] is None:
-        cluster["connect_timeout"] = config_duration("connect-timeout")
-    if data and synthetic_shape:
-        raise ConfigError("give either DATA or --synthetic, not both")
-    synthetic = data is None
-    solver = solver or ("gd" if synthetic else "lbfgs")
-    init = init or ("normal" if synthetic else "zeros")
-    if resume and not checkpoint:
-        raise ConfigError("--resume needs --checkpoint DIR")
-    source = None
-    if synthetic:
-        rows, cols = data_mod.parse_shape(synthetic_shape or "400x784")
-        inputs = []
-        if opts.get("chunk_bytes") and not opts.get("chunk_rows"):  # --chunk-bytes sizes synthetic chunks too
-            import dask.utils
+    args = _Args.take(kw)
+    job = _prepare(args)  # every option, the outputs and the checkpoint directory checked first
+    ctx = click.get_current_context()
+    here = _where(ctx, args, job)
+    t0 = time.perf_counter()
+    with _quiet_dask_logs(args.verbose), _session(args, job, here) as (client, kind):
+        startup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        data = _read(args, job, client, kind)
+        load = time.perf_counter() - t1
+        caught = _fit(args, job, data, client)
+        result = _score(args, job, data, client)
+    _report_warnings(caught, job.model.status_)
+    result.update(startup_seconds=startup, load_seconds=load, cluster=kind, client=client is not None)
+    _finish(args, job, data, result)
 
-            itemsize = np.dtype(opts.get("dtype") or "float64").itemsize
-            opts["chunk_rows"] = max(1, dask.utils.parse_bytes(opts["chunk_bytes"]) // (cols * itemsize))
+
+@dataclass
+class _Args:
+    """What ``dlogit train`` was given, as click parsed it: the command's own options, the data options
+    (``opts``: :data:`dlogit.cli._options.DATA_KEYS` and any other) and where to run (``cluster``)."""
+
+    data: str | None
+    synthetic_shape: str | None
+    seed: int
+    class_weight: str | None
+    solver: str | None
+    l2: Any
+    l1: Any
+    l2_path: int | None
+    l1_path: int | None
+    cv: int | None
+    cv_split: str
+    scoring: str
+    with_summary: bool
+    lr: float
+    max_iter: int | None
+    tol: float | None
+    init: str | None
+    no_intercept: bool
+    mode: str
+    out: str | None
+    keep_diverged: bool
+    checkpoint: str | None
+    checkpoint_every: float | None
+    resume: bool
+    as_json: bool
+    period: int
+    quiet: bool
+    verbose: bool
+    opts: dict[str, Any]
+    cluster: dict[str, Any]
+
+    @classmethod
+    def take(cls, kw: dict[str, Any]) -> _Args:
+        own = {f.name for f in fields(cls)} - {"opts", "cluster"}
+        cluster = {k: kw[k] for k in _CLUSTER_KEYS}
+        if cluster["connect_timeout"] is None:
+            cluster["connect_timeout"] = config_duration("connect-timeout")
+        opts = {k: v for k, v in kw.items() if k not in own and k not in _CLUSTER_KEYS}
+        return cls(**{k: kw[k] for k in own}, opts=opts, cluster=cluster)
+
+
+@dataclass
+class _Job:
+    """The checked plan of a run: the estimator, its frozen spec, the data's source (``None``: synthetic
+    ``rows`` x ``cols``), the checkpoint, and how quiet the output is (``quiet``: no notices — also with
+    --json —; ``quiet_progress``: no progress lines)."""
+
+    model: Any
+    spec: Any
+    source: Any
+    rows: int
+    cols: int
+    ckpt: Any
+    path: bool
+    quiet: bool
+    quiet_progress: bool
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source is None
+
+
+def _prepare(a: _Args) -> _Job:
+    """Check the options against each other, the outputs against the inputs, and build the estimator
+    and its spec (which validates every value): a bad one is a :class:`ConfigError` before anything
+    starts."""
+    from dlogit import data as data_mod
+    from dlogit.errors import ConfigError
+    from dlogit.files import check_output
+
+    if a.data and a.synthetic_shape:
+        raise ConfigError("give either DATA or --synthetic, not both")
+    synthetic = a.data is None
+    a.solver = a.solver or ("gd" if synthetic else "lbfgs")
+    a.init = a.init or ("normal" if synthetic else "zeros")
+    if a.resume and not a.checkpoint:
+        raise ConfigError("--resume needs --checkpoint DIR")
+    source, rows, cols = None, 0, 0
+    if synthetic:
+        rows, cols = data_mod.parse_shape(a.synthetic_shape or "400x784")
+        inputs = []
+        if a.opts.get("chunk_bytes") and not a.opts.get("chunk_rows"):  # --chunk-bytes sizes synthetic chunks too
+            import dask.utils
+            import numpy as np
+
+            itemsize = np.dtype(a.opts.get("dtype") or "float64").itemsize
+            a.opts["chunk_rows"] = max(1, dask.utils.parse_bytes(a.opts["chunk_bytes"]) // (cols * itemsize))
     else:
-        source = source_from_options(data, opts)
+        source = source_from_options(a.data, a.opts)
         inputs = [source.path, source.labels, source.weights if source.weights and
                   source.weights.endswith(".npy") else None]
-    if out is not None:
-        check_output(out, inputs=inputs, suffixes=(".npz",), what="model")
-    ckpt = None
-    if checkpoint is not None:
-        from dlogit.checkpoint import checkpoint_path
-
-        every = checkpoint_every if checkpoint_every is not None else config_duration("checkpoint-every")
-        for src in inputs:
-            if src and os.path.abspath(src) == os.path.abspath(checkpoint):
-                raise ConfigError(f"--checkpoint {checkpoint} is one of the inputs")
-        # the outputs against each other, as against the inputs: the model must not replace the checkpoint
-        check_distinct({"--out": out, "--checkpoint": checkpoint,
-                        "--checkpoint's file": checkpoint_path(checkpoint)})
-        ckpt = CheckpointSpec(checkpoint, every=float(every), resume=resume)
-    if l2_path is not None:
-        l2 = l2_path
-    if l1_path is not None:
-        l1 = l1_path
-    path = cv is not None
-    if not path and (isinstance(l2, tuple) or isinstance(l1, tuple) or l2_path or l1_path):
+    if a.out is not None:
+        check_output(a.out, inputs=inputs, suffixes=(".npz",), what="model")
+    ckpt = _checkpoint_spec(a, inputs)
+    if a.l2_path is not None:
+        a.l2 = a.l2_path
+    if a.l1_path is not None:
+        a.l1 = a.l1_path
+    path = a.cv is not None
+    if not path and (isinstance(a.l2, tuple) or isinstance(a.l1, tuple) or a.l2_path or a.l1_path):
         raise ConfigError("several penalty values (or --l2-path/--l1-path) need --cv K to choose among them")
-    if not path and cv_split != "stratified":
+    if not path and a.cv_split != "stratified":
         raise ConfigError("--cv-split needs --cv K")
     if path and ckpt is not None:
         raise ConfigError("--checkpoint is not available with --cv (each point of a path is short)")
-    common = {"solver": solver, "lr": lr, "max_iter": max_iter, "tol": tol, "fit_intercept": not no_intercept,
-              "class_weight": class_weight, "init": init, "random_state": seed,
-              "chunk_rows": opts.get("chunk_rows"), "progress_period": period, "mode": mode}
+    model = _make_model(a, path)
+    if a.with_summary and any(float(v) > 0 for v in (a.l1 if isinstance(a.l1, tuple) else (a.l1,))):
+        raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
+    spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
+    _say_kernel(spec, a.quiet or a.as_json)
+    # --json keeps the progress lines, on stderr (a log being tailed; stdout is JSON)
+    return _Job(model, spec, source, rows, cols, ckpt, path, quiet=a.quiet or a.as_json, quiet_progress=a.quiet)
+
+
+def _checkpoint_spec(a: _Args, inputs: list[str | None]) -> Any:
+    """The :class:`~dlogit.spec.CheckpointSpec` of ``--checkpoint`` (``None`` without), its directory
+    checked against the inputs and the other outputs."""
+    if a.checkpoint is None:
+        return None
+    from dlogit.checkpoint import checkpoint_path
+    from dlogit.errors import ConfigError
+    from dlogit.files import check_distinct
+    from dlogit.spec import CheckpointSpec
+
+    every = a.checkpoint_every if a.checkpoint_every is not None else config_duration("checkpoint-every")
+    for src in inputs:
+        if src and os.path.abspath(src) == os.path.abspath(a.checkpoint):
+            raise ConfigError(f"--checkpoint {a.checkpoint} is one of the inputs")
+    # the outputs against each other, as against the inputs: the model must not replace the checkpoint
+    check_distinct({"--out": a.out, "--checkpoint": a.checkpoint,
+                    "--checkpoint's file": checkpoint_path(a.checkpoint)})
+    return CheckpointSpec(a.checkpoint, every=float(every), resume=a.resume)
+
+
+def _make_model(a: _Args, path: bool) -> Any:
+    """The estimator the options describe: :class:`~dlogit.LogisticRegressionCV` for a path."""
+    common = {"solver": a.solver, "lr": a.lr, "max_iter": a.max_iter, "tol": a.tol,
+              "fit_intercept": not a.no_intercept, "class_weight": a.class_weight, "init": a.init,
+              "random_state": a.seed, "chunk_rows": a.opts.get("chunk_rows"), "progress_period": a.period,
+              "mode": a.mode}
     if path:
         from dlogit.estimator_cv import LogisticRegressionCV
 
-        model = LogisticRegressionCV(l2=list(l2) if isinstance(l2, tuple) else l2,
-                                     l1=list(l1) if isinstance(l1, tuple) else l1, cv=cv, cv_split=cv_split,
-                                     scoring=scoring,
-                                     **common)
-    else:
-        model = LogisticRegression(l2=l2, l1=l1, **common)
-    if with_summary and any(float(v) > 0 for v in (l1 if isinstance(l1, tuple) else (l1,))):
-        raise ConfigError("--summary needs a fit without L1 (the standard errors come from the Hessian)")
-    spec = model.make_spec(checkpoint=ckpt)  # validates every option (and the checkpoint dir) first
-    _say_kernel(spec, quiet or as_json)
-    quiet_progress = quiet  # --json keeps the progress lines, on stderr (a log being tailed; stdout is JSON)
-    quiet = quiet or as_json
+        return LogisticRegressionCV(l2=list(a.l2) if isinstance(a.l2, tuple) else a.l2,
+                                    l1=list(a.l1) if isinstance(a.l1, tuple) else a.l1, cv=a.cv,
+                                    cv_split=a.cv_split, scoring=a.scoring, **common)
+    from dlogit.estimator import LogisticRegression
+
+    return LogisticRegression(l2=a.l2, l1=a.l1, **common)
+
+
+def _where(ctx: click.Context, a: _Args, job: _Job) -> bool:
+    """The warnings about options that will be ignored or plans that cannot work well, then whether
+    DATA trains in this process."""
     from dlogit.cluster import resolve_scheduler
 
-    ctx = click.get_current_context()
-    if solver != "gd" and _given(ctx, "lr"):
-        _warn(f"--lr is ignored by --solver {solver} (it chooses its own steps; --lr is for gd)")
-    target = resolve_scheduler(cluster["scheduler"], cluster["scheduler_file"])
-    local = not target  # --workers: local only
-    if not local:
-        _warn_local_only(ctx, target, cluster)
-    _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
-    here = not synthetic and not target and _in_process(ctx, source, mode, quiet)
+    if a.solver != "gd" and _given(ctx, "lr"):
+        _warn(f"--lr is ignored by --solver {a.solver} (it chooses its own steps; --lr is for gd)")
+    target = resolve_scheduler(a.cluster["scheduler"], a.cluster["scheduler_file"])
+    if target:  # --workers: local only
+        _warn_local_only(ctx, target, a.cluster)
+    _check_plan(None if target else a.cluster.get("workers"), job.synthetic and job.rows,
+                a.opts.get("chunk_rows"))
+    return not job.synthetic and not target and _in_process(ctx, job.source, a.mode, job.quiet)
 
-    t0 = time.perf_counter()
-    with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose, here) as (client, kind):
-        startup = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        if synthetic:
-            X, y = data_mod.synthetic(rows, cols, seed=seed, dtype=opts.get("dtype") or "float64",
-                                      chunk_rows=opts.get("chunk_rows"), gpu=(kind == "gpu"))
-            w = None
-            meta_source: dict[str, Any] = {"synthetic": f"{rows}x{cols}", "seed": seed}
-        else:
-            ds = data_mod.read_data(source, client=client) if client else data_mod.load_local(source)
-            check_label_option(opts.get("label"), ds.info.kind)
-            for notice in ds.info.notices:
-                _note(quiet, notice)
-            X, y, w = ds.X, ds.y, ds.sample_weight
-            if y is None:
-                raise ConfigError(f"{data} has no labels (use --label COLUMN or --labels FILE.npy)")
-            if kind == "gpu":
-                X = data_mod.on_device(X)  # moved on the workers: the client needs no CuPy
-            meta_source = {"data": source.path, "format": ds.info.kind, "label": source.label,
-                           "labels": source.labels, "weights": source.weights,
-                           "feature_names": ds.info.feature_names, "sep": source.sep,
-                           "no_header": True if not source.header else None,
-                           "index_col": source.index_col,
-                           "n_features": int(X.shape[1]) if ds.info.kind == "libsvm" else source.n_features,
-                           "zero_based": getattr(ds.info.layout, "zero_based", None)
-                           if ds.info.kind == "libsvm" else None,
-                           "encoder": ds.info.encoder.to_json() if ds.info.encoder is not None else None}
-        n_chunks = int(X.numblocks[0]) if client else -(-X.shape[0] // (opts.get("chunk_rows") or X.shape[0]))
-        if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
-            _check_chunks(n_chunks)
-        X, y, w = _load(client, X, y, w, quiet) if client else (X, y, w)
-        load = time.perf_counter() - t1
-        progress = _progress(spec.max_iter, period, quiet_progress, to_stderr=as_json)
-        if ckpt is not None and resume:
-            _note(quiet, f"resuming from {os.path.join(ckpt.directory, 'checkpoint.npz')}")
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                tracker = _StepTracker(progress)
-                try:
-                    if path:
-                        try:
-                            model.fit(X, y, sample_weight=w, client=client, callback=tracker)
-                        except KeyboardInterrupt:
-                            progress.close()
-                            if not as_json:
-                                click.echo(_interrupted_path(tracker.path, cv, cv_split, scoring))
-                            raise
-                    else:
-                        model.fit(X, y, sample_weight=w, client=client, checkpoint=spec.checkpoint,
-                                  callback=tracker)
-                except _scheduler_lost(client):
-                    raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
-                except (DlogitError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # the client's own failure once the scheduler is gone
-                    if _scheduler_gone(client, exc):
-                        raise ClusterError(_lost_scheduler(tracker.step, ckpt)) from None
-                    raise
-        finally:
-            progress.close()
-        if not synthetic and ds.info.feature_names:
-            model.feature_names_in_ = np.asarray(ds.info.feature_names, dtype=object)
-        fit_seconds = model.fit_seconds_
-        usable = model.status_ != "diverged" and np.all(np.isfinite(model.coef_))
-        accuracy = None
-        table = None
-        no_table = None
-        if usable:
-            with client.as_current() if client else warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="X does not have valid feature names")  # X: NumPy
-                accuracy = model.score(X, y, sample_weight=None)
-                if with_summary:
-                    try:  # a model without a table (K > 2, L1, a singular Hessian) is still a model
-                        table = model.summary(X, y, sample_weight=w, client=client)
-                    except ConfigError as exc:
-                        no_table = str(exc)
-        workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) if client else 0
-    _report_warnings(caught, model.status_)
-    from dlogit.cli._common import json_line, json_value
 
-    if not usable:
-        if out and keep_diverged:
-            model.save(out, source=meta_source, accuracy=None)
-        kept = f"; model written to {out} (--keep-diverged)" if out and keep_diverged else "; no model written"
-        one_l2 = max(l2) if isinstance(l2, tuple) else (0.0 if path else float(l2))  # a path: its largest
-        if as_json:  # the one JSON object, with its status, before the error line (exit code 3)
-            click.echo(json_line({"status": model.status_, "n_iter": model.n_iter_, "loss": model.loss_,
-                                  "grad_norm": model.grad_norm_, "message": model.message_,
-                                  "seconds": fit_seconds, "startup_seconds": startup, "load_seconds": load,
-                                  "workers": workers, "cluster": kind, "mode": model.mode_, "solver": solver,
-                                  "model": out if keep_diverged else None}))
-        raise NotConverged(f"the fit diverged: {_divergence_why(model.message_)}; "
-                           f"{_divergence_advice(model.message_, solver, lr, one_l2, init)}{kept}")
-    if out:
-        model.save(out, source=meta_source, accuracy=accuracy)
-    if no_table is not None:
-        _warn(f"no --summary table: {no_table}")
+@dataclass
+class _Data:
+    """The training data as the fit takes it (persisted on the workers with a cluster) and what the
+    model file records about it."""
+
+    X: Any
+    y: Any
+    w: Any
+    meta_source: dict[str, Any]
+    feature_names: Any
+    n_chunks: int
+
+
+def _read(a: _Args, job: _Job, client: Any, kind: str) -> _Data:
+    """Generate or read the data (on the workers, kept there, with a cluster; here without)."""
+    from dlogit import data as data_mod
+    from dlogit.errors import ConfigError
+
+    opts, names = a.opts, None
+    if job.synthetic:
+        X, y = data_mod.synthetic(job.rows, job.cols, seed=a.seed, dtype=opts.get("dtype") or "float64",
+                                  chunk_rows=opts.get("chunk_rows"), gpu=(kind == "gpu"))
+        w = None
+        meta: dict[str, Any] = {"synthetic": f"{job.rows}x{job.cols}", "seed": a.seed}
+    else:
+        source = job.source
+        ds = data_mod.read_data(source, client=client) if client else data_mod.load_local(source)
+        check_label_option(opts.get("label"), ds.info.kind)
+        for notice in ds.info.notices:
+            _note(job.quiet, notice)
+        X, y, w, names = ds.X, ds.y, ds.sample_weight, ds.info.feature_names
+        if y is None:
+            raise ConfigError(f"{a.data} has no labels (use --label COLUMN or --labels FILE.npy)")
+        if kind == "gpu":
+            X = data_mod.on_device(X)  # moved on the workers: the client needs no CuPy
+        meta = _source_meta(source, ds.info, X)
+    n_chunks = int(X.numblocks[0]) if client else -(-X.shape[0] // (opts.get("chunk_rows") or X.shape[0]))
+    if not (job.synthetic and opts.get("chunk_rows")):  # else said before the cluster started
+        _check_chunks(n_chunks)
+    if client is not None:
+        X, y, w = _load(client, X, y, w, job.quiet)
+    return _Data(X, y, w, meta, names, n_chunks)
+
+
+def _source_meta(source: Any, info: Any, X: Any) -> dict[str, Any]:
+    """How DATA was read, for the model file (``predict``/``evaluate`` read new data the same way)."""
+    libsvm = info.kind == "libsvm"
+    return {"data": source.path, "format": info.kind, "label": source.label, "labels": source.labels,
+            "weights": source.weights, "feature_names": info.feature_names, "sep": source.sep,
+            "no_header": True if not source.header else None, "index_col": source.index_col,
+            "n_features": int(X.shape[1]) if libsvm else source.n_features,
+            "zero_based": getattr(info.layout, "zero_based", None) if libsvm else None,
+            "encoder": info.encoder.to_json() if info.encoder is not None else None}
+
+
+def _fit(a: _Args, job: _Job, data: _Data, client: Any) -> list[warnings.WarningMessage]:
+    """Fit the model with the progress lines; the warnings it raised, to report once each. A lost
+    scheduler is a one-line :class:`ClusterError`; an interrupted path prints what it finished."""
+    from dlogit.errors import ClusterError, DlogitError
+
+    progress = _progress(job.spec.max_iter, a.period, job.quiet_progress, to_stderr=a.as_json)
+    if job.ckpt is not None and a.resume:
+        _note(job.quiet, f"resuming from {os.path.join(job.ckpt.directory, 'checkpoint.npz')}")
+    kw: dict[str, Any] = {} if job.path else {"checkpoint": job.spec.checkpoint}
+    tracker = _StepTracker(progress)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                job.model.fit(data.X, data.y, sample_weight=data.w, client=client, callback=tracker, **kw)
+            except KeyboardInterrupt:
+                if job.path:
+                    progress.close()
+                    if not a.as_json:
+                        click.echo(_interrupted_path(tracker.path, a.cv, a.cv_split, a.scoring))
+                raise
+            except _scheduler_lost(client):
+                raise ClusterError(_lost_scheduler(tracker.step, job.ckpt)) from None
+            except DlogitError:
+                raise
+            except Exception as exc:  # the client's own failure once the scheduler is gone
+                if _scheduler_gone(client, exc):
+                    raise ClusterError(_lost_scheduler(tracker.step, job.ckpt)) from None
+                raise
+    finally:
+        progress.close()
+    return caught
+
+
+def _score(a: _Args, job: _Job, data: _Data, client: Any) -> dict[str, Any]:
+    """The training accuracy and the ``--summary`` table of a usable model (``usable``: it did not
+    diverge and its coefficients are finite), and the workers it ran on."""
+    import numpy as np
+
+    from dlogit.errors import ConfigError
+
+    model = job.model
+    if data.feature_names:
+        model.feature_names_in_ = np.asarray(data.feature_names, dtype=object)
+    usable = model.status_ != "diverged" and bool(np.all(np.isfinite(model.coef_)))
+    out: dict[str, Any] = {"usable": usable, "accuracy": None, "table": None, "no_table": None}
+    if usable:
+        with client.as_current() if client else warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")  # X: NumPy
+            out["accuracy"] = model.score(data.X, data.y, sample_weight=None)
+            if a.with_summary:
+                try:  # a model without a table (K > 2, L1, a singular Hessian) is still a model
+                    out["table"] = model.summary(data.X, data.y, sample_weight=data.w, client=client)
+                except ConfigError as exc:
+                    out["no_table"] = str(exc)
+    out["workers"] = len(client.scheduler_info(n_workers=-1).get("workers", {})) if client else 0
+    return out
+
+
+def _finish(a: _Args, job: _Job, data: _Data, r: dict[str, Any]) -> None:
+    """Write the model and print the result: the summary lines, or one JSON object (--json); a model
+    that is not usable is an error (exit code 3) after its JSON object."""
+    from dlogit.cli._common import json_line
+
+    model = job.model
+    if not r["usable"]:
+        _diverged(a, job, data, r)
+    if a.out:
+        model.save(a.out, source=data.meta_source, accuracy=r["accuracy"])
+    if r["no_table"] is not None:
+        _warn(f"no --summary table: {r['no_table']}")
+    if a.as_json:
+        click.echo(json_line(_summary(a, job, data, r)))
+        return
+    if job.path:
+        click.echo(f"cv: best l2 {model.l2_:.4g}, l1 {model.l1_:.4g}: {a.scoring} {model.best_score_:.6f} "
+                   f"({a.cv} {a.cv_split} folds); "
+                   "refit on all the data")
+    classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
+    where = f"cluster start-up {r['startup_seconds']:.2f}s, " if r["client"] else ""
+    where += (f"data loaded in {r['load_seconds']:.2f}s, "
+              + (f"{r['workers']} {r['cluster']} worker(s), " if r["client"] else "no cluster, "))
+    click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {model.fit_seconds_:.2f}s "
+               f"({where}{model.mode_} mode, {model.kernel_} kernel{classes})")
+    sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if model.n_nonzero_ < model.coef_.size else ""
+    click.echo(f"loss {_num(model.loss_)}  ||grad|| {model.grad_norm_:.3g}  training accuracy "
+               f"{r['accuracy']:.4f}{sparsity}")
+    if r["table"] is not None:
+        click.echo(str(r["table"]))
+    if a.out:
+        click.echo(f"model written to {a.out}")
+
+
+def _diverged(a: _Args, job: _Job, data: _Data, r: dict[str, Any]) -> None:
+    """A fit without a usable model: kept with --keep-diverged, its JSON object with --json, then the
+    one error line with what to do (exit code 3)."""
+    from dlogit.cli import NotConverged
+    from dlogit.cli._common import json_line
+
+    model = job.model
+    if a.out and a.keep_diverged:
+        model.save(a.out, source=data.meta_source, accuracy=None)
+    kept = f"; model written to {a.out} (--keep-diverged)" if a.out and a.keep_diverged else "; no model written"
+    one_l2 = max(a.l2) if isinstance(a.l2, tuple) else (0.0 if job.path else float(a.l2))  # a path: its largest
+    if a.as_json:  # the one JSON object, with its status, before the error line (exit code 3)
+        click.echo(json_line({"status": model.status_, "n_iter": model.n_iter_, "loss": model.loss_,
+                              "grad_norm": model.grad_norm_, "message": model.message_,
+                              "seconds": model.fit_seconds_, "startup_seconds": r["startup_seconds"],
+                              "load_seconds": r["load_seconds"], "workers": r["workers"],
+                              "cluster": r["cluster"], "mode": model.mode_, "solver": a.solver,
+                              "model": a.out if a.keep_diverged else None}))
+    raise NotConverged(f"the fit diverged: {_divergence_why(model.message_)}; "
+                       f"{_divergence_advice(model.message_, a.solver, a.lr, one_l2, a.init)}{kept}")
+
+
+def _summary(a: _Args, job: _Job, data: _Data, r: dict[str, Any]) -> dict[str, Any]:
+    """The --json object of a usable model."""
+    import numpy as np
+
+    from dlogit.cli._common import json_value
+
+    model = job.model
     summary = {"n_iter": model.n_iter_, "loss": model.loss_, "grad_norm": model.grad_norm_,
-               "l2": float(getattr(model, "l2_", l2)), "l1": float(getattr(model, "l1_", l1)),
-               "accuracy": accuracy, "status": model.status_, "seconds": fit_seconds,
-               "startup_seconds": startup, "load_seconds": load, "workers": workers, "cluster": kind,
-               "mode": model.mode_, "kernel": model.kernel_, "solver": solver,
+               "l2": float(getattr(model, "l2_", a.l2)), "l1": float(getattr(model, "l1_", a.l1)),
+               "accuracy": r["accuracy"], "status": model.status_, "seconds": model.fit_seconds_,
+               "startup_seconds": r["startup_seconds"], "load_seconds": r["load_seconds"],
+               "workers": r["workers"], "cluster": r["cluster"],
+               "mode": model.mode_, "kernel": model.kernel_, "solver": a.solver,
                "family": model.family_, "n_classes": len(model.classes_),
                "classes": [json_value(c) for c in model.classes_[:100]], "n_nonzero": model.n_nonzero_,
                "coef_norm": float(np.linalg.norm(model.coef_)),
                "intercept": [float(b) for b in model.intercept_], "resumed_from": model.resumed_from_,
-               "n_chunks": n_chunks,
-               "model": out}
-    if path:
-        summary["cv"] = {"scoring": scoring, "folds": cv, "split": cv_split,
+               "n_chunks": data.n_chunks,
+               "model": a.out}
+    if job.path:
+        summary["cv"] = {"scoring": a.scoring, "folds": a.cv, "split": a.cv_split,
                          "best_index": int(model.best_index_),
                          "best_score": float(model.best_score_),
                          "l2": [float(v) for v in model.cv_results_["param_l2"]],
                          "l1": [float(v) for v in model.cv_results_["param_l1"]],
                          "mean_test_score": [float(v) for v in model.cv_results_["mean_test_score"]]}
+    table = r["table"]
     if table is not None:
         summary["summary"] = {n: {"coef": float(c), "std_err": float(e), "p_value": float(p)}
                               for n, c, e, p in zip(table.names, table.coef, table.std_err, table.p_value)}
-    if as_json:
-        click.echo(json_line(summary))
-        return
-    if path:
-        click.echo(f"cv: best l2 {model.l2_:.4g}, l1 {model.l1_:.4g}: {scoring} {model.best_score_:.6f} "
-                   f"({cv} {cv_split} folds); "
-                   "refit on all the data")
-    classes = "" if len(model.classes_) == 2 else f", {len(model.classes_)} classes"
-    where = f"cluster start-up {startup:.2f}s, " if client else ""
-    where += f"data loaded in {load:.2f}s, " + (f"{workers} {kind} worker(s), " if client else "no cluster, ")
-    click.echo(f"done: {model.status_} after {model.n_iter_} iterations in {fit_seconds:.2f}s "
-               f"({where}{model.mode_} mode, {model.kernel_} kernel{classes})")
-    sparsity = f"  nonzero {model.n_nonzero_}/{model.coef_.size}" if model.n_nonzero_ < model.coef_.size else ""
-    click.echo(f"loss {_num(model.loss_)}  ||grad|| {model.grad_norm_:.3g}  training accuracy {accuracy:.4f}"
-               f"{sparsity}")
-    if table is not None:
-        click.echo(str(table))
-    if out:
-        click.echo(f"model written to {out}")
+    return summary
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -613,64 +772,29 @@ def _fit_signals() -> Any:
 
 
 @contextlib.contextmanager
-def _cluster(opts: dict[str, Any], quiet: bool, verbose: bool, in_process: bool = False) -> Any:
-    """Yield ``(client, kind)``: ``(None, "cpu")`` in this process; an existing scheduler when one is
-    named, else a local cluster."""
+def _session(a: _Args, job: _Job, in_process: bool) -> Any:
+    """Yield ``(client, kind)``: ``(None, "cpu")`` in this process; else a client of the existing
+    scheduler named, or of a local cluster started for the run (:func:`dlogit.cluster.open_cluster`),
+    with the lines saying so."""
     if in_process:
         with _fit_signals():
             yield None, "cpu"
         return
-    from distributed import Client
+    from dlogit.cli import children_start_without_sigint, ignore_signals
+    from dlogit.cluster import open_cluster, resolve_scheduler
 
-    from dlogit.cluster import connect, make_security, resolve_scheduler, start_local_cluster
-    from dlogit.engine import listen
-
-    security = make_security(opts["tls_ca_file"], opts["tls_cert"], opts["tls_key"])
-    if resolve_scheduler(opts["scheduler"], opts["scheduler_file"]):
-        client = connect(opts["scheduler"], opts["scheduler_file"], timeout=opts["connect_timeout"],
-                         security=security)
-        try:
-            _say_dashboard(client, quiet)
-            listen(client)
-            yield client, _kind(client)
-        finally:
-            _close_quietly(client)
-        return
-    n = opts["workers"]
-    if not quiet:
+    opts, quiet = a.cluster, job.quiet
+    local = not resolve_scheduler(opts["scheduler"], opts["scheduler_file"])
+    if local and not quiet:
+        n = opts["workers"]
         what = f"{n} CPU worker(s)" if n else ("GPU workers" if opts["gpus"] else "workers")
         click.echo(f"dlogit: starting a local cluster ({what})...")
-    from dlogit.cli import children_start_without_sigint
-
-    cluster = None
-    try:
-        with children_start_without_sigint():  # a Ctrl-C while they import is ours alone
-            cluster = start_local_cluster(workers=opts["workers"], gpus=opts["gpus"], host=opts["host"],
-                                          dashboard_address=opts["dashboard_address"],
-                                          rmm_pool_size=opts["rmm_pool_size"], security=security)
-        client = Client(cluster, security=security, set_as_default=False)
-        client._dlogit_versions_checked = True  # its workers are this installation's own processes
-        try:
-            if cluster.kind == "cpu" and opts["workers"] is None and verbose:
-                click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(cluster.workers)} "
-                           "CPU worker processes")
-            _say_dashboard(client, quiet)
-            listen(client)
-            yield client, cluster.kind
-        finally:
-            _close_quietly(client)
-    finally:
-        if cluster is not None:
-            _close_quietly(cluster)
-
-
-def _close_quietly(obj: Any) -> None:
-    from dlogit.cli import ignore_signals
-
-    if sys.exc_info()[0] is not None and issubclass(sys.exc_info()[0], KeyboardInterrupt):
-        ignore_signals()
-    with contextlib.suppress(Exception):
-        obj.close()
+    with open_cluster(**opts, spawn_guard=children_start_without_sigint, on_interrupt=ignore_signals) as s:
+        if local and s.kind == "cpu" and opts["workers"] is None and a.verbose:
+            click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(s.cluster.workers)} "
+                       "CPU worker processes")
+        _say_dashboard(s.client, quiet)
+        yield s.client, s.kind
 
 
 def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, Any]:
@@ -678,36 +802,16 @@ def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, A
 
     A load that takes more than a second shows how many chunks are in: rewritten in place on a
     terminal, else one line every few seconds (stdout, like every notice)."""
-    from distributed import futures_of
+    from dlogit.cluster import persist
 
-    arrays = [a for a in (X, y, w) if a is not None]
-    with warnings.catch_warnings():  # dask's advice about graph size is not for a CLI user
-        warnings.filterwarnings("ignore", message="Sending large graph")
-        persisted = client.persist(arrays)
-    futs = [f for a in persisted for f in futures_of(a)]
-    x_futs = futures_of(persisted[0])
-    total = len(x_futs)  # chunks of X (the labels and weights come with them)
     tty = _isatty(sys.stdout)
-    t0 = time.monotonic()
-    next_show = t0 + 1.0
-    shown = False
-    while True:
-        errored = next((f for f in futs if f.status == "error"), None)
-        if errored is not None:
-            errored.result()  # raises the reader's DataError
-        if all(f.done() for f in futs):
-            break
-        done = sum(f.done() for f in x_futs)
-        now = time.monotonic()
-        if not quiet and now >= next_show:
-            line = f"dlogit: loading data: {done}/{total} chunks"
-            click.echo(f"\r{line}" if tty else line, nl=not tty)
-            next_show = now + (0.2 if tty else 5.0)
-            shown = True
-        time.sleep(0.05)
-    if shown:
-        line = f"dlogit: loading data: {total}/{total} chunks in {time.monotonic() - t0:.1f}s"
-        click.echo(f"\r{line}" if tty else line)
+
+    def show(done: int, total: int, seconds: float, final: bool) -> None:
+        line = f"dlogit: loading data: {done}/{total} chunks" + (f" in {seconds:.1f}s" if final else "")
+        click.echo(f"\r{line}" if tty else line, nl=final or not tty)
+
+    persisted = persist(client, [a for a in (X, y, w) if a is not None], None if quiet else show,
+                        every=0.2 if tty else 5.0)
     it = iter(persisted)
     return next(it), next(it), (next(it) if w is not None else None)
 
@@ -726,15 +830,3 @@ def _say_dashboard(client: Any, quiet: bool) -> None:
     link = dashboard_link(client)
     if link and not quiet:
         click.echo(f"dashboard: {format_dashboard_url(link)}")
-
-
-def _kind(client: Any) -> str:
-    from dlogit import cluster as dcluster
-
-    probe = getattr(dcluster, "workers_have_gpus", None)
-    if probe is None:
-        return "cpu"
-    try:
-        return "gpu" if probe(client) else "cpu"
-    except Exception:  # noqa: BLE001 - a probe that fails means no usable GPU workers
-        return "cpu"

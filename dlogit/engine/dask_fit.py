@@ -21,7 +21,6 @@ from typing import Any
 
 import dask
 import numpy as np
-from dask.array.utils import meta_from_array
 
 import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit.engine import control
@@ -122,6 +121,8 @@ class DaskFit:
         self.rows = [float(r) for r in X.chunks[0]]
         self.d = int(X.shape[1])
         self.itemsize = X.dtype.itemsize if X.dtype.kind == "f" else 8
+        from dask.array.utils import meta_from_array  # here: a worker running _worker_fit loads no dask.array
+
         self.on_gpu = type(meta_from_array(X)).__module__.startswith("cupy")
         self.settings = EngineSettings.from_config()
         self.xs: list[Any] = []

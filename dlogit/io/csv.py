@@ -4,7 +4,9 @@ Plan: every file's header must agree with the first file's; the first ~1 MiB of 
 the column types. An uncompressed file is cut at line starts into pieces of about ``chunk_bytes`` of
 X (the text size per row is measured on that sample) or of exactly ``chunk_rows`` rows; a compressed
 file is one read unit whose rows are split into chunks after parsing. The scan's pass counts each
-piece's rows (and collects the one-hot vocabularies), so every chunk's row count is known.
+piece's rows (and collects the one-hot vocabularies), so every chunk's row count is known. A source
+read whole into this process (:func:`scan_read`) counts the rows as pyarrow parses them: one pass over
+the bytes, one decompression, the same chunks.
 """
 
 from __future__ import annotations
@@ -444,3 +446,151 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         out.append(tbl.table_piece(part, info, path, w,
                                    lambda r, at=at: f"{path}: row {at + r + 1}"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the scan and the read in one pass (a whole source read into this process: dlogit.data.load_local)
+
+
+class _Counter:
+    """The records and whether a line holds an open quote (:func:`dlogit.io.text.stream_records`'
+    answer) of a stream fed block by block, as pyarrow reads it: each block's whole lines are counted
+    by ``stream_records`` itself, the line crossing two blocks on its own."""
+
+    def __init__(self, style: text.LineStyle, skip_header: bool) -> None:
+        self.style = style
+        self.records = self.nbytes = 0
+        self.open_quote = False
+        self.skip = skip_header
+        self.pending = b""
+
+    def _count(self, lines: bytes) -> None:
+        records, _, open_quote = text.stream_records([lines], self.style, skip_header=self.skip)
+        self.skip = False
+        self.records += records
+        self.open_quote = self.open_quote or open_quote
+
+    def feed(self, block: bytes) -> None:
+        self.nbytes += len(block)
+        first = block.find(b"\n")
+        if first < 0:
+            self.pending += block
+            return
+        last = block.rfind(b"\n")
+        self._count(self.pending + block[:first + 1])  # the line that ends here
+        if last > first:
+            self._count(block[first + 1:last + 1])
+        self.pending = block[last + 1:]
+
+    def finish(self) -> Survey:
+        if self.pending:
+            self._count(self.pending)
+            self.pending = b""
+        return Survey(rows=self.records, nbytes=self.nbytes)
+
+
+class _Tee(io.RawIOBase):
+    """A stream over ``blocks`` that feeds each block to ``counter`` as it is read (pyarrow reads it)."""
+
+    def __init__(self, blocks: Any, counter: _Counter) -> None:
+        self.blocks, self.counter = iter(blocks), counter
+        self.block, self.at = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        block = next(self.blocks, None)
+        if block is None:
+            return False
+        self.counter.feed(block)
+        self.block, self.at = block, 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.at >= len(self.block) and not self._next():
+            return b""
+        if self.at == 0 and (size < 0 or size >= len(self.block)):
+            self.at = len(self.block)
+            return self.block  # the whole block, no copy
+        end = len(self.block) if size < 0 else min(len(self.block), self.at + size)
+        out = self.block[self.at:end]
+        self.at = end
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self._next():
+            pass
+
+
+def _counted_read(info: DatasetInfo, k: int) -> tuple[Any, Survey]:
+    """Planned piece ``k`` read by pyarrow while its records are counted, in one pass over its bytes
+    (a compressed file decompressed once, as the scan's count decompresses it); ``(None, survey)`` where
+    the two-pass path must decide (pyarrow failed, the counts differ, a quote spans lines)."""
+    lay: CsvLayout = info.layout
+    p: TextPiece = info.pieces[k]
+    path = lay.files[p.file]
+    header = p.whole and lay.has_header
+    counter = _Counter(text.csv_style(lay.sep), skip_header=header)
+    blocks = fsio.iter_blocks(path) if p.whole else fsio.iter_range(path, p.offset, p.length, _COUNT_BLOCK)
+    import pyarrow as pa
+
+    tee = _Tee(blocks, counter)
+    table = _arrow_read(pa.PythonFile(tee, mode="r"), lay, header=header, whole=p.whole)
+    if table is None:
+        return None, counter.finish()
+    tee.drain()
+    survey = counter.finish()
+    if counter.open_quote or table.num_rows != survey.rows:
+        return None, survey
+    return table, survey
+
+
+def scan_read(info: DatasetInfo) -> tuple[DatasetInfo, list[Piece]] | None:
+    """The scan's pass and the read in one (:func:`dlogit.io.scan.scan_read`): each planned piece is
+    read once, its rows counted as pyarrow parses it, and cut into the chunks the scan would have made
+    (:func:`finish`'s). ``None`` where the two passes are needed: a one-hot vocabulary to find first,
+    chunks pyarrow does not read, or any piece that pyarrow cannot read as pandas would, or that fails
+    (the two-pass read then gives its own result or error, word for word)."""
+    from dlogit.io.npy import weights_slice
+
+    lay: CsvLayout = info.layout
+    if not lay.arrow_types or not info.surveys or (lay.table.categorical and info.encoder is None):
+        return None
+    x_row = max(1, len(lay.table.numeric) + len(lay.table.categorical)) * np.dtype(info.dtype).itemsize
+    per = rows_per_chunk(info.source, x_row)
+    surveys: list[Survey] = []
+    pieces: list[Piece] = []
+    start = 0  # the first row of the piece in the whole source (for a weights .npy)
+    in_file: dict[int, int] = {}  # rows read so far in each file
+    try:
+        for k, p in enumerate(info.pieces):
+            table, survey = _counted_read(info, k)
+            if table is None:
+                return None
+            surveys.append(survey)
+            path = lay.files[p.file]
+            base = 0 if p.whole else in_file.get(p.file, 0)
+            spans = row_ranges(survey.rows, per) if p.whole else ([(0, survey.rows)] if survey.rows else [])
+            for s, e in spans:
+                part = table.slice(s, e - s) if p.whole else table
+                w = weights_slice(info, start, e - s) if info.source.weights_path else None
+                piece = _arrow_piece(part, info, path, w,
+                                     lambda r, at=base + s, path=path: f"{path}: row {at + r + 1}")
+                if piece is None:
+                    return None
+                pieces.append(piece)
+                start += e - s
+            in_file[p.file] = base + survey.rows
+            del table
+        final = finish(info, surveys)
+    except Exception:  # noqa: BLE001 - the two-pass read gives the result or says what is wrong
+        return None
+    if len(final.pieces) != len(pieces):  # pragma: no cover - the chunks are finish()'s by construction
+        return None
+    return final, pieces

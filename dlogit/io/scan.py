@@ -31,9 +31,11 @@ class Reader:
     survey: Callable[[DatasetInfo, Any], Survey] | None = None
     finish: Callable[[DatasetInfo, list[Survey]], DatasetInfo] | None = None
     tables: bool = False  # has named columns: takes one_hot / hash_features / an encoder
+    # the pass and the read in one, for a source read whole here: (finished info, every chunk), or None
+    scan_read: Callable[[DatasetInfo], tuple[DatasetInfo, list[Piece]] | None] | None = None
 
 
-_CSV = Reader(csv.plan, csv.read_unit, csv.survey, csv.finish, tables=True)
+_CSV = Reader(csv.plan, csv.read_unit, csv.survey, csv.finish, tables=True, scan_read=csv.scan_read)
 READERS: dict[str, Reader] = {
     "csv": _CSV,
     "tsv": _CSV,
@@ -142,6 +144,31 @@ def scan(source: Source, encoder: Encoder | dict[str, Any] | None = None) -> Dat
     """Inspect ``source`` in this process (plan, pass, finish). Raises :class:`DataError` (one line)."""
     info = plan(source, encoder)
     return finish(info, [survey(info, j) for j in range(len(info.surveys))])
+
+
+def scan_read(source: Source, encoder: Encoder | dict[str, Any] | None = None) -> tuple[DatasetInfo, list[Piece]]:
+    """:func:`scan` and every chunk (:func:`read_unit` of each unit), in this process: where the format
+    can (CSV/TSV through pyarrow), the pass counts the rows while the chunks are parsed -- one read of
+    the bytes, one decompression --, else the scan's pass, then the reads. The same info and chunks
+    either way; errors are the two-pass read's."""
+    info = plan(source, encoder)
+    reader = READERS[info.kind]
+    fused = reader.scan_read(info) if reader.scan_read is not None and info.surveys else None
+    if fused is not None:
+        final, pieces = fused
+        return _checked(final), pieces
+    info = finish(info, [survey(info, j) for j in range(len(info.surveys))])
+    return info, [p for u in range(len(info.units)) for p in read_unit(info, u)]
+
+
+def _checked(info: DatasetInfo) -> DatasetInfo:
+    """:func:`finish`'s checks of a plan that a format's ``scan_read`` finished."""
+    if not info.pieces or info.n_rows == 0:
+        raise DataError(f"{info.source.path} holds no rows")
+    if info.weights_rows is not None and info.n_rows is not None and info.weights_rows != info.n_rows:
+        raise DataError(f"the data has {info.n_rows} rows but {info.source.weights_path} has "
+                        f"{info.weights_rows} weights")
+    return info
 
 
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
