@@ -23,9 +23,9 @@ def test_get_bool_reads_every_spelling(text, want):
 
 @pytest.mark.parametrize("bad", ["maybe", "", "2", 2, 0.5, "truee"])
 def test_get_bool_refuses_anything_else_naming_the_key(bad):
-    with dask.config.set({"dlogit.engine.worker-malloc": bad}):
-        with pytest.raises(ConfigError, match=r"dlogit\.engine\.worker-malloc"):
-            get_bool("dlogit.engine.worker-malloc")
+    with dask.config.set({"dlogit.engine.worker-malloc": bad}), \
+            pytest.raises(ConfigError, match=r"dlogit\.engine\.worker-malloc"):
+        get_bool("dlogit.engine.worker-malloc")
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:

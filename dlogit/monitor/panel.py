@@ -358,7 +358,7 @@ class DlogitPanel:
             run_id = ids[0] if choice == LATEST and ids else choice
             rs = state.get(run_id) if run_id else None
             if rs is None:
-                snap = None
+                snap: dict[str, Any] | None = None
             else:
                 fresh = rs is not self._run or (rs.steps.generation,
                                                  rs.rates.generation) != self._gen

@@ -56,7 +56,7 @@ class MonitorPlugin(SchedulerPlugin):
         }
 
     def __setstate__(self, d: dict[str, Any]) -> None:
-        self.__init__(**d)
+        type(self).__init__(self, **d)
 
     async def start(self, scheduler: Any) -> None:
         if self.scheduler is scheduler:

@@ -283,7 +283,7 @@ def _load_cv(p: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Cv
         if a.shape != (m,) or not np.issubdtype(a.dtype, np.number):
             raise _bad(p, f"{k} has shape {a.shape}, cv_scores has {m} points")
         lam[k] = a.astype(np.float64)
-    cv = meta.get("cv") if isinstance(meta.get("cv"), dict) else {}
+    cv: dict[str, Any] = meta["cv"] if isinstance(meta.get("cv"), dict) else {}
     best = cv.get("best_index")
     best = best if isinstance(best, int) and not isinstance(best, bool) and 0 <= best < m else None
     scoring = cv.get("scoring")
@@ -607,7 +607,11 @@ def write_report(model: str | os.PathLike, out: str | os.PathLike) -> Path:
         atomic_write(out, lambda tmp: _png_report(m, Path(tmp)))
     else:
         page = _html_report(m)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(page, encoding="utf-8")
+
+        atomic_write(out, write)
     return out
 
 

@@ -363,7 +363,7 @@ class RunState:
         self.rows_per_s = math.nan
         self.bytes_per_s = math.nan
         self.worker_seconds: dict[str, float] = {}
-        self.recent = deque(maxlen=ETA_WINDOW)
+        self.recent: deque[float] = deque(maxlen=ETA_WINDOW)
         self.n_iter: int | None = None
         self.seconds: float | None = None
         self.message = ""
@@ -562,10 +562,10 @@ class MonitorState:
             status = status if status in FINISHED else "failed"
             if rs.status not in FINISHED:  # a replayed end is not counted twice
                 self.finished_total[status] += 1
-                ps = self.paths.get(rs.model.path) if rs.model.path is not None else None
-                if ps is not None:
-                    ps.fits_by_status[status] += 1
-                    ps.version += 1
+                ended = self.paths.get(rs.model.path) if rs.model.path is not None else None
+                if ended is not None:
+                    ended.fits_by_status[status] += 1
+                    ended.version += 1
             rs.status = status
             rs.end_time = t
             if "n_nonzero" in msg:
