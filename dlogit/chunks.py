@@ -30,7 +30,7 @@ import numpy as np
 
 from dlogit._xp import get_xp
 from dlogit.family import Binomial, Family, Multinomial, ParamLayout, SumsLayout
-from dlogit.loss import CPU_BLOCK_BYTES, choose_cpu_kernel
+from dlogit.kernels.policy import CPU_BLOCK_BYTES, choose_cpu_kernel
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
 
@@ -92,7 +92,7 @@ class DenseBinomialCPU:
     With label signs ``sigma = 1 - 2y`` and the signed margin ``s = sigma * z``, every row's terms come
     from one stable expression: ``l = log1pexp(s)``, residual ``sigma * exp(s - l)`` (``= sigmoid(z) -
     y``, with full relative precision for well-classified rows), curvature ``exp(s - 2 l)``. Two paths
-    (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
+    (``kernel``, see :func:`dlogit.kernels.policy.choose_cpu_kernel`):
 
     * ``"blas"``: per cache block, ``X_b @ w`` then ``X_b.T @ r_b`` while the block is in cache;
     * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once.

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dlogit import engine
@@ -36,6 +35,18 @@ from dlogit.spec import CheckpointSpec, FitResult, FitSpec
 #: estimator parameters written to (and read from) the model file
 PARAMS = ("solver", "l2", "l1", "lr", "max_iter", "tol", "fit_intercept", "class_weight", "init",
           "random_state", "chunk_rows", "progress_period", "mode")
+
+
+def _sklearn_validation() -> tuple[Any, Any, Any]:
+    """scikit-learn's parameter constraints (``Interval``, ``StrOptions``) and their error: what every
+    scikit-learn estimator's ``_parameter_constraints`` uses, yet private in name (no public import
+    exists) -- the one place dlogit imports them (tests/test_private_apis.py pins what they do)."""
+    from sklearn.utils import _param_validation
+
+    return _param_validation.Interval, _param_validation.StrOptions, _param_validation.InvalidParameterError
+
+
+Interval, StrOptions, InvalidParameterError = _sklearn_validation()
 
 
 class ParameterError(ConfigError, InvalidParameterError):

@@ -272,7 +272,7 @@ def bench_kernel(quick: bool = False) -> dict:
 
     from dlogit.chunks import DenseBinomialCPU
     from dlogit.family import ParamLayout
-    from dlogit.loss import choose_cpu_kernel
+    from dlogit.kernels.policy import choose_cpu_kernel
 
     rng = np.random.default_rng(0)
     sizes = (0.5, 2, 8) if quick else (0.5, 2, 8, 32, 128)

@@ -120,7 +120,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
 
     if scheduler_file:  # before anything starts, as every output is (its directory made if missing)
         from dlogit.errors import OutputError
-        from dlogit.files import check_output
+        from dlogit.outputs import check_output
 
         directory = os.path.dirname(os.path.abspath(scheduler_file))
         try:

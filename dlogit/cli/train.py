@@ -119,7 +119,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     from dlogit.cli import NotConverged
     from dlogit.errors import ClusterError, ConfigError, DlogitError
     from dlogit.estimator import LogisticRegression
-    from dlogit.files import check_distinct, check_output
+    from dlogit.outputs import check_distinct, check_output
     from dlogit.spec import CheckpointSpec
 
     check_config()
