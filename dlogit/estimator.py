@@ -49,7 +49,7 @@ def _sklearn_validation() -> tuple[Any, Any, Any]:
 Interval, StrOptions, InvalidParameterError = _sklearn_validation()
 
 
-class ParameterError(ConfigError, InvalidParameterError):
+class ParameterError(ConfigError, InvalidParameterError):  # type: ignore[misc, valid-type]  # (a name bound by _sklearn_validation)
     """A parameter outside its allowed values (a :class:`ConfigError` and scikit-learn's error)."""
 
 
