@@ -149,6 +149,44 @@ def test_workers_1_and_2_give_the_same_model(tmp_path):
 # in this process, on the shared cluster
 
 
+def _mann_whitney_auc(pos, score, w):
+    """Weighted AUC by its definition: P(score of a positive > a negative's), ties counted half."""
+    sp, sn = score[pos], score[~pos]
+    wp, wn = w[pos], w[~pos]
+    gt = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+    return float(wp @ gt @ wn / (wp.sum() * wn.sum()))
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_evaluate_metrics_are_the_definitions(K):
+    """``dlogit evaluate``'s numbers (from sklearn.metrics): the weighted mean of the family's own stable
+    row loss, weighted accuracy, and the weighted Mann-Whitney AUC (ties half; one-vs-rest macro for K > 2)."""
+    import warnings
+
+    from dlogit.cli.evaluate import metrics
+    from dlogit.family import get_family
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 4))
+    y = rng.integers(0, K, 400)
+    w = rng.uniform(0, 2, 400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = dlogit.LogisticRegression(max_iter=50).fit(X, y)
+    Xr = np.round(X, 1)  # tied scores
+    fam = get_family(model.family_)
+    z = fam.decision(Xr, model.coef_, model.intercept_)
+    proba = fam.proba(z)
+    for ww in (None, w):
+        m = metrics(model, Xr, y, ww)
+        wt = np.ones(400) if ww is None else ww
+        assert m["logloss"] == pytest.approx(float(fam.row_loss(z, y) @ wt / wt.sum()), rel=1e-13)
+        assert m["accuracy"] == pytest.approx(float((np.argmax(proba, 1) == y) @ wt / wt.sum()), rel=1e-13)
+        aucs = [_mann_whitney_auc(y == k, proba[:, k], wt) for k in ([1] if K == 2 else range(K))]
+        assert m["roc_auc" if K == 2 else "roc_auc_ovr_macro"] == pytest.approx(np.mean(aucs), rel=1e-12)
+        assert m["weighted"] == (ww is not None) and m["rows"] == 400
+
+
 def test_train_csv_predict_evaluate(capfd, csv_file, tmp_path, scheduler):
     model = tmp_path / "m.npz"
     r = cli(capfd, "train", csv_file, "--label", "label", "--chunk-rows", "70", "--mode", "distributed",
