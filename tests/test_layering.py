@@ -274,3 +274,23 @@ def test_the_rule_catches_a_violation(tmp_path):
         ROOT = saved
     assert [(i.module, i.name, i.function) for i in imps] == [
         ("dlogit.chunks", "_Blocks", "f"), ("importlib", None, "f"), ("distributed", None, "f")]
+
+
+#: constants defined twice that the lead merges into one home after the merge (cluster.py and worker.py are
+#: the first-contact helper's: worker.py cannot import cluster.py's set-up at worker start)
+KNOWN_TWICE = {("LOCAL_WORKER_ENV", "DLOGIT_LOCAL_WORKER")}
+
+
+def test_shared_constants_have_one_home():
+    """The event topic, the plugin names and the local-worker marker are each assigned in one module
+    (the others import it)."""
+    homes: dict[tuple[str, str], list[str]] = {}
+    for mod in MODULES.values():
+        for node in ast.parse(mod.path.read_text(encoding="utf-8")).body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id in ("TOPIC", "PLUGIN_NAME", "LOCAL_WORKER_ENV")
+                    and isinstance(node.value, ast.Constant)):
+                homes.setdefault((node.targets[0].id, node.value.value), []).append(mod.name)
+    twice = {k: v for k, v in homes.items() if len(v) > 1}
+    assert ("TOPIC", "dlogit") in homes and ("PLUGIN_NAME", "dlogit-monitor") in homes
+    assert set(twice) == KNOWN_TWICE, twice

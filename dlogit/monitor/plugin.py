@@ -16,12 +16,10 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dlogit.monitor import metrics
+from dlogit.monitor import PLUGIN_NAME, metrics
 from dlogit.monitor.state import MAX_POINTS, MAX_RUNS, TOPIC, MonitorState
 
 logger = logging.getLogger(__name__)
-
-PLUGIN_NAME = "dlogit-monitor"
 
 
 class MonitorPlugin(SchedulerPlugin):

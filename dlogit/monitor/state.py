@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-TOPIC = "dlogit"
+from dlogit.events import TOPIC  # the one home of the event topic
+
 MAX_RUNS = 20
 MAX_POINTS = 20_000
 #: regularization paths kept (finished ones are evicted first)
