@@ -92,6 +92,27 @@ def new_run() -> str:
 
 
 # ======================================================================= state
+def test_the_terminal_and_the_panel_give_one_eta():
+    """One formula (monitor.state.eta_seconds): the terminal's ETA and the panel's/metrics' agree, over
+    more steps than the averaging window and with changing step times."""
+    import io
+
+    from dlogit.monitor import TerminalProgress
+    from dlogit.monitor.state import ETA_WINDOW, eta_seconds
+
+    st, run = MonitorState(), new_run()
+    tp = TerminalProgress(max_iter=1000, stream=io.StringIO())  # not a terminal: plain lines
+    for ev in (start_event(run, max_iter=1000), progress_event(run, range(1, 81), step_seconds=0.5),
+               progress_event(run, range(81, 151), step_seconds=0.25)):
+        st.ingest(ev)
+        tp(ev)
+    recent = [0.5] * (ETA_WINDOW - 70) + [0.25] * 70
+    assert st.get(run).eta_seconds() == tp._eta() == eta_seconds(1000, 150, recent)
+    assert eta_seconds(1000, 150, recent) == pytest.approx(850 * sum(recent) / ETA_WINDOW)
+    assert np.isnan(eta_seconds(None, 150, recent)) and np.isnan(eta_seconds(1000, 1, []))
+    tp.close()
+
+
 def test_state_start_progress_end_and_eta():
     st = MonitorState()
     run = new_run()

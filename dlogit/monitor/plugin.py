@@ -16,8 +16,9 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from dlogit.events import TOPIC
 from dlogit.monitor import PLUGIN_NAME, metrics
-from dlogit.monitor.state import MAX_POINTS, MAX_RUNS, TOPIC, MonitorState
+from dlogit.monitor.state import MAX_POINTS, MAX_RUNS, MonitorState
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dlogit.events import TOPIC  # the one home of the event topic
-
 MAX_RUNS = 20
 MAX_POINTS = 20_000
 #: regularization paths kept (finished ones are evicted first)
@@ -291,6 +289,14 @@ class PathState:
         }
 
 
+def eta_seconds(max_iter: int | None, done: int | None, recent: Sequence[float]) -> float:
+    """The ETA of a fit (the one formula the panel, the metrics and the terminal use): the steps left to
+    ``max_iter`` after step ``done`` times the mean of the ``recent`` step times (nan when unknown)."""
+    if max_iter is None or not recent:
+        return math.nan
+    return max(max_iter - (done if done is not None else 0), 0) * (sum(recent) / len(recent))
+
+
 class Series:
     """Append-only float64 columns with stride-doubling downsampling.
 
@@ -388,12 +394,7 @@ class RunState:
         """Remaining steps x recent mean step time (0 once finished, nan if unknown)."""
         if self.status in FINISHED:
             return 0.0
-        m = self.max_iter
-        mean = self.mean_step_seconds()
-        if m is None or math.isnan(mean):
-            return math.nan
-        done = self.last_step if self.last_step is not None else 0
-        return max(m - done, 0) * mean
+        return eta_seconds(self.max_iter, self.last_step, self.recent)
 
     def display_status(self, now: float | None = None) -> str:
         now = _time.time() if now is None else now
