@@ -185,7 +185,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
             init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
             precondition=get_bool("dlogit.precondition"),
-            max_classes=int(dask.config.get("dlogit.max-classes", 1000)),
+            max_classes=int(dask.config.get("dlogit.max-classes")),
             period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
             checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
 

@@ -105,7 +105,10 @@ def _coordination_fit(client, X, y, steps: int) -> tuple[object, float]:
     from dlogit.events import new_run_id
     from dlogit.spec import FitSpec
 
-    spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1)
+    import dask.config
+
+    spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1,
+                   max_classes=int(dask.config.get("dlogit.max-classes")))
     t0 = time.perf_counter()
     result = fit_dask(client, X, y, None, spec, mode="distributed")
     return result, time.perf_counter() - t0

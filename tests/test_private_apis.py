@@ -41,3 +41,4 @@ def test_sklearn_sample_weight_check_behaves_as_dlogit_uses_it():
         checked_sample_weight([1, -1, 0], X)
     with pytest.raises(ValueError, match=r"sample_weight.shape == \(2,\), expected \(3,\)"):
         checked_sample_weight([1, 1], X)
+
