@@ -945,7 +945,10 @@ def test_report_bad_v2_input(tmp_path, case):
     res = _invoke([str(model), "--out", str(out)])
     assert res.exit_code == 2, res.output
     text = res.output.strip()
-    assert text.startswith("dlogit: error: not a dlogit model (") and "\n" not in text
+    if case == "shape":  # found by the one model-file reader, dlogit.model_io (as `predict` finds it)
+        assert text == f"dlogit: error: {model} has 2 coefficient rows for 3 classes"
+    else:
+        assert text.startswith("dlogit: error: not a dlogit model (") and "\n" not in text
     assert not out.exists()
 
 
@@ -1267,3 +1270,19 @@ def test_report_of_a_real_model(tmp_path):
     rows = dict(_meta_rows(m))
     assert rows["n_iter"] == "50" and rows["status"] == model.status_
     assert rows["params.solver"] == "gd" and rows["steps recorded"] == "50"
+
+
+def test_report_reads_model_files_with_the_one_reader(tmp_path):
+    """``dlogit report`` reads a model through dlogit.model_io, as load_model does: a file it refuses (a
+    non-finite coefficient, a newer format) is refused by the report with the same line."""
+    import dlogit
+    from dlogit.errors import ModelError
+
+    coef = np.ones((3, 4))
+    coef[1, 2] = np.nan
+    model = _write_v2_model(tmp_path / "m.npz", coef, np.zeros(3), ["a", "b", "c"])
+    with pytest.raises(ModelError) as info:
+        dlogit.load_model(model)
+    res = _invoke([str(model), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and res.output.strip() == f"dlogit: error: {info.value}"
+    assert "no usable coefficients" in res.output
