@@ -424,28 +424,6 @@ def is_grid(v: Any) -> bool:
     return is_count(v) or np.ndim(v) > 0
 
 
-def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpec, send: Send, *,
-                   mode: str, weighted: bool, info: dict[str, Any] | None = None,
-                   stop: Callable[[], str | None] | None = None) -> PathResult:
-    """Validate, plan and fit a whole path on chunks held by this process (in-process, or the one task
-    of a worker-local path): the validation pass, lambda_max, the penalties, the folds, every point."""
-    from dlogit.engine.local import needs_curvature
-    from dlogit.engine.shard import LocalEvaluator, Shard, ShardFoldSource, merged_stats
-    from dlogit.folds import chunk_labels
-    from dlogit.spec import make_plan
-
-    shard = Shard(dict(enumerate(raw)), len(raw))
-    rows = shard.row_counts()
-    stats = merged_stats(dict(shard.stats()), len(raw))
-    labels = [chunk_labels(y) for _, y, _ in raw] if needs_labels(path) else None
-    plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path,
-                      [rows[i] for i in range(len(raw))], labels)
-    shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
-    penalties = path_penalties(plan, path, LocalEvaluator(shard).sums, spec.fit_intercept)
-    return run_path(ShardFoldSource(shard, plan.folds.n_folds), spec, plan, penalties, path.scoring, send,
-                    mode=mode, info={"n_chunks": len(raw), **(info or {})}, stop=stop)
-
-
 def needs_labels(path: Any) -> bool:
     """Whether the path's folds need every chunk's :func:`~dlogit.folds.chunk_labels` (stratified
     ``cv=K``)."""

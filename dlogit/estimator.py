@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dlogit import engine
@@ -38,7 +37,19 @@ PARAMS = ("solver", "l2", "l1", "lr", "max_iter", "tol", "fit_intercept", "class
           "random_state", "chunk_rows", "progress_period", "mode")
 
 
-class ParameterError(ConfigError, InvalidParameterError):
+def _sklearn_validation() -> tuple[Any, Any, Any]:
+    """scikit-learn's parameter constraints (``Interval``, ``StrOptions``) and their error: what every
+    scikit-learn estimator's ``_parameter_constraints`` uses, yet private in name (no public import
+    exists) -- the one place dlogit imports them (tests/test_private_apis.py pins what they do)."""
+    from sklearn.utils import _param_validation
+
+    return _param_validation.Interval, _param_validation.StrOptions, _param_validation.InvalidParameterError
+
+
+Interval, StrOptions, InvalidParameterError = _sklearn_validation()
+
+
+class ParameterError(ConfigError, InvalidParameterError):  # type: ignore[misc, valid-type]  # (a name bound by _sklearn_validation)
     """A parameter outside its allowed values (a :class:`ConfigError` and scikit-learn's error)."""
 
 
@@ -174,7 +185,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
             l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
             init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
             precondition=get_bool("dlogit.precondition"),
-            max_classes=int(dask.config.get("dlogit.max-classes", 1000)),
+            max_classes=int(dask.config.get("dlogit.max-classes")),
             period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
             checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
 

@@ -13,11 +13,11 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
 
-from dlogit.cv import CV_SPLITS, SCORINGS, PathResult, PathSpec, is_grid, path_on_chunks, worst_status
+from dlogit.cv import CV_SPLITS, SCORINGS, PathResult, PathSpec, is_grid, worst_status
+from dlogit.engine.local import path_on_chunks
 from dlogit.errors import ConfigError, ConvergenceWarning
-from dlogit.estimator import LogisticRegression, ParameterError
+from dlogit.estimator import Interval, InvalidParameterError, LogisticRegression, ParameterError, StrOptions
 
 _GRID = [Interval(Real, 0, None, closed="left"), Interval(Integral, 1, None, closed="left"), "array-like"]
 
@@ -109,8 +109,6 @@ class LogisticRegressionCV(LogisticRegression):
         return base.make_spec(n_features, **kw)
 
     def _check_params(self) -> None:
-        from sklearn.utils._param_validation import InvalidParameterError
-
         try:
             self._validate_params()
         except InvalidParameterError as exc:

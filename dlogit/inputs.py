@@ -145,9 +145,18 @@ def _prepare_dask(est: Any, X: Any, y: Any, sample_weight: Any, client: Any) -> 
                    info={"n_chunks": int(X.numblocks[0]), "dtype": str(X.dtype)})
 
 
+def checked_sample_weight(sample_weight: Any, X: Any) -> np.ndarray:
+    """``sample_weight`` as float64, one per row of ``X``, finite and >= 0 (else scikit-learn's
+    ``ValueError``, its message) -- scikit-learn's own check, private in name (no public one exists):
+    the one place dlogit calls it (tests/test_private_apis.py pins what it does)."""
+    from sklearn.utils.validation import _check_sample_weight
+
+    return _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+
+
 def _prepare_memory(est: Any, X: Any, y: Any, sample_weight: Any) -> FitData:
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import _check_sample_weight, validate_data
+    from sklearn.utils.validation import validate_data
 
     from dlogit.data import chunk_rows_for, row_ranges
 
@@ -176,8 +185,7 @@ def _prepare_memory(est: Any, X: Any, y: Any, sample_weight: Any) -> FitData:
                                  y_numeric=False, multi_output=False)
             check_classification_targets(y)
             if sample_weight is not None:
-                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                                     ensure_non_negative=True)
+                sample_weight = checked_sample_weight(sample_weight, X)
         except ValueError as exc:
             raise _wrap_value_error(exc) from None
     n, d = (int(v) for v in X.shape)

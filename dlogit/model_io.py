@@ -42,7 +42,8 @@ def save_arrays(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], met
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+            payload: dict[str, Any] = {"meta": np.array(json.dumps(meta, default=_json_default)), **arrays}
+            np.savez(f, **payload)
 
     atomic_write(path, write)
 

@@ -47,7 +47,7 @@ class FitSpec:
     memory: int = 10
     cpu_kernel: str = "auto"
     precondition: bool = True
-    max_classes: int = 1000
+    max_classes: int = field(kw_only=True)  # dlogit.max-classes, read by the client (no default here)
     period: int = 1000
     interval: float = 0.5
     checkpoint: CheckpointSpec | None = None

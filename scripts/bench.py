@@ -105,7 +105,10 @@ def _coordination_fit(client, X, y, steps: int) -> tuple[object, float]:
     from dlogit.events import new_run_id
     from dlogit.spec import FitSpec
 
-    spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1)
+    import dask.config
+
+    spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1,
+                   max_classes=int(dask.config.get("dlogit.max-classes")))
     t0 = time.perf_counter()
     result = fit_dask(client, X, y, None, spec, mode="distributed")
     return result, time.perf_counter() - t0
@@ -272,7 +275,7 @@ def bench_kernel(quick: bool = False) -> dict:
 
     from dlogit.chunks import DenseBinomialCPU
     from dlogit.family import ParamLayout
-    from dlogit.loss import choose_cpu_kernel
+    from dlogit.kernels.policy import choose_cpu_kernel
 
     rng = np.random.default_rng(0)
     sizes = (0.5, 2, 8) if quick else (0.5, 2, 8, 32, 128)

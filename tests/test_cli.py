@@ -128,20 +128,63 @@ def test_default_train_is_the_textbook_run():
 
 
 def test_workers_1_and_2_give_the_same_model(tmp_path):
+    """A distributed fit of 4 chunks on 1 worker and on 2 (chunks spread, sums sent up the tree of
+    workers) gives the same model bit for bit: the chunk tree fixes the order of every sum."""
     outs = []
     for n in ("1", "2"):
         out = tmp_path / f"m{n}.npz"
-        r = run("train", "--workers", n, "--max-iter", "500", "--json", "--out", out)
+        r = run("train", "--workers", n, "--max-iter", "500", "--mode", "distributed", "--chunk-rows", "100",
+                "--json", "--out", out)
         assert r.returncode == 0, r.stderr
         s = last_json(r.stdout)
         assert s["n_iter"] == 500 and s["workers"] == int(n) and s["seconds"] > 0 and s["solver"] == "gd"
-        outs.append(np.load(out)["coef"])
-    # same chunks, same reduction tree: equal up to alignment-dependent SIMD rounding in NumPy/BLAS
-    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-15)
+        assert s["mode"] == "distributed" and s["n_chunks"] == 4, s
+        m = np.load(out)
+        outs.append((m["coef"], m["intercept"], m["history_loss"]))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------------------------------
 # in this process, on the shared cluster
+
+
+def _mann_whitney_auc(pos, score, w):
+    """Weighted AUC by its definition: P(score of a positive > a negative's), ties counted half."""
+    sp, sn = score[pos], score[~pos]
+    wp, wn = w[pos], w[~pos]
+    gt = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+    return float(wp @ gt @ wn / (wp.sum() * wn.sum()))
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_evaluate_metrics_are_the_definitions(K):
+    """``dlogit evaluate``'s numbers (from sklearn.metrics): the weighted mean of the family's own stable
+    row loss, weighted accuracy, and the weighted Mann-Whitney AUC (ties half; one-vs-rest macro for K > 2)."""
+    import warnings
+
+    from dlogit.cli.evaluate import metrics
+    from dlogit.family import get_family
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 4))
+    y = rng.integers(0, K, 400)
+    w = rng.uniform(0, 2, 400)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = dlogit.LogisticRegression(max_iter=50).fit(X, y)
+    Xr = np.round(X, 1)  # tied scores
+    fam = get_family(model.family_)
+    z = fam.decision(Xr, model.coef_, model.intercept_)
+    proba = fam.proba(z)
+    for ww in (None, w):
+        m = metrics(model, Xr, y, ww)
+        wt = np.ones(400) if ww is None else ww
+        assert m["logloss"] == pytest.approx(float(fam.row_loss(z, y) @ wt / wt.sum()), rel=1e-13)
+        assert m["accuracy"] == pytest.approx(float((np.argmax(proba, 1) == y) @ wt / wt.sum()), rel=1e-13)
+        aucs = [_mann_whitney_auc(y == k, proba[:, k], wt) for k in ([1] if K == 2 else range(K))]
+        assert m["roc_auc" if K == 2 else "roc_auc_ovr_macro"] == pytest.approx(np.mean(aucs), rel=1e-12)
+        assert m["weighted"] == (ww is not None) and m["rows"] == 400
 
 
 def test_train_csv_predict_evaluate(capfd, csv_file, tmp_path, scheduler):

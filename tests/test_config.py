@@ -23,9 +23,9 @@ def test_get_bool_reads_every_spelling(text, want):
 
 @pytest.mark.parametrize("bad", ["maybe", "", "2", 2, 0.5, "truee"])
 def test_get_bool_refuses_anything_else_naming_the_key(bad):
-    with dask.config.set({"dlogit.engine.worker-malloc": bad}):
-        with pytest.raises(ConfigError, match=r"dlogit\.engine\.worker-malloc"):
-            get_bool("dlogit.engine.worker-malloc")
+    with dask.config.set({"dlogit.engine.worker-malloc": bad}), \
+            pytest.raises(ConfigError, match=r"dlogit\.engine\.worker-malloc"):
+        get_bool("dlogit.engine.worker-malloc")
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -92,3 +92,26 @@ def test_step_timeout_refuses_what_cannot_be_a_deadline(bad):
 
     with dask.config.set({"dlogit.engine.step-timeout": bad}), pytest.raises(ConfigError, match="step-timeout"):
         EngineSettings.from_config()
+
+
+def test_max_classes_default_lives_in_dlogit_yaml_only(monkeypatch):
+    """The estimator reads dlogit.max-classes from the config (dlogit.yaml's 1000 unless set): no default
+    restated in the estimator or the fit spec."""
+    import dask
+    import numpy as np
+    import yaml
+
+    import dlogit
+    import dlogit.config
+    from dlogit.errors import DataError
+    from dlogit.spec import FitSpec
+
+    with open(dlogit.config.__file__.replace("config.py", "dlogit.yaml")) as f:
+        assert yaml.safe_load(f)["dlogit"]["max-classes"] == dask.config.get("dlogit.max-classes")
+    with pytest.raises(TypeError, match="max_classes"):
+        FitSpec(run="r", solver="gd", max_iter=1, tol=0.0)
+    X, y = np.arange(8.0).reshape(4, 2), np.array([0, 1, 2, 3])
+    with dask.config.set({"dlogit.max-classes": 3}), \
+            pytest.raises(DataError, match=r"4 distinct classes, more than dlogit.max-classes = 3"):
+        dlogit.LogisticRegression(max_iter=2).fit(X, y)
+    assert dlogit.LogisticRegression(max_iter=2).make_spec(2).max_classes == 1000

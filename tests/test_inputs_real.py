@@ -229,10 +229,10 @@ def test_estimator_names_the_text_and_category_columns(scheduler):  # noqa: F811
         dlogit.LogisticRegression().fit(X, y)
     with pytest.raises(DataError, match=r"column 'kind' \(category\) of X is not numeric"):
         dlogit.LogisticRegression().fit(X.drop(columns="city"), y)
-    with Client(scheduler) as client:
-        with pytest.raises(DataError, match=r"column 'city' \(\w+\) of X is not numeric"):
-            dlogit.LogisticRegression().fit(dd.from_pandas(X.drop(columns="kind"), npartitions=2),
-                                            dd.from_pandas(y, npartitions=2), client=client)
+    with Client(scheduler) as client, \
+            pytest.raises(DataError, match=r"column 'city' \(\w+\) of X is not numeric"):
+        dlogit.LogisticRegression().fit(dd.from_pandas(X.drop(columns="kind"), npartitions=2),
+                                        dd.from_pandas(y, npartitions=2), client=client)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Stable scalar math and the CPU kernel policy (dlogit.loss)."""
+"""Stable scalar math (dlogit.loss) and the CPU kernel policy (dlogit.kernels.policy)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from dlogit._xp import to_numpy
 from dlogit.errors import ConfigError
 from dlogit.kernels import cpu
-from dlogit.loss import choose_cpu_kernel, log1pexp, log_sigmoid, sigmoid
+from dlogit.kernels.policy import choose_cpu_kernel
+from dlogit.loss import log1pexp, log_sigmoid, sigmoid
 
 
 def test_log1pexp_is_finite_and_exact_at_extremes(xp):
@@ -36,7 +37,7 @@ def test_cpu_kernel_policy(monkeypatch):
         assert choose_cpu_kernel("auto", 400, 784, odd) == choose_cpu_kernel("fused", 400, 784, odd) == "blas"
     with pytest.raises(ValueError, match="cpu kernel must be one of"):
         choose_cpu_kernel("fast", 4, 4, f8)
-    monkeypatch.setattr(cpu, "numba", None)  # an install without Numba: auto falls back to BLAS
+    monkeypatch.setattr(cpu, "available", lambda: False)  # an install without Numba: auto falls back to BLAS
     assert choose_cpu_kernel("auto", 400, 784, f8) == "blas"
     with pytest.raises(ConfigError, match="numba is not installed"):
         choose_cpu_kernel("fused", 400, 784, f8)
@@ -45,7 +46,7 @@ def test_cpu_kernel_policy(monkeypatch):
 def test_cpu_kernel_policy_leaves_big_chunks_to_threaded_blas(monkeypatch):
     """The fused kernel is one thread: where BLAS has several (an in-process fit on a many-core machine)
     chunks over FUSED_MAX_BYTES_THREADED_BLAS go to BLAS; on Dask workers (one BLAS thread) they don't."""
-    from dlogit.loss import FUSED_MAX_BYTES_THREADED_BLAS, blas_threads
+    from dlogit.kernels.policy import FUSED_MAX_BYTES_THREADED_BLAS, blas_threads
 
     big = FUSED_MAX_BYTES_THREADED_BLAS // (784 * 8) + 1
     assert choose_cpu_kernel("auto", big, 784, np.float64, threads=8) == "blas"

@@ -92,6 +92,27 @@ def new_run() -> str:
 
 
 # ======================================================================= state
+def test_the_terminal_and_the_panel_give_one_eta():
+    """One formula (monitor.state.eta_seconds): the terminal's ETA and the panel's/metrics' agree, over
+    more steps than the averaging window and with changing step times."""
+    import io
+
+    from dlogit.monitor import TerminalProgress
+    from dlogit.monitor.state import ETA_WINDOW, eta_seconds
+
+    st, run = MonitorState(), new_run()
+    tp = TerminalProgress(max_iter=1000, stream=io.StringIO())  # not a terminal: plain lines
+    for ev in (start_event(run, max_iter=1000), progress_event(run, range(1, 81), step_seconds=0.5),
+               progress_event(run, range(81, 151), step_seconds=0.25)):
+        st.ingest(ev)
+        tp(ev)
+    recent = [0.5] * (ETA_WINDOW - 70) + [0.25] * 70
+    assert st.get(run).eta_seconds() == tp._eta() == eta_seconds(1000, 150, recent)
+    assert eta_seconds(1000, 150, recent) == pytest.approx(850 * sum(recent) / ETA_WINDOW)
+    assert np.isnan(eta_seconds(None, 150, recent)) and np.isnan(eta_seconds(1000, 1, []))
+    tp.close()
+
+
 def test_state_start_progress_end_and_eta():
     st = MonitorState()
     run = new_run()
@@ -551,7 +572,10 @@ def test_panel_streams_and_resets():
     rs = st.get(a)
     assert rs.steps.generation == 1
     assert list(panel.steps.data["step"]) == list(rs.steps.data["step"])
-    assert len(panel.tail.data["step"]) in (0, 2)
+    # 60 steps into 50 points: stride 2 keeps every other step, so the last stored one is 59 and the
+    # newest (60) is dropped from the series -- the tail line joins them, 2 points
+    assert rs.steps.tail_pending() and rs.steps.data["step"][-1] == 59
+    assert list(panel.tail.data["step"]) == [59, 60]
 
     st.ingest(start_event(b))  # newest run followed on "latest"
     st.ingest(progress_event(b, range(1, 4)))
@@ -921,7 +945,10 @@ def test_report_bad_v2_input(tmp_path, case):
     res = _invoke([str(model), "--out", str(out)])
     assert res.exit_code == 2, res.output
     text = res.output.strip()
-    assert text.startswith("dlogit: error: not a dlogit model (") and "\n" not in text
+    if case == "shape":  # found by the one model-file reader, dlogit.model_io (as `predict` finds it)
+        assert text == f"dlogit: error: {model} has 2 coefficient rows for 3 classes"
+    else:
+        assert text.startswith("dlogit: error: not a dlogit model (") and "\n" not in text
     assert not out.exists()
 
 
@@ -1243,3 +1270,19 @@ def test_report_of_a_real_model(tmp_path):
     rows = dict(_meta_rows(m))
     assert rows["n_iter"] == "50" and rows["status"] == model.status_
     assert rows["params.solver"] == "gd" and rows["steps recorded"] == "50"
+
+
+def test_report_reads_model_files_with_the_one_reader(tmp_path):
+    """``dlogit report`` reads a model through dlogit.model_io, as load_model does: a file it refuses (a
+    non-finite coefficient, a newer format) is refused by the report with the same line."""
+    import dlogit
+    from dlogit.errors import ModelError
+
+    coef = np.ones((3, 4))
+    coef[1, 2] = np.nan
+    model = _write_v2_model(tmp_path / "m.npz", coef, np.zeros(3), ["a", "b", "c"])
+    with pytest.raises(ModelError) as info:
+        dlogit.load_model(model)
+    res = _invoke([str(model), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and res.output.strip() == f"dlogit: error: {info.value}"
+    assert "no usable coefficients" in res.output

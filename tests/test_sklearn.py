@@ -55,6 +55,29 @@ def test_pipeline_grid_search_and_cross_val_score_match_scikit_learn(cancer500):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("class_weight", [None, "balanced", {0: 3.0, 1: 1.0}])
+def test_the_readme_mapping_to_scikit_learn_holds_with_weights(class_weight):
+    """README: with row weights s_i (times the class multipliers) dlogit's l2 is scikit-learn's
+    C = 1 / (2 * l2 * sum of the weights), where n stands for that sum without weights."""
+    from sklearn.linear_model import LogisticRegression as SK
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] + rng.standard_normal(300) > 0).astype(np.int64)
+    s = rng.uniform(0.2, 3.0, 300)
+    mult = np.ones(300) if not isinstance(class_weight, dict) else np.vectorize(class_weight.get)(y)
+    l2 = 0.01
+    m = dlogit.LogisticRegression(l2=l2, tol=1e-12, max_iter=2000, class_weight=class_weight).fit(
+        X, y, sample_weight=s)
+    ref = SK(C=1 / (2 * l2 * float((s * mult).sum())), tol=1e-12, max_iter=10_000,
+             class_weight=class_weight).fit(X, y, sample_weight=s)
+    np.testing.assert_allclose(m.coef_, ref.coef_, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(m.intercept_, ref.intercept_, rtol=0, atol=1e-7)
+    wrong = SK(C=1 / (2 * l2 * 300), tol=1e-12, max_iter=10_000, class_weight=class_weight).fit(
+        X, y, sample_weight=s)
+    assert np.abs(m.coef_ - wrong.coef_).max() > 1e-3  # the unweighted mapping (n) would not do
+
+
 def test_clone_and_params():
     from sklearn.base import clone
 
@@ -72,18 +95,12 @@ def _inputs(X, y):
     cols = [f"f{j}" for j in range(X.shape[1])]
     kinds = {"numpy": (X, y), "list": (X.tolist(), y.tolist()),
              "pandas": (pd.DataFrame(X, columns=cols), pd.Series(y, name="t"))}
-    try:
-        import pyarrow as pa
+    # pyarrow is a dependency and polars in the test extra: every kind README names is tested, none skipped
+    import polars as pl
+    import pyarrow as pa
 
-        kinds["pyarrow"] = (pa.table({c: X[:, j] for j, c in enumerate(cols)}), y)
-    except ImportError:
-        pass
-    try:
-        import polars as pl
-
-        kinds["polars"] = (pl.DataFrame({c: X[:, j] for j, c in enumerate(cols)}), y)
-    except ImportError:
-        pass
+    kinds["pyarrow"] = (pa.table({c: X[:, j] for j, c in enumerate(cols)}), y)
+    kinds["polars"] = (pl.DataFrame({c: X[:, j] for j, c in enumerate(cols)}), y)
     return kinds
 
 

@@ -27,11 +27,11 @@ def _fit(threads, X, y, **kw):
 
 
 CASES = {
-    "binomial": dict(K=2, kw={}),
-    "multinomial": dict(K=4, kw={}),
-    "weights": dict(K=3, kw={"class_weight": "balanced"}),
-    "newton": dict(K=2, kw={"solver": "newton"}),
-    "newton-multinomial": dict(K=3, kw={"solver": "newton"}),
+    "binomial": {"K": 2, "kw": {}},
+    "multinomial": {"K": 4, "kw": {}},
+    "weights": {"K": 3, "kw": {"class_weight": "balanced"}},
+    "newton": {"K": 2, "kw": {"solver": "newton"}},
+    "newton-multinomial": {"K": 3, "kw": {"solver": "newton"}},
 }
 
 

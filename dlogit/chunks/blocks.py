@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dlogit.loss import CPU_BLOCK_BYTES
+from dlogit.kernels.policy import CPU_BLOCK_BYTES
 
 
 def array_kind(X: Any) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from dlogit.chunks.blocks import Blocks
 from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Binomial, Family, ParamLayout, own_positions
-from dlogit.loss import choose_cpu_kernel
+from dlogit.kernels.policy import choose_cpu_kernel
 
 _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwise summation)
 
@@ -18,7 +18,7 @@ _sum = np.add.reduce  # ndarray.sum without its Python wrapper (the same pairwis
 class DenseBinomialCPU(KeepsCurvature):
     """Binomial sums of a dense NumPy chunk (the inner loop of every CPU fit).
 
-    Two paths (``kernel``, see :func:`dlogit.loss.choose_cpu_kernel`):
+    Two paths (``kernel``, see :func:`dlogit.kernels.policy.choose_cpu_kernel`):
 
     * ``"blas"``: per cache block, ``X_b @ w``, the family's row terms
       (:meth:`dlogit.family.Binomial.row_terms`, in this chunk's work buffers), then ``X_b.T @ r_b``

@@ -10,7 +10,7 @@ from dlogit._xp import get_xp
 from dlogit.chunks.blocks import array_kind, compute_dtype, direct
 from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Family, ParamLayout
-from dlogit.loss import CPU_BLOCK_BYTES
+from dlogit.kernels.policy import CPU_BLOCK_BYTES
 
 
 def _row_blocks(X: Any, n_outputs: int) -> list[tuple[int, int]]:

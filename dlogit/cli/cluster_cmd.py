@@ -154,7 +154,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
 def _check_scheduler_file(scheduler_file: str) -> None:
     """``--scheduler-file`` can be written (its directory made if missing), or an :class:`OutputError`."""
     from dlogit.errors import OutputError
-    from dlogit.files import check_output
+    from dlogit.outputs import check_output
 
     directory = os.path.dirname(os.path.abspath(scheduler_file))
     try:

@@ -10,26 +10,22 @@ from dlogit.cli._options import data_options
 
 
 def roc_auc(pos: np.ndarray, score: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Area under the ROC curve of ``score`` for the boolean labels ``pos`` (ties count half),
-    weighted by ``weights``: the weighted Mann-Whitney statistic."""
+    """Area under the ROC curve of ``score`` for the boolean labels ``pos`` (ties count half), weighted by
+    ``weights`` (scikit-learn's ``roc_auc_score``); NaN when ``pos`` holds one class only (or one class
+    has no weight)."""
+    from sklearn.metrics import roc_auc_score
+
     w = np.ones(len(pos)) if weights is None else np.asarray(weights, np.float64)
-    wp, wn = float(w[pos].sum()), float(w[~pos].sum())
-    if wp <= 0 or wn <= 0:
+    if float(w[pos].sum()) <= 0 or float(w[~pos].sum()) <= 0:
         return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    s, p, ww = score[order], pos[order], w[order]
-    # group ties: each positive beats the negative weight below its group plus half of its own group's
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
-    neg_w = np.where(~p, ww, 0.0)
-    pos_w = np.where(p, ww, 0.0)
-    group_neg = np.add.reduceat(neg_w, starts)
-    group_pos = np.add.reduceat(pos_w, starts)
-    below = np.cumsum(group_neg) - group_neg
-    return float(np.sum(group_pos * (below + 0.5 * group_neg)) / (wp * wn))
+    return float(roc_auc_score(pos, score, sample_weight=w))
 
 
 def metrics(model, X, y, w=None) -> dict[str, float]:
-    """Weighted log-loss (no penalty), accuracy and ROC-AUC (binary) or macro one-vs-rest AUC."""
+    """Weighted log-loss (no penalty), accuracy and ROC-AUC (binary) or macro one-vs-rest AUC (over the
+    classes present), from ``sklearn.metrics``."""
+    from sklearn.metrics import accuracy_score, log_loss
+
     from dlogit.family import get_family
 
     fam = get_family(model.family_)
@@ -37,10 +33,9 @@ def metrics(model, X, y, w=None) -> dict[str, float]:
     z = fam.decision(X, model.coef_, model.intercept_)
     proba = fam.proba(z)
     ww = np.ones(len(codes)) if w is None else np.asarray(w, np.float64)
-    total = float(ww.sum())
-    loss = float(np.dot(fam.row_loss(z, codes), ww) / total)
-    acc = float(np.dot((np.argmax(proba, axis=1) == codes).astype(float), ww) / total)
     K = proba.shape[1]
+    loss = float(log_loss(codes, proba, sample_weight=ww, labels=np.arange(K)))
+    acc = float(accuracy_score(codes, np.argmax(proba, axis=1), sample_weight=ww))
     if K == 2:
         auc = roc_auc(codes == 1, proba[:, 1], ww)
         name = "roc_auc"

@@ -25,7 +25,8 @@ def generate(out: str, rows: int, cols: int, seed: int, dtype: str, chunk_rows: 
     import numpy as np
 
     from dlogit.data import parse_shape, synthetic_numpy, write_table
-    from dlogit.files import atomic_write, check_distinct, check_output
+    from dlogit.files import atomic_write
+    from dlogit.outputs import check_distinct, check_output
 
     parse_shape(f"{rows}x{cols}")
     npy = out.lower().endswith(".npy")

@@ -36,7 +36,7 @@ def predict(model_path: str, data: str, out: str, **opts) -> None:
 
     from dlogit.cli._common import load_for_model
     from dlogit.data import write_table
-    from dlogit.files import check_output
+    from dlogit.outputs import check_output
 
     to_stdout = out == "-"
     if not to_stdout:

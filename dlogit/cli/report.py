@@ -13,8 +13,8 @@ def report(model: str, out: str) -> None:
     """Write a report of MODEL: loss, gradient norm and step time per step, the classes, and the
     coefficients (exact zeros of an L1 model shown as such)."""
     from dlogit.errors import ModelError
-    from dlogit.files import check_output
     from dlogit.monitor.report import ReportError, write_report
+    from dlogit.outputs import check_output
 
     check_output(out, inputs=[model], suffixes=(".html", ".htm", ".png"), what="report")
     try:

@@ -200,7 +200,7 @@ def _prepare(a: _Args) -> _Job:
     starts."""
     from dlogit import data as data_mod
     from dlogit.errors import ConfigError
-    from dlogit.files import check_output
+    from dlogit.outputs import check_output
 
     if a.data and a.synthetic_shape:
         raise ConfigError("give either DATA or --synthetic, not both")
@@ -253,7 +253,7 @@ def _checkpoint_spec(a: _Args, inputs: list[str | None]) -> Any:
         return None
     from dlogit.checkpoint import checkpoint_path
     from dlogit.errors import ConfigError
-    from dlogit.files import check_distinct
+    from dlogit.outputs import check_distinct
     from dlogit.spec import CheckpointSpec
 
     every = a.checkpoint_every if a.checkpoint_every is not None else config_duration("checkpoint-every")

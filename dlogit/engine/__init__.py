@@ -35,7 +35,7 @@ import numpy as np
 
 from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
 from dlogit.errors import ConfigError
-from dlogit.loss import CPU_KERNELS
+from dlogit.kernels.policy import CPU_KERNELS
 
 #: the client-side entry points, imported on first use: a worker importing the transport or a shard
 #: loads neither dask.array nor the client side of the Dask modes

@@ -171,9 +171,9 @@ class DaskFit:
 
     def _compute_on(self, assign: dict[str, list[int]]) -> None:
         n = self.n_chunks
-        self.xs: list[Any] = [None] * n
-        self.ys: list[Any] = [None] * n
-        self.ws: list[Any] | None = None if self.w_del is None else [None] * n
+        self.xs = [None] * n
+        self.ys = [None] * n
+        self.ws = None if self.w_del is None else [None] * n
         for w, idx in assign.items():
             dels = [self.x_del[i] for i in idx] + [self.y_del[i] for i in idx]
             if self.w_del is not None:
@@ -185,7 +185,7 @@ class DaskFit:
                 if self.ws is not None:
                     self.ws[i] = futs[2 * k + j]
 
-    def _forward_events(self) -> tuple[Callable[[], None], threading.Event]:
+    def _forward_events(self) -> tuple[Callable[[], object], threading.Event]:
         run = self.spec.run
         done = threading.Event()
         cb = self.callback
@@ -307,7 +307,8 @@ class DaskFit:
             if kind == "interrupted":
                 message, path = value
                 raise Interrupted(message, None, path)
-            return value
+            result: FitResult = value
+            return result
         finally:
             unsubscribe()
             for message in dict.fromkeys(self.notices):  # each once, in the order they happened
@@ -346,7 +347,8 @@ class DaskFit:
         while True:
             t0 = time.monotonic()
             try:
-                return fut.result(timeout=poll)
+                outcome: tuple[str, Any] = fut.result(timeout=poll)
+                return outcome
             except (DaskTimeout, TimeoutError):
                 pass
             if time.monotonic() - t0 > 3 * poll:  # this process was suspended: judge nothing

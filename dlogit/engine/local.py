@@ -4,13 +4,16 @@ modes share to go from raw chunks to a result on whoever runs the solver loop.""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlogit.engine.shard import LocalEvaluator, Shard, merged_stats
 from dlogit.errors import ConfigError
-from dlogit.loss import cpu_threads, single_threaded_blas
+from dlogit.kernels.policy import cpu_threads, single_threaded_blas
 from dlogit.spec import FitResult, FitSpec, make_plan
 from dlogit.training import Stop, run_fit
+
+if TYPE_CHECKING:
+    from dlogit.cv import PathResult, PathSpec
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -60,3 +63,24 @@ def in_process_threads() -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:
         raise ConfigError(f"dlogit.threads must be a positive integer or null, not {value!r}")
     return int(value)
+
+
+def path_on_chunks(raw: list[tuple[Any, Any, Any]], spec: FitSpec, path: PathSpec, send: Callback, *,
+                   mode: str, weighted: bool, info: dict[str, Any] | None = None,
+                   stop: Callable[[], str | None] | None = None) -> PathResult:
+    """Validate, plan and fit a whole path on chunks held by this process (in-process, or the one task
+    of a worker-local path): the validation pass, lambda_max, the penalties, the folds, every point."""
+    from dlogit.cv import needs_labels, path_penalties, run_path, with_folds
+    from dlogit.engine.shard import ShardFoldSource
+    from dlogit.folds import chunk_labels
+
+    shard = Shard(dict(enumerate(raw)), len(raw))
+    rows = shard.row_counts()
+    stats = merged_stats(dict(shard.stats()), len(raw))
+    labels = [chunk_labels(y) for _, y, _ in raw] if needs_labels(path) else None
+    plan = with_folds(make_plan(spec, stats, weighted_input=weighted), path,
+                      [rows[i] for i in range(len(raw))], labels)
+    shard.prepare(spec, plan, curvature=needs_curvature(spec.solver))
+    penalties = path_penalties(plan, path, LocalEvaluator(shard).sums, spec.fit_intercept)
+    return run_path(ShardFoldSource(shard, plan.folds.n_folds), spec, plan, penalties, path.scoring, send,
+                    mode=mode, info={"n_chunks": len(raw), **(info or {})}, stop=stop)

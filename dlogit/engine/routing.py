@@ -75,7 +75,7 @@ def listen(client: Any) -> _EventRouter:
     The CLI calls this while it connects, so that the first fit does not pay for it.
     """
     with _listen_lock:
-        router = getattr(client, "_dlogit_events", None)
+        router: _EventRouter | None = getattr(client, "_dlogit_events", None)
         if router is None:
             router = _EventRouter(client)
             client._dlogit_events = router

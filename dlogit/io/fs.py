@@ -230,20 +230,11 @@ def open_binary(path: str, compression: str | None = "infer") -> Iterator[IO[byt
 
 
 def _decompressed(raw: IO[bytes], compression: str | None, path: str) -> Any:
+    """``raw`` decompressed by fsspec's reader of ``compression`` (the names :func:`split_compression`
+    gives: gzip, bz2, xz), except zstd: fsspec's zstandard reader stops at the end of the first frame on
+    the zstandard releases whose ``stream_reader`` does not yet read across frames, and reads no lines."""
     if compression is None:
         return contextlib.nullcontext(raw)
-    if compression == "gzip":
-        import gzip
-
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if compression == "bz2":
-        import bz2
-
-        return bz2.BZ2File(raw, mode="rb")
-    if compression == "xz":
-        import lzma
-
-        return lzma.LZMAFile(raw, mode="rb")
     if compression == "zstd":
         try:
             import zstandard
@@ -253,7 +244,11 @@ def _decompressed(raw: IO[bytes], compression: str | None, path: str) -> Any:
         import io
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-    raise DataError(f"cannot read {path}: unknown compression {compression!r}")
+    from fsspec.compression import compr
+
+    if compression not in compr:
+        raise DataError(f"cannot read {path}: unknown compression {compression!r}")
+    return compr[compression](raw, mode="rb")
 
 
 def read_range(path: str, offset: int, length: int) -> bytes:

@@ -29,13 +29,13 @@ float32 or float64 ``X``, every input typed read-only (writable arrays convert t
 call can compile a new variant. :mod:`dlogit.kernels.cache` tells, without compiling, whether the disk
 cache already holds them; when it does not, ``dlogit.cpu-kernel: auto`` fits use the BLAS path while a
 background process compiles them (:func:`dlogit.engine.cpu_kernel_setting`). Without Numba,
-:func:`available` is false and no kernel is defined: :func:`dlogit.loss.choose_cpu_kernel` never picks
+:func:`available` is false and no kernel is defined: :func:`dlogit.kernels.policy.choose_cpu_kernel` never picks
 them then.
 
 Where it wins is measured, not assumed (BENCHMARKS.md, "CPU kernel choice"): on one thread it takes
 0.55-0.95x the BLAS path's time for d >= 256 at every chunk size tried, and is mostly slower (up to 2x)
 for d <= 64, where the per-row scalar exp/log1p outweigh the saved pass.
-:func:`dlogit.loss.choose_cpu_kernel` holds that policy.
+:func:`dlogit.kernels.policy.choose_cpu_kernel` holds that policy.
 """
 
 from __future__ import annotations

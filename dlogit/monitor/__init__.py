@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dlogit.events import TOPIC
 from dlogit.monitor.progress import TerminalProgress, format_dashboard_url
-from dlogit.monitor.state import TOPIC, MonitorState
+from dlogit.monitor.state import MonitorState
 
 logger = logging.getLogger(__name__)
 

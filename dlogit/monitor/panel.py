@@ -143,24 +143,120 @@ def _empty(columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {c: np.zeros(0, dtype=np.float64) for c in columns}
 
 
+# ------------------------------------------------------------- figure builders
+#: what every time-series figure of the panel shares
+_FIG_KW: dict[str, Any] = {
+    "height": 260, "sizing_mode": "stretch_width", "toolbar_location": "above",
+    "tools": "pan,wheel_zoom,box_zoom,reset,save", "output_backend": "canvas",
+}
+
+
+def _curve(title: str, field: str, y_axis_type: str, color: str, name: str, steps: Any, tail: Any) -> Any:
+    """A per-step line of ``field``: the stored points (``steps``) and the newest, not yet stored one
+    joined to them (``tail``)."""
+    from bokeh.models import HoverTool
+    from bokeh.plotting import figure
+
+    p = figure(title=title, y_axis_type=y_axis_type, x_axis_label="step",
+               name=name, **_FIG_KW)
+    p.line("step", field, source=steps, line_width=2, color=color)
+    p.line("step", field, source=tail, line_width=2, color=color)
+    p.add_tools(HoverTool(tooltips=[("step", "@step"), (field, f"@{field}")],
+                          mode="vline"))
+    return p
+
+
+def _throughput_figure(rates: Any) -> Any:
+    """Rows/s (left axis) and GB/s (right axis) per step."""
+    from bokeh.models import DataRange1d, HoverTool, LinearAxis, NumeralTickFormatter
+    from bokeh.plotting import figure
+
+    tp = figure(title="Throughput", x_axis_label="step", name="dlogit-throughput",
+                **_FIG_KW)
+    r_rows = tp.line("step", "rows_per_s", source=rates, line_width=2,
+                     color="#9467bd", legend_label="rows/s")
+    tp.y_range = DataRange1d(renderers=[r_rows])
+    tp.yaxis[0].axis_label = "rows/s"
+    tp.yaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
+    tp.extra_y_ranges = {"gb": DataRange1d()}
+    r_gb = tp.line("step", "gb_per_s", source=rates, line_width=2,
+                   color="#ff7f0e", y_range_name="gb", legend_label="GB/s")
+    tp.extra_y_ranges["gb"].renderers = [r_gb]
+    tp.add_layout(LinearAxis(y_range_name="gb", axis_label="GB/s"), "right")
+    tp.legend.location = "top_left"
+    tp.legend.background_fill_alpha = 0.6
+    tp.add_tools(HoverTool(tooltips=[("step", "@step"), ("rows/s", "@rows_per_s{0.00a}"),
+                                     ("GB/s", "@gb_per_s{0.000}")]))
+    return tp
+
+
+def _workers_figure(workers: Any) -> Any:
+    """The last step's time per worker (bars)."""
+    from bokeh.models import FactorRange, HoverTool
+    from bokeh.plotting import figure
+
+    wf = figure(title="Last step time per worker (ms)", y_range=FactorRange(),
+                name="dlogit-workers-fig", height=260, sizing_mode="stretch_width",
+                toolbar_location=None, tools="")
+    wf.hbar(y="worker", right="ms", height=0.8, color="color", source=workers)
+    wf.x_range.start = 0
+    wf.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("ms", "@ms{0.0}")]))
+    return wf
+
+
+def _classes_figure(classes: Any) -> Any:
+    """Rows per class (bars), hidden until a run reports its class counts."""
+    from bokeh.models import FactorRange, HoverTool, NumeralTickFormatter
+    from bokeh.plotting import figure
+
+    cf = figure(title="Rows per class", y_range=FactorRange(), name="dlogit-classes-fig",
+                height=260, sizing_mode="stretch_width", toolbar_location=None, tools="")
+    cf.hbar(y="label", right="count", height=0.8, color="#1f77b4", source=classes)
+    cf.x_range.start = 0
+    cf.xaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
+    cf.add_tools(HoverTool(tooltips=[("class", "@label"), ("rows", "@count")]))
+    cf.visible = False  # until a run reports its class counts
+    return cf
+
+
+def _path_figure(path: Any, path_best: Any) -> Any:
+    """A regularization path's cross-validated score (mean, +-std whiskers, the best point starred),
+    hidden until a path is shown."""
+    from bokeh.models import HoverTool, Whisker
+    from bokeh.plotting import figure
+
+    pf = figure(title="Cross-validated score", x_axis_type="log", x_axis_label="l2",
+                y_axis_label="score", name="dlogit-path-fig", **_FIG_KW)
+    pf.line("x", "mean", source=path, line_width=2, color="#1f77b4")
+    dots = pf.scatter("x", "mean", source=path, size=7, color="#1f77b4")
+    pf.add_layout(Whisker(source=path, base="x", upper="upper", lower="lower",
+                          line_color="#1f77b4"))
+    for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
+        pf.scatter("x", end, source=path, size=1, alpha=0)
+    pf.scatter("x", "mean", source=path_best, marker="star", size=18,
+               color="#d62728")
+    pf.add_tools(HoverTool(renderers=[dots], tooltips=[
+        ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std"),
+        ("n_iter", "@n_iter"), ("nonzero", "@n_nonzero")]))
+    pf.visible = False
+    return pf
+
+
+def _table_div(name: str) -> Any:
+    """A scrolling HTML table (the run's parameters, a path's points)."""
+    from bokeh.models import Div
+
+    return Div(
+        text="", name=name, sizing_mode="stretch_width", height=260,
+        styles={"overflow-y": "auto", "font-size": "13px"}, stylesheets=[_TABLE_CSS],
+    )
+
+
 class DlogitPanel:
     """One browser session's view of the monitor state."""
 
     def __init__(self, state: MonitorState, doc: Any):
-        from bokeh.layouts import column, row
-        from bokeh.models import (
-            CheckboxGroup,
-            ColumnDataSource,
-            DataRange1d,
-            Div,
-            FactorRange,
-            HoverTool,
-            LinearAxis,
-            NumeralTickFormatter,
-            Select,
-            Whisker,
-        )
-        from bokeh.plotting import figure
+        from bokeh.models import CheckboxGroup, ColumnDataSource, Div, Select
 
         self.state = state
         self.doc = doc
@@ -201,65 +297,19 @@ class DlogitPanel:
         self.info = Div(text="<b>No dlogit run seen yet.</b>", name="dlogit-info",
                         sizing_mode="stretch_width")
 
-        fig_kw: dict[str, Any] = {
-            "height": 260, "sizing_mode": "stretch_width", "toolbar_location": "above",
-            "tools": "pan,wheel_zoom,box_zoom,reset,save", "output_backend": "canvas",
-        }
-
-        def curve(title: str, field: str, y_axis_type: str, color: str, name: str):
-            p = figure(title=title, y_axis_type=y_axis_type, x_axis_label="step",
-                       name=name, **fig_kw)
-            p.line("step", field, source=self.steps, line_width=2, color=color)
-            p.line("step", field, source=self.tail, line_width=2, color=color)
-            p.add_tools(HoverTool(tooltips=[("step", "@step"), (field, f"@{field}")],
-                                  mode="vline"))
-            return p
-
-        self.loss_lin = curve("Loss", "loss", "linear", "#1f77b4", "dlogit-loss")
-        self.loss_log = curve("Loss (log)", "loss", "log", "#1f77b4", "dlogit-loss-log")
-        self.gn_lin = curve("Gradient norm", "grad_norm", "linear", "#d62728",
-                            "dlogit-grad-norm")
-        self.gn_log = curve("Gradient norm (log)", "grad_norm", "log", "#d62728",
-                            "dlogit-grad-norm-log")
+        steps, tail = self.steps, self.tail
+        self.loss_lin = _curve("Loss", "loss", "linear", "#1f77b4", "dlogit-loss", steps, tail)
+        self.loss_log = _curve("Loss (log)", "loss", "log", "#1f77b4", "dlogit-loss-log", steps, tail)
+        self.gn_lin = _curve("Gradient norm", "grad_norm", "linear", "#d62728", "dlogit-grad-norm",
+                             steps, tail)
+        self.gn_log = _curve("Gradient norm (log)", "grad_norm", "log", "#d62728", "dlogit-grad-norm-log",
+                             steps, tail)
         self._on_logscale("active", None, self.logscale.active)
-
-        self.step_fig = curve("Step time (ms)", "step_ms", "linear", "#2ca02c",
-                              "dlogit-step-time")
-
-        tp = figure(title="Throughput", x_axis_label="step", name="dlogit-throughput",
-                    **fig_kw)
-        r_rows = tp.line("step", "rows_per_s", source=self.rates, line_width=2,
-                         color="#9467bd", legend_label="rows/s")
-        tp.y_range = DataRange1d(renderers=[r_rows])
-        tp.yaxis[0].axis_label = "rows/s"
-        tp.yaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
-        tp.extra_y_ranges = {"gb": DataRange1d()}
-        r_gb = tp.line("step", "gb_per_s", source=self.rates, line_width=2,
-                       color="#ff7f0e", y_range_name="gb", legend_label="GB/s")
-        tp.extra_y_ranges["gb"].renderers = [r_gb]
-        tp.add_layout(LinearAxis(y_range_name="gb", axis_label="GB/s"), "right")
-        tp.legend.location = "top_left"
-        tp.legend.background_fill_alpha = 0.6
-        tp.add_tools(HoverTool(tooltips=[("step", "@step"), ("rows/s", "@rows_per_s{0.00a}"),
-                                         ("GB/s", "@gb_per_s{0.000}")]))
-        self.throughput = tp
-
-        wf = figure(title="Last step time per worker (ms)", y_range=FactorRange(),
-                    name="dlogit-workers-fig", height=260, sizing_mode="stretch_width",
-                    toolbar_location=None, tools="")
-        wf.hbar(y="worker", right="ms", height=0.8, color="color", source=self.workers)
-        wf.x_range.start = 0
-        wf.add_tools(HoverTool(tooltips=[("worker", "@worker"), ("ms", "@ms{0.0}")]))
-        self.worker_fig = wf
-
-        cf = figure(title="Rows per class", y_range=FactorRange(), name="dlogit-classes-fig",
-                    height=260, sizing_mode="stretch_width", toolbar_location=None, tools="")
-        cf.hbar(y="label", right="count", height=0.8, color="#1f77b4", source=self.classes)
-        cf.x_range.start = 0
-        cf.xaxis[0].formatter = NumeralTickFormatter(format="0.[00]a")
-        cf.add_tools(HoverTool(tooltips=[("class", "@label"), ("rows", "@count")]))
-        cf.visible = False  # until a run reports its class counts
-        self.classes_fig = cf
+        self.step_fig = _curve("Step time (ms)", "step_ms", "linear", "#2ca02c", "dlogit-step-time",
+                               steps, tail)
+        self.throughput = _throughput_figure(self.rates)
+        self.worker_fig = _workers_figure(self.workers)
+        self.classes_fig = _classes_figure(self.classes)
 
         self.path_select = Select(
             title="Regularization path", options=[(LATEST, "latest path")], value=LATEST,
@@ -268,37 +318,19 @@ class DlogitPanel:
         self.path_select.on_change("value", self._on_path_select)
         self.path_info = Div(text="No regularization path seen yet.", name="dlogit-path-info",
                              sizing_mode="stretch_width")
-        pf = figure(title="Cross-validated score", x_axis_type="log", x_axis_label="l2",
-                    y_axis_label="score", name="dlogit-path-fig", **fig_kw)
-        pf.line("x", "mean", source=self.path, line_width=2, color="#1f77b4")
-        dots = pf.scatter("x", "mean", source=self.path, size=7, color="#1f77b4")
-        pf.add_layout(Whisker(source=self.path, base="x", upper="upper", lower="lower",
-                              line_color="#1f77b4"))
-        for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
-            pf.scatter("x", end, source=self.path, size=1, alpha=0)
-        pf.scatter("x", "mean", source=self.path_best, marker="star", size=18,
-                   color="#d62728")
-        pf.add_tools(HoverTool(renderers=[dots], tooltips=[
-            ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std"),
-            ("n_iter", "@n_iter"), ("nonzero", "@n_nonzero")]))
-        pf.visible = False
-        self.path_fig = pf
-        self.path_table = Div(
-            text="", name="dlogit-path-table", sizing_mode="stretch_width", height=260,
-            styles={"overflow-y": "auto", "font-size": "13px"}, stylesheets=[_TABLE_CSS],
-        )
+        self.path_fig = _path_figure(self.path, self.path_best)
+        self.path_table = _table_div("dlogit-path-table")
         self.path_table.visible = False
-
         # a plain HTML table: Bokeh 3.9's DataTable does not redraw when its
         # source is replaced by data of the same length (bokeh/bokeh#15328)
-        self.table = Div(
-            text="", name="dlogit-params-table", sizing_mode="stretch_width",
-            height=260,
-            styles={"overflow-y": "auto", "font-size": "13px"},
-            stylesheets=[_TABLE_CSS],
-        )
+        self.table = _table_div("dlogit-params-table")
+        self.root = self._layout()
+        self.update()
 
-        self.root = column(
+    def _layout(self) -> Any:
+        from bokeh.layouts import column, row
+
+        return column(
             row(self.select, self.logscale, sizing_mode="stretch_width"),
             self.info,
             row(column(self.loss_lin, self.loss_log, sizing_mode="stretch_width"),
@@ -311,7 +343,6 @@ class DlogitPanel:
             row(self.path_fig, self.path_table, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
-        self.update()
 
     # ------------------------------------------------------------- callbacks
     def _on_select(self, attr: str, old: Any, new: Any) -> None:
@@ -358,7 +389,7 @@ class DlogitPanel:
             run_id = ids[0] if choice == LATEST and ids else choice
             rs = state.get(run_id) if run_id else None
             if rs is None:
-                snap = None
+                snap: dict[str, Any] | None = None
             else:
                 fresh = rs is not self._run or (rs.steps.generation,
                                                  rs.rates.generation) != self._gen

@@ -16,12 +16,11 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from dlogit.monitor import metrics
-from dlogit.monitor.state import MAX_POINTS, MAX_RUNS, TOPIC, MonitorState
+from dlogit.events import TOPIC
+from dlogit.monitor import PLUGIN_NAME, metrics
+from dlogit.monitor.state import MAX_POINTS, MAX_RUNS, MonitorState
 
 logger = logging.getLogger(__name__)
-
-PLUGIN_NAME = "dlogit-monitor"
 
 
 class MonitorPlugin(SchedulerPlugin):
@@ -56,7 +55,7 @@ class MonitorPlugin(SchedulerPlugin):
         }
 
     def __setstate__(self, d: dict[str, Any]) -> None:
-        self.__init__(**d)
+        type(self).__init__(self, **d)
 
     async def start(self, scheduler: Any) -> None:
         if self.scheduler is scheduler:

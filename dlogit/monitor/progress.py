@@ -7,7 +7,7 @@ import sys
 from collections import deque
 from typing import IO, Any
 
-from dlogit.monitor.state import ETA_WINDOW
+from dlogit.monitor.state import ETA_WINDOW, eta_seconds
 
 
 def format_dashboard_url(dashboard_link: str) -> str:
@@ -138,10 +138,7 @@ class TerminalProgress:
 
     # ------------------------------------------------------------- handlers
     def _eta(self) -> float:
-        if self.max_iter is None or not self._recent:
-            return math.nan
-        done = self._step if self._step is not None else 0
-        return max(self.max_iter - done, 0) * (sum(self._recent) / len(self._recent))
+        return eta_seconds(self.max_iter, self._step, self._recent)
 
     def _print(self, line: str) -> None:
         if self._progress is not None:  # above a live bar, through its console

@@ -17,7 +17,6 @@ import datetime as _dt
 import html
 import json
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,36 +185,17 @@ def _bad(p: Path, why: str) -> ReportError:
 
 def load_model_file(path: str | os.PathLike) -> ModelFile:
     """Read and check a dlogit model file (format version 1 or 2)."""
+    from dlogit.errors import ModelError
+    from dlogit.model_io import load_arrays
+
     p = Path(path)
-    if not p.exists():
-        raise ReportError(f"model file not found: {p}")
-    if not p.is_file():
-        raise ReportError(f"not a file: {p}")
-    try:
-        with open(p, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ReportError(f"cannot read {p}: {_short(e)}") from None
-    if magic != b"PK\x03\x04":
-        raise ReportError(f"not a dlogit model (not an .npz archive): {p}")
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise ReportError(f"not a dlogit model (not an .npz archive): {p}")
-            missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-            if missing:
-                raise _bad(p, f"missing {', '.join(missing)}")
-            arrays = {k: np.asarray(npz[k]) for k in (*REQUIRED_KEYS, *CV_KEYS) if k in npz.files}
-    except ReportError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise _bad(p, _short(e)) from None
-    try:
-        meta = json.loads(str(arrays["meta"][()]))
-    except (ValueError, TypeError, IndexError) as e:
-        raise _bad(p, f"bad meta: {_short(e)}") from None
-    if not isinstance(meta, dict) or meta.get("format") != "dlogit-model":
-        raise ReportError(f"not a dlogit model (meta format is not 'dlogit-model'): {p}")
+    try:  # the one reader of model files (and its messages)
+        arrays, meta = load_arrays(p)
+    except ModelError as e:
+        raise ReportError(str(e)) from None
+    missing = [k for k in REQUIRED_KEYS if k != "meta" and k not in arrays]
+    if missing:
+        raise _bad(p, f"missing {', '.join(missing)}")
     hist = {}
     for k in HISTORY_KEYS:
         a = arrays[k]
@@ -283,16 +263,12 @@ def _load_cv(p: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Cv
         if a.shape != (m,) or not np.issubdtype(a.dtype, np.number):
             raise _bad(p, f"{k} has shape {a.shape}, cv_scores has {m} points")
         lam[k] = a.astype(np.float64)
-    cv = meta.get("cv") if isinstance(meta.get("cv"), dict) else {}
+    cv: dict[str, Any] = meta["cv"] if isinstance(meta.get("cv"), dict) else {}
     best = cv.get("best_index")
     best = best if isinstance(best, int) and not isinstance(best, bool) and 0 <= best < m else None
     scoring = cv.get("scoring")
     return CvPath(l2=lam["cv_l2"], l1=lam["cv_l1"], scores=scores.astype(np.float64),
                   scoring=scoring if isinstance(scoring, str) else "score", best=best)
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 # ------------------------------------------------------------------ content
@@ -607,7 +583,11 @@ def write_report(model: str | os.PathLike, out: str | os.PathLike) -> Path:
         atomic_write(out, lambda tmp: _png_report(m, Path(tmp)))
     else:
         page = _html_report(m)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(page, encoding="utf-8")
+
+        atomic_write(out, write)
     return out
 
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-TOPIC = "dlogit"
 MAX_RUNS = 20
 MAX_POINTS = 20_000
 #: regularization paths kept (finished ones are evicted first)
@@ -290,6 +289,14 @@ class PathState:
         }
 
 
+def eta_seconds(max_iter: int | None, done: int | None, recent: Sequence[float]) -> float:
+    """The ETA of a fit (the one formula the panel, the metrics and the terminal use): the steps left to
+    ``max_iter`` after step ``done`` times the mean of the ``recent`` step times (nan when unknown)."""
+    if max_iter is None or not recent:
+        return math.nan
+    return max(max_iter - (done if done is not None else 0), 0) * (sum(recent) / len(recent))
+
+
 class Series:
     """Append-only float64 columns with stride-doubling downsampling.
 
@@ -363,7 +370,7 @@ class RunState:
         self.rows_per_s = math.nan
         self.bytes_per_s = math.nan
         self.worker_seconds: dict[str, float] = {}
-        self.recent = deque(maxlen=ETA_WINDOW)
+        self.recent: deque[float] = deque(maxlen=ETA_WINDOW)
         self.n_iter: int | None = None
         self.seconds: float | None = None
         self.message = ""
@@ -387,12 +394,7 @@ class RunState:
         """Remaining steps x recent mean step time (0 once finished, nan if unknown)."""
         if self.status in FINISHED:
             return 0.0
-        m = self.max_iter
-        mean = self.mean_step_seconds()
-        if m is None or math.isnan(mean):
-            return math.nan
-        done = self.last_step if self.last_step is not None else 0
-        return max(m - done, 0) * mean
+        return eta_seconds(self.max_iter, self.last_step, self.recent)
 
     def display_status(self, now: float | None = None) -> str:
         now = _time.time() if now is None else now
@@ -562,10 +564,10 @@ class MonitorState:
             status = status if status in FINISHED else "failed"
             if rs.status not in FINISHED:  # a replayed end is not counted twice
                 self.finished_total[status] += 1
-                ps = self.paths.get(rs.model.path) if rs.model.path is not None else None
-                if ps is not None:
-                    ps.fits_by_status[status] += 1
-                    ps.version += 1
+                ended = self.paths.get(rs.model.path) if rs.model.path is not None else None
+                if ended is not None:
+                    ended.fits_by_status[status] += 1
+                    ended.version += 1
             rs.status = status
             rs.end_time = t
             if "n_nonzero" in msg:
