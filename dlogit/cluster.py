@@ -528,7 +528,7 @@ def open_cluster(scheduler: str | None = None, scheduler_file: str | None = None
                                           dashboard_address=dashboard_address, rmm_pool_size=rmm_pool_size,
                                           security=security)
         client = Client(cluster, security=security, set_as_default=False)
-        client._dlogit_versions_checked = True  # its workers are this installation's own processes
+        client._dlogit_versions_checked = True  # type: ignore[attr-defined]  # its workers are this installation's own processes
         try:
             listen(client)
             yield Session(client, cluster.kind, cluster)

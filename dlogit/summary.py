@@ -123,7 +123,7 @@ def binomial_hessian(X: Any, codes: Any, sample_weight: Any, coef: Any, intercep
     intercept the last row and column are 0): the Hessian of its weighted loss sum, for standard errors."""
     from dlogit._xp import get_xp, to_numpy
     from dlogit.family import Binomial
-    from dlogit.loss import CPU_BLOCK_BYTES
+    from dlogit.kernels.policy import CPU_BLOCK_BYTES
 
     sparse = hasattr(X, "nnz")
     xp = get_xp(X.data if sparse else X)

@@ -24,14 +24,7 @@ PACKAGE = ROOT / "dlogit"
 #: Known violations, left for their owners at the time the test came in (issue 20). Each entry is
 #: ``(importing module, imported module.name)``; the test fails when one is fixed and still listed, so the
 #: list only shrinks. The lead drops these after the merge that fixes them.
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    # the family helper's chunks.py split gives the row blocks a public home
-    ("dlogit.folds", "dlogit.chunks._Blocks"),
-    ("dlogit.stats", "dlogit.chunks._Blocks"),
-    # the fold path reuses the fit loop's problem wrapper (training.py, the solvers helper's)
-    ("dlogit.cv", "dlogit.training._Problem"),
-    ("dlogit.cv", "dlogit.training._solver_problem"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 #: Third-party private names and the one function allowed to use each (its behaviour is pinned by a test
 #: that fails when the private API changes: tests/test_private_apis.py).
