@@ -21,6 +21,7 @@ import click
 from dlogit.cli._options import (
     FiniteFloat,
     PenaltyValues,
+    cache_bytes_option,
     check_config,
     check_label_option,
     cluster_options,
@@ -100,13 +101,14 @@ def _warn(message: str) -> None:
               help="Report every N steps.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print informational notices.")
+@cache_bytes_option
 @cluster_options
 def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight: str | None,
           solver: str | None, l2: Any, l1: Any, l2_path: int | None, l1_path: int | None, cv: int | None,
           cv_split: str, scoring: str, with_summary: bool, lr: float, max_iter: int | None, tol: float | None,
           init: str | None, no_intercept: bool, mode: str, out: str | None, keep_diverged: bool,
           checkpoint: str | None, checkpoint_every: float | None, resume: bool, as_json: bool, period: int,
-          quiet: bool, verbose: bool, **opts: Any) -> None:
+          quiet: bool, verbose: bool, cache_bytes: str | None = None, **opts: Any) -> None:
     """Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files, directories,
     globs or URLs) or on synthetic data.
 
@@ -201,8 +203,12 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
     _check_plan(cluster.get("workers") if local else None, synthetic and rows, opts.get("chunk_rows"))
     here = not synthetic and not target and _in_process(ctx, source, mode, quiet)
 
+    import dask
+
     t0 = time.perf_counter()
-    with _quiet_dask_logs(verbose), _cluster(cluster, quiet, verbose, here) as (client, kind):
+    with _quiet_dask_logs(verbose), dask.config.set(
+            {} if cache_bytes is None else {"dlogit.engine.cache-bytes": cache_bytes}), \
+            _cluster(cluster, quiet, verbose, here) as (client, kind):
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
         if synthetic:
@@ -232,7 +238,10 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         n_chunks = int(X.numblocks[0]) if client else -(-X.shape[0] // (opts.get("chunk_rows") or X.shape[0]))
         if not (synthetic and opts.get("chunk_rows")):  # else said before the cluster started
             _check_chunks(n_chunks)
-        X, y, w = _load(client, X, y, w, quiet) if client else (X, y, w)
+        # data dlogit's readers read is not loaded here: each worker reads its chunks in the fit's first
+        # pass and keeps what --cache-bytes allows (dlogit.engine.residency)
+        streamed = bool(client) and not synthetic and kind != "gpu" and _streamable(X, y, w)
+        X, y, w = _load(client, X, y, w, quiet) if client and not streamed else (X, y, w)
         load = time.perf_counter() - t1
         progress = _progress(spec.max_iter, period, quiet_progress, to_stderr=as_json)
         if ckpt is not None and resume:
@@ -240,7 +249,7 @@ def train(data: str | None, synthetic_shape: str | None, seed: int, class_weight
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                tracker = _StepTracker(progress)
+                tracker = _StepTracker(progress, note=lambda text: _note(quiet, text))
                 try:
                     if path:
                         try:
@@ -374,13 +383,19 @@ class _StepTracker:
     """Passes every event to the progress printer, remembering the last step seen (and a path's last
     ``path`` event and the point it is on)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, note: Any = None) -> None:
         self.inner = inner
+        self.note = note
         self.step: int | None = None
         self.path: dict[str, Any] = {}
 
     def __call__(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
+        cache = (msg.get("params") or {}).get("cache") if kind == "start" else None
+        if isinstance(cache, dict) and self.note is not None and "/p" not in str(msg.get("run", "")):
+            from dlogit.engine.residency import describe
+
+            self.note(describe(cache))
         if kind == "progress" and msg.get("step"):
             self.step = int(msg["step"][-1])
         elif kind == "path":
@@ -710,6 +725,13 @@ def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, A
         click.echo(f"\r{line}" if tty else line)
     it = iter(persisted)
     return next(it), next(it), (next(it) if w is not None else None)
+
+
+def _streamable(X: Any, y: Any, w: Any) -> bool:
+    """Whether the fit reads these arrays' chunks from their source itself (dlogit.io.stream)."""
+    from dlogit.io.stream import stream_sources
+
+    return stream_sources(X, y, w) is not None
 
 
 def _isatty(stream: Any) -> bool:
