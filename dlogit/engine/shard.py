@@ -182,11 +182,9 @@ class Shard:
     def _read(self, i: int) -> Any:
         """Chunk ``i``'s X read again from its source (files checked against the first read), owning
         its memory (a memory map is copied here: this runs on the read-ahead thread)."""
-        from dlogit.io.stream import nbytes, owned_copy
+        from dlogit.io.stream import nbytes
 
-        piece, _ = self.sources[i].read(self.signatures.get(i))
-        X = owned_copy(piece.X)
-        del piece
+        X = self.sources[i].read_x(self.signatures.get(i) or {})
         self.bytes_read += nbytes(X)
         self.chunks_read += 1
         return X

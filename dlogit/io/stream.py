@@ -104,6 +104,38 @@ class ChunkSource:
         return piece, before
 
 
+    def read_x(self, expect: dict[str, Signature]) -> Any:
+        """The chunk's X again (checked against ``expect``, the signatures of the first read), owning its
+        memory. A local NPY chunk stored as it is read (same dtype, C order) is read with one
+        ``pread`` into a fresh array: the same bytes, without mapping the file (a memory map's pages
+        would count in the worker's memory beside the copy); anything else through its reader."""
+        info = self.info
+        lay = info.layout
+        if (info.kind == "npy" and "://" not in lay.X.path and not lay.X.fortran
+                and np.dtype(lay.X.dtype) == np.dtype(info.dtype)):
+            for f, sig in self.signatures().items():
+                if expect.get(f, sig) != sig:
+                    raise changed(f)
+            s, e = info.pieces[self.index]
+            d = int(lay.X.shape[1])
+            X = np.empty((e - s, d), dtype=np.dtype(lay.X.dtype))
+            row = d * X.dtype.itemsize
+            view = memoryview(X.reshape(-1).view(np.uint8))
+            with open(lay.X.path, "rb") as f:
+                at, want = 0, len(view)
+                while at < want:
+                    got = os.preadv(f.fileno(), [view[at:]], lay.X.offset + s * row + at)
+                    if got <= 0:
+                        raise changed(lay.X.path)
+                    at += got
+            for f, sig in self.signatures().items():
+                if expect.get(f, sig) != sig:
+                    raise changed(f)
+            return X
+        piece, _ = self.read(expect)
+        return owned_copy(piece.X)
+
+
 def streamable(info: DatasetInfo, index: int) -> bool:
     """Whether chunk ``index`` can be read again alone (its read unit is this one chunk)."""
     if info.kind not in ("npy", "parquet", "csv", "tsv", "libsvm"):
