@@ -179,15 +179,27 @@ class Shard:
                              curvature=curvature)
 
     # -- streamed chunks ---------------------------------------------------------------------------
-    def _read(self, i: int) -> Any:
+    def _read(self, i: int, slot: int = -1) -> Any:
         """Chunk ``i``'s X read again from its source (files checked against the first read), owning
-        its memory (a memory map is copied here: this runs on the read-ahead thread)."""
+        its memory (a memory map is copied here: this runs on the read-ahead thread); into read buffer
+        ``slot`` (0 or 1) where the source reads straight into one."""
         from dlogit.io.stream import nbytes
 
-        X = self.sources[i].read_x(self.signatures.get(i) or {})
+        X = self.sources[i].read_x(self.signatures.get(i) or {}, self._buffer(slot))
         self.bytes_read += nbytes(X)
         self.chunks_read += 1
         return X
+
+    def _buffer(self, slot: int) -> Any:
+        """Read buffer ``slot``: two, each the size of the largest streamed chunk read straight into one
+        (made at the first streamed evaluation; reused so that no fresh pages fault in each time)."""
+        if slot < 0:
+            return None
+        if not hasattr(self, "_buffers"):
+            shapes = [s for s in (self.sources[i].direct() for i in self.streamed) if s is not None]
+            size = max((r * d for r, d, _ in shapes), default=0)
+            self._buffers = [np.empty(size, dtype=shapes[0][2]) for _ in range(2)] if shapes else None
+        return None if self._buffers is None else self._buffers[slot]
 
     def _streamed_evaluator(self, i: int, X: Any) -> tuple[Any, Any]:
         spec, plan, curvature = self._prepared
@@ -202,11 +214,13 @@ class Shard:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="dlogit-read-ahead") as pool:
-            ahead = pool.submit(self._read, order[0])
+            # chunk k is read into buffer k % 2 while chunk k - 1 (the other buffer) is evaluated; its
+            # evaluator is dropped before chunk k + 1 is read into its buffer
+            ahead = pool.submit(self._read, order[0], 0)
             yield -1  # the first read has started: the caller evaluates its cached chunks meanwhile
             for k, i in enumerate(order):
                 X = ahead.result()
-                ahead = pool.submit(self._read, order[k + 1]) if k + 1 < len(order) else None
+                ahead = pool.submit(self._read, order[k + 1], (k + 1) % 2) if k + 1 < len(order) else None
                 ev, fold = self._streamed_evaluator(i, X)
                 del X
                 self.evaluators[i] = ev

@@ -104,21 +104,37 @@ class ChunkSource:
         return piece, before
 
 
-    def read_x(self, expect: dict[str, Signature]) -> Any:
-        """The chunk's X again (checked against ``expect``, the signatures of the first read), owning its
-        memory. A local NPY chunk stored as it is read (same dtype, C order) is read with one
-        ``pread`` into a fresh array: the same bytes, without mapping the file (a memory map's pages
-        would count in the worker's memory beside the copy); anything else through its reader."""
+    def direct(self) -> tuple[int, int, str] | None:
+        """``(rows, features, dtype)`` when :meth:`read_x` reads this chunk straight into a buffer (a
+        local NPY file stored as it is read: same dtype, C order), else ``None``."""
         info = self.info
         lay = info.layout
         if (info.kind == "npy" and "://" not in lay.X.path and not lay.X.fortran
                 and np.dtype(lay.X.dtype) == np.dtype(info.dtype)):
+            s, e = info.pieces[self.index]
+            return e - s, int(lay.X.shape[1]), np.dtype(info.dtype).str
+        return None
+
+    def read_x(self, expect: dict[str, Signature], out: np.ndarray | None = None) -> Any:
+        """The chunk's X again (checked against ``expect``, the signatures of the first read), owning its
+        memory. A chunk :meth:`direct` reads is read with ``preadv`` into ``out`` (a 1-D buffer of at
+        least its size: the caller reuses two, so no page of a fresh array faults in at every
+        evaluation) or a fresh array: the same bytes, without mapping the file (a memory map's pages
+        would count in the worker's memory beside the copy); anything else through its reader."""
+        info = self.info
+        lay = info.layout
+        shape = self.direct()
+        if shape is not None:
             for f, sig in self.signatures().items():
                 if expect.get(f, sig) != sig:
                     raise changed(f)
             s, e = info.pieces[self.index]
-            d = int(lay.X.shape[1])
-            X = np.empty((e - s, d), dtype=np.dtype(lay.X.dtype))
+            d = shape[1]
+            dtype = np.dtype(shape[2])
+            if out is not None and out.dtype == dtype and out.size >= (e - s) * d:
+                X = out[:(e - s) * d].reshape(e - s, d)
+            else:
+                X = np.empty((e - s, d), dtype=dtype)
             row = d * X.dtype.itemsize
             view = memoryview(X.reshape(-1).view(np.uint8))
             with open(lay.X.path, "rb") as f:
