@@ -106,6 +106,30 @@ def test_streamed_fit_gives_the_same_bits_as_in_memory(client2, tmp_path, fmt, k
             np.testing.assert_array_equal(got, ref, err_msg=f"{mode} cache-bytes {budget}")
 
 
+def test_streamed_cv_path_gives_the_same_bits(client2, tmp_path):
+    """A cross-validated path (every fold of a penalty in one pass, the folds from the first pass's
+    labels) on streamed chunks: the same chosen penalty and model as on persisted data."""
+    from dlogit.estimator_cv import LogisticRegressionCV
+
+    X, y, _, _ = _problem("binary", np.random.default_rng(11))
+    files = _write("npy", tmp_path, X, y, None)
+    out = {}
+    for cache in ("persist", "0", str(2 * CHUNK * D * 8)):
+        with dask.config.set({} if cache == "persist" else {"dlogit.engine.cache-bytes": cache}):
+            ds = data.read_data(files["source"], labels=files["labels"], chunk_rows=CHUNK, client=client2)
+            Xd, yd = client2.persist([ds.X, ds.y]) if cache == "persist" else (ds.X, ds.y)
+            events: list[dict] = []
+            m = LogisticRegressionCV(l2=[1e-3, 1e-1], cv=3, max_iter=20).fit(Xd, yd, client=client2,
+                                                                               callback=events.append)
+        got = next(e for e in events if e["type"] == "start")["params"].get("cache")
+        assert (got is None) == (cache == "persist")
+        if cache == "0":
+            assert got["streamed_chunks"] == 8
+        out[cache] = np.concatenate([m.coef_.ravel(), m.intercept_, [m.l2_]])
+    np.testing.assert_array_equal(out["0"], out["persist"])
+    np.testing.assert_array_equal(out[str(2 * CHUNK * D * 8)], out["persist"])
+
+
 def test_a_file_removed_during_a_distributed_fit_is_one_line_naming_it(client2, tmp_path):
     X, y, _, _ = _problem("binary", np.random.default_rng(3))
     files = _write("npy", tmp_path, X, y, None)
@@ -153,9 +177,10 @@ def test_cli_a_file_changed_between_passes_exits_2_with_one_line(tmp_path):
             p.kill()
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert p.returncode == 2, "".join(out) + rest + err
-    assert lines == [f"dlogit: error: {files['source']} changed during the fit (size or modification time "
-                     "differ from the fit's first read; its chunks are read from it at every evaluation); "
-                     "train again on the new data"], err
+    want = (f"dlogit: error: {files['source']} changed during the fit (size or modification time differ "
+            "from the fit's first read; its chunks are read from it at every evaluation); train again on the "
+            "new data")
+    assert lines == [want], err
     assert any("chunks streamed from storage at every evaluation" in ln for ln in out), "".join(out)
 
 
