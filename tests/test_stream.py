@@ -130,6 +130,42 @@ def test_streamed_cv_path_gives_the_same_bits(client2, tmp_path):
     np.testing.assert_array_equal(out[str(2 * CHUNK * D * 8)], out["persist"])
 
 
+def _kill(client, address: str) -> None:
+    """SIGKILL a worker's process (from a thread: not on the client's own event loop)."""
+    import signal
+
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_lost_mid_fit_its_streamed_chunks_are_read_by_the_survivor(tmp_path):
+    """Budget 0, two workers, the worker that is not the driver's killed mid-fit: its chunks are
+    attached to the survivor as source ranges (checked against their first read) and the fit ends with
+    the same bits as an undisturbed one."""
+    X, y, _, _ = _problem("binary", np.random.default_rng(13))
+    files = _write("npy", tmp_path, X, y, None)
+    params = {"solver": "gd", "lr": 0.5, "max_iter": 400, "tol": 0.0, "mode": "distributed"}
+    with local_cluster(2) as client, dask.config.set({"dlogit.engine.cache-bytes": "0"}):
+        ds = data.read_data(files["source"], labels=files["labels"], chunk_rows=CHUNK, client=client)
+        ref = LogisticRegression(**params).fit(ds.X, ds.y, client=client)
+        killed: dict = {}
+
+        def on_event(msg):
+            if msg.get("type") == "start":
+                killed["driver"] = msg["params"]["driver"]
+                killed["workers"] = msg["params"]["workers"]
+            elif msg.get("type") == "progress" and msg["step"][-1] >= 50 and "victim" not in killed:
+                killed["victim"] = next(w for w in killed["workers"] if w != killed["driver"])
+                threading.Thread(target=_kill, args=(client, killed["victim"]), daemon=True).start()
+
+        with pytest.warns(Warning, match="lost worker|failed a step"):
+            got = LogisticRegression(**params, progress_period=10).fit(ds.X, ds.y, client=client,
+                                                                        callback=on_event)
+    assert "victim" in killed
+    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    np.testing.assert_array_equal(got.intercept_, ref.intercept_)
+
+
 def test_a_file_removed_during_a_distributed_fit_is_one_line_naming_it(client2, tmp_path):
     X, y, _, _ = _problem("binary", np.random.default_rng(3))
     files = _write("npy", tmp_path, X, y, None)
@@ -144,7 +180,7 @@ def test_a_file_removed_during_a_distributed_fit_is_one_line_naming_it(client2, 
     with dask.config.set({"dlogit.engine.cache-bytes": "0"}):
         ds = data.read_data(files["source"], client=client2, chunk_rows=CHUNK, labels=labels)
         with pytest.raises(DataError) as err:
-            LogisticRegression(mode="distributed", solver="gd", max_iter=10**6, tol=0.0).fit(
+            LogisticRegression(mode="distributed", solver="gd", max_iter=20_000, tol=0.0).fit(
                 ds.X, ds.y, client=client2, callback=on_event)
     text = str(err.value)
     assert "\n" not in text

@@ -168,8 +168,13 @@ def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunk
     if stream is not None:
         from dlogit.engine.residency import worker_budget
 
+        # one budget per worker: chunks this worker already caches for the fit (a shard attached before a
+        # loss moved more chunks here) count against it
+        state = plugin.runs.get(run)
+        held = sum(s.residency["cached_bytes"] for e, s in (state.shards.values() if state else ())
+                   if e == epoch and s.sources)
         shard = Shard(stream.chunks(indices), n_chunks, where=f"worker {worker.address}",
-                      budget=worker_budget(stream.cache, worker), signatures=signatures)
+                      budget=max(0, worker_budget(stream.cache, worker) - held), signatures=signatures)
     else:
         chunks = {i: (x, y, None if ws is None else ws[j]) for j, (i, x, y) in enumerate(zip(indices, xs, ys))}
         shard = Shard(chunks, n_chunks, where=f"worker {worker.address}")

@@ -116,7 +116,7 @@ class Shard:
         """What this shard keeps in memory and what it reads at every evaluation (see
         :func:`dlogit.engine.residency.describe`)."""
         streamed = set(self.streamed)
-        return {"cached_chunks": len(self.raw) - len(streamed) if self.raw else len(self.evaluators),
+        return {"cached_chunks": len(self.sources) - len(streamed),
                 "streamed_chunks": len(streamed),
                 "cached_bytes": sum(b for i, b in self._chunk_bytes.items() if i not in streamed),
                 "bytes_per_eval": sum(self._chunk_bytes[i] for i in streamed),
