@@ -106,6 +106,41 @@ def test_streamed_fit_gives_the_same_bits_as_in_memory(client2, tmp_path, fmt, k
             np.testing.assert_array_equal(got, ref, err_msg=f"{mode} cache-bytes {budget}")
 
 
+@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
+def test_streamed_libsvm_gives_the_same_bits(client2, tmp_path, mode):
+    """Sparse (CSR) chunks of an uncompressed LIBSVM file, each its byte range: streamed (budget 0,
+    and about half of each worker's chunks) equals persisted."""
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+
+    rng = np.random.default_rng(17)
+    X = sp.random(ROWS, 30, density=0.2, random_state=3, format="csr")
+    y = (np.asarray(X[:, 0].todense()).ravel() + 0.1 * rng.standard_normal(ROWS) > 0.05).astype(int)
+    dump_svmlight_file(X, y, str(tmp_path / "d.svm"))
+    params = {"max_iter": 15, "tol": 0.0}
+    out: dict = {}
+    total = 0
+    for cache in ("persist", "0", "half"):
+        if cache == "half":  # each worker's share is 1/workers of the bytes: cache half of it
+            share = total / (1 if mode == "worker-local" else 2)
+            cache = str(int(share / 2))
+        with dask.config.set({} if cache == "persist" else {"dlogit.engine.cache-bytes": cache}):
+            ds = data.read_data(str(tmp_path / "d.svm"), chunk_bytes=20_000, client=client2)
+            Xd, yd = client2.persist([ds.X, ds.y]) if cache == "persist" else (ds.X, ds.y)
+            events: list[dict] = []
+            m = LogisticRegression(mode=mode, **params).fit(Xd, yd, client=client2, callback=events.append)
+        got = next(e for e in events if e["type"] == "start")["params"].get("cache")
+        n = ds.X.numblocks[0]
+        if cache == "0":
+            total = got["bytes_per_eval"]
+            assert got["streamed_chunks"] == n > 4
+        elif cache != "persist":
+            assert 0 < got["cached_chunks"] < n, got
+        out[cache] = np.concatenate([m.coef_.ravel(), m.intercept_])
+    for cache, coef in out.items():
+        np.testing.assert_array_equal(coef, out["persist"], err_msg=cache)
+
+
 def test_streamed_cv_path_gives_the_same_bits(client2, tmp_path):
     """A cross-validated path (every fold of a penalty in one pass, the folds from the first pass's
     labels) on streamed chunks: the same chosen penalty and model as on persisted data."""
