@@ -171,7 +171,8 @@ class Shard:
         if plan.folds is not None and folds is not None:
             from dlogit.folds import FoldChunk
 
-            folds[i] = FoldChunk(X, codes, wf, plan.folds.folds_of(i, int(X.shape[0]), codes),
+            folds[i] = FoldChunk(X, codes, None if wf is None else wf.copy(),  # its own, as the evaluator's
+                                 plan.folds.folds_of(i, int(X.shape[0]), codes),
                                  plan.folds.n_folds, plan.layout, plan.family)
         if weights is not None and type(X).__module__.startswith("cupy"):
             weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
