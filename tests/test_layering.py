@@ -6,7 +6,7 @@ The rule is the doc's module table: each row's modules import only dlogit module
 so the math and the solvers know nothing of Dask, and only the rows that say so touch ``distributed``.
 Besides: no module imports another module's private name (``_Blocks``) or a private module of another
 package; the CLI stays over the library's public modules; a private name of a third-party package is
-used only in the one function that isolates it (tested in tests/test_private_apis.py).
+used only in the function that isolates it for one use (each pinned by a test that fails when it changes).
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 #: Third-party private names and the one function allowed to use each (its behaviour is pinned by a test
 #: that fails when the private API changes: tests/test_private_apis.py).
-PRIVATE_THIRD_PARTY: dict[str, tuple[str, str]] = {
-    "dask._task_spec": ("dlogit.engine.placement", "resolve_aliases"),
-    "sklearn.utils._param_validation": ("dlogit.estimator", "_sklearn_validation"),
-    "sklearn.utils.validation._check_sample_weight": ("dlogit.inputs", "checked_sample_weight"),
+PRIVATE_THIRD_PARTY: dict[str, set[tuple[str, str]]] = {
+    # dask documents its task spec only there: the chunks' own tasks behind aliases, and the read tasks
+    # of a read_data graph (tests/test_stream.py fails when either walk stops finding them)
+    "dask._task_spec": {("dlogit.engine.placement", "resolve_aliases"), ("dlogit.io.stream", "stream_sources")},
+    "sklearn.utils._param_validation": {("dlogit.estimator", "_sklearn_validation")},
+    "sklearn.utils.validation._check_sample_weight": {("dlogit.inputs", "checked_sample_weight")},
 }
 
 #: Modules of the fit's internals that the CLI reaches only through the library's public modules.
@@ -247,8 +249,8 @@ def test_third_party_private_names_are_isolated():
             prefix = next((p for p in PRIVATE_THIRD_PARTY if full == p or full.startswith(p + ".")), None)
             where = f"{mod.name}:{imp.line} imports {imp.module}.{imp.name or ''}"
             assert prefix is not None, f"{where}: a private third-party name outside PRIVATE_THIRD_PARTY"
-            assert (mod.name, imp.function) == PRIVATE_THIRD_PARTY[prefix], \
-                f"{where} outside its one function {PRIVATE_THIRD_PARTY[prefix]}"
+            assert (mod.name, imp.function) in PRIVATE_THIRD_PARTY[prefix], \
+                f"{where} outside the functions that isolate it {sorted(PRIVATE_THIRD_PARTY[prefix])}"
 
 
 def test_the_rule_catches_a_violation(tmp_path):

@@ -100,7 +100,7 @@ def test_a_replica_that_missed_a_copy_keeps_its_older_whole_copy_until_a_whole_o
 
 
 def test_states_without_a_memory_are_always_copied_whole():
-    fun = lambda t: (float(t @ t), 2 * t)  # noqa: E731
+    fun = lambda t: (float(t @ t), 2 * t)
     problem = Problem(fun, 3)
     o = SolverOptions(max_iter=5, tol=0.0, lr=0.1)
     for name in ("gd", "newton"):

@@ -143,6 +143,28 @@ def byte_size(ctx: click.Context | None, param: click.Parameter | None, value: A
     return n
 
 
+def _cache_bytes(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> str | None:
+    """A click callback for ``--cache-bytes``: a size (``1GiB``, ``0``) or a percentage (``50%``)."""
+    if value is None:
+        return None
+    from dlogit.engine import parse_cache_bytes
+    from dlogit.errors import ConfigError
+
+    try:
+        parse_cache_bytes(value)
+    except ConfigError:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 1GiB, 0) or a percentage of the workers' "
+                                 "memory_limit (e.g. 50%)") from None
+    return str(value)
+
+
+#: ``dlogit train --cache-bytes``: the chunk cache of each worker (``dlogit.engine.cache-bytes``)
+cache_bytes_option = click.option(
+    "--cache-bytes", "cache_bytes", default=None, callback=_cache_bytes, metavar="SIZE|N%",
+    help="Data chunks each worker keeps in memory, e.g. 1GiB, 0 or 50% of its memory_limit; the others "
+         "are read again from DATA at every evaluation [dlogit.engine.cache-bytes: 50%].")
+
+
 def _columns(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> tuple[str, ...]:
     if not value:
         return ()

@@ -22,6 +22,7 @@ import click
 from dlogit.cli._options import (
     FiniteFloat,
     PenaltyValues,
+    cache_bytes_option,
     check_config,
     check_label_option,
     cluster_options,
@@ -101,6 +102,7 @@ def _warn(message: str) -> None:
               help="Report every N steps.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--verbose", "-v", is_flag=True, help="Also print informational notices.")
+@cache_bytes_option
 @cluster_options
 def train(**kw: Any) -> None:
     """Train a logistic regression on DATA (CSV/TSV, Parquet, NPY, LIBSVM, Zarr; files, directories,
@@ -115,7 +117,8 @@ def train(**kw: Any) -> None:
     ctx = click.get_current_context()
     here = _where(ctx, args, job)
     t0 = time.perf_counter()
-    with _quiet_dask_logs(args.verbose), _session(args, job, here) as (client, kind):
+    with _quiet_dask_logs(args.verbose), _cache_budget(args.cache_bytes), \
+            _session(args, job, here) as (client, kind):
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
         data = _read(args, job, client, kind)
@@ -160,6 +163,7 @@ class _Args:
     period: int
     quiet: bool
     verbose: bool
+    cache_bytes: str | None
     opts: dict[str, Any]
     cluster: dict[str, Any]
 
@@ -337,7 +341,10 @@ def _read(a: _Args, job: _Job, client: Any, kind: str) -> _Data:
     n_chunks = int(X.numblocks[0]) if client else -(-X.shape[0] // (opts.get("chunk_rows") or X.shape[0]))
     if not (job.synthetic and opts.get("chunk_rows")):  # else said before the cluster started
         _check_chunks(n_chunks)
-    if client is not None:
+    # data dlogit's readers read is not loaded here: each worker reads its chunks in the fit's first pass
+    # and keeps what --cache-bytes allows (dlogit.engine.residency)
+    streamed = client is not None and not job.synthetic and kind != "gpu" and _streamable(X, y, w)
+    if client is not None and not streamed:
         X, y, w = _load(client, X, y, w, job.quiet)
     return _Data(X, y, w, meta, names, n_chunks)
 
@@ -362,7 +369,7 @@ def _fit(a: _Args, job: _Job, data: _Data, client: Any) -> list[warnings.Warning
     if job.ckpt is not None and a.resume:
         _note(job.quiet, f"resuming from {os.path.join(job.ckpt.directory, 'checkpoint.npz')}")
     kw: dict[str, Any] = {} if job.path else {"checkpoint": job.spec.checkpoint}
-    tracker = _StepTracker(progress)
+    tracker = _StepTracker(progress, note=lambda text: _note(job.quiet, text))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -533,13 +540,19 @@ class _StepTracker:
     """Passes every event to the progress printer, remembering the last step seen (and a path's last
     ``path`` event and the point it is on)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, note: Any = None) -> None:
         self.inner = inner
+        self.note = note
         self.step: int | None = None
         self.path: dict[str, Any] = {}
 
     def __call__(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
+        cache = (msg.get("params") or {}).get("cache") if kind == "start" else None
+        if isinstance(cache, dict) and self.note is not None and "/p" not in str(msg.get("run", "")):
+            from dlogit.engine import describe_cache
+
+            self.note(describe_cache(cache))
         if kind == "progress" and msg.get("step"):
             self.step = int(msg["step"][-1])
         elif kind == "path":
@@ -814,6 +827,22 @@ def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, A
                         every=0.2 if tty else 5.0)
     it = iter(persisted)
     return next(it), next(it), (next(it) if w is not None else None)
+
+
+def _cache_budget(cache_bytes: str | None) -> Any:
+    """``--cache-bytes`` as ``dlogit.engine.cache-bytes`` for the run (nothing to set: no Dask import)."""
+    if cache_bytes is None:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set({"dlogit.engine.cache-bytes": cache_bytes})
+
+
+def _streamable(X: Any, y: Any, w: Any) -> bool:
+    """Whether the fit reads these arrays' chunks from their source itself (dlogit.io.stream)."""
+    from dlogit.io.stream import stream_sources
+
+    return stream_sources(X, y, w) is not None
 
 
 def _isatty(stream: Any) -> bool:

@@ -40,7 +40,8 @@ from dlogit.kernels.policy import CPU_KERNELS
 #: the client-side entry points, imported on first use: a worker importing the transport or a shard
 #: loads neither dask.array nor the client side of the Dask modes
 _LAZY = {"ClusterWarning": "dask_fit", "SchedulerLost": "dask_fit", "fit_dask": "dask_fit",
-         "fit_path_dask": "dask_fit", "fit_arrays": "local", "listen": "routing"}
+         "fit_path_dask": "dask_fit", "fit_arrays": "local", "listen": "routing",
+         "parse_cache_bytes": "residency", "describe_cache": "residency"}
 
 
 def __getattr__(name: str) -> Any:
@@ -52,8 +53,8 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "fit_arrays", "fit_dask", "fit_path_dask",
-           "is_dask_array", "listen", "map_chunks"]
+__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "describe_cache", "fit_arrays",
+           "fit_dask", "fit_path_dask", "is_dask_array", "listen", "map_chunks", "parse_cache_bytes"]
 
 
 def cpu_kernel_setting() -> str:

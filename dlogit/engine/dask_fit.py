@@ -53,14 +53,24 @@ class SchedulerLost(ClusterError):
 
 
 def _worker_fit(spec: FitSpec, n_chunks: int, xs: list[Any], ys: list[Any], ws: list[Any] | None,
-                info: dict[str, Any]) -> tuple[str, Any]:
+                info: dict[str, Any], stream: Any = None) -> tuple[str, Any]:
     """Worker-local mode: the whole fit as one task. Returns ``("ok", FitResult)`` or
-    ``("interrupted", (message, checkpoint))`` (a task must not raise KeyboardInterrupt)."""
+    ``("interrupted", (message, checkpoint))`` (a task must not raise KeyboardInterrupt). With
+    ``stream`` the chunks are source ranges this worker reads itself (:mod:`dlogit.engine.residency`)."""
     from distributed import get_worker
 
     worker = get_worker()
-    shard = Shard({i: (xs[i], ys[i], None if ws is None else ws[i]) for i in range(n_chunks)}, n_chunks,
-                  where=f"worker {worker.address}")
+    where = f"worker {worker.address}"
+    if stream is not None:
+        from dlogit.engine.residency import worker_budget
+
+        shard = Shard(stream.chunks(list(range(n_chunks))), n_chunks, where=where,
+                      budget=worker_budget(stream.cache, worker))
+        shard.load()  # reads and validates once; decides what stays in memory
+        info = {**info, "cache": shard.residency}
+    else:
+        shard = Shard({i: (xs[i], ys[i], None if ws is None else ws[i]) for i in range(n_chunks)}, n_chunks,
+                      where=where)
 
     def send(msg: dict[str, Any]) -> None:
         worker.log_event(TOPIC, msg)
@@ -69,13 +79,15 @@ def _worker_fit(spec: FitSpec, n_chunks: int, xs: list[Any], ys: list[Any], ws: 
         emitter.local_worker = worker.address
 
     try:
-        result = fit_shard(shard, spec, send, mode="worker-local", weighted=ws is not None,
+        result = fit_shard(shard, spec, send, mode="worker-local",
+                           weighted=ws is not None or (stream is not None and stream.weighted),
                            info={**info, "workers": [worker.address]}, stop=control.stop_check(spec.run),
                            emitter_hook=hook)
         return "ok", result
     except Interrupted as exc:
         return "interrupted", (exc.message, exc.checkpoint)
     finally:
+        shard.close()
         control.clear(spec.run)
 
 
@@ -104,6 +116,7 @@ class DaskFit:
             raise DataError(f"X must be 2-D (rows x features), got {X.ndim}-D")
         if y.ndim != 1:
             raise DataError(f"labels must be 1-D, got {y.ndim}-D")
+        self.stream = _stream_plan(X, y, w)
         if X.numblocks[1] != 1:
             X = X.rechunk({1: -1})
         y = _align_rows(X, y, "labels")
@@ -215,6 +228,8 @@ class DaskFit:
             raise ClusterError("the Dask cluster has no workers")
         if self.n_chunks == 0:
             raise DataError("no rows to train on (the data is empty)")
+        if self.stream is not None and self._holders():  # persisted: the chunks stay where they are
+            self.stream = None
         mode = "distributed" if self.path is not None else self._choose_mode(workers)
         if mode == "worker-local":
             return self._run_worker_local(workers)
@@ -232,6 +247,10 @@ class DaskFit:
         else:
             target = workers[0]
         # the chunks and the fit go to the scheduler in one message: no client round trip between
+        if self.stream is not None:  # the worker reads the chunks itself (no Dask futures hold them)
+            fit = dask.delayed(_worker_fit, pure=False)(self.spec, self.n_chunks, None, None, None, self.info,
+                                                        self.stream, dask_key_name=f"dlogit-fit-{self.spec.run}")
+            return self._run_task(fit, target)
         fit = dask.delayed(_worker_fit, pure=False)(self.spec, self.n_chunks, self.x_del, self.y_del,
                                                     self.w_del, self.info,
                                                     dask_key_name=f"dlogit-fit-{self.spec.run}")
@@ -272,10 +291,14 @@ class DaskFit:
         worker holding the first chunk (:func:`dlogit.engine.driver.drive`)."""
         assign = assign_chunks(self.rows, workers, self._holders())
         target = next(w for w, idx in assign.items() if 0 in idx)
-        self._compute_on(assign)
-        refs = ChunkRefs(tuple(f.key for f in self.xs), tuple(f.key for f in self.ys),
-                         None if self.ws is None else tuple(f.key for f in self.ws),
-                         tuple(self.rows), {w: list(idx) for w, idx in assign.items()})
+        if self.stream is not None:  # source ranges: each worker reads its own chunks
+            refs = ChunkRefs((), (), None, tuple(self.rows), {w: list(idx) for w, idx in assign.items()},
+                             stream=self.stream)
+        else:
+            self._compute_on(assign)
+            refs = ChunkRefs(tuple(f.key for f in self.xs), tuple(f.key for f in self.ys),
+                             None if self.ws is None else tuple(f.key for f in self.ws),
+                             tuple(self.rows), {w: list(idx) for w, idx in assign.items()})
         try:
             task = dask.delayed(drive, pure=False)(self.spec, refs, self.settings, self.info, self.path,
                                                    dask_key_name=f"dlogit-fit-{self.spec.run}")
@@ -372,6 +395,24 @@ class DaskFit:
                                "to remove it (distributed.scheduler.worker-ttl) and restart the driver")
                 logger.warning("dlogit: %s", message)
                 self.notices.append(message)
+
+
+def _stream_plan(X: Any, y: Any, w: Any) -> Any:
+    """The fit's chunks as source ranges (:class:`~dlogit.engine.residency.Streamed`) when X, y and w
+    come straight from :func:`dlogit.data.read_data` (see :func:`dlogit.io.stream.stream_sources`),
+    else ``None``. Arrays that dlogit.data did not make cannot be: no import then."""
+    import sys
+
+    if "dlogit.data" not in sys.modules:
+        return None
+    from dlogit.engine.residency import Streamed, cache_setting
+    from dlogit.io.stream import stream_sources
+
+    setting = cache_setting()  # validated here, on the client, before anything starts
+    sources = stream_sources(X, y, w)
+    if sources is None:
+        return None
+    return Streamed(tuple(sources), setting, weighted=w is not None)
 
 
 def _align_rows(X: Any, a: Any, what: str) -> Any:

@@ -48,6 +48,7 @@ from dlogit.engine.transport import (
     DriverLinks,
     EnginePlugin,
     ShardsMissing,
+    StepFailed,
     StepStopped,
     WorkerLost,
     local_plugin,
@@ -129,10 +130,17 @@ class ChunkRefs:
     w: tuple[Any, ...] | None
     rows: tuple[float, ...]
     assign: dict[str, list[int]]
+    #: the chunks as source ranges (:class:`~dlogit.engine.residency.Streamed`; then no futures): each
+    #: worker reads its own, keeps what its cache budget allows and streams the rest
+    stream: Any = None
 
     @property
     def n_chunks(self) -> int:
-        return len(self.x)
+        return len(self.rows)
+
+    @property
+    def weighted(self) -> bool:
+        return self.w is not None or (self.stream is not None and self.stream.weighted)
 
 
 @dataclass
@@ -151,16 +159,29 @@ class ShardInfo:
 
 def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunks: int, xs: list[Any],
                 ys: list[Any], ws: list[Any] | None, prepare: tuple[FitSpec, FitPlan, bool] | None,
-                fold_labels: bool = False) -> dict[str, Any]:
+                fold_labels: bool = False, stream: Any = None,
+                signatures: dict[int, Any] | None = None) -> dict[str, Any]:
     """On a worker: hold these chunks as a shard of the fit; validate and summarize them (the first
     attach; with ``fold_labels`` also each chunk's labels for stratified folds), or prepare them with
-    the fit's plan (chunks moved after a loss)."""
+    the fit's plan (chunks moved after a loss). With ``stream`` the chunks are source ranges the shard
+    reads itself (:mod:`dlogit.engine.residency`; ``signatures``: their files at the fit's first read)."""
     from distributed import get_worker
 
     worker = get_worker()
     plugin = local_plugin(worker)
-    chunks = {i: (x, y, None if ws is None else ws[j]) for j, (i, x, y) in enumerate(zip(indices, xs, ys))}
-    shard = Shard(chunks, n_chunks, where=f"worker {worker.address}")
+    if stream is not None:
+        from dlogit.engine.residency import worker_budget
+
+        # one budget per worker: chunks this worker already caches for the fit (a shard attached before a
+        # loss moved more chunks here) count against it
+        state = plugin.runs.get(run)
+        held = sum(s.residency["cached_bytes"] for e, s in (state.shards.values() if state else ())
+                   if e == epoch and s.sources)
+        shard = Shard(stream.chunks(indices), n_chunks, where=f"worker {worker.address}",
+                      budget=max(0, worker_budget(stream.cache, worker) - held), signatures=signatures)
+    else:
+        chunks = {i: (x, y, None if ws is None else ws[j]) for j, (i, x, y) in enumerate(zip(indices, xs, ys))}
+        shard = Shard(chunks, n_chunks, where=f"worker {worker.address}")
     out: dict[str, Any] = {"worker": worker.address, "shard": shard_id, "nodes": shard.nodes}
     if prepare is None:
         out["stats"] = shard.stats()
@@ -168,9 +189,12 @@ def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunk
         if fold_labels:
             from dlogit.folds import chunk_labels
 
-            out["labels"] = {i: chunk_labels(y) for i, (_, y, _) in chunks.items()}
+            out["labels"] = {i: chunk_labels(y) for i, (_, y, _) in shard.raw.items()}
     else:
         out["kernel"] = shard.prepare(*prepare)
+    if stream is not None:
+        out["signatures"] = dict(shard.signatures)
+        out["residency"] = shard.residency
     plugin.add_shard(run, epoch, shard_id, shard, key=worker.get_current_task())
     return out
 
@@ -235,6 +259,9 @@ class Driver:
         self._replica_mark: tuple[tuple[str, ...], int, int] | None = None  # targets, step, newest pair
         self.resumed_from: int | None = None
         self._ids = itertools.count()
+        #: streamed fits: each chunk's files at the fit's first read, and each shard's residency
+        self.signatures: dict[int, Any] = {}
+        self.residency: dict[str, dict[str, Any]] = {}
         #: per reduction (the last 100 000): the wall time at the driver and the slowest worker's
         #: evaluation, in seconds (their difference is the coordination)
         self.timing: deque[tuple[float, float]] = deque(maxlen=100_000)
@@ -266,7 +293,7 @@ class Driver:
         infos = self._attach(assign, prepare=None)
         parts = {tuple(node): st for info in infos for node, st in info["stats"]}
         stats = merged_stats(parts, self.refs.n_chunks)
-        self.plan = make_plan(self.spec, stats, weighted_input=self.refs.w is not None)
+        self.plan = make_plan(self.spec, stats, weighted_input=self.refs.weighted)
         if self.path is not None:
             from dlogit.cv import with_folds
 
@@ -291,6 +318,11 @@ class Driver:
                          f"{int(best['n_iter'])}")
         info = {**self.info, "workers": sorted({s.worker for s in self.shards.values()}),
                 "driver": self.worker.address}
+        if self.refs.stream is not None:
+            from dlogit.engine.residency import merge
+
+            live = {s.shard_id for s in self.shards.values()}
+            info["cache"] = merge([r for sid, r in self.residency.items() if sid in live])
         if self.path is not None:  # every fold of a penalty in one pass down the tree
             from dlogit.cv import path_penalties, run_path
 
@@ -333,12 +365,17 @@ class Driver:
             if not idx:
                 continue
             sid = f"{self.epoch}.{next(self._ids)}"
-            xs = [Future(refs.x[i], c) for i in idx]
-            ys = [Future(refs.y[i], c) for i in idx]
-            ws = None if refs.w is None else [Future(refs.w[i], c) for i in idx]
+            if refs.stream is None:
+                xs = [Future(refs.x[i], c) for i in idx]
+                ys = [Future(refs.y[i], c) for i in idx]
+                ws = None if refs.w is None else [Future(refs.w[i], c) for i in idx]
+            else:  # source ranges: the worker reads them (a moved chunk is checked against its first read)
+                xs, ys, ws = [], [], None
+            sigs = {i: self.signatures[i] for i in idx if i in self.signatures} or None
             labels = prepare is None and needs_labels(self.path)  # stratified folds: each chunk's labels
             futures.append(c.submit(attach_task, self.spec.run, self.epoch, sid, idx, refs.n_chunks, xs, ys, ws,
-                                    prepare, labels, key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
+                                    prepare, labels, refs.stream, sigs,
+                                    key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
                                     allow_other_workers=True, pure=False))
             placed.append(list(idx))
             self.touched.add(w)
@@ -358,6 +395,9 @@ class Driver:
                     continue
                 info = f.result()
                 infos.append(info)
+                self.signatures.update(info.get("signatures", {}))
+                if "residency" in info:
+                    self.residency[info["shard"]] = info["residency"]
                 self.attached[info["shard"]] = f  # held: the shard lives as long as this key
                 self.shards[info["shard"]] = ShardInfo(info["shard"], info["worker"], idx,
                                                        [tuple(n) for n in info["nodes"]])
@@ -425,6 +465,11 @@ class Driver:
                 break
             except WorkerLost as exc:
                 self._recover(exc)
+            except StepFailed as exc:  # a streamed chunk's file changed: the one line that names it
+                text = str(exc)
+                if "SourceChanged: " in text:
+                    raise DataError(text.split("SourceChanged: ", 1)[1]) from None
+                raise
             except StepStopped as exc:  # Ctrl-C (or a cancelled fit) while the step was pending
                 stop = KeyboardInterrupt(exc.reason)
                 stop.message = exc.reason  # type: ignore[attr-defined]
@@ -520,8 +565,9 @@ class Driver:
             with contextlib.suppress(Exception):
                 self.client.run_on_scheduler(scheduler_functions()["remove"], exc.worker)
         elif listed:  # the cluster keeps it (Dask's own worker-ttl judges it): this fit goes on without it
-            if exc.silent and not exc.wedged:  # frozen: its chunks cannot be fetched from it, Dask computes
-                # them again elsewhere (a wedged worker's loop still serves them)
+            if exc.silent and not exc.wedged and refs_are_futures(self.refs):  # frozen: its chunks cannot
+                # be fetched from it, Dask computes them again elsewhere (a wedged worker's loop still
+                # serves them; source ranges are read again by their new holder)
                 refs = self.refs
                 keys = [k for s in self.shards.values() if s.worker == exc.worker for i in s.indices
                         for k in (refs.x[i], refs.y[i], *(() if refs.w is None else (refs.w[i],)))]
@@ -593,6 +639,11 @@ class Driver:
         self.attached.clear()
         links.close()
         self.links = None
+
+
+def refs_are_futures(refs: ChunkRefs) -> bool:
+    """Whether the fit's chunks are Dask futures (else source ranges each holder reads itself)."""
+    return refs.stream is None
 
 
 class _TreeEvaluator:

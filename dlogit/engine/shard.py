@@ -10,6 +10,13 @@ A :class:`Shard` holds some of a fit's chunks (by their global index in the fit'
    evaluator per chunk (:func:`dlogit.chunks.prepare_chunk`); the raw labels are dropped;
 4. :meth:`Shard.node_sums` / :meth:`Shard.node_hvp` evaluate at ``theta``: one row per owned node.
 
+A chunk may also arrive as its source range (a :class:`~dlogit.io.stream.ChunkSource`: anything with
+``read(expect) -> (piece, signatures)``): the shard reads it itself in the validation pass, keeps it in
+memory while its cache budget (``budget`` bytes of X, in chunk order) allows, and otherwise keeps only
+its label codes and row weights and reads it again at every evaluation, the next one read ahead on a
+thread (:mod:`dlogit.engine.residency`). The evaluator of a streamed chunk is built from the fresh read
+exactly as the cached one was, so the bits are the same.
+
 Nothing here knows about Dask: the in-process path, the worker-local task and the distributed shards
 all use it. :data:`STEP_OPS` names what a step can ask of a shard (arrays in, one row per owned node
 out); :func:`covering_nodes` and :func:`dlogit.objective.complete_nodes` merge node values on their way up the tree of
@@ -18,7 +25,7 @@ workers with the additions of the fixed chunk tree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import numpy as np
@@ -35,8 +42,23 @@ Raw = tuple[Any, Any, Any]  # (X, labels, row weights or None)
 class Shard:
     """Chunks of one fit held in this process (see the module docstring)."""
 
-    def __init__(self, chunks: dict[int, Raw], n_chunks: int, where: str = "") -> None:
-        self.raw: dict[int, Raw] = dict(chunks)
+    def __init__(self, chunks: dict[int, Raw | Any], n_chunks: int, where: str = "",
+                 budget: int | None = None, signatures: dict[int, Any] | None = None) -> None:
+        #: chunks given as source ranges (read by the shard itself), and what their files looked like at
+        #: the fit's first read of them (``signatures``: given for chunks moved after a loss)
+        self.sources: dict[int, Any] = {i: c for i, c in chunks.items() if not isinstance(c, tuple)}
+        self.signatures: dict[int, Any] = dict(signatures or {})
+        self.budget = budget
+        #: chunks read again at every evaluation (their label codes and weights stay: ``_streamed_rows``)
+        self.streamed: list[int] = []
+        self._streamed_rows: dict[int, tuple[Any, Any, Any]] = {}
+        self._chunk_bytes: dict[int, int] = {}
+        #: source bytes read since the validation pass, and streamed chunks read (monotone)
+        self.bytes_read = 0
+        self.chunks_read = 0
+        self.raw: dict[int, Raw] = {i: c for i, c in chunks.items() if isinstance(c, tuple)}
+        self.raw.update({i: (None, None, None) for i in self.sources})
+        self._stats: dict[int, ChunkStats] = {}  # streamed chunks' summaries, from their first read
         self.n_chunks = int(n_chunks)
         self.nodes: list[Node] = owned_nodes(self.raw, self.n_chunks)
         self.where = where
@@ -52,17 +74,60 @@ class Shard:
         self._handles: tuple[np.ndarray, dict[int, Any]] | None = None  # (theta, chunk -> handle)
         first = next(iter(self.raw.values()), None)
         self.on_gpu = first is not None and type(first[0]).__module__.startswith("cupy")
+        self.raw = dict(sorted(self.raw.items()))
 
     # -- validation pass ---------------------------------------------------------------------------
     def stats(self) -> list[tuple[Node, ChunkStats]]:
-        """Validate every chunk; the merged summaries of the owned tree nodes."""
+        """Validate every chunk; the merged summaries of the owned tree nodes. Chunks given as sources
+        are read here (in chunk order): kept while the budget allows, else dropped after their summary."""
+        self.load()
         raw = self.raw
-        per = self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where), list(raw))
+        per = self._stats
+        per.update(self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where),
+                             [i for i in raw if i not in per]))
+        self._stats = {}
         return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
+
+    def load(self) -> None:
+        """Read the chunks given as sources (those not read yet): validate them, and keep X in memory
+        in chunk order while ``budget`` allows (``None``: all); the others keep only their labels and
+        weights (their summaries are kept for :meth:`stats`)."""
+        from dlogit.io.stream import nbytes
+
+        streamed = set(self.streamed)
+        used = sum(b for i, b in self._chunk_bytes.items() if i not in streamed)
+        for i in sorted(self.sources):
+            if i in self._chunk_bytes:  # read already
+                continue
+            piece, sig = self.sources[i].read(self.signatures.get(i))
+            self.signatures.setdefault(i, sig)
+            X, y, w = piece.as_tuple()
+            size = nbytes(X)
+            self._chunk_bytes[i] = size
+            if self.budget is None or used + size <= self.budget:
+                self.raw[i] = (X, y, w)
+                used += size
+            else:
+                self._stats[i] = chunk_stats(X, y, w, index=i, where=self.where)
+                self.raw[i] = (_Rows(int(X.shape[0]), X), y, w)
+                self.streamed.append(i)
+            del piece, X
+
+    @property
+    def residency(self) -> dict[str, Any]:
+        """What this shard keeps in memory and what it reads at every evaluation (see
+        :func:`dlogit.engine.residency.describe_cache`)."""
+        streamed = set(self.streamed)
+        return {"cached_chunks": len(self.sources) - len(streamed),
+                "streamed_chunks": len(streamed),
+                "cached_bytes": sum(b for i, b in self._chunk_bytes.items() if i not in streamed),
+                "bytes_per_eval": sum(self._chunk_bytes[i] for i in streamed),
+                "budget": -1 if self.budget is None else int(self.budget)}
 
     # -- preparation -------------------------------------------------------------------------------
     def row_counts(self) -> dict[int, int]:
         """Rows of each held chunk (before :meth:`prepare`)."""
+        self.load()
         return {i: int(X.shape[0]) for i, (X, _, _) in self.raw.items()}
 
     def prepare(self, spec: FitSpec, plan: FitPlan, curvature: bool) -> str:
@@ -70,36 +135,131 @@ class Shard:
         :class:`~dlogit.folds.FoldChunk`); return the kernel names used (``+``-joined when they differ)."""
         folds: dict[int, Any] = {}
 
+        self.load()  # chunks moved after a loss are read here
+        self._stats = {}
+        streamed = set(self.streamed)
+
         def one(i: int) -> Any:
             X, y, w = self.raw[i]
             codes = plan.classes.encode(y, what=f"labels of chunk {i}")
-            if plan.folds is not None:
-                from dlogit.folds import FoldChunk
+            wf = None if w is None else to_numpy(w).astype(np.float64)
+            weights = plan.row_weights(codes, wf)
+            if i in streamed:  # read again at every evaluation: keep what the chunk's evaluator needs
+                self._streamed_rows[i] = (codes, weights, wf)
+                return None
+            return self._build(i, X, codes, weights, wf, spec, plan, curvature, folds)
 
-                folds[i] = FoldChunk(X, codes, None if w is None else to_numpy(w).astype(np.float64),
-                                     plan.folds.folds_of(i, int(X.shape[0]), codes), plan.folds.n_folds,
-                                     plan.layout, plan.family)
-            weights = plan.row_weights(codes, None if w is None else to_numpy(w).astype(np.float64))
-            if weights is not None and type(X).__module__.startswith("cupy"):
-                weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
-            return prepare_chunk(X, codes, weights, plan.layout, plan.family, kernel=spec.cpu_kernel,
-                                 curvature=curvature)
-
-        evaluators = self._map(one, list(self.raw))
-        self.evaluators = evaluators
+        built = self._map(one, list(self.raw))
+        self.evaluators = {i: e for i, e in built.items() if e is not None}
         self.curvature = curvature
         self.fold_chunks = {i: folds[i] for i in sorted(folds)}
+        self._prepared = (spec, plan, curvature)
         self.raw = {}
-        self.kernel = "+".join(sorted({e.kernel for e in evaluators.values()}))
+        kernels = {e.kernel for e in self.evaluators.values()}
+        self._fold_m = next((f.m for f in self.fold_chunks.values()), None)
+        if self.streamed:  # the kernel a streamed chunk takes: from one read of the first of them
+            i = self.streamed[0]
+            ev, fold = self._streamed_evaluator(i, self._read(i))
+            kernels.add(ev.kernel)
+            if fold is not None:
+                self._fold_m = fold.m
+            del ev, fold
+            self.bytes_read = self.chunks_read = 0  # count the evaluations' reads only
+        self.kernel = "+".join(sorted(kernels))
         return self.kernel
+
+    def _build(self, i: int, X: Any, codes: Any, weights: Any, wf: Any, spec: FitSpec, plan: FitPlan,
+               curvature: bool, folds: dict[int, Any] | None) -> Any:
+        """Chunk ``i``'s evaluator (and, for a cross-validated path, its FoldChunk into ``folds``)."""
+        if plan.folds is not None and folds is not None:
+            from dlogit.folds import FoldChunk
+
+            folds[i] = FoldChunk(X, codes, None if wf is None else wf.copy(),  # its own, as the evaluator's
+                                 plan.folds.folds_of(i, int(X.shape[0]), codes),
+                                 plan.folds.n_folds, plan.layout, plan.family)
+        if weights is not None and type(X).__module__.startswith("cupy"):
+            weights = get_xp(X.data if hasattr(X, "nnz") else X).asarray(weights)
+        return prepare_chunk(X, codes, weights, plan.layout, plan.family, kernel=spec.cpu_kernel,
+                             curvature=curvature)
+
+    # -- streamed chunks ---------------------------------------------------------------------------
+    def _read(self, i: int, slot: int = -1) -> Any:
+        """Chunk ``i``'s X read again from its source (files checked against the first read), owning
+        its memory (a memory map is copied here: this runs on the read-ahead thread); into read buffer
+        ``slot`` (0 or 1) where the source reads straight into one."""
+        from dlogit.io.stream import nbytes
+
+        X = self.sources[i].read_x(self.signatures.get(i) or {}, self._buffer(slot))
+        self.bytes_read += nbytes(X)
+        self.chunks_read += 1
+        return X
+
+    def _buffer(self, slot: int) -> Any:
+        """Read buffer ``slot``: two, each the size of the largest streamed chunk read straight into one
+        (made at the first streamed evaluation; reused so that no fresh pages fault in each time)."""
+        if slot < 0:
+            return None
+        if not hasattr(self, "_buffers"):
+            shapes = [s for s in (self.sources[i].direct() for i in self.streamed) if s is not None]
+            size = max((r * d for r, d, _ in shapes), default=0)
+            self._buffers = [np.empty(size, dtype=shapes[0][2]) for _ in range(2)] if shapes else None
+        return None if self._buffers is None else self._buffers[slot]
+
+    def _streamed_evaluator(self, i: int, X: Any) -> tuple[Any, Any]:
+        spec, plan, curvature = self._prepared
+        codes, weights, wf = self._streamed_rows[i]
+        folds: dict[int, Any] = {}
+        ev = self._build(i, X, codes, weights, wf, spec, plan, curvature, folds)
+        return ev, folds.get(i)
+
+    def _stream(self, order: list[int]) -> Generator[int, None, None]:
+        """Yield each streamed chunk of ``order`` with its evaluator (and FoldChunk) installed, reading
+        the next one ahead on a thread meanwhile; at most two streamed chunks are in memory at once."""
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="dlogit-read-ahead") as pool:
+            # chunk k is read into buffer k % 2 while chunk k - 1 (the other buffer) is evaluated; its
+            # evaluator is dropped before chunk k + 1 is read into its buffer
+            ahead: Future[Any] | None = pool.submit(self._read, order[0], 0)
+            yield -1  # the first read has started: the caller evaluates its cached chunks meanwhile
+            for k, i in enumerate(order):
+                assert ahead is not None
+                X = ahead.result()
+                ahead = pool.submit(self._read, order[k + 1], (k + 1) % 2) if k + 1 < len(order) else None
+                ev, fold = self._streamed_evaluator(i, X)
+                del X
+                self.evaluators[i] = ev
+                if fold is not None:
+                    self.fold_chunks[i] = fold
+                try:
+                    yield i
+                finally:
+                    self.evaluators.pop(i, None)
+                    self.fold_chunks.pop(i, None)
+                    del ev, fold
 
     # -- evaluation (each chunk evaluated counts in ``done``) ----------------------------------------
     def leaves(self, fn: Callable[[int], Any]) -> dict[int, Any]:
         """``fn(i)`` of every held chunk ``i``. With ``threads > 1`` (CPU chunks) the chunks go to a pool in
         chunk order and each free thread takes the next one (a descheduled thread takes fewer); callers
         combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
-        values = self._map(fn, [i for lo, hi in self.nodes for i in range(lo, hi)])
-        self.done += len(values)
+        order = [i for lo, hi in self.nodes for i in range(lo, hi)]
+        if not self.streamed:
+            values = self._map(fn, order)
+            self.done += len(values)
+            return values
+        streamed = set(self.streamed)
+        todo = [i for i in order if i in streamed]
+        stream = self._stream(todo)
+        try:
+            next(stream)  # the first streamed chunk is read while the cached ones are evaluated
+            values = self._map(fn, [i for i in order if i not in streamed])
+            self.done += len(values)
+            for i in stream:
+                values[i] = fn(i)
+                self.done += 1
+        finally:
+            stream.close()
         return values
 
     def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
@@ -131,8 +291,11 @@ class Shard:
         if not self.curvature:
             return self.leaves(lambda i: ev[i].sums(th))
         handles = self.leaves(lambda i: ev[i].sums(th, keep_curvature=True))
+        sums = {i: h.sums for i, h in handles.items()}
+        for i in self.streamed:  # its evaluator (and the chunk it holds) goes with this read: keep no handle
+            handles.pop(i, None)
         self._handles = (np.array(theta, dtype=np.float64, copy=True), handles)
-        return {i: h.sums for i, h in handles.items()}
+        return sums
 
     def node_sums(self, theta: np.ndarray) -> np.ndarray:
         """Sums of every owned tree node at ``theta``, one row per node, float64 on the host."""
@@ -147,7 +310,13 @@ class Shard:
         assert self._handles is not None
         ev, handles = self.evaluators, self._handles[1]
         vv = self._theta(v)
-        return self._nodes(lambda i: ev[i].hvp(handles[i], vv))
+        th = self._theta(theta)
+
+        def one(i: int) -> Any:  # a streamed chunk's evaluator is this read's: its handle from this read
+            handle = handles[i] if i in handles else ev[i].sums(th, keep_curvature=True)
+            return ev[i].hvp(handle, vv)
+
+        return self._nodes(one)
 
     # -- a cross-validated path: every fold model of a penalty in one pass (dlogit.folds) ------------
     def _fold_nodes(self, fn: Callable[[Any], Any]) -> np.ndarray:
@@ -177,9 +346,9 @@ class Shard:
         return self._fold_nodes(lambda c: c.class_weight_sums(k))
 
     def _models(self, models: np.ndarray) -> list[int] | None:
-        first = next(iter(self.fold_chunks.values()), None)
+        m = getattr(self, "_fold_m", None)
         ids = [int(v) for v in np.asarray(models).reshape(-1)]
-        return None if first is None or len(ids) == first.m else ids
+        return None if m is None or len(ids) == m else ids
 
     def _theta(self, theta: np.ndarray) -> Any:
         if self.on_gpu:
@@ -220,6 +389,15 @@ class ShardFoldSource:
 
     def class_weight_sums(self, n_classes: int) -> np.ndarray:
         return self._root(self.shard.node_fold_class_sums(np.array([float(n_classes)])))
+
+
+class _Rows:
+    """Stands for the X of a streamed chunk between the validation pass and :meth:`Shard.prepare`: its
+    rows and kind, no values."""
+
+    def __init__(self, n_rows: int, X: Any) -> None:
+        self.shape = (n_rows, int(X.shape[1]))
+        self.sparse = hasattr(X, "indptr")
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray:
