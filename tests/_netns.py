@@ -82,12 +82,12 @@ def _open_tun(name: str) -> int:
 def _realtime() -> None:
     """A network is not one more process competing for the box's cores: the router's delays should not
     be the scheduling latency of a loaded box. It blocks in ``select`` between packets and uses little
-    CPU, so it runs SCHED_FIFO when allowed -- with RLIMIT_RTTIME as a guard (a router that ran 0.2 s
+    CPU, so it runs SCHED_FIFO when allowed -- with RLIMIT_RTTIME as a guard (a router that ran 1 s
     without blocking would be killed by SIGXCPU, never starving the box), else at the default priority."""
     import resource
 
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        resource.setrlimit(resource.RLIMIT_RTTIME, (200_000, 200_000))  # microseconds
+        resource.setrlimit(resource.RLIMIT_RTTIME, (1_000_000, 2_000_000))  # microseconds
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
 
@@ -129,7 +129,10 @@ def router_main(argv: list[str]) -> None:
             for _ in range(64):  # a burst, without starving the other devices
                 try:
                     pkt = os.read(fd, MTU + 64)
-                except (BlockingIOError, OSError):
+                except BlockingIOError:
+                    break
+                except OSError:  # the device went (its namespace was deleted): stop watching it
+                    watch.remove(fd)
                     break
                 if len(pkt) < 20 or pkt[0] >> 4 != 4:
                     continue  # IPv6 (router solicitations) and runts: not ours
@@ -351,8 +354,8 @@ class SimCluster:
 
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Kill every process started here, delete the namespaces (and so their devices), stop the
-        router; then check that nothing is left (raises AssertionError naming what is)."""
+        """Kill every process started here, stop the router (its devices go with it), delete the
+        namespaces; then check that nothing is left (raises AssertionError naming what is)."""
         for k in sorted(self.procs, reverse=True):
             for p in self.procs[k]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -360,12 +363,6 @@ class SimCluster:
             for p in self.procs[k]:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(10)
-        for k, ns in enumerate(self.namespaces, start=1):
-            if ns in _run("ip", "netns", "list", check=False).stdout:
-                for pid in self.pids(k):  # anything else that entered it
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                _run("ip", "netns", "del", ns, check=False)
         if self.router is not None:
             try:
                 out, _ = self.router.communicate(timeout=10)  # closes its stdin: it stops
@@ -374,6 +371,12 @@ class SimCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.router.pid, signal.SIGKILL)
                 self.router.wait(10)
+        for k, ns in enumerate(self.namespaces, start=1):
+            if ns in _run("ip", "netns", "list", check=False).stdout:
+                for pid in self.pids(k):  # anything else that entered it
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _run("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.assert_clean()
 
