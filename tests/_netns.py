@@ -164,6 +164,24 @@ def _free_subnet() -> int:
     raise RuntimeError("no free 10.R.0.0/16 subnet for the simulated cluster")
 
 
+def sweep_stale() -> list[str]:
+    """Delete the namespaces of simulated clusters whose creating process is gone (killed before its
+    clean-up ran), with whatever still runs in them; their devices went with their router."""
+    import re
+
+    gone = []
+    for ns in _run("ip", "netns", "list", check=False).stdout.split():
+        m = re.fullmatch(r"dl(\d+)x\d+-h\d+", ns)
+        if m is None or os.path.exists(f"/proc/{m.group(1)}"):
+            continue
+        for pid in _run("ip", "netns", "pids", ns, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        _run("ip", "netns", "del", ns, check=False)
+        gone.append(ns)
+    return gone
+
+
 def worker_env() -> dict[str, str]:
     """The environment of a simulated host's processes: this checkout importable, one BLAS thread (as
     Dask's nanny gives a LocalCluster's workers), quiet logs."""
@@ -213,7 +231,8 @@ class SimCluster:
                  max_bytes: int = 4 << 30, max_seconds: float = 1800.0, preload: bool = True) -> None:
         self.hosts, self.per_host, self.delay = hosts, workers_per_host, delay
         self.max_bytes, self.max_seconds, self.preload = max_bytes, max_seconds, preload
-        self.tag = f"dl{os.getpid() % 1_000_000}x{int(time.time() * 1000) % 1000}"
+        assert 1 <= hosts <= 9, "device names hold one digit of host number"
+        self.tag = f"dl{os.getpid()}x{int(time.time() * 1000) % 1000}"  # + "h9": 15 characters at most
         self.namespaces = [f"{self.tag}-h{k}" for k in range(1, hosts + 1)]
         self.devices = [f"{self.tag}h{k}" for k in range(hosts + 1)]
         self.procs: dict[int, list[subprocess.Popen]] = {k: [] for k in range(hosts + 1)}
@@ -239,6 +258,7 @@ class SimCluster:
         self.close()
 
     def _start(self) -> None:
+        sweep_stale()
         self.subnet = _free_subnet()
         self.router = subprocess.Popen(
             [sys.executable, __file__, "router", repr(self.delay), str(self.max_bytes), repr(self.max_seconds),
@@ -265,7 +285,7 @@ class SimCluster:
         with self._log("scheduler") as log:  # the child holds its own copy of the descriptor
             self.procs[0].append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", self.ip(0), "--port", "0",
-                 "--no-dashboard", "--scheduler-file", str(sched_file), "--no-show"],
+                 "--no-dashboard", "--scheduler-file", str(sched_file), "--no-show", "--idle-timeout", "900"],
                 env=worker_env(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True))
         deadline = time.monotonic() + 120
         while not sched_file.exists():

@@ -191,11 +191,18 @@ def test_losing_another_host_mid_fit_keeps_the_driver_and_the_bits(sim, client, 
 
 
 def test_the_simulated_cluster_leaves_nothing_even_when_its_user_fails():
-    """An error inside the ``with`` block: every namespace, device and process is gone afterwards."""
-    cluster = _netns.SimCluster(hosts=2, workers_per_host=1, delay=DELAY, preload=False)
-    with pytest.raises(RuntimeError, match="inside"), cluster:
-        assert cluster.pids(1) and cluster.pids(2)
-        assert cluster.leftovers()  # namespaces, devices and processes while it is up
-        raise RuntimeError("inside")
-    assert cluster.leftovers() == []
-    assert not [ns for ns in _netns._run("ip", "netns", "list").stdout.split() if ns.startswith(cluster.tag)]
+    """An error inside the ``with`` block: every namespace, device and process is gone afterwards; and
+    the namespaces of a cluster whose process was killed before its clean-up go at the next start."""
+    stale = "dl99999999x0-h1"  # no such process: pids stay below /proc/sys/kernel/pid_max (<= 2**22)
+    _netns._run("ip", "netns", "add", stale)
+    try:
+        cluster = _netns.SimCluster(hosts=2, workers_per_host=1, delay=DELAY, preload=False)
+        with pytest.raises(RuntimeError, match="inside"), cluster:
+            assert cluster.pids(1) and cluster.pids(2)
+            assert cluster.leftovers()  # namespaces, devices and processes while it is up
+            raise RuntimeError("inside")
+        assert cluster.leftovers() == []
+        assert stale not in _netns._run("ip", "netns", "list").stdout
+        assert not [ns for ns in _netns._run("ip", "netns", "list").stdout.split() if ns.startswith(cluster.tag)]
+    finally:
+        _netns._run("ip", "netns", "del", stale, check=False)
