@@ -80,9 +80,13 @@ class _Fit(threading.Thread):
 
 @pytest.fixture(scope="module")
 def sim():
-    with _netns.SimCluster(hosts=HOSTS, workers_per_host=PER_HOST, delay=DELAY) as cluster:
+    # bounded: at most 1 GiB between hosts (the fits here move a few MB) and 20 minutes
+    cluster = _netns.SimCluster(hosts=HOSTS, workers_per_host=PER_HOST, delay=DELAY, max_bytes=1 << 30,
+                                max_seconds=1200)
+    with cluster:
         yield cluster
     # SimCluster.close checked that no namespace, device or process of it is left
+    assert cluster.router_report is not None and cluster.router_report["dropped"] == 0, cluster.router_report
 
 
 @pytest.fixture(scope="module")

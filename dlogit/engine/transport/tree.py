@@ -35,7 +35,6 @@ def keepalive_interval(heartbeat: float) -> float:
     return max(0.05, min(1.0, heartbeat / 4.0))
 
 
-
 @dataclass
 class _Child:
     """A link to a child: the tree nodes its answers hold, and its subtree's workers in the order
