@@ -72,14 +72,19 @@ def _grow(sim, client, n: int) -> None:
     client.wait_for_workers(n, timeout=600)
 
 
-def _host_loss(sim, client, X, y, steps: int, radix: int) -> dict:
-    """An undisturbed fit, then the same fit with a host other than the driver's killed halfway."""
+def _host_loss(sim, client, X, y, n: int, steps: int, radix: int) -> dict:
+    """The same fit undisturbed (before and after) and with a host other than the driver's killed
+    halfway: the extra wall time, and the time from the kill to the first progress event past the step
+    it was at (events come every ``dlogit.monitor.interval``: an upper bound of the stall)."""
     base, base_s = _fit(client, X, y, steps, radix)
     events: list[dict] = []
     out: dict = {}
 
+    def note(e: dict) -> None:
+        events.append({**e, "_at": time.monotonic()})
+
     def run() -> None:
-        out["result"], out["seconds"] = _fit(client, X, y, steps, radix, callback=events.append)
+        out["result"], out["seconds"] = _fit(client, X, y, steps, radix, callback=note)
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
@@ -91,12 +96,21 @@ def _host_loss(sim, client, X, y, steps: int, radix: int) -> dict:
     driver = next(e for e in events if e["type"] == "start")["params"]["driver"]
     victim = next(k for k in range(1, HOSTS + 1) if k != sim.host_of_ip(driver) and sim.procs[k])
     lost = len(sim.procs[victim])
+    at_step = max(s for e in list(events) if e["type"] == "progress" for s in e["step"])
+    killed = time.monotonic()
     sim.kill_host(victim)
     th.join(600)
+    stall = min((e["_at"] - killed for e in events if e["type"] == "progress" and e["_at"] > killed
+                 and max(e["step"]) > at_step), default=float("nan"))
+    _grow(sim, client, n)  # the host again, for the undisturbed fit after
+    _, after_s = _fit(client, X, y, steps, radix)
+    fits = [base_s, after_s]
+    base_s = (base_s + after_s) / 2
     step_ms = float(np.median(np.asarray(base.extra["reduce_seconds"])[10:, 0])) * 1e3
     extra_s = out["seconds"] - base_s
     same = bool(np.array_equal(base.theta, out["result"].theta))
-    return {"workers_lost": lost, "undisturbed_fit_s": base_s, "disturbed_fit_s": out["seconds"],
+    return {"workers_lost": lost, "undisturbed_fit_s": base_s, "undisturbed_fits_s": fits,
+            "stall_s": stall, "disturbed_fit_s": out["seconds"],
             "extra_s": extra_s, "step_ms": step_ms, "extra_in_steps": extra_s * 1e3 / step_ms,
             "bit_identical": same, "warnings": [e["message"] for e in events if e["type"] == "warning"]}
 
@@ -159,10 +173,12 @@ def run(workers: list[int], radixes: list[str], delay: float, steps: int, loss: 
             sim.set_delay(delay)
             n = max(workers)
             X, y = synthetic(100 * n, 784, seed=0, chunk_rows=100)
-            res["host_loss"] = h = _host_loss(sim, client, X, y, max(steps, 600), 4)
+            res["host_loss"] = h = _host_loss(sim, client, X, y, n, max(steps, 600), 4)
             print(f"scale: losing a host of {h['workers_lost']} workers mid-fit ({n} workers, "
                   f"{delay * 1e3:g} ms per hop): +{h['extra_s']:.2f} s = {h['extra_in_steps']:.0f} steps of "
-                  f"{h['step_ms']:.2f} ms (re-attach included); bit-identical: {h['bit_identical']}", flush=True)
+                  f"{h['step_ms']:.2f} ms (re-attach included; the mean of an undisturbed fit before and after); "
+                  f"first progress past the kill's step {h['stall_s']:.2f} s after it; bit-identical: "
+                  f"{h['bit_identical']}", flush=True)
     res["router"] = sim.router_report
     res["load_average"] = os.getloadavg()
     return res
@@ -185,7 +201,7 @@ def svg(res: dict) -> str:
                 series.append((label, colors[radix], dash, pts))
     goal = [(r["workers"], r["goal_ms"]) for r in rows if r["radix"] == "4"]
     if goal:
-        series.append(("goal: 2 ms + depth x RTT (radix 4)", "#555", "1,3", goal))
+        series.append(("goal, radix 4: 2 ms + depth x RTT", "#555", "1,3", goal))
     ymax = max(y for *_, pts in series for _, y in pts) * 1.1
     W, H, L, R, T, B = 640, 400, 60, 230, 30, 50
     pw, ph = W - L - R, H - T - B
