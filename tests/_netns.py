@@ -285,7 +285,8 @@ class SimCluster:
         with self._log("scheduler") as log:  # the child holds its own copy of the descriptor
             self.procs[0].append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", self.ip(0), "--port", "0",
-                 "--no-dashboard", "--scheduler-file", str(sched_file), "--no-show", "--idle-timeout", "900"],
+                 "--no-dashboard", "--dashboard-address", f"{self.ip(0)}:0",  # its HTTP server (health,
+                 "--scheduler-file", str(sched_file), "--no-show", "--idle-timeout", "900"],  # metrics) too
                 env=worker_env(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True))
         deadline = time.monotonic() + 120
         while not sched_file.exists():
@@ -313,7 +314,8 @@ class SimCluster:
         name = f"h{k}w{len(self.procs[k])}-{time.monotonic_ns() % 10**6}"
         argv = ["ip", "netns", "exec", self.namespaces[k - 1], sys.executable, "-m",
                 "distributed.cli.dask_worker", self.address, "--host", self.ip(k), "--nthreads", "1",
-                "--no-nanny", "--no-dashboard", "--name", name, "--death-timeout", "120", "--memory-limit", "0"]
+                "--no-nanny", "--no-dashboard", "--dashboard-address", f"{self.ip(k)}:0",  # the HTTP server
+                "--name", name, "--death-timeout", "120", "--memory-limit", "0"]
         if self.preload:
             argv += ["--preload", "dlogit.worker"]
         with self._log(name) as log:
@@ -351,6 +353,21 @@ class SimCluster:
             server.kill()
             server.wait(10)
             self.procs[b].remove(server)
+
+    def listeners(self) -> list[tuple[int, str]]:
+        """(pid, local address) of every listening TCP socket of this cluster's scheduler and workers."""
+        import re
+
+        mine = {p.pid for ps in self.procs.values() for p in ps}
+        out = []
+        for ns in [None, *self.namespaces]:
+            cmd = ["ss", "-ltnpH"] if ns is None else ["ip", "netns", "exec", ns, "ss", "-ltnpH"]
+            for line in _run(*cmd, check=False).stdout.splitlines():
+                fields = line.split()
+                for pid in re.findall(r"pid=(\d+)", line):
+                    if int(pid) in mine:
+                        out.append((int(pid), fields[3]))
+        return out
 
     # -- faults ----------------------------------------------------------------------------------
     def host_of_ip(self, address: str) -> int:

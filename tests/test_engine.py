@@ -308,6 +308,40 @@ def test_arrays_on_the_wire_roundtrip_inline_and_as_frames():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_link_to_an_address_nobody_listens_on_fails_at_once():
+    """A worker process that died on a live host refuses connections: the transport says so at once
+    instead of letting Dask's ``connect`` retry for the whole heartbeat (a lost host's other workers
+    once held a fit for 30 s); a listening address still connects."""
+    import asyncio
+    import socket
+
+    from distributed.comm import listen
+
+    from dlogit.engine.transport.wire import connect_comm
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there now
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError, match="nothing listens"):  # not a TimeoutError
+            await asyncio.wait_for(connect_comm(f"tcp://127.0.0.1:{port}", 60.0, {}), 20.0)
+
+        async def serve(comm) -> None:
+            await comm.close()
+
+        listener = listen("tcp://127.0.0.1:0", serve)
+        await listener.start()
+        try:
+            comm = await connect_comm(listener.contact_address, 60.0, {})
+            assert comm.allow_offload is False
+            comm.abort()
+        finally:
+            listener.stop()
+
+    asyncio.run(main())
+
+
 def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold():
     """Workers start with MALLOC_TRIM_THRESHOLD_ (Dask's nanny); the preload keeps freed blocks below
     4 MiB for reuse (glibc), so per-block temporaries do not page-fault in on every evaluation."""

@@ -135,6 +135,17 @@ def _copies(client, run: str) -> set[str]:
     return {w for w, st in states.items() if st["runs"].get(run, {}).get("checkpoint")}
 
 
+def test_every_server_binds_its_hosts_address(sim, client):
+    """The scheduler's and every worker's listeners (the HTTP servers too) bind their host's own
+    address, never 0.0.0.0: the cluster is reachable only through the simulated network."""
+    _full(sim, client)
+    listening = sim.listeners()
+    assert len({pid for pid, _ in listening}) == 1 + HOSTS * PER_HOST, listening
+    for pid, address in listening:
+        host = next(k for k, ps in sim.procs.items() if any(p.pid == pid for p in ps))
+        assert address.rsplit(":", 1)[0] == sim.ip(host), (pid, address)
+
+
 def test_a_fit_across_hosts_has_the_bits_of_a_local_cluster(sim, client, reference):
     _full(sim, client)
     X, y = _data()

@@ -16,7 +16,7 @@ import numpy as np
 from dlogit.engine.shard import Shard
 from dlogit.engine.transport.errors import StepFailed, StepStopped, StepTimeout, WorkerLost
 from dlogit.engine.transport.tree import INLINE_SECONDS, TreeNode, _Child, _open_child
-from dlogit.engine.transport.wire import _quiet, _read, pack
+from dlogit.engine.transport.wire import _read, connect_comm, pack
 
 #: comm schemes whose connections the driver's thread runs on an event loop of its own (no hop to
 #: the worker's loop per step); for others (ucx, ucxx, ws, ...) its comms live on the worker's loop
@@ -140,14 +140,12 @@ class DriverLinks:
 
     async def _control(self, requests: dict[str, dict[str, Any]], action: str, reply: bool,
                        missing_ok: bool, errors: str) -> dict[str, Any]:
-        from distributed.comm import connect
-
         async def one(address: str, kw: dict[str, Any]) -> Any:
             comm = self.controls.get(address)
             try:
                 if comm is None or comm.closed():
-                    comm = self.controls[address] = _quiet(await connect(address, timeout=self.heartbeat,
-                                                                         **self.connection_args))
+                    comm = self.controls[address] = await connect_comm(address, self.heartbeat,
+                                                                       self.connection_args)
                 await comm.write({"op": "dlogit_control", "reply": reply, "run": self.run_id,
                                   "action": action, **kw})
                 if not reply:

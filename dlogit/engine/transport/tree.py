@@ -13,7 +13,7 @@ import numpy as np
 
 from dlogit.engine.shard import STEP_OPS, Shard
 from dlogit.engine.transport.errors import ShardsMissing, StepFailed, WorkerLost
-from dlogit.engine.transport.wire import _quiet, _read, unpack
+from dlogit.engine.transport.wire import _read, connect_comm, unpack
 from dlogit.errors import ClusterError
 from dlogit.objective import Node, complete_nodes
 
@@ -57,10 +57,8 @@ def _subtree_workers(tree: dict[str, Any]) -> list[str]:
 async def _open_child(address: str, opening: dict[str, Any], heartbeat: float,
                       connection_args: dict[str, Any]) -> _Child:
     """Open a link to ``address`` and wait until its whole subtree is linked."""
-    from distributed.comm import connect
-
     try:
-        comm = _quiet(await connect(address, timeout=heartbeat, **connection_args))
+        comm = await connect_comm(address, heartbeat, connection_args)
     except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
         raise WorkerLost(address, f"cannot connect ({type(exc).__name__}: {exc})") from None
     tree = opening["tree"]

@@ -65,3 +65,39 @@ def _quiet(comm: Any) -> Any:
     # decide whether to (de)serialize them on another thread
     comm.allow_offload = False
     return comm
+
+
+#: a first connection attempt gives up after this many seconds (at most the caller's timeout): then a
+#: listener that refuses (a dead worker process on a live host) is told from a slow one at once
+FIRST_CONNECT_SECONDS = 0.5
+
+
+async def connect_comm(address: str, timeout: float, connection_args: dict[str, Any]) -> Any:
+    """A Dask comm to ``address`` (quiet: see :func:`_quiet`), failing fast where nobody listens.
+
+    Dask's ``connect`` retries a refused connection until its timeout -- the fit's heartbeat, 30 s by
+    default -- so a step link or a control message to a worker whose process died (its host still up:
+    the kernel refuses) would wait that long. A first attempt of :data:`FIRST_CONNECT_SECONDS`; if it
+    fails, one plain TCP connection (tcp and tls addresses) tells a refusing address
+    (``ConnectionRefusedError``, an ``OSError``, at once) from a slow listener (the full ``timeout``).
+    """
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    first = min(timeout, FIRST_CONNECT_SECONDS)
+    try:
+        return _quiet(await connect(address, timeout=first, **connection_args))
+    except (OSError, asyncio.TimeoutError, TimeoutError):
+        if first >= timeout:
+            raise
+    scheme, loc = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        host, port = parse_host_port(loc)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), first)
+            writer.close()
+        except ConnectionRefusedError:
+            raise ConnectionRefusedError(f"{address} refused the connection: nothing listens there") from None
+        except (OSError, asyncio.TimeoutError, TimeoutError):
+            pass  # unreachable or slow: Dask's connect decides, within the full timeout
+    return _quiet(await connect(address, timeout=timeout, **connection_args))
