@@ -21,6 +21,9 @@ Sections (each prints absolute figures and the ratio to its baseline):
                 says what each compares), run from here too
   first         issue 23's first-contact figures (cold start, --version, a small file, a fresh
                 cluster's first fit, a busy core, in-process sparse, CSV reading): scripts/bench_first.py
+  scale         issue 21's simulated multi-host cluster (root only): coordination per step vs 2-16
+                workers on 4 network-namespace hosts, the tree's radix, with and without 0.5 ms per
+                hop, and a host lost mid-fit: scripts/bench_scale.py
 The data is generated here (or on the workers); nothing is downloaded.
 """
 
@@ -101,11 +104,11 @@ class _DelayRelay:
 
 def _coordination_fit(client, X, y, steps: int) -> tuple[object, float]:
     """A distributed gd fit of ``steps`` steps through the engine; the result and its wall time."""
+    import dask.config
+
     from dlogit.engine import fit_dask
     from dlogit.events import new_run_id
     from dlogit.spec import FitSpec
-
-    import dask.config
 
     spec = FitSpec(run=new_run_id(), solver="gd", max_iter=steps, tol=0.0, lr=0.1,
                    max_classes=int(dask.config.get("dlogit.max-classes")))
@@ -607,7 +610,7 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_models
 
-    sections = ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS, "first"]
+    sections = ["coordination", "textbook", "kernel", "lbfgs", "gpu", *bench_models.SECTIONS, "first", "scale"]
     ap.add_argument("--only", nargs="*", default=None, choices=sections)
     args = ap.parse_args()
     rows = 100_000 if args.quick else args.lbfgs_rows
@@ -659,6 +662,10 @@ def main() -> None:
         import bench_first
 
         res["first"] = bench_first.main(["--quick"] if args.quick else [])
+    if "scale" in want:  # issue 21's simulated multi-host cluster (scripts/bench_scale.py; needs root)
+        import bench_scale
+
+        res["scale"] = bench_scale.main(["--quick"] if args.quick else [])
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2, default=float)

@@ -294,7 +294,7 @@ def test_merging_node_sums_on_the_way_up_gives_the_bits_of_the_fixed_tree():
 def test_arrays_on_the_wire_roundtrip_inline_and_as_frames():
     from distributed.protocol import Serialized
 
-    from dlogit.engine.transport import INLINE_BYTES, _loads, pack, unpack
+    from dlogit.engine.transport import INLINE_BYTES, load_field, pack, unpack
 
     small = [np.arange(5.0), np.ones((2, 3))]
     field = pack(small)
@@ -304,8 +304,42 @@ def test_arrays_on_the_wire_roundtrip_inline_and_as_frames():
     big = [np.arange(INLINE_BYTES // 8 + 1, dtype=np.float64), np.arange(6.0).reshape(2, 3)[:, ::2]]
     field = pack(big)
     assert isinstance(field, Serialized) and len(field.frames) == 2  # raw frames, no msgpack of data
-    for a, b in zip(_loads(field.header, field.frames), big):
+    for a, b in zip(load_field(field.header, field.frames), big):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_link_to_an_address_nobody_listens_on_fails_at_once():
+    """A worker process that died on a live host refuses connections: the transport says so at once
+    instead of letting Dask's ``connect`` retry for the whole heartbeat (a lost host's other workers
+    once held a fit for 30 s); a listening address still connects."""
+    import asyncio
+    import socket
+
+    from distributed.comm import listen
+
+    from dlogit.engine.transport.wire import connect_comm
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there now
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError, match="nothing listens"):  # not a TimeoutError
+            await asyncio.wait_for(connect_comm(f"tcp://127.0.0.1:{port}", 60.0, {}), 20.0)
+
+        async def serve(comm) -> None:
+            await comm.close()
+
+        listener = listen("tcp://127.0.0.1:0", serve)
+        await listener.start()
+        try:
+            comm = await connect_comm(listener.contact_address, 60.0, {})
+            assert comm.allow_offload is False
+            comm.abort()
+        finally:
+            listener.stop()
+
+    asyncio.run(main())
 
 
 def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold():

@@ -702,9 +702,9 @@ def test_large_parameter_vectors_travel_as_frames_through_the_tree(client4):
 
 
 def _driver_on_the_worker_loop(on: bool, dask_worker=None) -> None:
-    from dlogit.engine import transport
+    from dlogit.engine.transport import links
 
-    transport.OWN_LOOP_SCHEMES = () if on else ("tcp", "tls", "inproc")
+    links.OWN_LOOP_SCHEMES = () if on else ("tcp", "tls", "inproc")
 
 
 @pytest.mark.timeout(120)

@@ -591,6 +591,9 @@ class Driver:
             if time.monotonic() > deadline:
                 raise ClusterError("no Dask workers left to continue the fit") from exc
             time.sleep(0.2)
+        # the workers that went with it (a whole host) are out of the fit too: nothing (the final drop,
+        # a state copy) waits a heartbeat on connecting to them
+        self.excluded.update(w for w in self.touched if w not in alive)
         self._reattach([s for s in self.shards.values() if s.worker not in alive], alive)
 
     def _reattach(self, lost: list[ShardInfo], alive: list[str]) -> None:
