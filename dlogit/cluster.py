@@ -23,6 +23,7 @@ import dask
 
 import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit._xp import cupy_available
+from dlogit.config import LOCAL_WORKER_ENV
 from dlogit.errors import ClusterError
 
 logger = logging.getLogger("dlogit.cluster")
@@ -152,8 +153,6 @@ def worker_kind(client: Any) -> str:
 
 #: worker preload: imports dlogit's engine at worker start (cluster start-up) rather than in the first fit
 WORKER_PRELOAD = "dlogit.worker"
-#: in the environment of a local cluster's worker processes (see :func:`dlogit.worker.quiet_local_worker`)
-LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
 
 
 def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None = None,

@@ -17,6 +17,10 @@ with open(_fn) as f:
 
 dask.config.update_defaults(defaults)
 
+#: set to "1" in the environment of the workers of dlogit's own local clusters (dlogit.cluster starts them,
+#: dlogit.worker's preload reads it)
+LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
+
 _TRUE = frozenset({"true", "yes", "1", "on"})
 _FALSE = frozenset({"false", "no", "0", "off"})
 

@@ -137,8 +137,9 @@ class Classes:
 
     @classmethod
     def from_counts(cls, values: np.ndarray, counts: np.ndarray, weight_sums: np.ndarray | None = None,
-                    max_classes: int = 1000) -> Classes:
-        """Check the merged label counts of a whole data set and make its classes."""
+                    max_classes: int | None = None) -> Classes:
+        """Check the merged label counts of a whole data set and make its classes (at most
+        ``max_classes``: a fit passes ``dlogit.max-classes``; None, classes already checked, no cap)."""
         weight_sums = counts.astype(np.float64) if weight_sums is None else weight_sums
         if len(values) == 0:
             raise DataError("no rows to train on (the data is empty)")
@@ -149,7 +150,7 @@ class Classes:
             bad = values[values != np.round(values)][0]
             raise DataError(f"labels look continuous (e.g. {_show(bad)}): logistic regression needs "
                             "class labels (integers, booleans or strings)")
-        if len(values) > max_classes:
+        if max_classes is not None and len(values) > max_classes:
             raise DataError(f"labels hold {len(values)} distinct classes, more than dlogit.max-classes "
                             f"= {max_classes}; raise it if that is intended")
         return cls(np.asarray(values), np.asarray(counts, np.int64), np.asarray(weight_sums, np.float64))

@@ -96,10 +96,6 @@ def _warm_fused() -> None:
                                                G, gb)
 
 
-#: set by dlogit's local clusters in their worker processes' environment
-LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
-
-
 def quiet_local_worker() -> None:
     """In a worker process of a local cluster started by dlogit: leave Ctrl-C and SIGTERM to the
     parent, and keep NumPy's floating-point warnings off the user's terminal.
@@ -111,6 +107,8 @@ def quiet_local_worker() -> None:
     """
     import os
     import signal
+
+    from dlogit.config import LOCAL_WORKER_ENV
 
     if os.environ.get(LOCAL_WORKER_ENV) != "1":
         return
