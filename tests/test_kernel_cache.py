@@ -87,3 +87,29 @@ def test_first_fit_takes_blas_while_the_kernels_compile_then_fused_gives_the_sam
     # two kernels summing in different orders, one optimum: equal to the solver's tolerance
     np.testing.assert_allclose(before["coef"], after["coef"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(before["intercept"], after["intercept"], rtol=1e-10, atol=1e-12)
+
+
+def test_where_numba_cannot_cache_the_fit_says_so_and_starts_no_compile(tmp_path):
+    """A compile that found no usable Numba cache leaves ``.nocache``: later fits take BLAS, say why (not
+    "compiling in the background", which would be false), and start no background compile."""
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    code = ("import sys; from dlogit.kernels import cache; open(cache.stamp_path() + '.nocache', 'w').close(); "
+            "print(cache.cannot_cache(), cache.ensure_ready())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=_env(str(cache)), check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False"]
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 130))
+    data = tmp_path / "wide.csv"
+    np.savetxt(data, np.column_stack([X, X[:, 0] > 0]), delimiter=",", fmt="%.6f",
+               header=",".join([f"x{i}" for i in range(130)] + ["label"]), comments="")
+    r = subprocess.run([sys.executable, "-c", _PROBE, "train", str(data), "--out", str(tmp_path / "m.npz")],
+                       capture_output=True, text=True, timeout=300, env=_env(str(cache)), check=False)
+    lines = r.stdout.splitlines()
+    assert json.loads(lines[-1])["rc"] in (0, None), r.stderr
+    assert any("the fused CPU kernels cannot be cached here" in line for line in lines), lines
+    assert not any("compiling the fused" in line for line in lines)
+    assert any(line.startswith("done: ") and "blas kernel" in line for line in lines)
+    assert not [p for p in _stamps(cache) if p.endswith(".lock")]  # no background compile started

@@ -70,14 +70,17 @@ class LinearChunk(KeepsCurvature):
 
     def _xt_dot(self, Xb: Any, R: Any) -> Any:
         """``X_b.T @ R`` in float64 (R (n,) or (n, K))."""
-        xp = self.xp
-        out = Xb.T @ R.astype(self.dtype, copy=False)
-        out = out.toarray() if hasattr(out, "toarray") else out
-        return xp.asarray(out).astype(xp.float64, copy=False)
+        return self._product(Xb.T, R)
 
     def _x_dot(self, Xb: Any, M: Any) -> Any:
+        return self._product(Xb, M)
+
+    def _product(self, A: Any, M: Any) -> Any:
+        """``A @ M`` in float64; one column as a matrix-vector product (gemv / SpMV, as before the family
+        owned the terms: cuBLAS's gemm with one column need not give gemv's bits)."""
         xp = self.xp
-        out = Xb @ M.astype(self.dtype, copy=False)
+        M = M.astype(self.dtype, copy=False)
+        out = (A @ M[:, 0])[:, None] if M.ndim == 2 and M.shape[1] == 1 else A @ M
         out = out.toarray() if hasattr(out, "toarray") else out
         return xp.asarray(out).astype(xp.float64, copy=False)
 

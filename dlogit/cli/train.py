@@ -705,8 +705,14 @@ def _say_kernel(spec: Any, quiet: bool) -> None:
     import dask
 
     if spec.cpu_kernel == "blas" and str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() == "auto":
-        _note(quiet, "compiling the fused CPU kernels in the background (first run on this machine); "
-                     "this fit uses the BLAS path")
+        from dlogit.kernels import cache
+
+        if cache.cannot_cache():
+            _note(quiet, "the fused CPU kernels cannot be cached here (Numba found no writable cache "
+                         "directory; set NUMBA_CACHE_DIR): this fit uses the BLAS path")
+        else:
+            _note(quiet, "compiling the fused CPU kernels in the background (first run on this machine); "
+                         "this fit uses the BLAS path")
 
 
 def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool:

@@ -93,6 +93,12 @@ def ready() -> bool:
     return os.path.exists(stamp_path())
 
 
+def cannot_cache() -> bool:
+    """Whether a compile here found that Numba cannot cache the kernels (no writable cache directory):
+    ``auto`` then stays on BLAS / SciPy, and nothing compiles in the background."""
+    return os.path.exists(stamp_path() + ".nocache")
+
+
 def ensure_ready() -> bool:
     """:func:`ready`; when not, start the background compile (once: a fresh lock means one runs)."""
     path = stamp_path()
