@@ -389,6 +389,8 @@ def test_frozen_worker_is_caught_by_the_heartbeat(who):
                 time.sleep(0.02)
             resumed = time.monotonic() - t_stop
             fit.join(180)
+            # who is in the cluster once the fit ended, before this test's SIGKILL removes the victim
+            alive = c.scheduler_info()["workers"]
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -397,7 +399,6 @@ def test_frozen_worker_is_caught_by_the_heartbeat(who):
         print(f"frozen {who}: the fit went on {resumed:.1f}s after SIGSTOP (heartbeat {heartbeat:g}s)",
               file=sys.stderr)
         assert resumed < heartbeat + 8, resumed
-        alive = c.scheduler_info()["workers"]
         assert all(w in alive for w in params["workers"] if w != victim)
         assert (victim in alive) == (who != "driver"), (victim, sorted(alive))
         notes = [e["message"] for e in fit.events if e["type"] == "warning"]
