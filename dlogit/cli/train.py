@@ -701,18 +701,12 @@ def _quiet_dask_logs(verbose: bool) -> Any:
 
 def _say_kernel(spec: Any, quiet: bool) -> None:
     """One line when ``dlogit.cpu-kernel: auto`` took the BLAS path because the fused kernels are not in
-    the disk cache yet (:mod:`dlogit.kernels.cache`: a background process compiles them)."""
-    import dask
+    the disk cache (:func:`dlogit.engine.cpu_kernel_notice`)."""
+    from dlogit.engine import cpu_kernel_notice
 
-    if spec.cpu_kernel == "blas" and str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() == "auto":
-        from dlogit.kernels import cache
-
-        if cache.cannot_cache():
-            _note(quiet, "the fused CPU kernels cannot be cached here (Numba found no writable cache "
-                         "directory; set NUMBA_CACHE_DIR): this fit uses the BLAS path")
-        else:
-            _note(quiet, "compiling the fused CPU kernels in the background (first run on this machine); "
-                         "this fit uses the BLAS path")
+    notice = cpu_kernel_notice(spec.cpu_kernel)
+    if notice:
+        _note(quiet, notice)
 
 
 def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool:

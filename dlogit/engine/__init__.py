@@ -53,8 +53,23 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_setting", "current_client", "describe_cache", "fit_arrays",
-           "fit_dask", "fit_path_dask", "is_dask_array", "listen", "map_chunks", "parse_cache_bytes"]
+__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_notice", "cpu_kernel_setting", "current_client",
+           "describe_cache", "fit_arrays", "fit_dask", "fit_path_dask", "is_dask_array", "listen", "map_chunks",
+           "parse_cache_bytes"]
+
+
+def cpu_kernel_notice(resolved: str) -> str | None:
+    """What to tell the user when ``dlogit.cpu-kernel: auto`` resolved to ``resolved`` = ``blas`` because
+    the fused kernels are not in the disk cache (:mod:`dlogit.kernels.cache`); None otherwise."""
+    if resolved != "blas" or str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() != "auto":
+        return None
+    from dlogit.kernels import cache
+
+    if cache.cannot_cache():
+        return ("the fused CPU kernels cannot be cached here (Numba found no writable cache directory; set "
+                "NUMBA_CACHE_DIR): this fit uses the BLAS path")
+    return ("compiling the fused CPU kernels in the background (first run on this machine); this fit uses the "
+            "BLAS path")
 
 
 def cpu_kernel_setting() -> str:
