@@ -132,12 +132,7 @@ def finish(info: DatasetInfo, surveys: list[Survey]) -> DatasetInfo:
         info = _guard(info.source.path, reader.finish, info, surveys)
     else:
         info = replace(info, surveys=[])
-    if not info.pieces or info.n_rows == 0:
-        raise DataError(f"{info.source.path} holds no rows")
-    if info.weights_rows is not None and info.n_rows is not None and info.weights_rows != info.n_rows:
-        raise DataError(f"the data has {info.n_rows} rows but {info.source.weights_path} has "
-                        f"{info.weights_rows} weights")
-    return info
+    return _checked(info)
 
 
 def scan(source: Source, encoder: Encoder | dict[str, Any] | None = None) -> DatasetInfo:
@@ -162,7 +157,7 @@ def scan_read(source: Source, encoder: Encoder | dict[str, Any] | None = None) -
 
 
 def _checked(info: DatasetInfo) -> DatasetInfo:
-    """:func:`finish`'s checks of a plan that a format's ``scan_read`` finished."""
+    """The checks of a finished plan (:func:`finish`'s, or a format's ``scan_read``'s)."""
     if not info.pieces or info.n_rows == 0:
         raise DataError(f"{info.source.path} holds no rows")
     if info.weights_rows is not None and info.n_rows is not None and info.weights_rows != info.n_rows:
