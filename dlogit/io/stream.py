@@ -187,6 +187,13 @@ def stream_sources(X: Any, y: Any, w: Any) -> list[ChunkSource] | None:
 
     from dlogit import data as dmod
 
+    def dep(graph: dict[Any, Any], arg: Any) -> Any:  # a task's reference: a TaskRef, or (dask 2025.4) an Alias
+        if isinstance(arg, TaskRef):
+            return graph.get(arg.key)
+        if isinstance(arg, Alias):
+            return graph.get(arg.target)
+        return None
+
     def chunk_tasks(a: Any) -> list[Any] | None:
         graph = dict(a.__dask_graph__())
         out = []
@@ -203,11 +210,11 @@ def stream_sources(X: Any, y: Any, w: Any) -> list[ChunkSource] | None:
             if not isinstance(task, Task) or task.func is not dmod._pick:
                 return None
             part_ref, j, field = task.args
-            part = graph.get(part_ref.key) if isinstance(part_ref, TaskRef) else None
+            part = dep(graph, part_ref)
             if not isinstance(part, Task) or part.func is not dmod._read_unit:
                 return None
             info_ref, u = part.args
-            node = graph.get(info_ref.key) if isinstance(info_ref, TaskRef) else None
+            node = dep(graph, info_ref)
             if not isinstance(node, DataNode) or not isinstance(node.value, DatasetInfo):
                 return None
             out.append((node.value, int(u), int(j), int(field)))
