@@ -28,7 +28,24 @@ def pytest_sessionstart(session):
         cache.compile_kernels(cache.stamp_path())
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", dest="run_all",
+                     help="also run the tests marked slow (the default run deselects them)")
+
+
+def _runs_slow(config) -> bool:
+    """The default run deselects ``slow`` tests; ``--all`` (everything), a ``-m`` expression (``-m slow``:
+    only them) or a test named by its node id (``file.py::test``) runs them."""
+    return (config.getoption("run_all") or config.getoption("markexpr") != ""
+            or any("::" in str(arg) for arg in config.args))
+
+
 def pytest_collection_modifyitems(config, items):
+    if not _runs_slow(config):
+        slow = [item for item in items if "slow" in item.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if "slow" not in item.keywords]
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU and CuPy")
