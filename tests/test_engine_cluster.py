@@ -350,7 +350,7 @@ def test_driver_worker_killed_mid_fit_continues_from_its_checkpoint():
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("who", ["shard", "grandchild", "driver"])
+@pytest.mark.parametrize("who", ["shard", "grandchild", pytest.param("driver", marks=pytest.mark.slow)])
 def test_frozen_worker_is_caught_by_the_heartbeat(who):
     """SIGSTOP a worker mid-fit with ``dlogit.engine.heartbeat`` at 3 s: a frozen shard worker is
     caught by its parent in the tree -- the driver, or a worker in the middle of the (binomial) tree
