@@ -183,6 +183,7 @@ with Client(f"tcp://127.0.0.1:{inner.getsockname()[1]}", timeout=30) as c:
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root and unshare(1) for a network namespace")
@@ -350,7 +351,8 @@ def test_driver_worker_killed_mid_fit_continues_from_its_checkpoint():
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("who", ["shard", "grandchild", pytest.param("driver", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("who", ["shard", pytest.param("grandchild", marks=pytest.mark.slow),
+                                 pytest.param("driver", marks=pytest.mark.slow)])
 def test_frozen_worker_is_caught_by_the_heartbeat(who):
     """SIGSTOP a worker mid-fit with ``dlogit.engine.heartbeat`` at 3 s: a frozen shard worker is
     caught by its parent in the tree -- the driver, or a worker in the middle of the (binomial) tree
