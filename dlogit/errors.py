@@ -6,6 +6,8 @@ message and exit code 2.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from typing import Any
 
@@ -49,6 +51,37 @@ class Interrupted(KeyboardInterrupt):
         self.message = message
         self.signum = signum
         self.checkpoint = checkpoint
+
+
+class _OneLineTaskError(logging.Filter):
+    """Dask's worker logs a failed task as "Compute Failed" with the task and its traceback (five
+    fields). For dlogit's own errors -- bad input the client reports as one line -- the worker logs one
+    line too: the task's key and the error. The record's shape is distributed's (worker.py's
+    ``logger.error("Compute Failed\\n...", key, state, run_spec, exception_text, traceback_text)``); a
+    test (tests/test_worker_log.py) fails when it changes."""
+
+    _name = re.compile(r"^(\w+)\(")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(record.msg, str) and record.msg.startswith("Compute Failed") and isinstance(args, tuple)
+                and len(args) == 5 and isinstance(args[3], str)):
+            match = self._name.match(args[3])
+            if match and match.group(1) in _dlogit_error_names():
+                record.msg, record.args = "Compute Failed: %s: %s", (args[0], args[3])
+        return True
+
+
+def _dlogit_error_names() -> set[str]:
+    names, todo = {Interrupted.__name__}, [DlogitError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+logging.getLogger("distributed.worker").addFilter(_OneLineTaskError())  # on workers: dlogit's tasks import this
 
 
 def _convergence_warning() -> type[Warning]:

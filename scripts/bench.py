@@ -666,10 +666,9 @@ def main() -> None:
         import bench_scale
 
         res["scale"] = bench_scale.main(["--quick"] if args.quick else [])
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(res, f, indent=2, default=float)
-    print(f"wrote {args.json}")
+    from _benchio import write_json  # scripts/, beside this file
+
+    write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -408,10 +408,9 @@ def main(argv=None) -> dict:
         print("csv: " + (c.get("skipped") or f"{c['command']} ({c['wall_s']:.0f} s)\n{c['output']}"), flush=True)
     print("section times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in T.items()))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=float)
-        print(f"wrote {args.json}")
+        from _benchio import write_json  # scripts/, beside this file
+
+        write_json(args.json, res)
     return res
 
 

@@ -21,7 +21,6 @@ multiplies the row counts. Without CuPy or a CUDA device it prints ``no GPU: ski
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -200,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(res))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        from _benchio import write_json  # scripts/, beside this file
+
+        write_json(args.json, res)
     return 0
 
 

@@ -434,10 +434,9 @@ def main() -> None:
     for name in args.only or list(SECTIONS):
         res[name] = SECTIONS[name](args.quick)
         print(f"{name}: {json.dumps(res[name], default=float)}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(res, f, indent=2, default=float)
-    print(f"wrote {args.json}")
+    from _benchio import write_json  # scripts/, beside this file
+
+    write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Needs root (network namespaces, TUN devices); prints why not and returns otherwi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -265,10 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
             f.write(svg(res))
         print(f"wrote {args.svg}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=float)
-        print(f"wrote {args.json}")
+        from _benchio import write_json  # scripts/, beside this file
+
+        write_json(args.json, res)
     return res
 
 

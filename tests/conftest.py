@@ -28,7 +28,24 @@ def pytest_sessionstart(session):
         cache.compile_kernels(cache.stamp_path())
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", dest="run_all",
+                     help="also run the tests marked slow (the default run deselects them)")
+
+
+def _runs_slow(config) -> bool:
+    """The default run deselects ``slow`` tests; ``--all`` (everything), a ``-m`` expression (``-m slow``:
+    only them) or a test named by its node id (``file.py::test``) runs them."""
+    return (config.getoption("run_all") or config.getoption("markexpr") != ""
+            or any("::" in str(arg) for arg in config.args))
+
+
 def pytest_collection_modifyitems(config, items):
+    if not _runs_slow(config):
+        slow = [item for item in items if "slow" in item.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if "slow" not in item.keywords]
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU and CuPy")
@@ -43,7 +60,7 @@ def local_cluster(n_workers: int):
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
             Client(cluster, set_as_default=False) as client:
         yield client
 

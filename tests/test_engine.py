@@ -342,16 +342,15 @@ def test_a_link_to_an_address_nobody_listens_on_fails_at_once():
     asyncio.run(main())
 
 
-def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold():
+def test_the_worker_preload_tunes_malloc_under_the_nannys_trim_threshold(client2):
     """Workers start with MALLOC_TRIM_THRESHOLD_ (Dask's nanny); the preload keeps freed blocks below
     4 MiB for reuse (glibc), so per-block temporaries do not page-fault in on every evaluation."""
     import sys
 
     from dlogit.worker import tune_malloc
 
-    with local_cluster(1) as client:
-        env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
-        tuned = client.run(tune_malloc)
+    env = client2.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+    tuned = client2.run(tune_malloc)
     if sys.platform.startswith("linux"):
         assert all(v is not None for v in env.values()) and all(tuned.values()), (env, tuned)
     with dask.config.set({"dlogit.engine.worker-malloc": False}):

@@ -183,6 +183,7 @@ with Client(f"tcp://127.0.0.1:{inner.getsockname()[1]}", timeout=30) as c:
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                     reason="needs root and unshare(1) for a network namespace")
@@ -350,7 +351,8 @@ def test_driver_worker_killed_mid_fit_continues_from_its_checkpoint():
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("who", ["shard", "grandchild", "driver"])
+@pytest.mark.parametrize("who", ["shard", pytest.param("grandchild", marks=pytest.mark.slow),
+                                 pytest.param("driver", marks=pytest.mark.slow)])
 def test_frozen_worker_is_caught_by_the_heartbeat(who):
     """SIGSTOP a worker mid-fit with ``dlogit.engine.heartbeat`` at 3 s: a frozen shard worker is
     caught by its parent in the tree -- the driver, or a worker in the middle of the (binomial) tree
@@ -753,26 +755,43 @@ def test_concurrent_fits_on_one_cluster_leave_nothing_behind(client4):
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_stops_the_fit_at_a_step_boundary(client4):
-    """KeyboardInterrupt in the client while it waits: the driver stops at a step boundary, the
-    client raises Interrupted within ~2 s, and the workers hold nothing of the fit."""
+    """KeyboardInterrupt in the client while it waits: the driver stops at a step boundary (every step
+    it began is reported, the end names the last), the client raises Interrupted promptly, and the
+    workers hold nothing of the fit. "Promptly" is measured on this cluster under its current load: no
+    longer than this fit took to start and take its first step, plus 50 of its steps (not stopping
+    would take the other ~99,900 steps)."""
     _, _, X, y = _data(16000, 40, 2000, seed=11)
     events: list[dict] = []
     hit: dict[str, float] = {}
 
+    def on_event(e: dict) -> None:
+        if e.get("type") == "progress" and "first" not in hit:
+            hit["first"] = time.monotonic()
+        events.append(e)
+
     def interrupt() -> None:
         _wait_for_step(events, 100)
+        hit["step"] = _last_step(events)
         hit["t"] = time.monotonic()
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
 
     threading.Thread(target=interrupt, daemon=True).start()
+    t0 = time.monotonic()
     with pytest.raises(dlogit.errors.Interrupted):
         dlogit.LogisticRegression(mode="distributed", max_iter=100_000, **GD).fit(
-            X, y, client=client4, callback=events.append)
+            X, y, client=client4, callback=on_event)
     took = time.monotonic() - hit["t"]
-    print(f"Ctrl-C at a step boundary: stopped in {took:.2f}s", file=sys.stderr)
-    assert took < 4.0, took
     end = [e for e in events if e["type"] == "end"]
-    assert end and end[-1]["status"] == "interrupted" and end[-1]["n_iter"] < 100_000
+    assert end and end[-1]["status"] == "interrupted", end
+    steps = [s for e in events if e["type"] == "progress" for s in e["step"]]
+    assert steps == list(range(steps[0], steps[0] + len(steps))), steps  # none skipped or cut short
+    n_iter = end[-1]["n_iter"]
+    assert hit["step"] <= steps[-1] and n_iter in (steps[-1], steps[-1] + 1), (n_iter, steps[-1])
+    step_s = float(np.median([d for e in events if e["type"] == "progress" for d in e["step_seconds"]]))
+    start_s = hit["first"] - t0
+    print(f"Ctrl-C at step {hit['step']:.0f}: stopped after step {n_iter} in {took:.2f}s (start and first "
+          f"step {start_s:.2f}s, median step {step_s * 1e3:.1f}ms)", file=sys.stderr)
+    assert took < start_s + 50 * step_s, (took, start_s, step_s)
     _assert_nothing_left(client4)
 
 

@@ -45,7 +45,7 @@ def scheduler():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=50) as lc:
+                      dashboard_address="127.0.0.1:0", silence_logs=50) as lc:
         yield lc.scheduler_address
 
 

@@ -312,7 +312,7 @@ def loss_data(tmp_path_factory):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["distributed", "worker-local"])
+@pytest.mark.parametrize("mode", ["distributed", pytest.param("worker-local", marks=pytest.mark.slow)])
 def test_worker_killed_mid_fit(tmp_path, loss_data, mode):
     """SIGKILL one worker (its nanny too) while a gd fit runs; the fit must finish with the
     coefficients of an undisturbed fit."""

@@ -203,9 +203,11 @@ def test_cv_splitters_l1_grids_newton_and_events(cancer):
 
 
 @pytest.mark.parametrize("n_workers", [1, 2])
-def test_cv_path_on_a_cluster_equals_the_in_process_path(cancer, n_workers):
+def test_cv_path_on_a_cluster_equals_the_in_process_path(cancer, n_workers, request):
     """Dask data: the on-cluster driver evaluates every fold in one pass per step down the tree of
     workers; with the same chunks the path, the choice and the refit equal the in-process ones."""
+    import contextlib
+
     import dask.array as da
     from conftest import local_cluster
 
@@ -213,7 +215,8 @@ def test_cv_path_on_a_cluster_equals_the_in_process_path(cancer, n_workers):
     kw = {"l2": [1e-2, 1e-3], "cv": 5, "tol": 1e-9}
     here = dlogit.LogisticRegressionCV(chunk_rows=100, **kw).fit(X, y)
     dX, dy = da.from_array(X, chunks=(100, X.shape[1])), da.from_array(y, chunks=100)
-    with local_cluster(n_workers) as c:
+    # two workers: the session's shared cluster
+    with local_cluster(1) if n_workers == 1 else contextlib.nullcontext(request.getfixturevalue("client2")) as c:
         seen = []
         there = dlogit.LogisticRegressionCV(**kw).fit(dX, dy, client=c, callback=seen.append)
     np.testing.assert_allclose(there.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"],

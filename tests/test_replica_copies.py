@@ -112,6 +112,7 @@ def test_states_without_a_memory_are_always_copied_whole():
         assert kept is not None and kept["state"].keys() == state_to_arrays(st).keys()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lbfgs_driver_killed_mid_fit_continues_from_a_completed_copy():
     """SIGKILL the driver of a distributed L-BFGS fit: the next driver continues from a replica's copy

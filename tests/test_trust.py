@@ -743,10 +743,11 @@ def test_cluster_up_on_a_busy_port_says_so(capfd):
 EXIT_BOUND = 20.0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode, sig, code, target", [("distributed", signal.SIGINT, 130, "group"),
-                                                     ("worker-local", signal.SIGINT, 130, "group"),
-                                                     ("distributed", signal.SIGTERM, 143, "process")])
+                                                     pytest.param("worker-local", signal.SIGINT, 130, "group",
+                                                                  marks=pytest.mark.slow),
+                                                     pytest.param("distributed", signal.SIGTERM, 143, "process",
+                                                                  marks=pytest.mark.slow)])
 def test_signal_stops_a_local_fit(tmp_path, mode, sig, code, target):
     """What a terminal's Ctrl-C does (SIGINT to the foreground group) or ``kill PID`` (SIGTERM to the
     process): the fit stops at a step boundary, the local cluster closes quietly, nothing is left."""
@@ -775,7 +776,6 @@ def test_signal_stops_a_local_fit(tmp_path, mode, sig, code, target):
         assert_gone(p)
 
 
-@pytest.mark.slow
 def test_ctrl_c_while_the_local_cluster_starts_is_one_line(tmp_path):
     """Ctrl-C while the worker processes are still importing: none of them prints a traceback (they
     start with SIGINT blocked and leave the terminal's process group), one line, exit 130."""
@@ -807,8 +807,7 @@ def _wait_idle(client, within: float) -> float:
     pytest.fail(f"a dlogit fit still runs on the cluster {within}s later: {_busy_fits(client)}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+@pytest.mark.parametrize("how", ["sigint", pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_worker_local_fit_on_a_shared_cluster_stops_with_its_client(tmp_path, cluster, how):
     """Ctrl-C (or a SIGKILL) to a client whose fit runs on a worker of a shared cluster stops that fit
     on the worker -- no task left at 100 % CPU, the next job runs at once."""
@@ -1058,8 +1057,7 @@ def external(n_workers: int, cwd: Path):
         c.close()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["distributed", "worker-local"])
+@pytest.mark.parametrize("mode", ["distributed", pytest.param("worker-local", marks=pytest.mark.slow)])
 def test_scheduler_killed_mid_fit_is_one_line_and_exit_2(tmp_path, mode):
     with external(2, tmp_path) as c, proc(["train", "--synthetic", "100000x20", "--max-iter", "100000000",
                                            "--mode", mode, "--scheduler", c.address, "--connect-timeout", "3s",

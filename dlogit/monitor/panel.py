@@ -222,24 +222,30 @@ def _classes_figure(classes: Any) -> Any:
 def _path_figure(path: Any, path_best: Any) -> Any:
     """A regularization path's cross-validated score (mean, +-std whiskers, the best point starred),
     hidden until a path is shown."""
-    from bokeh.models import HoverTool, Whisker
     from bokeh.plotting import figure
 
     pf = figure(title="Cross-validated score", x_axis_type="log", x_axis_label="l2",
                 y_axis_label="score", name="dlogit-path-fig", **_FIG_KW)
-    pf.line("x", "mean", source=path, line_width=2, color="#1f77b4")
-    dots = pf.scatter("x", "mean", source=path, size=7, color="#1f77b4")
-    pf.add_layout(Whisker(source=path, base="x", upper="upper", lower="lower",
-                          line_color="#1f77b4"))
-    for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
-        pf.scatter("x", end, source=path, size=1, alpha=0)
-    pf.scatter("x", "mean", source=path_best, marker="star", size=18,
-               color="#d62728")
-    pf.add_tools(HoverTool(renderers=[dots], tooltips=[
-        ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std"),
-        ("n_iter", "@n_iter"), ("nonzero", "@n_nonzero")]))
+    score_glyphs(pf, path, path_best, (("n_iter", "@n_iter"), ("nonzero", "@n_nonzero")))
     pf.visible = False
     return pf
+
+
+def score_glyphs(fig: Any, source: Any, best: Any, tooltips: tuple[tuple[str, str], ...] = ()) -> None:
+    """The cross-validated score's glyphs on ``fig`` (the panel's path figure and the report's): the mean
+    line and dots, +-std whiskers, the ``best`` point starred (``None``: no star), a hover naming the
+    point (``tooltips`` added). ``source`` has columns x, mean, lower, upper, std, l2, l1."""
+    from bokeh.models import HoverTool, Whisker
+
+    fig.line("x", "mean", source=source, line_width=2, color="#1f77b4")
+    dots = fig.scatter("x", "mean", source=source, size=7, color="#1f77b4")
+    fig.add_layout(Whisker(source=source, base="x", upper="upper", lower="lower", line_color="#1f77b4"))
+    for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
+        fig.scatter("x", end, source=source, size=1, alpha=0)
+    if best is not None:
+        fig.scatter("x", "mean", source=best, marker="star", size=18, color="#d62728")
+    fig.add_tools(HoverTool(renderers=[dots], tooltips=[
+        ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std"), *tooltips]))
 
 
 def _table_div(name: str) -> Any:

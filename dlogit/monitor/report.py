@@ -423,9 +423,11 @@ _TEMPLATE = """
 def _html_report(m: ModelFile) -> str:
     from bokeh.embed import file_html
     from bokeh.layouts import gridplot
-    from bokeh.models import ColumnDataSource, HoverTool, Whisker
+    from bokeh.models import ColumnDataSource, HoverTool
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
+
+    from dlogit.monitor.panel import score_glyphs
 
     n = len(m.loss)
     steps = np.arange(n, dtype=np.float64)  # step numbers count from 0, as in the events
@@ -480,18 +482,9 @@ def _html_report(m: ModelFile) -> str:
                     x_axis_type="log", x_axis_label=axis + zero_note(lam), y_axis_label=cv.scoring,
                     name="cv_path_plot", height=340, sizing_mode="stretch_width",
                     tools="pan,wheel_zoom,box_zoom,reset,save")
-        pf.line("x", "mean", source=psrc, line_width=2, color="#1f77b4")
-        dots = pf.scatter("x", "mean", source=psrc, size=7, color="#1f77b4")
-        pf.add_layout(Whisker(source=psrc, base="x", upper="upper", lower="lower",
-                              line_color="#1f77b4"))
-        for end in ("upper", "lower"):  # invisible: the y range then includes the whiskers
-            pf.scatter("x", end, source=psrc, size=1, alpha=0)
-        if cv.best is not None:
-            b = cv.best
-            best = ColumnDataSource({"x": x[b:b + 1], "mean": mean[b:b + 1]}, name="cv_best")
-            pf.scatter("x", "mean", source=best, marker="star", size=18, color="#d62728")
-        pf.add_tools(HoverTool(renderers=[dots], tooltips=[
-            ("l2", "@l2"), ("l1", "@l1"), ("score", "@mean"), ("std", "@std")]))
+        b = cv.best
+        best = None if b is None else ColumnDataSource({"x": x[b:b + 1], "mean": mean[b:b + 1]}, name="cv_best")
+        score_glyphs(pf, psrc, best)
         roots.append(pf)
         sections.append(("root", "cv_path_plot"))
         sections.append(("html", path_html(cv)))

@@ -2,27 +2,24 @@
 
 One step at ``theta_k`` (value ``f``, gradient ``g``, radius ``Delta``):
 
-1. ``fun(theta_k)`` unless the last ``fun`` call of this process was at ``theta_k`` (the accepted trial
-   of the previous step), so that every ``hvp(theta_k, .)`` follows a ``fun(theta_k)``: the engine
-   caches the per-row curvature of its last ``fun`` call;
-2. conjugate gradients on the model ``m(z) = g.z + z.H z / 2`` (``H z`` by ``problem.hvp``) until the
+1. conjugate gradients on the model ``m(z) = g.z + z.H z / 2`` (``H z`` by ``problem.hvp``) until the
    residual is below ``eta ||g||`` with the forcing term ``eta = min(0.5, sqrt(||g||))`` (superlinear
    convergence), ``max_cg`` iterations, negative curvature, or the trust-region boundary;
-3. ``fun(theta_k + z)`` and the ratio ``rho`` of actual to predicted reduction: accepted when
+2. ``fun(theta_k + z)`` and the ratio ``rho`` of actual to predicted reduction: accepted when
    ``rho > 1e-4``; the radius shrinks to ``min(Delta, ||z||) / 4`` when ``rho < 1/4`` and doubles when
    ``rho > 3/4`` on the boundary. When the predicted reduction is below what float64 resolves in
    ``f``, the ratio is meaningless and the step is accepted if it lowers ``||g||``.
 
 "stalled" when the radius falls below float64 resolution of ``theta`` (no step helps any more).
-The radius, value and gradient are in the state (:class:`NewtonState`); the "last call was here" flag
-is a process hint (``fun_at_theta``) that a saved state drops, so a resumed run calls ``fun(theta_k)``
-first.
+The radius, value and gradient are in the state (:class:`NewtonState`), all of it saved. ``hvp`` needs
+no ``fun`` before it: the engine's shards take the curvature handles of their last sums when those were
+at ``theta_k`` (after an accepted step) and new ones otherwise (after a rejected step, or on resume).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -63,8 +60,6 @@ class NewtonState(SolverState):
         The smooth part's value and gradient at ``theta``.
     radius : float
         The trust radius.
-    fun_at_theta : bool
-        The last ``fun`` call was at ``theta`` (a process hint, not saved).
     """
 
     solver: ClassVar[str] = "newton"
@@ -72,7 +67,6 @@ class NewtonState(SolverState):
     f: float
     grad: np.ndarray
     radius: float
-    fun_at_theta: bool = field(default=False, metadata={"saved": False})
 
 
 class NewtonCG:
@@ -98,7 +92,7 @@ class NewtonCG:
         theta = check_theta0(problem, theta0)
         common, f, grad = start_state(problem, theta, options)
         radius = options.trust_radius if options.trust_radius is not None else norm(grad)
-        return NewtonState(**common, f=f, grad=grad, radius=float(radius), fun_at_theta=True)
+        return NewtonState(**common, f=f, grad=grad, radius=float(radius))
 
     def step(self, problem: Problem, state: SolverState, options: SolverOptions) -> NewtonState:
         """One trust-region iteration (one accepted or rejected trial point)."""
@@ -108,9 +102,6 @@ class NewtonCG:
         theta, f, g = state.theta, float(state.f), state.grad
         radius = float(state.radius)
         n_evals = state.n_evals + 1
-        if not state.fun_at_theta:
-            evaluate(problem, theta)  # for the engine's curvature cache; f and g are the saved ones
-            n_evals += 1
         max_cg = options.max_cg if options.max_cg is not None else DEFAULT_MAX_CG
         gnorm = norm(g)
         z, Hz, boundary = _steihaug(problem, theta, g, gnorm, radius, max_cg)
@@ -131,12 +122,9 @@ class NewtonCG:
             radius = 2.0 * radius
         new = replace(state, n_iter=state.n_iter + 1, n_evals=n_evals, radius=radius)
         if rho > ACCEPT:
-            new = replace(new, theta=trial, loss=f_t, grad_norm=measure(problem, trial, g_t), f=f_t, grad=g_t,
-                          fun_at_theta=True)
-        else:
-            new = replace(new, fun_at_theta=False)
-            if radius <= EPS * max(norm(theta), 1.0):
-                new = replace(new, status="stalled", message=stalled_message(state.grad_norm, options))
+            new = replace(new, theta=trial, loss=f_t, grad_norm=measure(problem, trial, g_t), f=f_t, grad=g_t)
+        elif radius <= EPS * max(norm(theta), 1.0):
+            new = replace(new, status="stalled", message=stalled_message(state.grad_norm, options))
         return finish(new, options)
 
 
