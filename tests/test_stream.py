@@ -257,6 +257,10 @@ def test_cli_a_file_changed_between_passes_exits_2_with_one_line(tmp_path):
             "new data")
     assert lines == [want], err
     assert any("chunks streamed from storage at every evaluation" in ln for ln in out), "".join(out)
+    # the step line says what each evaluation read (8 chunks of 20 000 bytes), found cached, waited for
+    step = next(ln for ln in out if ln.startswith("step "))
+    assert "  read 156 kiB/eval (8 chunks)  cache hits 0  " in step, step
+    assert "-bound (wait " in step and " ms, compute " in step, step
 
 
 def _rss_sampler(dask_worker=None):
@@ -341,3 +345,128 @@ def test_worker_memory_stays_within_the_budget_plus_two_chunks(tmp_path, fmt):
           f"(bound {bound / 1e6:.1f} MB), in memory +{(peaks['in memory'][1] - peaks['in memory'][0]) / 1e6:.1f} MB")
     assert peak - base <= bound, (peak - base, bound)
     assert peaks["in memory"][1] - peaks["in memory"][0] > (peak - base) + 75_000_000
+
+
+# ------------------------------------------------------------------ progress: reads, cache hits, bound
+def _stream_events(client, files: dict, mode: str, cache: str, params: dict) -> list[dict]:
+    events: list[dict] = []
+    with dask.config.set({"dlogit.engine.cache-bytes": cache, "dlogit.monitor.interval": 0.0}):
+        ds = data.read_data(files["source"], client=client, chunk_rows=CHUNK,
+                            **{k: v for k, v in files.items() if k != "source"})
+        LogisticRegression(mode=mode, **params).fit(ds.X, ds.y, client=client, callback=events.append)
+    return [e for e in events if e["type"] == "progress"]
+
+
+@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
+def test_progress_events_report_bytes_read_cache_hits_and_the_bound(client2, tmp_path, mode):
+    """Each progress event of a streamed fit carries ``stream``: the bytes read per evaluation are the
+    streamed chunks' bytes, the cache hits the cached chunks (worker-local: the one worker holds all 8
+    chunks, 3 cached; distributed: the driver's worker holds 4, 1 cached), and the read-ahead waits and
+    compute times behind the bound; an all-cached fit reads nothing."""
+    from dlogit.events import StreamStep
+
+    X, y, _, params = _problem("binary", np.random.default_rng(3))
+    files = _write("npy", tmp_path, X, y, None)
+    chunk = CHUNK * D * 8
+    held = 8 if mode == "worker-local" else 4
+    cached = 3 if mode == "worker-local" else 1
+    progress = _stream_events(client2, files, mode, str(cached * chunk), params)
+    steps = [StreamStep.from_event(e.get("stream")) for e in progress]
+    assert steps and all(s is not None for s in steps), progress[:2]
+    for s in steps:
+        assert s.evaluations >= 1
+        assert s.bytes_read == (held - cached) * chunk
+        assert s.chunks_read == held - cached
+        assert s.cache_hits == cached
+        assert s.read_wait_s >= 0 and s.compute_s > 0
+        assert s.bound == ("read" if s.read_wait_s > s.compute_s else "compute")
+        assert len(s.workers) == 1 and s.workers[0].startswith("tcp://127.0.0.1:")
+    # every chunk cached: hits only, no read, compute-bound
+    for s in (StreamStep.from_event(e.get("stream")) for e in _stream_events(client2, files, mode, "1GiB",
+                                                                              params)):
+        assert s is not None and s.bytes_read == 0 and s.chunks_read == 0 and s.read_wait_s == 0
+        assert s.cache_hits == held and s.bound == "compute"
+
+
+def test_persisted_data_has_no_stream_field(client2, tmp_path):
+    X, y, _, params = _problem("binary", np.random.default_rng(3))
+    events: list[dict] = []
+    import dask.array as da
+
+    Xd, yd = client2.persist([da.from_array(X, chunks=(CHUNK, D)), da.from_array(y, chunks=CHUNK)])
+    LogisticRegression(mode="worker-local", **params).fit(Xd, yd, client=client2, callback=events.append)
+    assert all("stream" not in e for e in events if e["type"] == "progress")
+
+
+def test_the_metrics_endpoint_exposes_a_streamed_fits_reads(tmp_path):
+    """A streamed fit on a LocalCluster whose scheduler runs the dlogit monitor: /metrics shows the
+    bytes read and cache hits per evaluation and the read-bound flag of the run."""
+    import re
+    import urllib.request
+
+    from distributed import Client, LocalCluster
+
+    X, y, _, params = _problem("binary", np.random.default_rng(3))
+    files = _write("npy", tmp_path, X, y, None)
+    chunk = CHUNK * D * 8
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", scheduler_kwargs={"preload": ["dlogit.dashboard"]},
+                      silence_logs=40) as cluster, Client(cluster, set_as_default=False) as client:
+        base = f"http://127.0.0.1:{cluster.scheduler.http_server.port}"
+        with dask.config.set({"dlogit.engine.cache-bytes": str(2 * chunk)}):
+            ds = data.read_data(files["source"], client=client, chunk_rows=CHUNK, labels=files["labels"])
+            LogisticRegression(**params).fit(ds.X, ds.y, client=client)
+        url = base + "/metrics"
+        text = ""
+        for _ in range(50):  # events reach the scheduler asynchronously
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            if "dlogit_stream_bytes_read{" in text:
+                break
+            time.sleep(0.1)
+
+    def metric(name: str) -> float:
+        m = re.search(r"^" + name + r'\{run="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+        assert m, (name, text[-2000:])
+        return float(m.group(2))
+
+    assert metric("dlogit_stream_bytes_read") == 6 * chunk
+    assert metric("dlogit_stream_chunks_read") == 6
+    assert metric("dlogit_stream_cache_hits") == 2
+    assert metric("dlogit_stream_read_bound") in (0.0, 1.0)
+    assert metric("dlogit_stream_compute_seconds") > 0
+
+
+def test_the_panel_and_the_terminal_show_a_progress_events_stream_field():
+    """The ``stream`` field of a progress event (as a streamed fit sends it) reaches the panel's table
+    and the terminal's step line; an event without it (or with nothing read) adds nothing."""
+    import io
+
+    from bokeh.document import Document
+
+    from dlogit.events import StreamCounters, StreamStep
+    from dlogit.monitor.panel import DlogitPanel
+    from dlogit.monitor.progress import TerminalProgress
+    from dlogit.monitor.state import MonitorState
+
+    st = StreamStep.from_counters(StreamCounters(2, 2 * 120_000, 12, 4, 0.030, 0.010), ("tcp://127.0.0.1:9",))
+    assert st.bound == "read" and st.bytes_read == 120_000 and st.chunks_read == 6 and st.cache_hits == 2
+    ev = {"type": "progress", "run": "r", "time": time.time(), "step": [1], "loss": [0.5], "grad_norm": [0.1],
+          "step_seconds": [0.04], "rows_per_s": 1.0, "bytes_per_s": 1.0, "worker_seconds": {},
+          "stream": st.to_event()}
+    state = MonitorState()
+    state.ingest({"type": "start", "run": "r", "time": time.time(), "params": {"max_iter": 10}})
+    state.ingest(ev)
+    panel = DlogitPanel(state, Document())
+    panel.update()
+    rows = dict(panel.param_rows)
+    assert rows["read per evaluation"] == "117 kiB (6 chunks) (tcp://127.0.0.1:9)"
+    assert rows["cache hits per evaluation"] == "2 chunks"
+    assert rows["bound"].startswith("read (per evaluation: waited for reads")
+    out = io.StringIO()
+    term = TerminalProgress(10, period=1, stream=out)
+    term(ev)
+    term({**ev, "step": [2], "stream": {**st.to_event(), "chunks_read": 0.0, "bytes_read": 0.0}})
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("  read 117 kiB/eval (6 chunks)  cache hits 2  read-bound (wait 15.0 ms, "
+                             "compute 5.0 ms)"), lines
+    assert lines[1].endswith("step_ms 40.000"), lines  # all cached: the plain line

@@ -25,6 +25,7 @@ workers with the additions of the fixed chunk tree.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
 from dlogit.chunks import prepare_chunk
+from dlogit.events import StreamCounters, register_stream, unregister_stream
 from dlogit.objective import Node, complete_tree, node_sum, owned_nodes
 from dlogit.spec import FitPlan, FitSpec
 from dlogit.stats import ChunkStats, chunk_stats, merge_stats
@@ -56,6 +58,9 @@ class Shard:
         #: source bytes read since the validation pass, and streamed chunks read (monotone)
         self.bytes_read = 0
         self.chunks_read = 0
+        #: the evaluations' reads, cache hits and read-ahead waits (progress events' ``stream`` field)
+        self.counters = StreamCounters()
+        self._wait = 0.0
         self.raw: dict[int, Raw] = {i: c for i, c in chunks.items() if isinstance(c, tuple)}
         self.raw.update({i: (None, None, None) for i in self.sources})
         self._stats: dict[int, ChunkStats] = {}  # streamed chunks' summaries, from their first read
@@ -165,6 +170,8 @@ class Shard:
                 self._fold_m = fold.m
             del ev, fold
             self.bytes_read = self.chunks_read = 0  # count the evaluations' reads only
+        if self.sources:
+            register_stream(spec.run, self)
         self.kernel = "+".join(sorted(kernels))
         return self.kernel
 
@@ -224,7 +231,9 @@ class Shard:
             yield -1  # the first read has started: the caller evaluates its cached chunks meanwhile
             for k, i in enumerate(order):
                 assert ahead is not None
+                t0 = time.perf_counter()
                 X = ahead.result()
+                self._wait += time.perf_counter() - t0  # the evaluation waited for the read-ahead
                 ahead = pool.submit(self._read, order[k + 1], (k + 1) % 2) if k + 1 < len(order) else None
                 ev, fold = self._streamed_evaluator(i, X)
                 del X
@@ -245,11 +254,16 @@ class Shard:
         combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
         order = [i for lo, hi in self.nodes for i in range(lo, hi)]
         if not self.streamed:
+            t0 = time.perf_counter()
             values = self._map(fn, order)
             self.done += len(values)
+            if self.sources:  # chunks read from their sources, all cached: hits, no reads
+                self._count(time.perf_counter() - t0, 0.0, sum(i in self.sources for i in order), 0, 0)
             return values
         streamed = set(self.streamed)
         todo = [i for i in order if i in streamed]
+        t0 = time.perf_counter()
+        bytes0, reads0, self._wait = self.bytes_read, self.chunks_read, 0.0
         stream = self._stream(todo)
         try:
             next(stream)  # the first streamed chunk is read while the cached ones are evaluated
@@ -260,7 +274,16 @@ class Shard:
                 self.done += 1
         finally:
             stream.close()
+        wait = self._wait
+        self._count(time.perf_counter() - t0 - wait, wait, sum(i in self.sources for i in order) - len(todo),
+                    self.bytes_read - bytes0, self.chunks_read - reads0)
         return values
+
+    def _count(self, compute: float, wait: float, hits: int, nbytes: int, reads: int) -> None:
+        """Add one evaluation to :attr:`counters` (a new snapshot: read from other threads)."""
+        from dlogit.events import StreamCounters
+
+        self.counters = self.counters + StreamCounters(1, nbytes, reads, hits, wait, compute)
 
     def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
         """``{i: fn(i)}``, on the pool when there is one to use; an error is the first item's in order."""
@@ -275,6 +298,7 @@ class Shard:
 
     def close(self) -> None:
         """Stop the evaluation threads (if any)."""
+        unregister_stream(self)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
