@@ -52,6 +52,13 @@ def _write(fmt: str, tmp, X, y, w) -> dict:
             np.save(tmp / "w.npy", w)
             out["weights"] = str(tmp / "w.npy")
         return out
+    if fmt == "zarr":
+        zarr = pytest.importorskip("zarr")
+        g = zarr.open_group(str(tmp / "d.zarr"), mode="w")
+        for name, a in (("X", X), ("y", y), ("w", w)):
+            if a is not None:  # Zarr chunks of 125 rows: two per dlogit chunk
+                g.create_array(name, shape=a.shape, chunks=(CHUNK // 2,) + a.shape[1:], dtype=a.dtype)[:] = a
+        return {"source": str(tmp / "d.zarr"), "label": "y", **({"weights": "w"} if w is not None else {})}
     import pandas as pd
 
     df = pd.DataFrame(X, columns=[f"x{j}" for j in range(D)])
@@ -64,10 +71,10 @@ def _write(fmt: str, tmp, X, y, w) -> dict:
 
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp / "d.parquet", row_group_size=CHUNK)
         path = tmp / "d.parquet"
-    else:
+    else:  # csv, tsv, and their compressed forms (csv.gz ...): one file, several chunks
         # 17 significant digits: the text reads back as the same doubles
-        df.to_csv(tmp / "d.csv", index=False, float_format="%.17g")
-        path = tmp / "d.csv"
+        path = tmp / f"d.{fmt}"
+        df.to_csv(path, index=False, float_format="%.17g", sep="\t" if fmt.startswith("tsv") else ",")
     return {"source": str(path), "label": "y", **({"weights": "w"} if w is not None else {})}
 
 
@@ -90,6 +97,8 @@ def _fit(client, files: dict, mode: str, cache: str | None, params: dict, persis
     ("npy", "binary"), ("npy", "multinomial"), ("npy", "weights"), ("npy", "l1"), ("npy", "newton"),
     ("parquet", "newton-weights"), ("parquet", "binary"), ("parquet", "multinomial"), ("parquet", "weights"), ("parquet", "l1"),
     ("csv", "binary"), ("csv", "weights"),
+    ("csv.gz", "binary"), ("csv.gz", "multinomial"), ("csv.bz2", "weights"), ("csv.xz", "l1"),
+    ("tsv.zst", "newton-weights"), ("zarr", "binary"), ("zarr", "weights"), ("zarr", "newton"),
 ])
 def test_streamed_fit_gives_the_same_bits_as_in_memory(client2, tmp_path, fmt, kind):
     """Budget 0 (every chunk read again at every evaluation) and a budget holding about half of each
@@ -470,3 +479,65 @@ def test_the_panel_and_the_terminal_show_a_progress_events_stream_field():
     assert lines[0].endswith("  read 117 kiB/eval (6 chunks)  cache hits 2  read-bound (wait 15.0 ms, "
                              "compute 5.0 ms)"), lines
     assert lines[1].endswith("step_ms 40.000"), lines  # all cached: the plain line
+
+
+def _local_directory(dask_worker=None):
+    return dask_worker.local_directory
+
+
+def _spill_files(dirs: dict) -> list[str]:
+    return sorted(f for d in dirs.values() for f in os.listdir(d) if f.startswith("dlogit-chunk"))
+
+
+@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
+def test_a_compressed_files_spilled_chunks_are_removed_after_the_fit(client2, tmp_path, mode):
+    """The streamed chunks of a .csv.gz are spilled to the workers' local directories during the fit
+    (seen from a progress event) and gone once it ends."""
+    X, y, _, params = _problem("binary", np.random.default_rng(11))
+    files = _write("csv.gz", tmp_path, X, y, None)
+    during: list[list[str]] = []
+    dirs = client2.run(_local_directory)  # the workers run on this machine
+
+    def on_event(msg):
+        if msg.get("type") == "progress" and not during:
+            during.append(_spill_files(dirs))
+
+    with dask.config.set({"dlogit.engine.cache-bytes": "0"}):
+        ds = data.read_data(files["source"], client=client2, chunk_rows=CHUNK, label="y")
+        LogisticRegression(mode=mode, **params).fit(ds.X, ds.y, client=client2, callback=on_event)
+    assert len(during[0]) == 8, during  # every chunk streamed, each spilled once
+    deadline = time.monotonic() + 10
+    while _spill_files(dirs):
+        assert time.monotonic() < deadline, _spill_files(dirs)
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("fmt", ["csv.gz", "zarr"])
+def test_a_compressed_or_zarr_source_changed_during_the_fit_is_one_line_naming_it(client2, tmp_path, fmt):
+    """A .csv.gz rewritten (other rows) or a Zarr chunk rewritten mid-fit: one DataError line naming the
+    file the chunk is read from (the compressed file is still checked at every read of its spilled
+    chunks)."""
+    X, y, _, _ = _problem("binary", np.random.default_rng(13))
+    files = _write(fmt, tmp_path, X, y, None)
+    seen = threading.Event()
+
+    def on_event(msg):
+        if msg.get("type") == "progress" and not seen.is_set():
+            seen.set()
+            time.sleep(0.05)  # a new modification time even on a coarse clock
+            if fmt == "zarr":
+                import zarr
+
+                zarr.open_group(files["source"], mode="r+")["X"][:CHUNK // 2] = X[CHUNK // 2:CHUNK][::-1]
+            else:
+                _write(fmt, tmp_path, X[::-1].copy(), y[::-1].copy(), None)
+
+    with dask.config.set({"dlogit.engine.cache-bytes": "0"}):
+        ds = data.read_data(files["source"], client=client2, chunk_rows=CHUNK, label="y")
+        with pytest.raises(DataError) as err:
+            LogisticRegression(mode="worker-local", solver="gd", max_iter=20_000, tol=0.0).fit(
+                ds.X, ds.y, client=client2, callback=on_event)
+    text = str(err.value)
+    assert "\n" not in text
+    named = files["source"] if fmt != "zarr" else os.path.join(files["source"], "X", "c", "0", "0")
+    assert text.startswith(f"{named} changed during the fit"), text

@@ -63,6 +63,19 @@ def budget_for(setting: tuple[str, float], memory_limit: float | None) -> int:
     return int(value * float(memory_limit))
 
 
+def spill_directory() -> str:
+    """Where a worker spills the streamed chunks of a compressed file (:func:`dlogit.io.stream.spill`):
+    its Dask ``local_directory`` (removed when the worker closes), else the temporary directory."""
+    import tempfile
+
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().local_directory)
+    except (ImportError, ValueError, AttributeError):
+        return tempfile.gettempdir()
+
+
 def worker_budget(setting: tuple[str, float], worker: Any) -> int:
     """:func:`budget_for` the worker running this code (its ``memory_limit``)."""
     limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)

@@ -97,7 +97,7 @@ class Shard:
         """Read the chunks given as sources (those not read yet): validate them, and keep X in memory
         in chunk order while ``budget`` allows (``None``: all); the others keep only their labels and
         weights (their summaries are kept for :meth:`stats`)."""
-        from dlogit.io.stream import nbytes
+        from dlogit.io.stream import nbytes, release_units
 
         streamed = set(self.streamed)
         used = sum(b for i, b in self._chunk_bytes.items() if i not in streamed)
@@ -112,11 +112,26 @@ class Shard:
             if self.budget is None or used + size <= self.budget:
                 self.raw[i] = (X, y, w)
                 used += size
+            elif not getattr(self.sources[i], "rereadable", True) and not self._spill(i, X):
+                self.raw[i] = (X, y, w)  # cannot be spilled as it is: kept
+                used += size
             else:
                 self._stats[i] = chunk_stats(X, y, w, index=i, where=self.where)
                 self.raw[i] = (_Rows(int(X.shape[0]), X), y, w)
                 self.streamed.append(i)
             del piece, X
+        release_units()
+
+    def _spill(self, i: int, X: Any) -> bool:
+        """Chunk ``i`` of a unit that is not range-readable (a compressed file), to be streamed: written
+        raw to a file in the worker's local directory, its source from now on (removed with the shard)."""
+        from dlogit.engine.residency import spill_directory
+        from dlogit.io.stream import spill
+
+        spilled = spill(self.sources[i], X, spill_directory())
+        if spilled is not None:
+            self.sources[i] = spilled
+        return spilled is not None
 
     @property
     def residency(self) -> dict[str, Any]:
@@ -299,6 +314,8 @@ class Shard:
     def close(self) -> None:
         """Stop the evaluation threads (if any)."""
         unregister_stream(self)
+        for src in self.sources.values():  # spilled chunks' files
+            getattr(src, "remove", lambda: None)()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
