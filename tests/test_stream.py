@@ -119,8 +119,9 @@ def test_streamed_fit_gives_the_same_bits_as_in_memory(client2, tmp_path, fmt, k
             np.testing.assert_array_equal(got, ref, err_msg=f"{mode} cache-bytes {budget}")
 
 
-@pytest.mark.parametrize("mode", ["worker-local", "distributed"])
-def test_streamed_libsvm_gives_the_same_bits(client2, tmp_path, mode):
+@pytest.mark.parametrize("mode, ext", [("worker-local", ""), ("distributed", ""), ("worker-local", ".gz"),
+                                       ("distributed", ".xz")])
+def test_streamed_libsvm_gives_the_same_bits(client2, tmp_path, mode, ext):
     """Sparse (CSR) chunks of an uncompressed LIBSVM file, each its byte range: streamed (budget 0,
     and about half of each worker's chunks) equals persisted."""
     import scipy.sparse as sp
@@ -130,6 +131,12 @@ def test_streamed_libsvm_gives_the_same_bits(client2, tmp_path, mode):
     X = sp.random(ROWS, 30, density=0.2, random_state=3, format="csr")
     y = (np.asarray(X[:, 0].todense()).ravel() + 0.1 * rng.standard_normal(ROWS) > 0.05).astype(int)
     dump_svmlight_file(X, y, str(tmp_path / "d.svm"))
+    if ext:  # compressed: one unit of several chunks, the streamed ones spilled as CSR arrays
+        import gzip
+        import lzma
+
+        with (gzip.open if ext == ".gz" else lzma.open)(tmp_path / f"d.svm{ext}", "wb") as fh:
+            fh.write((tmp_path / "d.svm").read_bytes())
     params = {"max_iter": 15, "tol": 0.0}
     out: dict = {}
     total = 0
@@ -138,7 +145,7 @@ def test_streamed_libsvm_gives_the_same_bits(client2, tmp_path, mode):
             share = total / (1 if mode == "worker-local" else 2)
             cache = str(int(share / 2))
         with dask.config.set({} if cache == "persist" else {"dlogit.engine.cache-bytes": cache}):
-            ds = data.read_data(str(tmp_path / "d.svm"), chunk_bytes=20_000, client=client2)
+            ds = data.read_data(str(tmp_path / f"d.svm{ext}"), chunk_bytes=20_000, client=client2)
             Xd, yd = client2.persist([ds.X, ds.y]) if cache == "persist" else (ds.X, ds.y)
             events: list[dict] = []
             m = LogisticRegression(mode=mode, **params).fit(Xd, yd, client=client2, callback=events.append)
@@ -541,3 +548,86 @@ def test_a_compressed_or_zarr_source_changed_during_the_fit_is_one_line_naming_i
     assert "\n" not in text
     named = files["source"] if fmt != "zarr" else os.path.join(files["source"], "X", "c", "0", "0")
     assert text.startswith(f"{named} changed during the fit"), text
+
+
+# ------------------------------------------------------------------ GPU staging (plan, schedule, bits)
+def test_device_plan_keeps_chunks_in_order_within_the_budget_and_stages_the_rest():
+    from dlogit.engine.residency import device_plan
+
+    sizes = {0: 100, 1: 100, 2: 150, 3: 100, 4: 120}
+    p = device_plan(sizes, 250)
+    assert p.resident == (0, 1) and p.staged == (2, 3, 4)  # chunk order, as the CPU cache
+    assert p.slot_bytes == 150 and p.resident_bytes == 200
+    assert p.device_bytes == 200 + 2 * 150 <= 250 + 2 * max(sizes.values())  # budget + 2 chunks
+    assert device_plan(sizes, None).staged == () and device_plan(sizes, None).device_bytes == 570
+    assert device_plan(sizes, 0).resident == () and device_plan(sizes, 0).device_bytes == 300
+
+
+def test_overlap_schedule_copies_the_next_chunk_before_evaluating_this_one():
+    """Double buffering: copy k + 1 is issued before eval k (they overlap); copy k + 2 goes into the
+    buffer of chunk k and waits for eval k; every eval waits for its own copy."""
+    from dlogit.engine.residency import overlap_schedule
+
+    sched = overlap_schedule([5, 6, 7, 8])
+    assert sched == [("copy", 5, 0, None), ("copy", 6, 1, None), ("eval", 5, 0, 5), ("copy", 7, 0, 5),
+                     ("eval", 6, 1, 6), ("copy", 8, 1, 6), ("eval", 7, 0, 7), ("eval", 8, 1, 8)]
+    assert overlap_schedule([3]) == [("copy", 3, 0, None), ("eval", 3, 0, 3)]
+    assert overlap_schedule([]) == []
+    for chunks in ([1, 2, 3], list(range(9))):  # no buffer is overwritten before its chunk is evaluated
+        sched, in_slot, evaluated = overlap_schedule(chunks), {}, set()
+        for op, i, slot, dep in sched:
+            if op == "copy":
+                assert in_slot.get(slot) is None or in_slot[slot] in evaluated
+                assert dep == in_slot.get(slot)
+                in_slot[slot] = i
+            else:
+                assert in_slot[slot] == i
+                evaluated.add(i)
+        assert evaluated == set(chunks)
+
+
+def _staged_vs_resident(xp, staging):
+    from dlogit.chunks import prepare_chunk
+    from dlogit.engine.residency import StagedChunks, device_plan
+    from dlogit.family import Binomial
+
+    rng = np.random.default_rng(21)
+    chunks = {i: rng.standard_normal((200 + 10 * i, 12)) for i in range(6)}
+    y = {i: (chunks[i][:, 0] > 0).astype(np.int64) for i in chunks}
+    fam = Binomial()
+    from dlogit.family import ParamLayout
+
+    layout = ParamLayout(12, 1)
+    theta = rng.standard_normal(layout.size) * 0.1
+    th = xp.asarray(theta)
+    plan = device_plan({i: X.nbytes for i, X in chunks.items()}, chunks[0].nbytes + chunks[1].nbytes)
+    ref = {i: xp.asarray(prepare_chunk(xp.asarray(chunks[i]), xp.asarray(y[i]), None, layout, fam).sums(th))
+           for i in chunks}
+    staged = StagedChunks({i: chunks[i] for i in plan.staged}, staging)
+    got = staged.evaluate(lambda i, X: prepare_chunk(X, xp.asarray(y[i]), None, layout, fam).sums(th))
+    assert sorted(got) == list(plan.staged) == [2, 3, 4, 5]
+    for i in plan.staged:
+        np.testing.assert_array_equal(np.asarray(got[i].get() if hasattr(got[i], "get") else got[i]),
+                                      np.asarray(ref[i].get() if hasattr(ref[i], "get") else ref[i]))
+    return staged
+
+
+def test_staged_chunks_give_the_same_bits_as_resident_ones_numpy_standing_in_for_cupy():
+    from dlogit.engine.residency import NumpyStaging, overlap_schedule
+
+    staged = _staged_vs_resident(np, NumpyStaging())
+    assert staged.staging.log == [(op, i, s) for op, i, s, _ in overlap_schedule([2, 3, 4, 5])]
+    assert len(staged.slots) == 2 and staged.slots[0].nbytes == 250 * 12 * 8  # the largest staged chunk
+
+
+@pytest.mark.gpu
+def test_staged_chunks_on_a_gpu_give_the_same_bits_as_resident_ones():
+    """Pinned host memory, copies on a second CUDA stream ordered by events."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no usable GPU
+        pytest.skip("no GPU")
+    from dlogit.engine.residency import CupyStaging
+
+    _staged_vs_resident(cupy, CupyStaging())
