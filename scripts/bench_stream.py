@@ -111,7 +111,7 @@ def main() -> int:
     from dlogit.estimator import LogisticRegression
     from dlogit.io.source import Source
     from dlogit.io.stream import ChunkSource
-    from dlogit.loss import single_threaded_blas
+    from dlogit.kernels.policy import single_threaded_blas
     from dlogit.spec import make_plan
 
     chunk_rows = max(1, int(args.chunk_mb * 1e6 / (args.d * 8)))
