@@ -305,7 +305,7 @@ class TerminalProgress:
         if step_ms != "-":
             fields["step_ms"] = step_ms
         if stream is not None:
-            fields["stream"] = stream_text(stream)
+            fields["stream"] = stream_text(stream, short=True)
         if done:
             fields["total"] = self._step or 0
         self._progress.update(self._task, **fields)

@@ -691,9 +691,11 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def stream_text(st: StreamStep) -> str:
+def stream_text(st: StreamStep, short: bool = False) -> str:
     """One compact text for a :class:`~dlogit.events.StreamStep`: what an evaluation read, what it
-    found cached, and whether it waited for reads more than it computed."""
+    found cached, and whether it waited for reads more than it computed (``short``: for a bar)."""
+    if short:
+        return f"read {format_bytes(st.bytes_read)}/eval, {st.cache_hits:g} cached, {st.bound}-bound"
     return (f"read {format_bytes(st.bytes_read)}/eval ({st.chunks_read:g} chunks)  cache hits "
             f"{st.cache_hits:g}  {st.bound}-bound (wait {st.read_wait_s * 1e3:.1f} ms, compute "
             f"{st.compute_s * 1e3:.1f} ms)")
