@@ -296,8 +296,6 @@ class Shard:
 
     def _count(self, compute: float, wait: float, hits: int, nbytes: int, reads: int) -> None:
         """Add one evaluation to :attr:`counters` (a new snapshot: read from other threads)."""
-        from dlogit.events import StreamCounters
-
         self.counters = self.counters + StreamCounters(1, nbytes, reads, hits, wait, compute)
 
     def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
