@@ -25,6 +25,7 @@ workers with the additions of the fixed chunk tree.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from dlogit._xp import get_xp, to_numpy
 from dlogit.chunks import prepare_chunk
+from dlogit.events import StreamCounters, register_stream, unregister_stream
 from dlogit.objective import Node, complete_tree, node_sum, owned_nodes
 from dlogit.spec import FitPlan, FitSpec
 from dlogit.stats import ChunkStats, chunk_stats, merge_stats
@@ -56,6 +58,9 @@ class Shard:
         #: source bytes read since the validation pass, and streamed chunks read (monotone)
         self.bytes_read = 0
         self.chunks_read = 0
+        #: the evaluations' reads, cache hits and read-ahead waits (progress events' ``stream`` field)
+        self.counters = StreamCounters()
+        self._wait = 0.0
         self.raw: dict[int, Raw] = {i: c for i, c in chunks.items() if isinstance(c, tuple)}
         self.raw.update({i: (None, None, None) for i in self.sources})
         self._stats: dict[int, ChunkStats] = {}  # streamed chunks' summaries, from their first read
@@ -92,7 +97,7 @@ class Shard:
         """Read the chunks given as sources (those not read yet): validate them, and keep X in memory
         in chunk order while ``budget`` allows (``None``: all); the others keep only their labels and
         weights (their summaries are kept for :meth:`stats`)."""
-        from dlogit.io.stream import nbytes
+        from dlogit.io.stream import nbytes, release_units
 
         streamed = set(self.streamed)
         used = sum(b for i, b in self._chunk_bytes.items() if i not in streamed)
@@ -107,11 +112,26 @@ class Shard:
             if self.budget is None or used + size <= self.budget:
                 self.raw[i] = (X, y, w)
                 used += size
+            elif not getattr(self.sources[i], "rereadable", True) and not self._spill(i, X):
+                self.raw[i] = (X, y, w)  # cannot be spilled as it is: kept
+                used += size
             else:
                 self._stats[i] = chunk_stats(X, y, w, index=i, where=self.where)
                 self.raw[i] = (_Rows(int(X.shape[0]), X), y, w)
                 self.streamed.append(i)
             del piece, X
+        release_units()
+
+    def _spill(self, i: int, X: Any) -> bool:
+        """Chunk ``i`` of a unit that is not range-readable (a compressed file), to be streamed: written
+        raw to a file in the worker's local directory, its source from now on (removed with the shard)."""
+        from dlogit.engine.residency import spill_directory
+        from dlogit.io.stream import spill
+
+        spilled = spill(self.sources[i], X, spill_directory())
+        if spilled is not None:
+            self.sources[i] = spilled
+        return spilled is not None
 
     @property
     def residency(self) -> dict[str, Any]:
@@ -165,6 +185,8 @@ class Shard:
                 self._fold_m = fold.m
             del ev, fold
             self.bytes_read = self.chunks_read = 0  # count the evaluations' reads only
+        if self.sources:
+            register_stream(spec.run, self)
         self.kernel = "+".join(sorted(kernels))
         return self.kernel
 
@@ -224,7 +246,9 @@ class Shard:
             yield -1  # the first read has started: the caller evaluates its cached chunks meanwhile
             for k, i in enumerate(order):
                 assert ahead is not None
+                t0 = time.perf_counter()
                 X = ahead.result()
+                self._wait += time.perf_counter() - t0  # the evaluation waited for the read-ahead
                 ahead = pool.submit(self._read, order[k + 1], (k + 1) % 2) if k + 1 < len(order) else None
                 ev, fold = self._streamed_evaluator(i, X)
                 del X
@@ -245,11 +269,16 @@ class Shard:
         combine the values along the fixed tree afterwards, so the bits never depend on the schedule."""
         order = [i for lo, hi in self.nodes for i in range(lo, hi)]
         if not self.streamed:
+            t0 = time.perf_counter()
             values = self._map(fn, order)
             self.done += len(values)
+            if self.sources:  # chunks read from their sources, all cached: hits, no reads
+                self._count(time.perf_counter() - t0, 0.0, sum(i in self.sources for i in order), 0, 0)
             return values
         streamed = set(self.streamed)
         todo = [i for i in order if i in streamed]
+        t0 = time.perf_counter()
+        bytes0, reads0, self._wait = self.bytes_read, self.chunks_read, 0.0
         stream = self._stream(todo)
         try:
             next(stream)  # the first streamed chunk is read while the cached ones are evaluated
@@ -260,7 +289,14 @@ class Shard:
                 self.done += 1
         finally:
             stream.close()
+        wait = self._wait
+        self._count(time.perf_counter() - t0 - wait, wait, sum(i in self.sources for i in order) - len(todo),
+                    self.bytes_read - bytes0, self.chunks_read - reads0)
         return values
+
+    def _count(self, compute: float, wait: float, hits: int, nbytes: int, reads: int) -> None:
+        """Add one evaluation to :attr:`counters` (a new snapshot: read from other threads)."""
+        self.counters = self.counters + StreamCounters(1, nbytes, reads, hits, wait, compute)
 
     def _map(self, fn: Callable[[int], Any], items: list[int]) -> dict[int, Any]:
         """``{i: fn(i)}``, on the pool when there is one to use; an error is the first item's in order."""
@@ -275,6 +311,9 @@ class Shard:
 
     def close(self) -> None:
         """Stop the evaluation threads (if any)."""
+        unregister_stream(self)
+        for src in self.sources.values():  # spilled chunks' files
+            getattr(src, "remove", lambda: None)()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

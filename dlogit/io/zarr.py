@@ -9,6 +9,8 @@ chunks are grouped into chunks of about ``chunk_bytes`` (at least ``chunk_rows``
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +212,24 @@ def _rows(path: str, s: int, e: int) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001
         raise fsio.read_error(path, exc) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def chunk_files(path: str, s: int, e: int) -> tuple[str, ...]:
+    """The files rows ``s:e`` of the array at ``path`` are read from: its metadata file and the files of
+    the Zarr chunks (or shards) holding those rows (some may not exist: never written, fill value); a
+    ``.npy`` itself. What a streamed chunk checks at every read (:mod:`dlogit.io.stream`)."""
+    if path.lower().endswith(".npy"):
+        return (path,)
+    a = _open(path)
+    meta = a.metadata
+    grid = tuple(int(c) for c in (getattr(a, "shards", None) or a.chunks))
+    shape = tuple(int(n) for n in a.shape)
+    rows = range(s // grid[0], -(-e // grid[0]))
+    rest = itertools.product(*(range(-(-n // c)) for n, c in zip(shape[1:], grid[1:])))
+    keys = [meta.encode_chunk_key((r, *c)) for c in list(rest) for r in rows]
+    name = ".zarray" if int(getattr(meta, "zarr_format", 3)) == 2 else "zarr.json"
+    return (_join(path, name), *sorted(_join(path, k) for k in keys))
 
 
 def read_unit(info: DatasetInfo, u: int) -> list[Piece]:

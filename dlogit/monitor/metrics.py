@@ -77,6 +77,36 @@ class DlogitCollector:
                 labels=["run", "worker"],
             ),
             g(
+                "dlogit_stream_bytes_read",
+                "Bytes read from storage per chunk evaluation (streamed chunks; last progress event)",
+                labels=["run"],
+            ),
+            g(
+                "dlogit_stream_chunks_read",
+                "Streamed chunks read per chunk evaluation (last progress event)",
+                labels=["run"],
+            ),
+            g(
+                "dlogit_stream_cache_hits",
+                "Chunks found in the workers' chunk cache per chunk evaluation (last progress event)",
+                labels=["run"],
+            ),
+            g(
+                "dlogit_stream_read_wait_seconds",
+                "Seconds per chunk evaluation spent waiting for the read-ahead (last progress event)",
+                labels=["run"],
+            ),
+            g(
+                "dlogit_stream_compute_seconds",
+                "Seconds per chunk evaluation spent computing (last progress event)",
+                labels=["run"],
+            ),
+            g(
+                "dlogit_stream_read_bound",
+                "1 when the last evaluations waited for reads longer than they computed, else 0",
+                labels=["run"],
+            ),
+            g(
                 "dlogit_run_info",
                 "Always 1; labels carry the run status, solver, mode and model family",
                 labels=["run", "status", "solver", "mode", "family"],
@@ -151,6 +181,17 @@ class DlogitCollector:
                     ):
                         if not math.isnan(value):
                             fams[name].add_metric(lab, value)
+                    st = rs.stream
+                    if st is not None:
+                        for name, value in (
+                            ("dlogit_stream_bytes_read", st.bytes_read),
+                            ("dlogit_stream_chunks_read", st.chunks_read),
+                            ("dlogit_stream_cache_hits", st.cache_hits),
+                            ("dlogit_stream_read_wait_seconds", st.read_wait_s),
+                            ("dlogit_stream_compute_seconds", st.compute_s),
+                            ("dlogit_stream_read_bound", 1.0 if st.bound == "read" else 0.0),
+                        ):
+                            fams[name].add_metric(lab, float(value))
                     for worker, sec in sorted(rs.worker_seconds.items()):
                         fams["dlogit_worker_step_seconds"].add_metric(
                             [rs.run, worker], sec

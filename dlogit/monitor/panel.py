@@ -23,6 +23,7 @@ from dlogit.monitor.state import (
     PathPoint,
     PathState,
     RunState,
+    format_bytes,
     log_positions,
     zero_note,
 )
@@ -531,6 +532,8 @@ class DlogitPanel:
             ("elapsed", format_seconds(s["elapsed_seconds"])),
             ("ETA", format_seconds(s["eta_seconds"])),
         ]
+        if s["stream"] is not None:
+            rows.extend(stream_rows(s["stream"]))
         if s["n_iter"] is not None:
             rows.append(("n_iter", str(s["n_iter"])))
         if s["n_nonzero"] is not None:
@@ -704,3 +707,15 @@ def uninstall_panel(scheduler: Any, app: Any) -> None:
     apps = getattr(getattr(scheduler, "http_application", None), "applications", None)
     if apps is not None and app in apps:
         apps.remove(app)
+
+
+def stream_rows(st: Any) -> list[tuple[str, str]]:
+    """The panel's rows for a fit reading its chunks from their sources (a
+    :class:`~dlogit.events.StreamStep`): bytes read and cache hits per evaluation, read- or compute-bound."""
+    where = f" ({', '.join(st.workers)})" if st.workers else ""
+    return [
+        ("read per evaluation", f"{format_bytes(st.bytes_read)} ({st.chunks_read:g} chunks){where}"),
+        ("cache hits per evaluation", f"{st.cache_hits:g} chunks"),
+        ("bound", (f"{st.bound} (per evaluation: waited for reads {format_seconds(st.read_wait_s)}, "
+                   f"computed {format_seconds(st.compute_s)})")),
+    ]

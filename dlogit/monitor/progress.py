@@ -7,7 +7,8 @@ import sys
 from collections import deque
 from typing import IO, Any
 
-from dlogit.monitor.state import ETA_WINDOW, eta_seconds
+from dlogit.events import StreamStep
+from dlogit.monitor.state import ETA_WINDOW, eta_seconds, stream_text
 
 
 def format_dashboard_url(dashboard_link: str) -> str:
@@ -184,6 +185,9 @@ class TerminalProgress:
         gnorms = ev.get("grad_norm") or []
         secs = ev.get("step_seconds") or []
         n = min(len(steps), len(losses), len(gnorms), len(secs))
+        stream = StreamStep.from_event(ev.get("stream"))  # shown when chunks are read at every evaluation
+        if stream is not None and not stream.chunks_read:
+            stream = None
         for i in range(n):
             step, loss, gn, s = int(steps[i]), float(losses[i]), float(gnorms[i]), float(secs[i])
             self._step, self._loss = step, loss
@@ -192,9 +196,10 @@ class TerminalProgress:
             if not self.tty and step % self.period == 0:
                 self._print(
                     f"step {step}  loss {_loss(loss)}  grad_norm {gn:.6g}  step_ms {s * 1e3:.3f}"
+                    + (f"  {stream_text(stream)}" if stream is not None else "")
                 )
         if self.tty and n:
-            self._update_rich(secs[n - 1])
+            self._update_rich(secs[n - 1], stream=stream)
 
     def _on_end(self, ev: dict[str, Any]) -> None:
         status = ev.get("status", "?")
@@ -273,16 +278,17 @@ class TerminalProgress:
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("step {task.fields[step_ms]} ms"),
             TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[stream]}"),
             console=console,
             transient=False,
             refresh_per_second=4,
         )
         self._progress.start()
         self._task = self._progress.add_task(
-            "fit", total=self.max_iter, loss="-", step_ms="-", eta="-:--:--"
+            "fit", total=self.max_iter, loss="-", step_ms="-", eta="-:--:--", stream=""
         )
 
-    def _update_rich(self, last_seconds: Any, done: bool = False) -> None:
+    def _update_rich(self, last_seconds: Any, done: bool = False, stream: StreamStep | None = None) -> None:
         if self._progress is None:
             self._start_rich()
         step_ms = "-"
@@ -298,6 +304,8 @@ class TerminalProgress:
         }
         if step_ms != "-":
             fields["step_ms"] = step_ms
+        if stream is not None:
+            fields["stream"] = stream_text(stream, short=True)
         if done:
             fields["total"] = self._step or 0
         self._progress.update(self._task, **fields)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dlogit.events import StreamStep
+
 MAX_RUNS = 20
 MAX_POINTS = 20_000
 #: regularization paths kept (finished ones are evicted first)
@@ -370,6 +372,8 @@ class RunState:
         self.rows_per_s = math.nan
         self.bytes_per_s = math.nan
         self.worker_seconds: dict[str, float] = {}
+        #: a fit reading its chunks from their sources: the last progress event's reads per evaluation
+        self.stream: StreamStep | None = None
         self.recent: deque[float] = deque(maxlen=ETA_WINDOW)
         self.n_iter: int | None = None
         self.seconds: float | None = None
@@ -427,6 +431,7 @@ class RunState:
             "n_iter": self.n_iter,
             "message": self.message,
             "worker_seconds": dict(self.worker_seconds),
+            "stream": self.stream,
             "params": dict(self.params),
             "points": len(self.steps),
             "steps_seen": self.steps.seen,
@@ -621,6 +626,9 @@ class MonitorState:
                     "gb_per_s": rs.bytes_per_s / 1e9,
                 }
             )
+        stream = StreamStep.from_event(msg.get("stream"))
+        if stream is not None:
+            rs.stream = stream
         ws = msg.get("worker_seconds")
         if isinstance(ws, dict) and ws:
             rs.worker_seconds = {str(k): _float(v) for k, v in ws.items()}
@@ -672,3 +680,22 @@ class MonitorState:
     def path_summaries(self) -> list[dict[str, Any]]:
         with self.lock:
             return [p.summary() for p in self.paths.values()]
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as ``512 B``, ``40.0 kiB``, ``1.50 GiB``."""
+    n = float(n)
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("kiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def stream_text(st: StreamStep, short: bool = False) -> str:
+    """One compact text for a :class:`~dlogit.events.StreamStep`: what an evaluation read, what it
+    found cached, and whether it waited for reads more than it computed (``short``: for a bar)."""
+    if short:
+        return f"read {format_bytes(st.bytes_read)}/eval, {st.cache_hits:g} cached, {st.bound}-bound"
+    return (f"read {format_bytes(st.bytes_read)}/eval ({st.chunks_read:g} chunks)  cache hits "
+            f"{st.cache_hits:g}  {st.bound}-bound (wait {st.read_wait_s * 1e3:.1f} ms, compute "
+            f"{st.compute_s * 1e3:.1f} ms)")
