@@ -271,7 +271,8 @@ def _checkpoint_spec(a: _Args, inputs: list[str | None]) -> Any:
 
 
 def _make_model(a: _Args, path: bool) -> Any:
-    """The estimator the options describe: :class:`~dlogit.LogisticRegressionCV` for a path."""
+    """The model the options describe: a :class:`~dlogit.model.LogisticModel` (no scikit-learn to import:
+    its seconds would outlast the fit of a small file), :class:`~dlogit.LogisticRegressionCV` for a path."""
     common = {"solver": a.solver, "lr": a.lr, "max_iter": a.max_iter, "tol": a.tol,
               "fit_intercept": not a.no_intercept, "class_weight": a.class_weight, "init": a.init,
               "random_state": a.seed, "chunk_rows": a.opts.get("chunk_rows"), "progress_period": a.period,
@@ -282,9 +283,9 @@ def _make_model(a: _Args, path: bool) -> Any:
         return LogisticRegressionCV(l2=list(a.l2) if isinstance(a.l2, tuple) else a.l2,
                                     l1=list(a.l1) if isinstance(a.l1, tuple) else a.l1, cv=a.cv,
                                     cv_split=a.cv_split, scoring=a.scoring, **common)
-    from dlogit.estimator import LogisticRegression
+    from dlogit.model import LogisticModel
 
-    return LogisticRegression(l2=a.l2, l1=a.l1, **common)
+    return LogisticModel(l2=a.l2, l1=a.l1, **common)
 
 
 def _where(ctx: click.Context, a: _Args, job: _Job) -> bool:
