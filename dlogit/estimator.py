@@ -42,7 +42,7 @@ class ParameterError(ConfigError, InvalidParameterError):  # type: ignore[misc, 
     """A parameter outside its allowed values (a :class:`ConfigError` and scikit-learn's error)."""
 
 
-class LogisticRegression(ClassifierMixin, BaseEstimator, LogisticModel):
+class LogisticRegression(ClassifierMixin, LogisticModel, BaseEstimator):
     """Logistic regression (binary or multinomial) on NumPy, CuPy, SciPy-sparse or Dask data.
 
     The objective is written in the module docstring. In-memory data (NumPy, CuPy, SciPy sparse,

@@ -167,7 +167,13 @@ class LogisticModel:
         from dlogit import inputs
 
         if not _plain_arrays(X, y, sample_weight):
-            return inputs.prepare_fit(self, X, y, sample_weight, client)
+            if inputs.is_dask_input(X, y, sample_weight):
+                return inputs.prepare_fit(self, X, y, sample_weight, client)
+            proxy = self._sklearn_proxy()  # scikit-learn's checks need a scikit-learn estimator
+            data = inputs.prepare_fit(proxy, X, y, sample_weight, client)
+            self.__dict__.pop("feature_names_in_", None)
+            self.__dict__.update({k: v for k, v in vars(proxy).items() if k.endswith("_in_")})
+            return data
         from dlogit.data import chunk_rows_for, row_ranges
 
         n, d = (int(v) for v in X.shape)
@@ -228,15 +234,12 @@ class LogisticModel:
         self.resumed_from_ = r.resumed_from
         self.history_ = {"loss": r.history_loss, "grad_norm": r.history_grad_norm,
                          "step_seconds": r.history_step_seconds}
-        if self.status_ in ("diverged", "max_iter", "stalled"):
-            from dlogit.errors import ConvergenceWarning  # made on first use (it loads scikit-learn)
-
-            if self.status_ == "diverged":
-                warnings.warn(f"{self.solver} diverged: {r.message}", ConvergenceWarning, stacklevel=3)
-            elif spec.tol > 0:
-                why = r.message or ("increase max_iter" if self.status_ == "max_iter" else "loosen tol")
-                warnings.warn(f"{self.solver} did not converge in {self.n_iter_} iterations: {why}",
-                              ConvergenceWarning, stacklevel=3)
+        if self.status_ == "diverged":
+            warnings.warn(f"{self.solver} diverged: {r.message}", _convergence_warning(), stacklevel=3)
+        elif self.status_ in ("max_iter", "stalled") and spec.tol > 0:
+            why = r.message or ("increase max_iter" if self.status_ == "max_iter" else "loosen tol")
+            warnings.warn(f"{self.solver} did not converge in {self.n_iter_} iterations: {why}",
+                          _convergence_warning(), stacklevel=3)
 
     # ---------------------------------------------------------------------------------------------
     @property
@@ -261,7 +264,18 @@ class LogisticModel:
             return X, False
         from dlogit import inputs
 
-        return inputs.prepare_predict(self, X)
+        if inputs.is_dask_input(X):
+            return inputs.prepare_predict(self, X)
+        proxy = self._sklearn_proxy()
+        proxy.__dict__.update({k: v for k, v in vars(self).items() if k.endswith("_in_")})
+        return inputs.prepare_predict(proxy, X)
+
+    def _sklearn_proxy(self) -> Any:
+        """A :class:`dlogit.LogisticRegression` of these parameters: what scikit-learn's input checks
+        (:mod:`dlogit.inputs`) take, for inputs other than plain NumPy arrays."""
+        from dlogit.estimator import LogisticRegression
+
+        return LogisticRegression(**{k: getattr(self, k) for k in PARAMS})
 
     def decision_function(self, X: Any) -> Any:
         """Margins: (n,) for a binary model, (n, K) multinomial; in X's namespace (lazy for Dask)."""
@@ -369,11 +383,20 @@ class LogisticModel:
         return params
 
 
+def _convergence_warning() -> type[Warning]:
+    """:class:`dlogit.ConvergenceWarning`, made on first use (it loads scikit-learn: only a fit that
+    warns pays for it)."""
+    from dlogit import errors
+
+    return errors.ConvergenceWarning
+
+
 def _plain_arrays(X: Any, y: Any, w: Any) -> bool:
     """Whether the inputs are what dlogit's readers make in memory: a 2-D float32/float64 NumPy X, 1-D
-    NumPy labels, and float64 weights or none."""
+    NumPy labels (numbers, or text), and float64 weights or none."""
     return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in (np.float64, np.float32)
-            and type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "biufU"
+            and type(y) is np.ndarray and y.ndim == 1
+            and (y.dtype.kind in "biufU" or (y.dtype.kind == "O" and all(type(v) is str for v in y)))
             and (w is None or (type(w) is np.ndarray and w.ndim == 1 and w.dtype == np.float64)))
 
 
