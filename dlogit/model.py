@@ -84,10 +84,10 @@ class LogisticModel:
                 continue
             ok = isinstance(value, kind) and not isinstance(value, bool)
             if ok:
-                ok = value >= low if closed else value > low
+                ok = (value >= low if closed else value > low) and value < math.inf
             if not ok:
-                what = "an int" if kind is Integral else "a float"
-                raise bad(name, f"{what} in the range {'[' if closed else '('}{low}, inf)"
+                what, shown = ("an int", low) if kind is Integral else ("a float", float(low))
+                raise bad(name, f"{what} in the range {'[' if closed else '('}{shown}, inf)"
                                 + (" or None" if none_ok else ""))
         for name, (options, none_ok) in _CHOICES.items():
             value = getattr(self, name)
