@@ -127,3 +127,35 @@ def test_logistic_model_checks_its_parameters_as_the_estimator_does(params, matc
     for cls in (LogisticModel, LogisticRegression):
         with pytest.raises(ConfigError, match=match):
             cls(**params).fit(X, y)
+
+
+def test_the_spawn_guard_runs_after_first_once_after_the_first_spawn_with_sigint_unblocked():
+    """``children_start_without_sigint(after_first)``: what the CLI does while its workers start runs once,
+    after the first process is spawned (not before: it would slow the scheduler's start), with this
+    thread's own signal mask (the guard's SIGINT block lifted), and the spawned processes still start
+    with SIGINT blocked."""
+    import multiprocessing
+    import signal
+
+    from dlogit.cli import children_start_without_sigint
+
+    calls = []
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    ctx = multiprocessing.get_context("spawn")
+    with children_start_without_sigint(lambda: calls.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))):
+        assert calls == []
+        q = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_report_sigmask, args=(q,)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        masks = [q.get() for _ in procs]
+        for p in procs:
+            p.join(60)
+    assert len(calls) == 1 and calls[0] == before  # the guard's own SIGINT block is lifted by then
+    assert all(int(signal.SIGINT) in m for m in masks)
+
+
+def _report_sigmask(q) -> None:
+    import signal
+
+    q.put(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, set())))

@@ -164,8 +164,8 @@ def children_start_without_sigint(after_first: Any = None) -> Iterator[None]:
     thread that spawns the worker (``multiprocessing``'s spawn) blocks SIGINT around the spawn; this
     process keeps handling Ctrl-C as usual (only the spawning thread's mask changes, briefly).
 
-    ``after_first()``, when given, is called once, right after the first process is spawned (work for
-    this process to do while its workers start)."""
+    ``after_first()``, when given, is called once, right after the first worker process is spawned
+    (work for this process to do while its workers start)."""
     import multiprocessing.util as mp_util
 
     original = mp_util.spawnv_passfds
@@ -180,7 +180,8 @@ def children_start_without_sigint(after_first: Any = None) -> Iterator[None]:
             return original(path, args, passfds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-            if pending:
+            # not after multiprocessing's resource tracker (spawned first, with SIGINT/SIGTERM blocked)
+            if pending and not any("resource_tracker" in str(part) for part in args):
                 pending.pop()()
 
     mp_util.spawnv_passfds = spawn_blocked
