@@ -220,8 +220,6 @@ def _finite_chunk(c: Any) -> Any:
 
 def prepare_predict(est: Any, X: Any) -> tuple[Any, bool]:
     """``(X, lazy)`` for prediction: checked against the fitted features (names too)."""
-    from sklearn.utils.validation import validate_data
-
     d = int(est.n_features_in_)
     if _is_dask_collection(X):
         import dask.array as da
@@ -245,6 +243,8 @@ def prepare_predict(est: Any, X: Any) -> tuple[Any, bool]:
     X = _arrow_like(X)
     if getattr(X, "ndim", 0) == 2 and hasattr(X, "dtypes") and hasattr(X, "columns"):
         check_frame_columns(X.dtypes, "X")
+    from sklearn.utils.validation import validate_data  # here: Dask and CuPy input need no scikit-learn
+
     try:
         X = validate_data(est, X, reset=False, accept_sparse=["csr"], dtype=[np.float64, np.float32])
     except ValueError as exc:

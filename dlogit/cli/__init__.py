@@ -154,7 +154,7 @@ def install_signal_handlers() -> dict[int, Any]:
 
 
 @contextlib.contextmanager
-def children_start_without_sigint() -> Iterator[None]:
+def children_start_without_sigint(after_first: Any = None) -> Iterator[None]:
     """Worker processes started meanwhile begin with SIGINT blocked.
 
     A terminal's Ctrl-C goes to its whole foreground process group; a local worker process leaves
@@ -162,10 +162,14 @@ def children_start_without_sigint() -> Iterator[None]:
     then unblocks it), but a Ctrl-C during the seconds before -- while it imports -- would put a
     ``KeyboardInterrupt`` traceback into it. A signal mask survives ``fork`` and ``exec``, so the
     thread that spawns the worker (``multiprocessing``'s spawn) blocks SIGINT around the spawn; this
-    process keeps handling Ctrl-C as usual (only the spawning thread's mask changes, briefly)."""
+    process keeps handling Ctrl-C as usual (only the spawning thread's mask changes, briefly).
+
+    ``after_first()``, when given, is called once, right after the first worker process is spawned
+    (work for this process to do while its workers start)."""
     import multiprocessing.util as mp_util
 
     original = mp_util.spawnv_passfds
+    pending = [after_first] if after_first is not None else []
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
@@ -176,6 +180,9 @@ def children_start_without_sigint() -> Iterator[None]:
             return original(path, args, passfds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            # not after multiprocessing's resource tracker (spawned first, with SIGINT/SIGTERM blocked)
+            if pending and not any("resource_tracker" in str(part) for part in args):
+                pending.pop()()
 
     mp_util.spawnv_passfds = spawn_blocked
     try:

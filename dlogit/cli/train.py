@@ -271,7 +271,8 @@ def _checkpoint_spec(a: _Args, inputs: list[str | None]) -> Any:
 
 
 def _make_model(a: _Args, path: bool) -> Any:
-    """The estimator the options describe: :class:`~dlogit.LogisticRegressionCV` for a path."""
+    """The model the options describe: a :class:`~dlogit.model.LogisticModel` (no scikit-learn to import:
+    its seconds would outlast the fit of a small file), :class:`~dlogit.LogisticRegressionCV` for a path."""
     common = {"solver": a.solver, "lr": a.lr, "max_iter": a.max_iter, "tol": a.tol,
               "fit_intercept": not a.no_intercept, "class_weight": a.class_weight, "init": a.init,
               "random_state": a.seed, "chunk_rows": a.opts.get("chunk_rows"), "progress_period": a.period,
@@ -282,9 +283,9 @@ def _make_model(a: _Args, path: bool) -> Any:
         return LogisticRegressionCV(l2=list(a.l2) if isinstance(a.l2, tuple) else a.l2,
                                     l1=list(a.l1) if isinstance(a.l1, tuple) else a.l1, cv=a.cv,
                                     cv_split=a.cv_split, scoring=a.scoring, **common)
-    from dlogit.estimator import LogisticRegression
+    from dlogit.model import LogisticModel
 
-    return LogisticRegression(l2=a.l2, l1=a.l1, **common)
+    return LogisticModel(l2=a.l2, l1=a.l1, **common)
 
 
 def _where(ctx: click.Context, a: _Args, job: _Job) -> bool:
@@ -793,6 +794,8 @@ def _session(a: _Args, job: _Job, in_process: bool) -> Any:
         with _fit_signals():
             yield None, "cpu"
         return
+    import functools
+
     from dlogit.cli import children_start_without_sigint, ignore_signals
     from dlogit.cluster import open_cluster, resolve_scheduler
 
@@ -802,12 +805,39 @@ def _session(a: _Args, job: _Job, in_process: bool) -> Any:
         n = opts["workers"]
         what = f"{n} CPU worker(s)" if n else ("GPU workers" if opts["gpus"] else "workers")
         click.echo(f"dlogit: starting a local cluster ({what})...")
-    with open_cluster(**opts, spawn_guard=children_start_without_sigint, on_interrupt=ignore_signals) as s:
+    # what the fit imports here once the cluster is up is imported while its workers start instead
+    guard = functools.partial(children_start_without_sigint, lambda: _import_in_background(_AFTER_START))
+    with open_cluster(**opts, spawn_guard=guard, on_interrupt=ignore_signals) as s:
         if local and s.kind == "cpu" and opts["workers"] is None and a.verbose:
             click.echo(f"dlogit: no usable GPU (CuPy and a CUDA device): using {len(s.cluster.workers)} "
                        "CPU worker processes")
         _say_dashboard(s.client, quiet)
         yield s.client, s.kind
+
+
+#: what a fit on a local cluster imports here once the cluster is up (dask.array: 0.25 s or more of a
+#: quiet 2-core box's time): imported while the workers start instead (:func:`_import_in_background`,
+#: after the first worker process is spawned, not to slow the scheduler's own start)
+_AFTER_START = ("dask.array", "dlogit.inputs", "dlogit.monitor.progress")
+
+
+def _import_in_background(modules: tuple[str, ...]) -> Any:
+    """Import ``modules`` in a daemon thread (returned): the client mostly waits while its cluster's
+    worker processes start, and the fit's first step then does not wait for these imports. An import
+    that fails here fails again, with its own error, where the module is used."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S112 - its user imports it again and reports the error
+                continue
+
+    thread = threading.Thread(target=run, name="dlogit-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, Any]:
