@@ -337,6 +337,10 @@ def bench_csv(quick: bool, mb: float) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
+    # Python writes the .pyc of what it imports (as after any pip install, where scikit-learn's come
+    # compiled): a PYTHONDONTWRITEBYTECODE=1 environment would make every child recompile dlogit's and
+    # Dask's sources while scikit-learn's .pyc exist, an unfair start for the first-contact figures
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for BENCHMARKS.md)")
     ap.add_argument("--only", nargs="*", choices=SECTIONS, default=None)
