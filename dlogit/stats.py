@@ -60,8 +60,10 @@ def _where(index: int | None, where: str) -> str:
 
 
 def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = None,
-                where: str = "", require_labels: bool = True) -> ChunkStats:
-    """Validate one chunk and summarize it (see the module docstring)."""
+                where: str = "", require_labels: bool = True, known: ChunkStats | None = None) -> ChunkStats:
+    """Validate one chunk and summarize it (see the module docstring). ``known``: this chunk's summary
+    from an earlier pass over the very same X and row weights; its column moments are taken from there
+    (X is not read again; the labels and weights are checked and counted anew)."""
     at = _where(index, where)
     sparse = hasattr(X, "tocsr") and hasattr(X, "nnz")
     if getattr(X, "ndim", 2) != 2 or len(X.shape) != 2:
@@ -78,7 +80,11 @@ def chunk_stats(X: Any, y: Any, sample_weight: Any = None, index: int | None = N
     if sample_weight is not None:
         _check_weight_values(sample_weight, index, where)
         check_sample_weight(sample_weight, n, where=at.strip(" ()"))
-    if sparse:
+    if known is not None:
+        if (known.rows, known.n_features) != (n, d):
+            raise ValueError(f"a kept summary of {known.rows}x{known.n_features} for a {n}x{d} chunk")
+        col_max, col_sum, col_sq, nnz = known.col_max, known.col_sum, known.col_sq, known.nnz
+    elif sparse:
         X = X.tocsr()
         if not type(X).__module__.startswith("cupy"):
             from dlogit.kernels.sparse import check_csr

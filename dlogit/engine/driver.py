@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from dlogit.config import get_bool
-from dlogit.cv import needs_labels
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
 from dlogit.engine.placement import balanced_ranges, replica_targets, spread_orphans, worker_tree
@@ -160,11 +159,15 @@ class ShardInfo:
 def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunks: int, xs: list[Any],
                 ys: list[Any], ws: list[Any] | None, prepare: tuple[FitSpec, FitPlan, bool] | None,
                 fold_labels: bool = False, stream: Any = None,
-                signatures: dict[int, Any] | None = None) -> dict[str, Any]:
+                signatures: dict[int, Any] | None = None,
+                keys: list[Any] | None = None) -> dict[str, Any]:
     """On a worker: hold these chunks as a shard of the fit; validate and summarize them (the first
     attach; with ``fold_labels`` also each chunk's labels for stratified folds), or prepare them with
     the fit's plan (chunks moved after a loss). With ``stream`` the chunks are source ranges the shard
-    reads itself (:mod:`dlogit.engine.residency`; ``signatures``: their files at the fit's first read)."""
+    reads itself (:mod:`dlogit.engine.residency`; ``signatures``: their files at the fit's first read).
+    ``keys``: each chunk's X key: a chunk whose summary this worker kept from an earlier fit on the same
+    X (and row weights) is not read again to validate it
+    (:class:`~dlogit.engine.transport.plugin.SummaryCache`)."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -183,8 +186,19 @@ def attach_task(run: str, epoch: int, shard_id: str, indices: list[int], n_chunk
         chunks = {i: (x, y, None if ws is None else ws[j]) for j, (i, x, y) in enumerate(zip(indices, xs, ys))}
         shard = Shard(chunks, n_chunks, where=f"worker {worker.address}")
     out: dict[str, Any] = {"worker": worker.address, "shard": shard_id, "nodes": shard.nodes}
+    t0 = time.perf_counter()
     if prepare is None:
-        out["stats"] = shard.stats()
+        cache = plugin.summaries
+        weights = {i: (None if ws is None else ws[j]) for j, i in enumerate(indices)}
+        known = {} if keys is None else {i: st for i, k in zip(indices, keys)
+                                         if (st := cache.get(k, weights[i])) is not None}
+        out["stats"] = shard.stats(known)
+        out["stats_seconds"] = time.perf_counter() - t0
+        out["stats_reused"] = len(known)
+        if keys is not None:
+            for i, k in zip(indices, keys):
+                if i not in known:
+                    cache.put(k, weights[i], shard.summaries[i], worker.data.__contains__)
         out["rows"] = shard.row_counts()
         if fold_labels:
             from dlogit.folds import chunk_labels
@@ -206,10 +220,12 @@ def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[s
     KeyboardInterrupt)."""
     from distributed import get_worker, secede
 
+    started = time.time()
     worker = get_worker()
     stop = control.stop_check(spec.run)
     secede()  # the worker's own shard tasks run beside this one, even on a single-threaded worker
     driver = Driver(worker, spec, refs, settings, info, stop, path)
+    driver.started = started
     try:
         return "ok", driver.run()
     except Interrupted as exc:
@@ -265,6 +281,8 @@ class Driver:
         #: per reduction (the last 100 000): the wall time at the driver and the slowest worker's
         #: evaluation, in seconds (their difference is the coordination)
         self.timing: deque[tuple[float, float]] = deque(maxlen=100_000)
+        #: seconds of each phase of the set-up and of the loop (``FitResult.extra["phases"]``)
+        self.phases: dict[str, float] = {}
 
     # -- set-up ----------------------------------------------------------------------------------
     def _alive(self) -> list[str]:
@@ -275,8 +293,11 @@ class Driver:
 
         from dlogit.training import run_fit
 
+        marks = self.phases
+        t = time.perf_counter()
         self.client = get_client()
         self.client.register_plugin(EnginePlugin())
+        marks["plugin"] = time.perf_counter() - t
         self.links = links = DriverLinks(self.worker, self.spec.run, 0, self.settings.heartbeat,
                                          stop=self.stop)
         alive = self._alive()
@@ -288,12 +309,18 @@ class Driver:
         best = max(checkpoints, key=lambda c: (c["epoch"], c["n_iter"]), default=None)
         links.control({w: {"epoch": self.epoch} for w in alive}, "fence", missing_ok=True)
 
+        marks["begin"] = time.perf_counter() - t - marks["plugin"]
         kept, moved = spread_orphans(self.refs.assign, self.refs.rows, alive)
         assign = {w: sorted(kept.get(w, []) + moved.get(w, [])) for w in set(kept) | set(moved)}
+        t = time.perf_counter()
         infos = self._attach(assign, prepare=None)
+        marks["attach"] = time.perf_counter() - t
+        marks["attach_stats"] = max((i.get("stats_seconds", 0.0) for i in infos), default=0.0)
+        t = time.perf_counter()
         parts = {tuple(node): st for info in infos for node, st in info["stats"]}
         stats = merged_stats(parts, self.refs.n_chunks)
         self.plan = make_plan(self.spec, stats, weighted_input=self.refs.weighted)
+        marks["plan"] = time.perf_counter() - t
         if self.path is not None:
             from dlogit.cv import with_folds
 
@@ -301,11 +328,15 @@ class Driver:
             labels = {int(i): v for info in infos for i, v in info.get("labels", {}).items()}
             self.plan = with_folds(self.plan, self.path, [rows[i] for i in range(self.refs.n_chunks)],
                                    [labels[i] for i in range(self.refs.n_chunks)] if labels else None)
+        t = time.perf_counter()
         try:
             self._prepare(list(self.shards.values()))
+            marks["prepare"] = time.perf_counter() - t
             self._open_tree()
         except WorkerLost as exc:  # lost before the first step: its chunks go elsewhere, prepared
             self._recover(exc)
+        marks["tree"] = time.perf_counter() - t - marks.get("prepare", 0.0)
+        t = time.perf_counter()
         kernel = "+".join(sorted({k for ks in self.kernels.values() for k in ks.split("+") if k}))
 
         start = None
@@ -335,6 +366,10 @@ class Driver:
                          on_step=self.replicate, epoch=self.epoch)
         if start is not None:  # the user sees their own resume (a file), not the driver's restarts
             result = replace(result, resumed_from=self.resumed_from)
+        marks["loop"] = time.perf_counter() - t
+        result.extra["phases"] = dict(marks)
+        result.extra["driver_started"] = getattr(self, "started", None)
+        result.extra["driver_ended"] = time.time()
         result.extra["driver_epoch"] = self.epoch
         result.extra["recoveries"] = self.recoveries
         result.extra["reduce_seconds"] = np.asarray(self.timing, dtype=np.float64).reshape(-1, 2)
@@ -372,9 +407,10 @@ class Driver:
             else:  # source ranges: the worker reads them (a moved chunk is checked against its first read)
                 xs, ys, ws = [], [], None
             sigs = {i: self.signatures[i] for i in idx if i in self.signatures} or None
-            labels = prepare is None and needs_labels(self.path)  # stratified folds: each chunk's labels
+            labels = prepare is None and _needs_labels(self.path)  # stratified folds: each chunk's labels
+            keys = None if refs.stream is not None or prepare is not None else [refs.x[i] for i in idx]
             futures.append(c.submit(attach_task, self.spec.run, self.epoch, sid, idx, refs.n_chunks, xs, ys, ws,
-                                    prepare, labels, refs.stream, sigs,
+                                    prepare, labels, refs.stream, sigs, keys,
                                     key=f"dlogit-attach-{self.spec.run}-{sid}", workers=[w],
                                     allow_other_workers=True, pure=False))
             placed.append(list(idx))
@@ -642,6 +678,16 @@ class Driver:
         self.attached.clear()
         links.close()
         self.links = None
+
+
+def _needs_labels(path: Any) -> bool:
+    """:func:`dlogit.cv.needs_labels`, importing dlogit.cv only for a path (a plain fit's workers load
+    none of it)."""
+    if path is None:
+        return False
+    from dlogit.cv import needs_labels
+
+    return needs_labels(path)
 
 
 def refs_are_futures(refs: ChunkRefs) -> bool:

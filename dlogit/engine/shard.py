@@ -64,6 +64,7 @@ class Shard:
         self.raw: dict[int, Raw] = {i: c for i, c in chunks.items() if isinstance(c, tuple)}
         self.raw.update({i: (None, None, None) for i in self.sources})
         self._stats: dict[int, ChunkStats] = {}  # streamed chunks' summaries, from their first read
+        self.summaries: dict[int, ChunkStats] = {}  # every chunk's, after :meth:`stats`
         self.n_chunks = int(n_chunks)
         self.nodes: list[Node] = owned_nodes(self.raw, self.n_chunks)
         self.where = where
@@ -82,15 +83,20 @@ class Shard:
         self.raw = dict(sorted(self.raw.items()))
 
     # -- validation pass ---------------------------------------------------------------------------
-    def stats(self) -> list[tuple[Node, ChunkStats]]:
+    def stats(self, known: dict[int, ChunkStats] | None = None) -> list[tuple[Node, ChunkStats]]:
         """Validate every chunk; the merged summaries of the owned tree nodes. Chunks given as sources
-        are read here (in chunk order): kept while the budget allows, else dropped after their summary."""
+        are read here (in chunk order): kept while the budget allows, else dropped after their summary.
+        ``known``: summaries of some chunks from an earlier pass over the very same X and row weights
+        (their X is not read again: :func:`~dlogit.stats.chunk_stats`'s ``known``); every chunk's summary
+        is in :attr:`summaries` afterwards."""
         self.load()
         raw = self.raw
         per = self._stats
-        per.update(self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where),
+        known = known or {}
+        per.update(self._map(lambda i: chunk_stats(*raw[i], index=i, where=self.where, known=known.get(i)),
                              [i for i in raw if i not in per]))
         self._stats = {}
+        self.summaries = per
         return [((lo, hi), node_sum(per.__getitem__, lo, hi, merge_stats)) for lo, hi in self.nodes]
 
     def load(self) -> None:

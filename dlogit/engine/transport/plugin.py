@@ -25,6 +25,78 @@ from dlogit.errors import ClusterError
 
 PLUGIN_NAME = "dlogit-engine"
 
+#: bytes of column moments the validation summaries kept per worker may hold (:class:`SummaryCache`)
+SUMMARY_CACHE_BYTES = 64 << 20
+
+
+class SummaryCache:
+    """Each chunk's validation summary (:class:`~dlogit.stats.ChunkStats`) by the Dask key of its X,
+    kept while that key is in this worker's memory: a later fit on the same persisted chunk does not
+    read its X again to validate and summarize it (a key names one value for as long as Dask holds it;
+    the entry goes when the key is released here). The column moments depend on the row weights too:
+    an entry serves only weights of the same digest (the labels and weights are always counted anew:
+    they are small). At most ``SUMMARY_CACHE_BYTES`` of moments, the oldest entries dropped first."""
+
+    def __init__(self, limit: int = SUMMARY_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.entries: dict[Any, tuple[str | None, Any]] = {}  # X key -> (weights' digest, summary)
+        self.nbytes = 0
+        #: summaries served from here, and computed and kept (monotone; tests and diagnostics)
+        self.hits = 0
+        self.stored = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _size(stats: Any) -> int:
+        return int(sum(a.nbytes for a in (stats.col_max, stats.col_sum, stats.col_sq)))
+
+    def get(self, key: Any, weights: Any) -> Any:
+        """The kept summary of X ``key`` taken with these ``weights``, or None."""
+        with self.lock:
+            entry = self.entries.get(key)
+        if entry is None or entry[0] != weights_digest(weights):
+            return None
+        with self.lock:
+            self.hits += 1
+        return entry[1]
+
+    def put(self, key: Any, weights: Any, stats: Any, held: Callable[[Any], bool]) -> None:
+        """Keep ``stats`` of X ``key`` when the key is ``held`` here now (its release is then seen)."""
+        size = self._size(stats)
+        if size > self.limit or not held(key):
+            return
+        digest = weights_digest(weights)
+        with self.lock:
+            self.release(key, locked=True)
+            self.entries[key] = (digest, stats)
+            self.nbytes += size
+            self.stored += 1
+            while self.nbytes > self.limit:
+                self.release(next(iter(self.entries)), locked=True)
+
+    def release(self, key: Any, locked: bool = False) -> None:
+        """``key`` left this worker's memory: forget its summary."""
+        if key not in self.entries:
+            return
+        with contextlib.nullcontext() if locked else self.lock:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
+                self.nbytes -= self._size(entry[1])
+
+
+def weights_digest(weights: Any) -> str | None:
+    """A digest of a chunk's row weights (dtype, shape, bytes), or None without weights."""
+    if weights is None:
+        return None
+    import hashlib
+
+    from dlogit._xp import to_numpy
+
+    a = np.ascontiguousarray(to_numpy(weights))
+    h = hashlib.blake2b(f"{a.dtype.str}{a.shape}".encode(), digest_size=16)
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
 
 class _KeepAlive:
     """While started, sends ``{"k": 1, "p": progress}`` on a link every ``every`` seconds (a step still
@@ -104,6 +176,7 @@ class EnginePlugin(WorkerPlugin):
         self.ended: deque[str] = deque(maxlen=4096)  # fits dropped here: a late attach must not revive one
         self.keys: dict[Any, tuple[str, str]] = {}  # attaching task's key -> (run, shard id)
         self.lock = threading.Lock()
+        self.summaries = SummaryCache()
         worker.handlers["dlogit_link"] = self.link
         worker.handlers["dlogit_control"] = self.control
 
@@ -134,7 +207,10 @@ class EnginePlugin(WorkerPlugin):
                 self.keys[key] = (run, shard_id)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        """A shard lives as long as its attaching task's result: Dask's own lifetime for it."""
+        """A shard lives as long as its attaching task's result: Dask's own lifetime for it (and a chunk's
+        kept summary as long as its keys)."""
+        if finish in ("released", "forgotten"):
+            self.summaries.release(key)
         if finish in ("released", "forgotten") and key in self.keys:
             with self.lock:
                 run, sid = self.keys.pop(key, (None, None))
@@ -339,7 +415,10 @@ def engine_state(dask_worker: Any) -> dict[str, Any]:
             "checkpoint": s.checkpoint is not None, "links": len(s.links), "thread": s.executor is not None}
         for r, s in list(plugin.runs.items())}
     threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("dlogit"))
-    return {"runs": runs, "threads": threads}
+    cache = None if plugin is None else plugin.summaries
+    summaries = {"entries": 0, "hits": 0, "stored": 0} if cache is None else {
+        "entries": len(cache.entries), "hits": cache.hits, "stored": cache.stored}
+    return {"runs": runs, "threads": threads, "summaries": summaries}
 
 
 def shard_count(dask_worker: Any) -> int:
