@@ -3,6 +3,7 @@ path) and multinomial (two GEMMs per cache block)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,13 +27,9 @@ class DenseBinomialCPU(KeepsCurvature):
     * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once (a specialization
       of the same terms, tested against them).
 
-    One owner evaluates it at a time (its parts slots are shared between calls); within one call its
-    blocks may run on several threads (``runner``), each with its own work buffers.
+    One owner evaluates it at a time (its slots for the blocks' sums are shared between calls); within one
+    evaluation its blocks may run on several threads (:meth:`begin`), each with its own work buffers.
     """
-
-    #: runs ``fn(j)`` for every block ``j < n`` (``runner(fn, n)``), in any order and on any threads; None:
-    #: one after another here. In-process fits share their block threads (:mod:`dlogit.engine.local`).
-    runner: Any = None
 
     def __init__(self, X: np.ndarray, codes: np.ndarray, sample_weight: np.ndarray | None,
                  layout: ParamLayout, *, kernel: str = "auto", curvature: bool = False,
@@ -73,16 +70,22 @@ class DenseBinomialCPU(KeepsCurvature):
     # -- sums -------------------------------------------------------------------------------------
     def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
         """The sums at ``theta``; with ``keep_curvature`` a :class:`~dlogit.chunks.handle.Curvature`
-        handle holding them (for :meth:`hvp`).
+        handle holding them (for :meth:`hvp`)."""
+        n_blocks, block, finish = self.begin(theta, keep_curvature)
+        for j in range(n_blocks):
+            block(j)
+        return finish()
 
-        Every block's loss, intercept and gradient parts go to their own slots (the blocks may run on
-        several threads, see ``runner``); they are added up in block order afterwards, as one thread
-        going through the blocks would."""
+    def begin(self, theta: Any, keep_curvature: bool = False) -> tuple[int, Callable[[int], None],
+                                                                        Callable[[], Any]]:
+        """:meth:`sums` in parts: ``(n_blocks, block, finish)``. ``block(j)`` for every ``j < n_blocks``
+        (in any order, on any threads, each with its own work buffers; one :meth:`begin` at a time per
+        chunk), then ``finish()`` is what :meth:`sums` returns. Every block's loss, intercept and gradient
+        parts go to their own slots; ``finish`` adds them in block order, as one thread going through the
+        blocks would, so the bits never depend on the schedule."""
         if keep_curvature and self.curvature is None:
             self._check(None, False)
         d = self.d
-        out = np.empty(d + 2)
-        grad = out[1: d + 1]
         b = float(theta[d])
         dbuf = self.curvature if keep_curvature and self.curvature is not None else None
         if self.kernel == "fused":
@@ -91,42 +94,42 @@ class DenseBinomialCPU(KeepsCurvature):
         else:
             w = theta[: d].astype(self.blocks.dtype, copy=False)
             one = self._block_blas
-        n_blocks = len(self.blocks.ranges)
+        spare = self._spare
 
         def block(j: int) -> None:
-            spare = self._spare
             try:
                 work = spare.pop()
-            except IndexError:  # another thread holds the others
+            except IndexError:  # other threads hold the others
                 work = self._work()
             try:
                 one(j, w, b, dbuf, work)
             finally:
                 spare.append(work)
 
-        if self.runner is None or n_blocks <= 1:
+        def finish() -> Any:
+            n_blocks = len(self.blocks.ranges)
+            out = np.empty(d + 2)
+            grad = out[1: d + 1]
+            loss = gb = 0.0
             for j in range(n_blocks):
-                block(j)
-        else:
-            self.runner(block, n_blocks)
-        loss = gb = 0.0
-        for j in range(n_blocks):
-            loss += self._loss[j]
-            gb += self._gb[j]
-        parts = self._parts
-        if self.kernel == "fused":
-            grad[...] = 0.0
-            for j in range(n_blocks):
-                grad += parts[j]
-        elif n_blocks:
-            grad[...] = parts[0]
-            for j in range(1, n_blocks):
-                np.add(grad, parts[j], out=grad)
-        else:  # no rows
-            grad[...] = 0.0
-        out[0] = loss
-        out[d + 1] = gb
-        return self._keep(out) if keep_curvature else out
+                loss += self._loss[j]
+                gb += self._gb[j]
+            parts = self._parts
+            if self.kernel == "fused":
+                grad[...] = 0.0
+                for j in range(n_blocks):
+                    grad += parts[j]
+            elif n_blocks:
+                grad[...] = parts[0]
+                for j in range(1, n_blocks):
+                    np.add(grad, parts[j], out=grad)
+            else:  # no rows
+                grad[...] = 0.0
+            out[0] = loss
+            out[d + 1] = gb
+            return self._keep(out) if keep_curvature else out
+
+        return len(self.blocks.ranges), block, finish
 
     def _block_fused(self, j: int, w: np.ndarray, b: float, dbuf: np.ndarray | None,
                      work: tuple[Any, ...]) -> None:
