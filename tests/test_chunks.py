@@ -240,10 +240,10 @@ def test_wide_csr_chunks_take_the_scipy_products(rng):
     from dlogit import chunks
 
     for fam, kern, K in ((BIN, chunks.CSRBinomialCPU, 2), (MULTI, chunks.CSRMultinomialCPU, 3)):
-        layout = lambda d: ParamLayout(d, 1 if K == 2 else K)  # noqa: E731
         for d, expect in ((kern.max_features, "csr"), (kern.max_features + 1, "scipy")):
             X = sp.random(50, d, density=1e-3, format="csr", random_state=0)
-            assert prepare_chunk(X, rng.integers(0, K, 50), None, layout(d), fam).kernel == expect, (fam, d)
+            layout = ParamLayout(d, 1 if K == 2 else K)
+            assert prepare_chunk(X, rng.integers(0, K, 50), None, layout, fam).kernel == expect, (fam, d)
     assert chunks.CSRMultinomialCPU.max_features < chunks.CSRBinomialCPU.max_features
 
 

@@ -104,7 +104,7 @@ def test_threads_setting_is_checked(rng):
 
 def _blocks_of(monkeypatch, nbytes):
     """Cache blocks of ``nbytes`` (many blocks per chunk on small data)."""
-    import dlogit.chunks.blocks as blocks
+    from dlogit.chunks import blocks
 
     monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", nbytes)
 
@@ -114,8 +114,8 @@ def test_dense_blocks_run_on_several_threads_with_the_bits_of_one(rng, monkeypat
     """A dense binomial chunk's cache blocks go to the block threads (dlogit-block); the sums are added
     in block order, so 1, 2 and 3 threads give the same bits (float64 in place, float32, and a Fortran
     chunk read through per-thread scratch; weights; Newton keeps the curvature)."""
-    from dlogit.kernels import cpu
     from dlogit.engine import local
+    from dlogit.kernels import cpu
 
     if kernel == "fused" and not cpu.available():
         pytest.skip("numba not installed")
@@ -194,7 +194,7 @@ def test_a_busy_core_changes_no_bits(rng, monkeypatch):
     _blocks_of(monkeypatch, 4096)
     X, y = _data(rng, n=20_000, d=16)
     quiet = _fit(2, X, y, chunk_rows=5000, tol=1e-10)
-    core = sorted(os.sched_getaffinity(0))[0]
+    core = min(os.sched_getaffinity(0))
     hog = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
     try:
         busy = _fit(2, X, y, chunk_rows=5000, tol=1e-10)

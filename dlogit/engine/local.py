@@ -50,12 +50,15 @@ class BlockThreads:
                     return
                 try:
                     fn(j)
-                except BaseException as exc:  # the others stop taking blocks; the caller raises it
+                except BaseException as exc:  # noqa: BLE001 - the others stop taking blocks; raised below
                     failed.append(exc)
                     return
 
         helpers = [self._pool.submit(drain) for _ in range(min(self.threads, n) - 1)]
-        drain()
+        try:
+            drain()
+        except BaseException as exc:  # noqa: BLE001 - (an interrupt) raised once no helper writes any more
+            failed.append(exc)
         for f in helpers:
             f.result()
         if failed:
