@@ -234,12 +234,17 @@ def test_csr_binomial_equals_dense(rng, weighted, kernel):
         np.testing.assert_allclose(chunk.sums(theta), dense, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.skipif(not cpu.available(), reason="numba not installed")
 def test_wide_csr_chunks_take_the_scipy_products(rng):
+    """Each one-pass CSR kernel owns its width limit (no table keyed by the family's name)."""
     from dlogit import chunks
 
-    X = sp.random(50, chunks.CSR_FUSED_MAX_FEATURES["binomial"] + 1, density=1e-3, format="csr",
-                  random_state=0)
-    assert prepare_chunk(X, rng.integers(0, 2, 50), None, ParamLayout(X.shape[1], 1), BIN).kernel == "scipy"
+    for fam, kern, K in ((BIN, chunks.CSRBinomialCPU, 2), (MULTI, chunks.CSRMultinomialCPU, 3)):
+        for d, expect in ((kern.max_features, "csr"), (kern.max_features + 1, "scipy")):
+            X = sp.random(50, d, density=1e-3, format="csr", random_state=0)
+            layout = ParamLayout(d, 1 if K == 2 else K)
+            assert prepare_chunk(X, rng.integers(0, K, 50), None, layout, fam).kernel == expect, (fam, d)
+    assert chunks.CSRMultinomialCPU.max_features < chunks.CSRBinomialCPU.max_features
 
 
 def test_integer_weights_equal_duplicated_rows(rng):

@@ -100,3 +100,106 @@ def test_threads_setting_is_checked(rng):
     X, y = _data(rng, n=200, d=3)
     with pytest.raises(Exception, match="dlogit.threads"):
         _fit(0, X, y)
+
+
+def _blocks_of(monkeypatch, nbytes):
+    """Cache blocks of ``nbytes`` (many blocks per chunk on small data)."""
+    from dlogit.chunks import blocks
+
+    monkeypatch.setattr(blocks, "CPU_BLOCK_BYTES", nbytes)
+
+
+@pytest.mark.parametrize("kernel", ["blas", "fused"])
+def test_dense_blocks_run_on_several_threads_with_the_bits_of_one(rng, monkeypatch, kernel):
+    """A dense binomial chunk's cache blocks go to the block threads (dlogit-block); the sums are added
+    in block order, so 1, 2 and 3 threads give the same bits (float64 in place, float32, and a Fortran
+    chunk read through per-thread scratch; weights; Newton keeps the curvature)."""
+    from dlogit.engine import local
+    from dlogit.kernels import cpu
+
+    if kernel == "fused" and not cpu.available():
+        pytest.skip("numba not installed")
+    _blocks_of(monkeypatch, 2048)
+    seen: set[str] = set()
+    run = local.BlockThreads.__call__
+
+    def spy(self, fn, n):
+        def named(j):
+            seen.add(threading.current_thread().name)
+            fn(j)
+        return run(self, named, n)
+
+    monkeypatch.setattr(local.BlockThreads, "__call__", spy)
+    X, y = _data(rng, n=4000, d=12)
+    sw = rng.random(len(y)) * 3
+    inputs = {"f64": X, "f32": X.astype(np.float32), "fortran": np.asfortranarray(X)}
+    with dask.config.set({"dlogit.cpu-kernel": kernel}):
+        for name, A in inputs.items():
+            for solver, w in (("lbfgs", None), ("newton", sw)):
+                fits = []
+                for t in (1, 2, 3):
+                    with dask.config.set({"dlogit.threads": t}):
+                        tol = 1e-4 if A.dtype == np.float32 else 1e-8
+                        fits.append(dlogit.LogisticRegression(solver=solver, chunk_rows=1500, tol=tol)
+                                    .fit(A, y, sample_weight=w))
+                for m in fits[1:]:
+                    np.testing.assert_array_equal(m.coef_, fits[0].coef_, err_msg=name)
+                    np.testing.assert_array_equal(m.intercept_, fits[0].intercept_, err_msg=name)
+    assert any(s.startswith("dlogit-block") for s in seen), seen
+
+
+def test_block_sums_are_added_in_block_order_whatever_ran_first(rng, monkeypatch):
+    """Blocks evaluated last to first (``begin``'s parts) give the bits of the serial pass."""
+    from dlogit.chunks import DenseBinomialCPU
+    from dlogit.family import ParamLayout
+
+    _blocks_of(monkeypatch, 1024)
+    X, y = _data(rng, n=900, d=8)
+    X[::7] *= 1e6  # large and small block sums: an order change would show in the bits
+    theta = rng.standard_normal(9)
+    serial = DenseBinomialCPU(X, y, None, ParamLayout(8, 1), kernel="blas")
+    assert len(serial.blocks.ranges) > 10
+    backwards = DenseBinomialCPU(X, y, None, ParamLayout(8, 1), kernel="blas")
+    n, block, finish = backwards.begin(theta)
+    for j in reversed(range(n)):
+        block(j)
+    np.testing.assert_array_equal(finish(), serial.sums(theta))
+
+
+def test_a_fit_restores_the_callers_blas_threads(rng):
+    """In-process fits run BLAS on one thread per block thread; the caller's own setting comes back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X, y = _data(rng, n=2000, d=10)
+
+    def blas():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        _fit(2, X, y, chunk_rows=300)
+        assert blas() == [2] * len(before)
+    assert blas() == before
+
+
+def test_a_busy_core_changes_no_bits(rng, monkeypatch):
+    """With another process spinning on one core, a fit on 2 threads gives the bits of a quiet one (the
+    schedule changes, the reduction order does not). Not a timing test."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None:
+        pytest.skip("needs taskset and 2 CPUs")
+    _blocks_of(monkeypatch, 4096)
+    X, y = _data(rng, n=20_000, d=16)
+    quiet = _fit(2, X, y, chunk_rows=5000, tol=1e-10)
+    core = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", "while True: pass"])
+    try:
+        busy = _fit(2, X, y, chunk_rows=5000, tol=1e-10)
+    finally:
+        hog.kill()
+        hog.wait()
+    np.testing.assert_array_equal(busy.coef_, quiet.coef_)
+    np.testing.assert_array_equal(busy.intercept_, quiet.intercept_)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dlogit.chunks.blocks import Blocks, array_kind, compute_dtype, direct
-from dlogit.chunks.csr import CSR_FUSED_MAX_FEATURES, CSRBinomialCPU, CSRMultinomialCPU, csr_cpu
+from dlogit.chunks.csr import CSRBinomialCPU, CSRMultinomialCPU, csr_cpu
 from dlogit.chunks.cupy import CudaBinomial
 from dlogit.chunks.dense import DenseBinomialCPU, DenseMultinomialCPU
 from dlogit.chunks.generic import LinearChunk
@@ -79,7 +79,6 @@ def chunk_sums(X: Any, y: Any, theta: Any, sample_weight: Any = None, kernel: st
 
 
 __all__ = [
-    "CSR_FUSED_MAX_FEATURES",
     "EVALUATORS",
     "Blocks",
     "CSRBinomialCPU",

@@ -53,11 +53,19 @@ class Blocks:
         self.rows = min(rows, self.n)
         self._scratch = None if self.direct else np.empty((self.rows, self.d), self.dtype)
 
-    def get(self, lo: int, hi: int) -> np.ndarray:
+    def new_scratch(self) -> np.ndarray | None:
+        """Another scratch buffer for :meth:`get` (a second thread reading blocks of the same chunk)."""
+        return None if self.direct else np.empty((self.rows, self.d), self.dtype)
+
+    def get(self, lo: int, hi: int, scratch: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``lo:hi``: a view of X when it is read in place, else a copy in ``scratch`` (default this
+        chunk's own buffer)."""
         if self.direct:
             return self.X if (lo == 0 and hi == self.n) else self.X[lo:hi]
-        assert self._scratch is not None
-        out = self._scratch[: hi - lo]
+        if scratch is None:
+            scratch = self._scratch
+        assert scratch is not None
+        out = scratch[: hi - lo]
         np.copyto(out, self.X[lo:hi], casting="unsafe")
         return out
 

@@ -12,15 +12,14 @@ from dlogit.chunks.generic import LinearChunk
 from dlogit.chunks.handle import Curvature, KeepsCurvature
 from dlogit.family import Family, ParamLayout
 
-#: products (X @ w, X.T @ r). Measured on one thread (BENCHMARKS.md, "Sparse kernels"), 10^5 rows of 50
-#: values: binomial 0.63-0.74x SciPy's time up to d = 10^4, 1.15x at 10^5, 2x at 10^6 (the one pass needs
-#: both w and the gradient in cache); multinomial (K = 5) 0.91x at d = 10^3, slower from 10^4.
-CSR_FUSED_MAX_FEATURES = {"binomial": 30_000, "multinomial": 2_000}
-
 _EMPTY = np.empty(0)
 
 
 class _CSRChunk(KeepsCurvature):
+    #: ``kernel="auto"`` uses this one-pass kernel for chunks of at most this many features, wider ones the
+    #: SciPy products (X @ w, X.T @ r); each kernel sets its own (see the subclasses).
+    max_features: int = 0
+
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, curvature: bool) -> None:
         from dlogit.kernels import sparse
 
@@ -45,6 +44,10 @@ class _CSRChunk(KeepsCurvature):
 
 class CSRBinomialCPU(_CSRChunk):
     """Binomial sums of a SciPy CSR chunk: margins, residuals and the gradient's scatter-add in one pass."""
+
+    #: measured on one thread (BENCHMARKS.md, "Sparse kernels"), 10^5 rows of 50 values: 0.63-0.74x SciPy's
+    #: time up to d = 10^4, 1.15x at 10^5, 2x at 10^6 (the one pass needs both w and the gradient in cache)
+    max_features = 30_000
 
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
                  kernel: str = "auto", curvature: bool = False) -> None:
@@ -74,6 +77,9 @@ class CSRBinomialCPU(_CSRChunk):
 class CSRMultinomialCPU(_CSRChunk):
     """Multinomial sums of a SciPy CSR chunk in one pass over its rows."""
 
+    #: measured as for the binomial kernel (K = 5): 0.91x SciPy's time at d = 10^3, slower from 10^4
+    max_features = 2_000
+
     def __init__(self, X: Any, codes: Any, sample_weight: Any, layout: ParamLayout, family: Family, *,
                  kernel: str = "auto", curvature: bool = False) -> None:
         super().__init__(X, codes, sample_weight, layout, curvature)
@@ -101,13 +107,15 @@ class CSRMultinomialCPU(_CSRChunk):
         return out
 
 
-def csr_cpu(cls: type) -> Callable[..., Any]:
+def csr_cpu(cls: type[_CSRChunk]) -> Callable[..., Any]:
+    """The evaluator factory of a one-pass CSR kernel: ``cls`` up to its ``max_features`` (or with
+    ``kernel="fused"``), else the SciPy products."""
     def factory(X: Any, codes: Any, sw: Any, layout: ParamLayout, family: Family, *, kernel: str = "auto",
                 curvature: bool = False) -> Any:
         from dlogit.kernels import cpu
 
         fused = cpu.available() and kernel != "blas" and (
-            kernel == "fused" or int(X.shape[1]) <= CSR_FUSED_MAX_FEATURES[family.name])
+            kernel == "fused" or int(X.shape[1]) <= cls.max_features)
         if fused:
             return cls(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)
         return LinearChunk(X, codes, sw, layout, family, kernel=kernel, curvature=curvature)

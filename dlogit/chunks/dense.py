@@ -3,6 +3,7 @@ path) and multinomial (two GEMMs per cache block)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ class DenseBinomialCPU(KeepsCurvature):
     * ``"fused"``: :func:`dlogit.kernels.cpu.dense_binomial_sums`, every row read once (a specialization
       of the same terms, tested against them).
 
-    Not thread-safe (work buffers are shared between calls); one owner evaluates it at a time.
+    One owner evaluates it at a time (its slots for the blocks' sums are shared between calls); within one
+    evaluation its blocks may run on several threads (:meth:`begin`), each with its own work buffers.
     """
 
     def __init__(self, X: np.ndarray, codes: np.ndarray, sample_weight: np.ndarray | None,
@@ -40,103 +42,136 @@ class DenseBinomialCPU(KeepsCurvature):
         self.sw = None if sample_weight is None else np.ascontiguousarray(sample_weight, dtype=np.float64)
         self.curvature = np.empty(self.n) if curvature else None
         self.kernel = choose_cpu_kernel(kernel, self.n, self.d, b.dtype)
-        self._w = np.empty(self.d)
-        self._g = np.empty(self.d, b.dtype)
-        m = b.rows
-        self._s, self._l, self._e = np.empty(m), np.empty(m), np.empty(m)
         self._narrow = b.dtype != np.float64
-        self._z = np.empty(m if self._narrow else 0, b.dtype)  # float32 chunks: margins, residuals
-        self._r = np.empty(m if self._narrow else 0, b.dtype)
-        self._u = np.empty(m)
+        # each block's gradient part (the fused kernel's are float64): summed in block order after the
+        # blocks, so the sums have the same bits whichever thread evaluated which block
+        nb = len(b.ranges)
+        self._parts = np.empty((nb, self.d), np.float64 if self.kernel == "fused" else b.dtype)
+        self._loss, self._gb = [0.0] * nb, [0.0] * nb
+        self._spare = [self._work(first=True)]  # work buffers, one set per thread evaluating a block now
+        self._u = np.empty(b.rows)  # hvp (one thread)
+        self._none = np.empty(0)
         if self.kernel == "fused":
             from dlogit.kernels import cpu
 
             self._fused = cpu.dense_binomial_sums
-            self._gw = np.empty(self.d)
-            self._none = np.empty(0)
+
+    def _work(self, first: bool = False) -> tuple[Any, ...]:
+        """One thread's work buffers: (margins/residuals, loss terms, exp terms, float32 margins, float32
+        residuals, X scratch); the ``first`` set reads through the chunk's own scratch."""
+        b = self.blocks
+        scratch = b._scratch if first else b.new_scratch()
+        if self.kernel == "fused":
+            return (None, None, None, None, None, scratch)
+        m, narrow = b.rows, (b.rows if self._narrow else 0)
+        return (np.empty(m), np.empty(m), np.empty(m), np.empty(narrow, b.dtype), np.empty(narrow, b.dtype),
+                scratch)
 
     # -- sums -------------------------------------------------------------------------------------
     def sums(self, theta: Any, keep_curvature: bool = False) -> Any:
         """The sums at ``theta``; with ``keep_curvature`` a :class:`~dlogit.chunks.handle.Curvature`
         handle holding them (for :meth:`hvp`)."""
+        n_blocks, block, finish = self.begin(theta, keep_curvature)
+        for j in range(n_blocks):
+            block(j)
+        return finish()
+
+    def begin(self, theta: Any, keep_curvature: bool = False) -> tuple[int, Callable[[int], None],
+                                                                        Callable[[], Any]]:
+        """:meth:`sums` in parts: ``(n_blocks, block, finish)``. ``block(j)`` for every ``j < n_blocks``
+        (in any order, on any threads, each with its own work buffers; one :meth:`begin` at a time per
+        chunk), then ``finish()`` is what :meth:`sums` returns. Every block's loss, intercept and gradient
+        parts go to their own slots; ``finish`` adds them in block order, as one thread going through the
+        blocks would, so the bits never depend on the schedule."""
         if keep_curvature and self.curvature is None:
             self._check(None, False)
-        self._keeping = keep_curvature
         d = self.d
-        out = np.empty(d + 2)
-        grad = out[1: d + 1]
         b = float(theta[d])
+        dbuf = self.curvature if keep_curvature and self.curvature is not None else None
         if self.kernel == "fused":
-            loss, gb = self._sums_fused(theta, grad, b)
+            w = np.array(theta[: d], dtype=np.float64)
+            one = self._block_fused
         else:
-            loss, gb = self._sums_blas(theta, grad, b)
-        out[0] = loss
-        out[d + 1] = gb
-        return self._keep(out) if keep_curvature else out
+            w = theta[: d].astype(self.blocks.dtype, copy=False)
+            one = self._block_blas
+        spare = self._spare
 
-    def _sums_fused(self, theta: Any, grad: np.ndarray, b: float) -> tuple[float, float]:
-        w = self._w
-        np.copyto(w, theta[: self.d])
-        sw = self._none if self.sw is None else self.sw
-        dbuf = self.curvature if self._keeping and self.curvature is not None else self._none
-        blocks = self.blocks
-        # the same blocks, in the same order, whether the chunk is read in place or through scratch: the
-        # sums do not depend on where a chunk landed (aligned or not, C or Fortran order)
-        loss = gb = 0.0
-        grad[...] = 0.0
-        for lo, hi in blocks.ranges:
-            l_, g_ = self._fused(blocks.get(lo, hi), self.sign[lo:hi], sw[lo:hi] if sw.size else sw, w, b,
-                                 self._gw, dbuf[lo:hi] if dbuf.size else dbuf)
-            loss += l_
-            gb += g_
-            grad += self._gw
-        return loss, gb
+        def block(j: int) -> None:
+            try:
+                work = spare.pop()
+            except IndexError:  # other threads hold the others
+                work = self._work()
+            try:
+                one(j, w, b, dbuf, work)
+            finally:
+                spare.append(work)
 
-    def _sums_blas(self, theta: Any, grad: np.ndarray, b: float) -> tuple[float, float]:
-        w = theta[: self.d].astype(self.blocks.dtype, copy=False)
-        loss = gb = 0.0
-        first = True
-        for lo, hi in self.blocks.ranges:
-            Xb = self.blocks.get(lo, hi)
-            k = hi - lo
-            sg = self.sign[lo:hi]
-            s, l, e = self._s[:k], self._l[:k], self._e[:k]
-            if self._narrow:
-                z = self._z[:k]
-                np.dot(Xb, w, out=z)
-                np.copyto(s, z)
-            else:
-                np.dot(Xb, w, out=s)
-            if b:
-                np.add(s, b, out=s)
-            c = self.curvature[lo:hi] if self._keeping and self.curvature is not None else None
-            l, s, c = self.family.row_terms(s, sg, c is not None, class_axis=None, buffers=(l, e, c))
-            if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
-                swb = self.sw[lo:hi]
-                loss += float(np.dot(l, swb))
-                if c is not None:
-                    np.multiply(c, swb, out=c)
-                np.multiply(s, swb, out=s)
-            else:
-                loss += float(_sum(l))
-            gb += float(_sum(s))
-            if self._narrow:
-                r = self._r[:k]
-                np.copyto(r, s, casting="same_kind")
-            else:
-                r = s
-            if first and not self._narrow:
-                np.dot(r, Xb, out=grad)  # X_b.T @ r_b while X_b is still in cache
-            else:
-                np.dot(r, Xb, out=self._g)
-                if first:
-                    grad[...] = self._g
-                else:
-                    np.add(grad, self._g, out=grad)
-            first = False
-        if first:  # no rows
-            grad[...] = 0.0
-        return loss, gb
+        def finish() -> Any:
+            n_blocks = len(self.blocks.ranges)
+            out = np.empty(d + 2)
+            grad = out[1: d + 1]
+            loss = gb = 0.0
+            for j in range(n_blocks):
+                loss += self._loss[j]
+                gb += self._gb[j]
+            parts = self._parts
+            if self.kernel == "fused":
+                grad[...] = 0.0
+                for j in range(n_blocks):
+                    grad += parts[j]
+            elif n_blocks:
+                grad[...] = parts[0]
+                for j in range(1, n_blocks):
+                    np.add(grad, parts[j], out=grad)
+            else:  # no rows
+                grad[...] = 0.0
+            out[0] = loss
+            out[d + 1] = gb
+            return self._keep(out) if keep_curvature else out
+
+        return len(self.blocks.ranges), block, finish
+
+    def _block_fused(self, j: int, w: np.ndarray, b: float, dbuf: np.ndarray | None,
+                     work: tuple[Any, ...]) -> None:
+        # the same blocks whether the chunk is read in place or through scratch: the sums do not depend on
+        # where a chunk landed (aligned or not, C or Fortran order)
+        lo, hi = self.blocks.ranges[j]
+        sw = self._none if self.sw is None else self.sw[lo:hi]
+        self._loss[j], self._gb[j] = self._fused(self.blocks.get(lo, hi, work[5]), self.sign[lo:hi], sw, w, b,
+                                                 self._parts[j], self._none if dbuf is None else dbuf[lo:hi])
+
+    def _block_blas(self, j: int, w: np.ndarray, b: float, dbuf: np.ndarray | None,
+                    work: tuple[Any, ...]) -> None:
+        lo, hi = self.blocks.ranges[j]
+        Xb = self.blocks.get(lo, hi, work[5])
+        k = hi - lo
+        sg = self.sign[lo:hi]
+        s, l, e = work[0][:k], work[1][:k], work[2][:k]
+        if self._narrow:
+            z = work[3][:k]
+            np.dot(Xb, w, out=z)
+            np.copyto(s, z)
+        else:
+            np.dot(Xb, w, out=s)
+        if b:
+            np.add(s, b, out=s)
+        c = None if dbuf is None else dbuf[lo:hi]
+        l, s, c = self.family.row_terms(s, sg, c is not None, class_axis=None, buffers=(l, e, c))
+        if self.sw is not None:  # the weighted loss sum by BLAS dot (one pass; the reference's bits)
+            swb = self.sw[lo:hi]
+            self._loss[j] = float(np.dot(l, swb))
+            if c is not None:
+                np.multiply(c, swb, out=c)
+            np.multiply(s, swb, out=s)
+        else:
+            self._loss[j] = float(_sum(l))
+        self._gb[j] = float(_sum(s))
+        if self._narrow:
+            r = work[4][:k]
+            np.copyto(r, s, casting="same_kind")
+        else:
+            r = s
+        np.dot(r, Xb, out=self._parts[j])  # X_b.T @ r_b while X_b is still in cache
 
     # -- Hessian-vector product --------------------------------------------------------------------
     def hvp(self, handle: Curvature, v: Any) -> np.ndarray:
