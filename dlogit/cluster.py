@@ -21,9 +21,8 @@ from typing import Any
 
 import dask
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit._xp import cupy_available
-from dlogit.config import LOCAL_WORKER_ENV
+from dlogit.config import LOCAL_WORKER_ENV, setting
 from dlogit.errors import ClusterError
 
 logger = logging.getLogger("dlogit.cluster")
@@ -348,7 +347,7 @@ def resolve_scheduler(scheduler: str | None = None, scheduler_file: str | None =
         raise ClusterError("give either --scheduler or --scheduler-file, not both")
     if scheduler_file:
         return {"scheduler_file": scheduler_file}
-    value = scheduler or os.environ.get(SCHEDULER_ENV) or dask.config.get("dlogit.scheduler", None)
+    value = scheduler or os.environ.get(SCHEDULER_ENV) or setting("dlogit.scheduler")
     if not value:
         return {}
     if "://" not in value and os.path.isfile(value):
@@ -381,7 +380,7 @@ def connect(scheduler: str | None = None, scheduler_file: str | None = None,
     target = resolve_scheduler(scheduler, scheduler_file)
     if not target:
         raise ClusterError("no scheduler given (use --scheduler, --scheduler-file or DLOGIT_SCHEDULER)")
-    t = dask.utils.parse_timedelta(timeout if timeout is not None else dask.config.get("dlogit.connect-timeout"))
+    t = dask.utils.parse_timedelta(timeout if timeout is not None else setting("dlogit.connect-timeout"))
     if "scheduler_file" in target:
         path = target["scheduler_file"]
         address = read_scheduler_file(path)

@@ -1,8 +1,9 @@
 """dlogit's defaults in ``dask.config`` (namespace ``dlogit``), loaded from ``dlogit.yaml``, and
-:func:`get_bool`, the one reader of boolean settings."""
+:func:`setting` and :func:`get_bool`, the readers of a setting (its default from the YAML, never the caller)."""
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -17,6 +18,21 @@ with open(_fn) as f:
 
 dask.config.update_defaults(defaults)
 
+
+def setting(key: str) -> Any:
+    """The setting ``key`` (``"dlogit.chunk-bytes"``), whose default is in ``dlogit.yaml`` and nowhere else.
+
+    ``dask.config.set`` puts back on exit the namespace it found on entry: when this module was first
+    imported inside such a block, the ``dlogit`` defaults registered then leave with it. They are merged
+    in again here (below anything the user set), so a setting never silently loses its default. A key
+    ``dlogit.yaml`` does not have raises ``KeyError`` (a bug, not a setting)."""
+    try:
+        return dask.config.get(key)
+    except KeyError:
+        dask.config.update(dask.config.config, copy.deepcopy(defaults), priority="old")
+        return dask.config.get(key)
+
+
 #: set to "1" in the environment of the workers of dlogit's own local clusters (dlogit.cluster starts them,
 #: dlogit.worker's preload reads it)
 LOCAL_WORKER_ENV = "DLOGIT_LOCAL_WORKER"
@@ -30,7 +46,10 @@ def get_bool(key: str) -> bool:
     ``DASK_DLOGIT__*`` environment variables and YAML quoting give -- true/false, yes/no, 1/0, on/off,
     in any case. Anything else (or a missing key) raises :class:`~dlogit.errors.ConfigError` naming the
     key; the default comes from ``dlogit.yaml``, never from the caller."""
-    value: Any = dask.config.get(key, None)
+    try:
+        value: Any = setting(key)
+    except KeyError:
+        value = None
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):  # DASK_* env values are parsed as Python literals

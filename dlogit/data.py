@@ -20,8 +20,8 @@ from typing import Any
 import dask
 import numpy as np
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit import io as dio
+from dlogit.config import setting
 from dlogit.errors import DataError
 from dlogit.files import atomic_write
 from dlogit.io import DatasetInfo, Encoder, Piece, Source
@@ -38,7 +38,7 @@ def chunk_rows_for(n_features: int, itemsize: int, chunk_rows: int | None = None
         if int(chunk_rows) < 1:
             raise DataError(f"chunk rows must be at least 1, got {chunk_rows}")
         return int(chunk_rows)
-    target = dask.utils.parse_bytes(dask.config.get("dlogit.chunk-bytes"))
+    target = dask.utils.parse_bytes(setting("dlogit.chunk-bytes"))
     return max(1, target // max(1, n_features * itemsize))
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
 from dlogit._xp import is_cupy, to_numpy
+from dlogit.config import setting
 from dlogit.errors import DataError
 
 
@@ -196,7 +196,7 @@ def _prepare_memory(est: Any, X: Any, y: Any, sample_weight: Any) -> FitData:
         per_row = max(1.0, X.nnz / max(1, n)) * (X.dtype.itemsize + 4)
         import dask
 
-        target = dask.utils.parse_bytes(dask.config.get("dlogit.chunk-bytes"))
+        target = dask.utils.parse_bytes(setting("dlogit.chunk-bytes"))
         per = int(est.chunk_rows) if est.chunk_rows else max(1, int(target // per_row))
     else:
         per = chunk_rows_for(d, X.dtype.itemsize, est.chunk_rows)

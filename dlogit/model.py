@@ -26,7 +26,7 @@ import numpy as np
 
 from dlogit import engine
 from dlogit._xp import get_xp, is_cupy, to_numpy
-from dlogit.config import get_bool
+from dlogit.config import get_bool, setting
 from dlogit.errors import ConfigError, DataError, ModelError
 from dlogit.events import new_run_id
 from dlogit.family import Classes, get_family
@@ -115,7 +115,6 @@ class LogisticModel:
                   run: str | None = None, warm_start: np.ndarray | None = None,
                   info: dict[str, Any] | None = None) -> FitSpec:
         """The :class:`~dlogit.spec.FitSpec` of a fit with these parameters (config read here, once)."""
-        import dask
 
         from dlogit.solvers import get
 
@@ -131,8 +130,8 @@ class LogisticModel:
             l2=float(self.l2), l1=float(self.l1), fit_intercept=bool(self.fit_intercept), class_weight=cw,
             init=self.init, random_state=self.random_state, cpu_kernel=engine.cpu_kernel_setting(),
             precondition=get_bool("dlogit.precondition"),
-            max_classes=int(dask.config.get("dlogit.max-classes")),
-            period=int(self.progress_period), interval=float(dask.config.get("dlogit.monitor.interval")),
+            max_classes=int(setting("dlogit.max-classes")),
+            period=int(self.progress_period), interval=float(setting("dlogit.monitor.interval")),
             checkpoint=_checkpoint_spec(checkpoint), warm_start=warm_start, info=dict(info or {}))
 
     # ---------------------------------------------------------------------------------------------
@@ -408,7 +407,7 @@ def _checkpoint_spec(checkpoint: Any) -> CheckpointSpec | None:
     if isinstance(checkpoint, CheckpointSpec):
         spec = checkpoint
     else:
-        every = dask.utils.parse_timedelta(dask.config.get("dlogit.checkpoint-every", "30s"))
+        every = dask.utils.parse_timedelta(setting("dlogit.checkpoint-every"))
         spec = CheckpointSpec(os.fspath(checkpoint), every=float(every), resume=False)
     from dlogit.checkpoint import check_directory
     from dlogit.files import current_umask

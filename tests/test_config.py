@@ -115,3 +115,22 @@ def test_max_classes_default_lives_in_dlogit_yaml_only(monkeypatch):
             pytest.raises(DataError, match=r"4 distinct classes, more than dlogit.max-classes = 3"):
         dlogit.LogisticRegression(max_iter=2).fit(X, y)
     assert dlogit.LogisticRegression(max_iter=2).make_spec(2).max_classes == 1000
+
+
+def test_defaults_survive_a_config_set_block_that_first_imported_dlogit():
+    """``dask.config.set`` puts back the namespace it found: dlogit imported inside the block (its
+    defaults registered there) must not leave a later fit without them."""
+    code = """
+import dask
+with dask.config.set({"dlogit.threads": 1}):
+    import numpy as np
+    import dlogit
+    from dlogit.data import synthetic_numpy
+    X, y = synthetic_numpy(300, 4, seed=0)
+    dlogit.LogisticRegression().fit(X, y)
+m = dlogit.LogisticRegression().fit(X, y)  # reads dlogit.precondition, chunk-bytes, max-classes ...
+print(m.status_, dask.config.get("dlogit.threads"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["converged", "None"]

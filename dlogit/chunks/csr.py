@@ -107,7 +107,7 @@ class CSRMultinomialCPU(_CSRChunk):
         return out
 
 
-def csr_cpu(cls: type[_CSRChunk]) -> Callable[..., Any]:
+def csr_cpu(cls: type[CSRBinomialCPU | CSRMultinomialCPU]) -> Callable[..., Any]:
     """The evaluator factory of a one-pass CSR kernel: ``cls`` up to its ``max_features`` (or with
     ``kernel="fused"``), else the SciPy products."""
     def factory(X: Any, codes: Any, sw: Any, layout: ParamLayout, family: Family, *, kernel: str = "auto",

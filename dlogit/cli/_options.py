@@ -79,10 +79,10 @@ def config_duration(key: str) -> float:
     """``dlogit.<key>`` in seconds; a bad value is a one-line :class:`~dlogit.errors.ConfigError`."""
     import dask
 
-    import dlogit.config  # noqa: F401  (registers the dlogit.* defaults)
+    from dlogit.config import setting
     from dlogit.errors import ConfigError
 
-    value = dask.config.get(f"dlogit.{key}")
+    value = setting(f"dlogit.{key}")
     try:
         seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
     except (ValueError, TypeError, KeyError):
@@ -97,18 +97,18 @@ def check_config() -> None:
     so that a bad value is one line naming the key, not a traceback from deep inside a fit."""
     import dask
 
-    from dlogit.config import get_bool  # registers the dlogit.* defaults too
+    from dlogit.config import get_bool, setting
     from dlogit.errors import ConfigError
 
     def present(key: str) -> bool:
-        return dask.config.get(f"dlogit.{key}", None) is not None
+        return setting(f"dlogit.{key}") is not None
 
     for key in _CONFIG_DURATIONS:
         if present(key):
             config_duration(key)
     for key in _CONFIG_BYTES:
         if present(key):
-            value = dask.config.get(f"dlogit.{key}")
+            value = setting(f"dlogit.{key}")
             try:
                 ok = int(dask.utils.parse_bytes(value)) >= 1
             except (ValueError, TypeError, KeyError):
@@ -117,7 +117,7 @@ def check_config() -> None:
                 raise ConfigError(f"dlogit.{key} must be a size (e.g. 128MiB), got {value!r}")
     for key in _CONFIG_INTS:
         if present(key):
-            value = dask.config.get(f"dlogit.{key}")
+            value = setting(f"dlogit.{key}")
             try:
                 ok = int(value) == float(value) and int(value) >= 1
             except (ValueError, TypeError):

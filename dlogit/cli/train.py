@@ -716,9 +716,11 @@ def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool
     ``dlogit.cli.in-process-bytes`` on local disk. Says which it picked and why."""
     import dask
 
+    from dlogit.config import setting
+
     if mode != "auto" or any(_given(ctx, n) for n in ("workers", "gpus", "rmm_pool_size", "dashboard_address")):
         return False
-    limit = int(dask.utils.parse_bytes(dask.config.get("dlogit.cli.in-process-bytes")))
+    limit = int(dask.utils.parse_bytes(setting("dlogit.cli.in-process-bytes")))
     size = _local_bytes([p for p in (source.path, source.labels, source.weights) if p])
     name = os.path.basename(source.path.rstrip("/")) or source.path
     if size is not None and size <= limit:

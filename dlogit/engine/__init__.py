@@ -30,10 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import dask
 import numpy as np
 
-from dlogit import config as _config  # noqa: F401  (registers the dlogit.* defaults)
+from dlogit.config import setting
 from dlogit.errors import ConfigError
 from dlogit.kernels.policy import CPU_KERNELS
 
@@ -61,7 +60,7 @@ __all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_notice", "cpu_kernel_s
 def cpu_kernel_notice(resolved: str) -> str | None:
     """What to tell the user when ``dlogit.cpu-kernel: auto`` resolved to ``resolved`` = ``blas`` because
     the fused kernels are not in the disk cache (:mod:`dlogit.kernels.cache`); None otherwise."""
-    if resolved != "blas" or str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower() != "auto":
+    if resolved != "blas" or str(setting("dlogit.cpu-kernel")).strip().lower() != "auto":
         return None
     from dlogit.kernels import cache
 
@@ -76,7 +75,7 @@ def cpu_kernel_setting() -> str:
     """The CPU kernel choice from ``dlogit.cpu-kernel`` (``auto``, ``fused`` or ``blas``), validated;
     ``auto`` is ``blas`` while the fused kernels are not in the disk cache (:mod:`dlogit.kernels.cache`
     starts compiling them in the background), so no chunk of the fit waits for a compile."""
-    value = str(dask.config.get("dlogit.cpu-kernel", "auto")).strip().lower()
+    value = str(setting("dlogit.cpu-kernel")).strip().lower()
     if value not in CPU_KERNELS:
         raise ConfigError(f"dlogit.cpu-kernel must be one of {', '.join(CPU_KERNELS)}, got {value!r}")
     if value == "fused":

@@ -22,7 +22,7 @@ from typing import Any
 import dask
 import numpy as np
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
+from dlogit.config import setting
 from dlogit.engine import control
 from dlogit.engine.driver import ChunkRefs, EngineSettings, drive, scheduler_functions
 from dlogit.engine.local import fit_shard
@@ -160,7 +160,7 @@ class DaskFit:
         if self.mode != "auto":
             return self.mode
         cfg = "dlogit.engine.worker-local-bytes-gpu" if self.on_gpu else "dlogit.engine.worker-local-bytes"
-        limit = dask.utils.parse_bytes(dask.config.get(cfg))
+        limit = dask.utils.parse_bytes(setting(cfg))
         nbytes = sum(self.rows) * self.d * self.itemsize
         if len(workers) == 1 or self.n_chunks == 1 or (np.isfinite(nbytes) and nbytes <= limit):
             return "worker-local"
@@ -408,11 +408,11 @@ def _stream_plan(X: Any, y: Any, w: Any) -> Any:
     from dlogit.engine.residency import Streamed, cache_setting
     from dlogit.io.stream import stream_sources
 
-    setting = cache_setting()  # validated here, on the client, before anything starts
+    budget = cache_setting()  # validated here, on the client, before anything starts
     sources = stream_sources(X, y, w)
     if sources is None:
         return None
-    return Streamed(tuple(sources), setting, weighted=w is not None)
+    return Streamed(tuple(sources), budget, weighted=w is not None)
 
 
 def _align_rows(X: Any, a: Any, what: str) -> Any:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dlogit.config import get_bool
+from dlogit.config import get_bool, setting
 from dlogit.engine import control
 from dlogit.engine.local import needs_curvature
 from dlogit.engine.placement import balanced_ranges, replica_targets, spread_orphans, worker_tree
@@ -83,21 +83,20 @@ class EngineSettings:
 
     @classmethod
     def from_config(cls) -> EngineSettings:
-        import dask
         from dask.utils import parse_timedelta
 
         from dlogit.errors import ConfigError
 
-        def seconds(key: str, default: str) -> float:
-            return float(parse_timedelta(dask.config.get(f"dlogit.engine.{key}", default)))
+        def seconds(key: str) -> float:
+            return float(parse_timedelta(setting(f"dlogit.engine.{key}")))
 
-        out = cls(heartbeat=seconds("heartbeat", "30s"), attach_timeout=seconds("attach-timeout", "600s"),
-                  recover_timeout=seconds("recover-timeout", "60s"),
-                  max_recoveries=int(dask.config.get("dlogit.engine.max-recoveries", 10)),
-                  replica_every=seconds("replica-every", "1s"),
-                  tree_radix=int(dask.config.get("dlogit.engine.tree-radix", 4)),
+        out = cls(heartbeat=seconds("heartbeat"), attach_timeout=seconds("attach-timeout"),
+                  recover_timeout=seconds("recover-timeout"),
+                  max_recoveries=int(setting("dlogit.engine.max-recoveries")),
+                  replica_every=seconds("replica-every"),
+                  tree_radix=int(setting("dlogit.engine.tree-radix")),
                   remove_silent_workers=get_bool("dlogit.engine.remove-silent-workers"))
-        raw = dask.config.get("dlogit.engine.step-timeout", None)
+        raw = setting("dlogit.engine.step-timeout")
         text = "" if raw is None or raw is False else str(raw).strip().lower()
         if text not in ("", "off", "none", "null"):
             try:
@@ -245,6 +244,9 @@ def drive(spec: FitSpec, refs: ChunkRefs, settings: EngineSettings, info: dict[s
 class Driver:
     """One incarnation of a distributed fit's driver (see the module docstring)."""
 
+    #: when the driver task began on its worker (``time.time()``), set by the task: the phase timings' origin
+    started: float | None = None
+
     def __init__(self, worker: Any, spec: FitSpec, refs: ChunkRefs, settings: EngineSettings,
                  info: dict[str, Any], stop: Any, path: Any = None) -> None:
         self.worker = worker
@@ -368,7 +370,7 @@ class Driver:
             result = replace(result, resumed_from=self.resumed_from)
         marks["loop"] = time.perf_counter() - t
         result.extra["phases"] = dict(marks)
-        result.extra["driver_started"] = getattr(self, "started", None)
+        result.extra["driver_started"] = self.started
         result.extra["driver_ended"] = time.time()
         result.extra["driver_epoch"] = self.epoch
         result.extra["recoveries"] = self.recoveries

@@ -139,9 +139,9 @@ def fit_arrays(X_chunks: Sequence[Any], y_chunks: Sequence[Any], w_chunks: Seque
 def in_process_threads() -> int:
     """``dlogit.threads``: threads evaluating an in-process CPU fit's chunks (each with one BLAS thread);
     unset, the CPUs this process may run on."""
-    import dask.config
+    from dlogit.config import setting
 
-    value = dask.config.get("dlogit.threads", None)
+    value = setting("dlogit.threads")
     if value in (None, "", "auto"):
         return cpu_threads()
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < 1:

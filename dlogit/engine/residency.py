@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
+from dlogit.config import setting
 from dlogit.errors import ConfigError
 
 
@@ -53,9 +53,8 @@ def parse_cache_bytes(value: Any) -> tuple[str, float]:
 
 def cache_setting() -> tuple[str, float]:
     """``dlogit.engine.cache-bytes`` (read once, on the client), validated."""
-    import dask
 
-    return parse_cache_bytes(dask.config.get("dlogit.engine.cache-bytes", "50%"))
+    return parse_cache_bytes(setting("dlogit.engine.cache-bytes"))
 
 
 def budget_for(setting: tuple[str, float], memory_limit: float | None) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import dlogit.config  # noqa: F401  (registers the dlogit.* defaults this module reads)
+from dlogit.config import setting
 from dlogit.errors import DataError
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ def chunk_bytes_of(source: Source) -> int:
     """Target bytes of X per chunk: ``source.chunk_bytes``, else ``dlogit.chunk-bytes``."""
     import dask
 
-    value = source.chunk_bytes if source.chunk_bytes is not None else dask.config.get("dlogit.chunk-bytes")
+    value = source.chunk_bytes if source.chunk_bytes is not None else setting("dlogit.chunk-bytes")
     return max(1, int(dask.utils.parse_bytes(value)))
 
 
