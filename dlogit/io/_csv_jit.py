@@ -1,0 +1,267 @@
+"""A Numba parser for the common numeric CSV: decimal fields, one separator byte, no quotes.
+
+It writes the feature columns straight into a C-contiguous float64 ``X`` (no table, no column copy),
+the label and a weights column into their own arrays, and counts the rows as it goes. Every value is
+correctly rounded (the nearest double to the decimal, ties to even: what ``float()`` gives, and what
+pyarrow gives): a field of at most 19 significant digits with an exponent of at most 22 in size and a
+mantissa below 2**53 is exact in one multiply or divide; other fields take Eisel and Lemire's method (a
+192-bit product with a power of five, truncated), which decides the rounding unless the product lies
+too near a halfway point -- then, as for anything unusual (more digits, a subnormal or overflowing
+value, a quote, a space, a missing field, text), the kernel stops with a status and the caller reads
+the data the slower way, which gives today's values and messages.
+
+The kernels release the GIL: the caller runs several on parts of one buffer at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; without it the pyarrow path reads
+    numba = None
+
+#: status codes of :func:`parse_rows` (``OK`` or where and why it stopped)
+OK, SLOW = 0, 1
+_Q_MIN, _Q_MAX = -342, 308
+#: what a column is: a feature (its index in X, >= 0), skipped, the label, the weights
+SKIP, LABEL, WEIGHTS = -1, -2, -3
+
+
+def _powers_of_five() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(high, low, e)``: for each q in [-342, 308], ``floor(5**q * 2**(127 - e))`` as two 64-bit words,
+    where ``e = floor(log2(5**q))`` (the top bit of the 128-bit number is set). Truncated, never rounded
+    up: the true power lies in [T, T + 1)."""
+    n = _Q_MAX - _Q_MIN + 1
+    hi = np.empty(n, np.uint64)
+    lo = np.empty(n, np.uint64)
+    ex = np.empty(n, np.int64)
+    mask = (1 << 64) - 1
+    for k, q in enumerate(range(_Q_MIN, _Q_MAX + 1)):
+        if q >= 0:
+            p = 5 ** q
+            e = p.bit_length() - 1
+            t = p << (127 - e) if e <= 127 else p >> (e - 127)
+        else:
+            d = 5 ** (-q)
+            # 5**q = 1/d: e = floor(log2(1/d)) = -ceil(log2(d)) (d is odd and > 1: never a power of two)
+            e = -d.bit_length()
+            t = (1 << (127 - e)) // d
+        assert t >> 127 == 1
+        hi[k], lo[k], ex[k] = t >> 64, t & mask, e
+    return hi, lo, ex
+
+
+_HI, _LO, _E5 = _powers_of_five()
+_FIVE = np.array([5 ** k for k in range(28)], np.uint64)
+_TEN = np.array([10.0 ** k for k in range(23)])  # exact: every 10**k, k <= 22, is a double
+
+
+def _jit(fn):  # type: ignore[no-untyped-def]
+    if numba is None:  # pragma: no cover
+        return fn
+    return numba.njit(nogil=True, cache=True)(fn)
+
+
+@_jit
+def _mul64(a, b):  # type: ignore[no-untyped-def]
+    """The 128-bit product of two uint64 as (high, low)."""
+    m32 = np.uint64(0xFFFFFFFF)
+    s32 = np.uint64(32)
+    a0, a1 = a & m32, a >> s32
+    b0, b1 = b & m32, b >> s32
+    p00 = a0 * b0
+    p01 = a0 * b1
+    p10 = a1 * b0
+    p11 = a1 * b1
+    mid = (p00 >> s32) + (p01 & m32) + (p10 & m32)
+    lo = (p00 & m32) | ((mid & m32) << s32)
+    hi = p11 + (p01 >> s32) + (p10 >> s32) + (mid >> s32)
+    return hi, lo
+
+
+@_jit
+def _to_double(w, q, hi_t, lo_t, e5_t):  # type: ignore[no-untyped-def]
+    """The double nearest ``w * 10**q`` (``w`` a nonzero uint64), and whether it was decided (False:
+    the caller takes the slow path)."""
+    if w <= np.uint64(1 << 53) and -22 <= q <= 22:  # exact operands: one correctly rounded operation
+        v = float(w)
+        if q >= 0:
+            return v * _TEN[q], True
+        return v / _TEN[-q], True
+    if q == 0:
+        return float(w), True  # an integer: uint64 -> double rounds correctly
+    if -27 <= q < 0:
+        p5 = _FIVE[-q]
+        if w % p5 == np.uint64(0):  # w / 10**k = (w / 5**k) / 2**k exactly: one rounding, then exact
+            return np.ldexp(float(w // p5), q), True
+    if q < _Q_MIN or q > _Q_MAX:
+        return 0.0, False
+    lz = 0
+    x = w
+    while x < np.uint64(1 << 63):  # normalize: top bit set
+        x = x << np.uint64(1)
+        lz += 1
+    k = q - _Q_MIN
+    a1, a0 = _mul64(x, hi_t[k])
+    b1, b0 = _mul64(x, lo_t[k])
+    mid = a0 + b1
+    hi = a1 + (np.uint64(1) if mid < a0 else np.uint64(0))
+    # the true product is (hi, mid, b0) + something below x in the lowest word
+    upper = int(hi >> np.uint64(63))
+    shift = np.uint64(9 + upper)
+    m54 = hi >> shift
+    below = hi & ((np.uint64(1) << shift) - np.uint64(1))
+    full = (np.uint64(1) << shift) - np.uint64(1)
+    exact = 0 <= q <= 55  # 5**q has at most 128 bits: the table holds it exactly, the product is exact
+    if not exact and below == full and mid == np.uint64(0xFFFFFFFFFFFFFFFF):
+        return 0.0, False  # a carry from the unknown part could change the kept bits
+    r = m54 & np.uint64(1)
+    m = (m54 + r) >> np.uint64(1)
+    if r == np.uint64(1) and below == np.uint64(0) and mid == np.uint64(0):
+        if not exact:
+            return 0.0, False  # at or next to a halfway point
+        if b0 == np.uint64(0) and (m & np.uint64(1)) == np.uint64(1):
+            m -= np.uint64(1)  # exactly halfway: to even
+    exp2 = 2 + int(shift) + q + e5_t[k] - lz
+    if m == np.uint64(1 << 53):
+        m = np.uint64(1 << 52)
+        exp2 += 1
+    biased = exp2 + 52 + 1023
+    if biased < 1 or biased > 2046:
+        return 0.0, False  # subnormal, zero or overflow
+    return np.ldexp(float(m), exp2), True
+
+
+@_jit
+def count_rows(buf, start, stop):  # type: ignore[no-untyped-def]
+    """Rows (non-empty lines) of ``buf[start:stop]``."""
+    n = 0
+    at_start = True
+    for i in range(start, stop):
+        c = buf[i]
+        if c == 10:
+            at_start = True
+        elif at_start:
+            n += 1
+            at_start = False
+    return n
+
+
+@_jit
+def parse_rows(buf, start, stop, sep, role, X, row0, y_f, y_i, wts, hi_t, lo_t, e5_t, int_label):  # type: ignore[no-untyped-def]
+    """Parse ``buf[start:stop]`` (whole lines) into rows ``row0, row0+1, ...`` of ``X`` (and ``y_f`` or
+    ``y_i``, ``wts``). ``role[j]``: column j's index in X, or SKIP, LABEL, WEIGHTS. Returns ``(status,
+    rows)``; status ``SLOW`` where a field is not a plain decimal number this parser decides."""
+    ncol = role.size
+    i = start
+    row = row0
+    while i < stop:
+        c = buf[i]
+        if c == 10:  # an empty line: no row
+            i += 1
+            continue
+        if row >= X.shape[0]:
+            return SLOW, row - row0
+        for j in range(ncol):
+            rj = role[j]
+            if rj == SKIP:
+                while i < stop and buf[i] != sep and buf[i] != 10:
+                    if buf[i] == 34:
+                        return SLOW, row - row0
+                    i += 1
+            elif rj == LABEL and int_label:
+                neg = False
+                if i < stop and buf[i] == 45:
+                    neg = True
+                    i += 1
+                v = 0
+                nd = 0
+                while i < stop and 48 <= buf[i] <= 57:
+                    v = v * 10 + (buf[i] - 48)
+                    nd += 1
+                    i += 1
+                if nd == 0 or nd > 18:
+                    return SLOW, row - row0
+                y_i[row] = -v if neg else v
+            else:
+                neg = False
+                if i < stop:
+                    c = buf[i]
+                    if c == 45:
+                        neg = True
+                        i += 1
+                    elif c == 43:
+                        i += 1
+                w = np.uint64(0)
+                nd = 0
+                q = 0
+                digits = 0
+                while i < stop and 48 <= buf[i] <= 57:
+                    d = np.uint64(buf[i] - 48)
+                    digits += 1
+                    if nd > 0 or d != np.uint64(0):
+                        if nd == 19:
+                            return SLOW, row - row0
+                        w = w * np.uint64(10) + d
+                        nd += 1
+                    i += 1
+                if i < stop and buf[i] == 46:
+                    i += 1
+                    while i < stop and 48 <= buf[i] <= 57:
+                        d = np.uint64(buf[i] - 48)
+                        digits += 1
+                        if nd > 0 or d != np.uint64(0):
+                            if nd == 19:
+                                return SLOW, row - row0
+                            w = w * np.uint64(10) + d
+                            nd += 1
+                        q -= 1
+                        i += 1
+                if digits == 0:
+                    return SLOW, row - row0
+                if i < stop and (buf[i] == 101 or buf[i] == 69):
+                    i += 1
+                    eneg = False
+                    if i < stop and (buf[i] == 45 or buf[i] == 43):
+                        eneg = buf[i] == 45
+                        i += 1
+                    e = 0
+                    ed = 0
+                    while i < stop and 48 <= buf[i] <= 57:
+                        if e < 100000:
+                            e = e * 10 + (buf[i] - 48)
+                        ed += 1
+                        i += 1
+                    if ed == 0:
+                        return SLOW, row - row0
+                    q += -e if eneg else e
+                if w == np.uint64(0):
+                    v = 0.0
+                else:
+                    v, ok = _to_double(w, q, hi_t, lo_t, e5_t)
+                    if not ok:
+                        return SLOW, row - row0
+                if neg:
+                    v = -v
+                if rj >= 0:
+                    X[row, rj] = v
+                elif rj == LABEL:
+                    y_f[row] = v
+                else:
+                    wts[row] = v
+            # the field ends here: at the separator (more fields to come) or the line's end
+            if j < ncol - 1:
+                if i >= stop or buf[i] != sep:
+                    return SLOW, row - row0
+                i += 1
+            else:
+                if i < stop and buf[i] == 13:
+                    i += 1
+                if i < stop:
+                    if buf[i] != 10:
+                        return SLOW, row - row0
+                    i += 1
+        row += 1
+    return OK, row - row0
