@@ -58,10 +58,33 @@ _FIVE = np.array([5 ** k for k in range(28)], np.uint64)
 _TEN = np.array([10.0 ** k for k in range(23)])  # exact: every 10**k, k <= 22, is a double
 
 
+_POW2 = np.array([2.0 ** e for e in range(-1074, 972)])  # exact: 2**e for every normal result's e
+
+
 def _jit(fn):  # type: ignore[no-untyped-def]
     if numba is None:  # pragma: no cover
         return fn
     return numba.njit(nogil=True, cache=True)(fn)
+
+
+if numba is not None:
+    try:  # an LLVM ctlz
+        from numba.cpython.unsafe.numbers import leading_zeros as _leading_zeros
+
+        @numba.njit(nogil=True, cache=True)
+        def _clz(w):  # type: ignore[no-untyped-def]
+            return _leading_zeros(w)
+    except ImportError:  # pragma: no cover - another numba: a binary search
+        _leading_zeros = None
+if numba is None or _leading_zeros is None:  # pragma: no cover
+    @_jit
+    def _clz(w):  # type: ignore[no-untyped-def]
+        n = 0
+        for b in (32, 16, 8, 4, 2, 1):
+            if w >> np.uint64(64 - b) == np.uint64(0):
+                w = w << np.uint64(b)
+                n += b
+        return n
 
 
 @_jit
@@ -95,14 +118,14 @@ def _to_double(w, q, hi_t, lo_t, e5_t):  # type: ignore[no-untyped-def]
     if -27 <= q < 0:
         p5 = _FIVE[-q]
         if w % p5 == np.uint64(0):  # w / 10**k = (w / 5**k) / 2**k exactly: one rounding, then exact
-            return np.ldexp(float(w // p5), q), True
+            v = float(w // p5)  # rounded once; times 2**q: exact unless it leaves the normal range
+            if v >= 2.0 ** -1021:
+                return v * _POW2[q + 1074], True
+            return 0.0, False
     if q < _Q_MIN or q > _Q_MAX:
         return 0.0, False
-    lz = 0
-    x = w
-    while x < np.uint64(1 << 63):  # normalize: top bit set
-        x = x << np.uint64(1)
-        lz += 1
+    lz = int(_clz(w))
+    x = w << np.uint64(lz)  # normalized: top bit set
     k = q - _Q_MIN
     a1, a0 = _mul64(x, hi_t[k])
     b1, b0 = _mul64(x, lo_t[k])
@@ -131,21 +154,18 @@ def _to_double(w, q, hi_t, lo_t, e5_t):  # type: ignore[no-untyped-def]
     biased = exp2 + 52 + 1023
     if biased < 1 or biased > 2046:
         return 0.0, False  # subnormal, zero or overflow
-    return np.ldexp(float(m), exp2), True
+    return float(np.int64(m)) * _POW2[exp2 + 1074], True  # m < 2**53, the product exact
 
 
 @_jit
 def count_rows(buf, start, stop):  # type: ignore[no-untyped-def]
-    """Rows (non-empty lines) of ``buf[start:stop]``."""
-    n = 0
-    at_start = True
-    for i in range(start, stop):
-        c = buf[i]
-        if c == 10:
-            at_start = True
-        elif at_start:
-            n += 1
-            at_start = False
+    """Rows (non-empty lines) of ``buf[start:stop]``, ``start`` a line start: the lines' first bytes
+    that are not a newline (a branch-free loop the compiler vectorizes)."""
+    if stop <= start:
+        return 0
+    n = 1 if buf[start] != 10 else 0
+    for i in range(start + 1, stop):
+        n += np.int64(buf[i - 1] == 10) & np.int64(buf[i] != 10)
     return n
 
 
@@ -195,32 +215,37 @@ def parse_rows(buf, start, stop, sep, role, X, row0, y_f, y_i, wts, hi_t, lo_t, 
                     elif c == 43:
                         i += 1
                 w = np.uint64(0)
-                nd = 0
-                q = 0
-                digits = 0
-                while i < stop and 48 <= buf[i] <= 57:
-                    d = np.uint64(buf[i] - 48)
-                    digits += 1
-                    if nd > 0 or d != np.uint64(0):
-                        if nd == 19:
-                            return SLOW, row - row0
-                        w = w * np.uint64(10) + d
-                        nd += 1
+                first = i
+                while i < stop:
+                    d = np.int64(buf[i]) - 48
+                    if d < 0 or d > 9:
+                        break
+                    w = w * np.uint64(10) + np.uint64(d)
                     i += 1
+                digits = i - first
+                q = 0
                 if i < stop and buf[i] == 46:
                     i += 1
-                    while i < stop and 48 <= buf[i] <= 57:
-                        d = np.uint64(buf[i] - 48)
-                        digits += 1
-                        if nd > 0 or d != np.uint64(0):
-                            if nd == 19:
-                                return SLOW, row - row0
-                            w = w * np.uint64(10) + d
-                            nd += 1
-                        q -= 1
+                    frac = i
+                    while i < stop:
+                        d = np.int64(buf[i]) - 48
+                        if d < 0 or d > 9:
+                            break
+                        w = w * np.uint64(10) + np.uint64(d)
                         i += 1
+                    q = frac - i
+                    digits += i - frac
                 if digits == 0:
                     return SLOW, row - row0
+                if digits > 19:  # leading zeros add nothing to w: only 19 significant digits fit
+                    z = 0
+                    for k in range(first, i):
+                        if buf[k] == 48:
+                            z += 1
+                        elif buf[k] != 46:
+                            break
+                    if digits - z > 19:
+                        return SLOW, row - row0
                 if i < stop and (buf[i] == 101 or buf[i] == 69):
                     i += 1
                     eneg = False
