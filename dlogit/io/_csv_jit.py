@@ -170,9 +170,10 @@ def count_rows(buf, start, stop):  # type: ignore[no-untyped-def]
 
 
 @_jit
-def parse_rows(buf, start, stop, sep, role, X, row0, y_f, y_i, wts, hi_t, lo_t, e5_t, int_label):  # type: ignore[no-untyped-def]
+def parse_rows(buf, start, stop, sep, role, is_int, X, row0, y_f, y_i, wts, hi_t, lo_t, e5_t):  # type: ignore[no-untyped-def]
     """Parse ``buf[start:stop]`` (whole lines) into rows ``row0, row0+1, ...`` of ``X`` (and ``y_f`` or
-    ``y_i``, ``wts``). ``role[j]``: column j's index in X, or SKIP, LABEL, WEIGHTS. Returns ``(status,
+    ``y_i``, ``wts``). ``role[j]``: column j's index in X, or SKIP, LABEL, WEIGHTS; ``is_int[j]``: the
+    column is read as integers (a feature then as their doubles, the label into ``y_i``). Returns ``(status,
     rows)``; status ``SLOW`` where a field is not a plain decimal number this parser decides."""
     ncol = role.size
     i = start
@@ -191,7 +192,7 @@ def parse_rows(buf, start, stop, sep, role, X, row0, y_f, y_i, wts, hi_t, lo_t, 
                     if buf[i] == 34:
                         return SLOW, row - row0
                     i += 1
-            elif rj == LABEL and int_label:
+            elif is_int[j]:
                 neg = False
                 if i < stop and buf[i] == 45:
                     neg = True
@@ -204,7 +205,12 @@ def parse_rows(buf, start, stop, sep, role, X, row0, y_f, y_i, wts, hi_t, lo_t, 
                     i += 1
                 if nd == 0 or nd > 18:
                     return SLOW, row - row0
-                y_i[row] = -v if neg else v
+                if neg:
+                    v = -v
+                if rj == LABEL:
+                    y_i[row] = v
+                else:
+                    X[row, rj] = float(v)
             else:
                 neg = False
                 if i < stop:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -607,8 +608,9 @@ JIT_MIN_BYTES = 32 << 20
 _JIT_PART = 8 << 20  # the parser's unit of parallel work (a range of whole lines)
 
 
-def _jit_roles(info: DatasetInfo) -> tuple[np.ndarray, bool] | None:
-    """The parser's column roles (``_csv_jit.role``) and whether the label is an integer, or ``None``
+def _jit_roles(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The parser's column roles and integer columns (``parse_rows``' ``role``, ``is_int``) and whether
+    the label is an integer, or ``None``
     where the parser does not read this layout (text, bool or encoded columns, float32 X ...)."""
     from dlogit.io import _csv_jit as jit
 
@@ -631,8 +633,9 @@ def _jit_roles(info: DatasetInfo) -> tuple[np.ndarray, bool] | None:
             role[k] = jit.LABEL
         elif c == t.weights:
             role[k] = jit.WEIGHTS
+    is_int = np.array([types.get(c) == "int64" for c in t.names], np.bool_)
     int_label = t.label is not None and types.get(t.label) == "int64"
-    return role, int_label
+    return role, is_int, int_label
 
 
 class _Parsed:
@@ -663,7 +666,7 @@ def _line_cuts(buf: Any, start: int, stop: int, part: int) -> list[tuple[int, in
         cuts.append(nl + 1)
         at = nl + 1 + part
     cuts.append(stop)
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _threads() -> int:
@@ -675,8 +678,9 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: np.ndarray, sep: int, int_label: bool,
-                has_label: bool, has_weights: bool, d: int, pool: Any) -> tuple[_Parsed, list[int]] | None:
+def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: tuple[np.ndarray, np.ndarray], sep: int,
+                int_label: bool, has_label: bool, has_weights: bool, d: int,
+                pool: Any) -> tuple[_Parsed, list[int]] | None:
     """Whole-line ranges of one buffer parsed in parallel into one set of arrays; ``(arrays, rows of
     each range)``, or ``None`` where a field needs the slower reader."""
     from dlogit.io import _csv_jit as jit
@@ -689,11 +693,12 @@ def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: np.ndarray, sep: 
 
     def parse(k: int) -> bool:
         a, b = parts[k]
-        status, rows = jit.parse_rows(arr, a, b, sep, role, out.X, int(starts[k]), out.y_f, out.y_i, out.w,
-                                      jit._HI, jit._LO, jit._E5, int_label)
+        status, rows = jit.parse_rows(arr, a, b, sep, role[0], role[1], out.X, int(starts[k]), out.y_f,
+                                      out.y_i, out.w, jit._HI, jit._LO, jit._E5)
         return status == jit.OK and rows == counts[k]
 
-    if not all(pool.map(parse, range(len(parts)))):
+    done = list(pool.map(parse, range(len(parts))))  # every part parsed: no task holds the buffer after
+    if not all(done):
         return None
     per_range, k = [], 0
     for a, b in ranges:
@@ -705,8 +710,8 @@ def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: np.ndarray, sep: 
     return out, per_range
 
 
-def _jit_stream(path: str, header: bool, role: np.ndarray, sep: int, int_label: bool, has_label: bool,
-                has_weights: bool, d: int, pool: Any) -> tuple[_Parsed, int] | None:
+def _jit_stream(path: str, header: bool, role: tuple[np.ndarray, np.ndarray], sep: int, int_label: bool,
+                has_label: bool, has_weights: bool, d: int, pool: Any) -> tuple[_Parsed, int] | None:
     """A compressed file, decompressed by one thread while the parser reads the blocks already
     decompressed (the two overlap: zlib, bz2 and lzma release the GIL); ``(arrays, text bytes)``."""
     import queue
@@ -735,43 +740,40 @@ def _jit_stream(path: str, header: bool, role: np.ndarray, sep: int, int_label: 
     parsed: list[_Parsed] = []
     pending = b""
     nbytes = 0
-    skip = header
-    ok = True
+    skip = header  # the first line is the header
     try:
         while True:
             block = blocks.get()
             if isinstance(block, BaseException):
                 return None
-            if block is not None:
-                nbytes += len(block)
-                last = block.rfind(b"\n")
-                if last < 0:
-                    pending += block
-                    continue
-                data, pending = pending + block[:last + 1], block[last + 1:]
-            else:
-                data, pending = pending, b""
-            at = 0
-            if skip and data:
-                at = data.find(b"\n") + 1
-                skip = False
-            if at < len(data):
-                got = _jit_ranges(data, [(at, len(data))], role, sep, int_label, has_label, has_weights, d,
-                                  pool)
-                if got is None:
-                    ok = False
-                    return None
-                parsed.append(got[0])
             if block is None:
+                if pending and not skip:  # a last line without a newline
+                    got = _jit_ranges(pending, [(0, len(pending))], role, sep, int_label, has_label,
+                                      has_weights, d, pool)
+                    if got is None:
+                        return None
+                    parsed.append(got[0])
                 break
+            nbytes += len(block)
+            first = block.find(b"\n")
+            if first < 0:
+                pending += block
+                continue
+            last = block.rfind(b"\n")
+            # the line crossing into this block on its own; the block's whole lines in place (no copy)
+            for buf, a, b in ((pending + block[:first + 1], 0, len(pending) + first + 1),
+                              (block, first + 1, last + 1)):
+                if skip:  # the header: the first line of the stream
+                    skip = False
+                    continue
+                if b > a:
+                    got = _jit_ranges(buf, [(a, b)], role, sep, int_label, has_label, has_weights, d, pool)
+                    if got is None:
+                        return None
+                    parsed.append(got[0])
+            pending = block[last + 1:]
     finally:
-        stop.set()
-        if not ok or thread.is_alive():
-            while thread.is_alive():  # let the producer see the stop (it waits on a full queue)
-                try:
-                    blocks.get(timeout=0.1)
-                except queue.Empty:
-                    pass
+        stop.set()  # the producer sees it within 0.1 s, even while it waits on a full queue
         thread.join()
     if not parsed:
         return _Parsed(0, d, int_label, has_label, has_weights), nbytes
@@ -804,7 +806,8 @@ def jit_scan_read(info: DatasetInfo, min_bytes: int | None = None) -> tuple[Data
     roles = _jit_roles(info)
     if roles is None:
         return None
-    role, int_label = roles
+    role, is_int, int_label = roles
+    cols = (role, is_int)
     t = lay.table
     has_label = t.label is not None and info.source.require_label
     has_weights = t.weights is not None
@@ -832,7 +835,7 @@ def jit_scan_read(info: DatasetInfo, min_bytes: int | None = None) -> tuple[Data
                 p: TextPiece = info.pieces[k]
                 path = lay.files[p.file]
                 if p.whole:
-                    got = _jit_stream(path, lay.has_header, role, sep, int_label, has_label, has_weights, d,
+                    got = _jit_stream(path, lay.has_header, cols, sep, int_label, has_label, has_weights, d,
                                       pool)
                     if got is None:
                         return None
@@ -850,7 +853,7 @@ def jit_scan_read(info: DatasetInfo, min_bytes: int | None = None) -> tuple[Data
                         mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                     ranges = [(info.pieces[j].offset, info.pieces[j].offset + info.pieces[j].length)
                               for j in group]
-                    got2 = _jit_ranges(mm, ranges, role, sep, int_label, has_label, has_weights, d, pool)
+                    got2 = _jit_ranges(mm, ranges, cols, sep, int_label, has_label, has_weights, d, pool)
                 if got2 is None:
                     return None
                 parsed, counts = got2
