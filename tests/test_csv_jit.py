@@ -3,7 +3,8 @@ equal, bit for bit, to Python's correctly rounded ``float`` of its text; the sam
 arrays as the pyarrow/pandas read; compressed files equal to plain ones; anything it does not decide
 handed to the other readers, whose values and one-line errors stay as they were.
 
-The parser reads sources of at least ``JIT_MIN_BYTES`` of text; the tests lower that bound.
+The parser reads sources of at least ``JIT_MIN_BYTES`` of text once Numba's cache holds it; the tests
+lower that bound and compile it first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from dlogit.data import load_local
 from dlogit.errors import DataError
 from dlogit.io import Source, plan
 from dlogit.io import csv as csvio
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled():
+    """The parser compiled (or loaded from Numba's cache) here: a read finding no compiled parser takes
+    the pyarrow path and compiles it in the background."""
+    from dlogit.io import _csv_jit
+
+    _csv_jit.warm()
+    assert _csv_jit.ready()
 
 
 @pytest.fixture

@@ -15,6 +15,11 @@ The kernels release the GIL: the caller runs several on parts of one buffer at o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from typing import Any
+
 import numpy as np
 
 try:
@@ -296,3 +301,39 @@ def parse_rows(buf, start, stop, sep, role, is_int, X, row0, y_f, y_i, wts, hi_t
                     i += 1
         row += 1
     return OK, row - row0
+
+
+def ready() -> bool:
+    """Whether Numba's on-disk cache holds the parser: then its first use in a process loads it (a
+    fraction of a second) rather than compiling it (seconds)."""
+    try:
+        return all(os.path.exists(f._cache._cache_file._index_path) for f in (count_rows, parse_rows))
+    except AttributeError:  # pragma: no cover - another Numba's cache layout: compiled where first used
+        return True
+
+
+_compiling: list[Any] = []
+
+
+def compile_in_background() -> None:
+    """Fill the cache in a low-priority process of its own (once per process that asks): the reads
+    meanwhile take the pyarrow path, the next ones the parser."""
+    if _compiling:
+        return
+    cmd = [sys.executable, "-c", ("import os\nif hasattr(os, 'nice'): os.nice(10)\n"
+           "import dlogit.io._csv_jit as j\nj.warm()")]
+    try:
+        _compiling.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, start_new_session=True))
+    except OSError:  # pragma: no cover - no process to spare: the parser compiles where first used
+        _compiling.append(None)
+
+
+def warm() -> None:
+    """Compile (or load) the parser: one call of each kernel on a line of text."""
+    buf = np.frombuffer(b"1.5,2\n", np.uint8)
+    X = np.empty((1, 1))
+    none = np.empty(0)
+    count_rows(buf, 0, buf.size)
+    parse_rows(buf, 0, buf.size, 44, np.array([0, LABEL]), np.array([False, True]), X, 0, none,
+               np.empty(1, np.int64), none, _HI, _LO, _E5)

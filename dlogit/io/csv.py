@@ -603,8 +603,9 @@ def scan_read(info: DatasetInfo) -> tuple[DatasetInfo, list[Piece]] | None:
 # --------------------------------------------------------------------------------------------------
 # the same read by dlogit's own parser (dlogit.io._csv_jit): plain numeric CSV straight into X
 
-#: sources of less text than this are read by pyarrow (the parser's first use loads Numba: ~0.5 s)
-JIT_MIN_BYTES = 32 << 20
+#: sources of less text than this are read by pyarrow (the parser's first use in a process imports Numba
+#: and loads the compiled parser from Numba's cache: about as long as pyarrow takes for 100 MB)
+JIT_MIN_BYTES = 128 << 20
 _JIT_PART = 8 << 20  # the parser's unit of parallel work (a range of whole lines)
 
 
@@ -805,6 +806,11 @@ def jit_scan_read(info: DatasetInfo, min_bytes: int | None = None) -> tuple[Data
         return None
     roles = _jit_roles(info)
     if roles is None:
+        return None
+    from dlogit.io import _csv_jit as jit
+
+    if not jit.ready():  # compiled in a process of its own, at low priority: this read is pyarrow's
+        jit.compile_in_background()
         return None
     role, is_int, int_label = roles
     cols = (role, is_int)
