@@ -687,7 +687,8 @@ def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: tuple[np.ndarray,
     from dlogit.io import _csv_jit as jit
 
     arr = np.frombuffer(buf, np.uint8)
-    parts = [p for a, b in ranges for p in _line_cuts(buf, a, b, _JIT_PART)]
+    threads = _threads()  # a block of a stream: a part per thread
+    parts = [p for a, b in ranges for p in _line_cuts(buf, a, b, min(_JIT_PART, (b - a) // threads + 1))]
     counts = list(pool.map(lambda p: jit.count_rows(arr, p[0], p[1]), parts))
     out = _Parsed(sum(counts), d, int_label, has_label, has_weights)
     starts = np.concatenate(([0], np.cumsum(counts)))
