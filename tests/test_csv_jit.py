@@ -238,3 +238,13 @@ def test_text_labels_and_float32_use_the_other_reader(tmp_path, jit):
     path = _write(tmp_path / "g.csv", ["a", "y"], [["0.1", "1"], ["1.5", "0"]])
     assert not _used(path, label="y", dtype="float32")
     assert load_local(path, label="y", dtype="float32").X.dtype == np.float32
+
+
+def test_integer_columns_keep_every_digit(tmp_path, jit):
+    """Integer labels beyond 2**53 stay exact; an integer feature is its double."""
+    labels = ["9007199254740993", "-123456789012345678", "0", "-0"]
+    path = _write(tmp_path / "f.csv", ["a", "y"], [[str(k - 2), lab] for k, lab in enumerate(labels)])
+    assert _used(path, label="y")
+    data = load_local(path, label="y")
+    assert data.y.tolist() == [int(v) for v in labels]
+    np.testing.assert_array_equal(_bits(data.X[:, 0]), _bits([-2.0, -1.0, 0.0, 1.0]))

@@ -25,7 +25,7 @@ import numpy as np
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; without it the pyarrow path reads
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 #: status codes of :func:`parse_rows` (``OK`` or where and why it stopped)
 OK, SLOW = 0, 1
@@ -78,9 +78,9 @@ if numba is not None:
 
         @numba.njit(nogil=True, cache=True)
         def _clz(w):  # type: ignore[no-untyped-def]
-            return _leading_zeros(w)
+            return _leading_zeros(w)  # type: ignore[call-arg]
     except ImportError:  # pragma: no cover - another numba: a binary search
-        _leading_zeros = None
+        _leading_zeros = None  # type: ignore[assignment]
 if numba is None or _leading_zeros is None:  # pragma: no cover
     @_jit
     def _clz(w):  # type: ignore[no-untyped-def]
@@ -202,20 +202,20 @@ def parse_rows(buf, start, stop, sep, role, is_int, X, row0, y_f, y_i, wts, hi_t
                 if i < stop and buf[i] == 45:
                     neg = True
                     i += 1
-                v = 0
+                iv = 0
                 nd = 0
                 while i < stop and 48 <= buf[i] <= 57:
-                    v = v * 10 + (buf[i] - 48)
+                    iv = iv * 10 + (buf[i] - 48)
                     nd += 1
                     i += 1
                 if nd == 0 or nd > 18:
                     return SLOW, row - row0
                 if neg:
-                    v = -v
+                    iv = -iv
                 if rj == LABEL:
-                    y_i[row] = v
+                    y_i[row] = iv
                 else:
-                    X[row, rj] = float(v)
+                    X[row, rj] = float(iv)
             else:
                 neg = False
                 if i < stop:
