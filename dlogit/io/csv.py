@@ -6,7 +6,8 @@ X (the text size per row is measured on that sample) or of exactly ``chunk_rows`
 file is one read unit whose rows are split into chunks after parsing. The scan's pass counts each
 piece's rows (and collects the one-hot vocabularies), so every chunk's row count is known. A source
 read whole into this process (:func:`scan_read`) counts the rows as pyarrow parses them: one pass over
-the bytes, one decompression, the same chunks.
+the bytes, one decompression, the same chunks; a large local plain-numeric one is parsed by dlogit's
+own parser instead (:func:`jit_scan_read`, :mod:`dlogit.io._csv_jit`), straight into X.
 """
 
 from __future__ import annotations
