@@ -13,6 +13,7 @@ workers, so a fit gives the same coefficients on 1, 2 or 4 workers.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -273,6 +274,20 @@ def read_data(source: Source | str, *, client: Any = None, **source_fields: Any)
     return dataset(info)
 
 
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, without the copy where the parts are consecutive rows of one
+    C-contiguous buffer (a reader's chunks of one parse: dlogit.io.csv's parser)."""
+    first = parts[0]
+    if len(parts) > 1 and first.base is not None and all(
+            p.base is first.base and p.dtype == first.dtype and p.shape[1:] == first.shape[1:]
+            and p.flags.c_contiguous for p in parts) and all(
+            q.__array_interface__["data"][0] == p.__array_interface__["data"][0] + p.nbytes
+            for p, q in itertools.pairwise(parts)):
+        shape = (sum(len(p) for p in parts), *first.shape[1:])
+        return np.lib.stride_tricks.as_strided(first, shape=shape, strides=first.strides)
+    return np.concatenate(parts) if len(parts) > 1 else first
+
+
 def load_local(source: Source | str, *, encoder: Encoder | dict[str, Any] | None = None,
                **source_fields: Any) -> LocalData:
     """Read a whole data source into this process.
@@ -292,7 +307,7 @@ def load_local(source: Source | str, *, encoder: Encoder | dict[str, Any] | None
 
         X = sp.vstack([p.X for p in pieces], format="csr") if len(pieces) > 1 else pieces[0].X.tocsr()
     else:
-        X = np.concatenate([p.X for p in pieces]) if len(pieces) > 1 else pieces[0].X
+        X = _stacked([p.X for p in pieces])
     y = np.concatenate([p.y for p in pieces]) if info.has_labels else None
     w = np.concatenate([p.sample_weight for p in pieces]) if info.has_weights else None
     unseen = sum(p.n_unseen for p in pieces)

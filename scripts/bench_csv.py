@@ -5,7 +5,10 @@ Makes a CSV of float64 features and a 0/1 label in a temporary directory (``--mb
 default; ``--gzip`` beside it), then times, interleaved and ``--repeat`` times:
 
 - ``dlogit``: ``dlogit.data.load_local`` (every chunk read into X, y, its rows counted as it is
-  parsed): what a first in-process fit reads, with the default chunking;
+  parsed): what a first in-process fit reads, with the default chunking -- by dlogit's own parser
+  (``dlogit.io._csv_jit``) for a file this large;
+- ``dlogit-arrow``: the same with that parser off (``JIT_MIN_BYTES`` out of reach): pyarrow parses,
+  then the columns are copied into X (the reader before the parser);
 - ``pyarrow``: ``pyarrow.csv.read_csv`` of the same columns with their types given (an Arrow table);
 - ``pyarrow+X``: the same, then the features copied into one C-contiguous float64 X, as dlogit gives;
 - ``pandas``: ``pandas.read_csv`` of the same file (a DataFrame).
@@ -70,14 +73,42 @@ def contenders(path: str, d: int) -> dict[str, Callable[[], object]]:
             X[:, j] = t.column(n).to_numpy()
         return X, t.column("y").to_numpy()
 
+    from dlogit.io import csv as csvio
+
     def dlogit():
         data = load_local(path, label="y")
         return data.X, data.y
 
+    def dlogit_arrow():
+        saved, csvio.JIT_MIN_BYTES = csvio.JIT_MIN_BYTES, 1 << 62
+        try:
+            return dlogit()
+        finally:
+            csvio.JIT_MIN_BYTES = saved
+
     def pandas():
         return pd.read_csv(path, usecols=[*names, "y"])
 
-    return {"dlogit": dlogit, "pyarrow": arrow, "pyarrow+X": arrow_x, "pandas": pandas}
+    return {"dlogit": dlogit, "dlogit-arrow": dlogit_arrow, "pyarrow": arrow, "pyarrow+X": arrow_x,
+            "pandas": pandas}
+
+
+def warm_parser(tmp: str, d: int) -> float:
+    """Seconds of the parser's first use in this process (Numba's import and its on-disk cache; the
+    compile itself on a machine's first run): paid once per process, not in the timed reads."""
+    from dlogit.data import load_local
+    from dlogit.io import csv as csvio
+
+    path = os.path.join(tmp, "warm.csv")
+    with open(path, "w") as f:
+        f.write(",".join(f"x{j}" for j in range(d)) + ",y\n" + ",".join(["0.5"] * d) + ",1\n")
+    saved, csvio.JIT_MIN_BYTES = csvio.JIT_MIN_BYTES, 0
+    try:
+        t = time.perf_counter()
+        load_local(path, label="y")
+        return time.perf_counter() - t
+    finally:
+        csvio.JIT_MIN_BYTES = saved
 
 
 def bench(path: str, d: int, repeat: int) -> dict[str, float]:
@@ -115,11 +146,14 @@ def main() -> None:
                 shutil.copyfileobj(src, dst, 16 << 20)
             files.append(packed)
             print(f"{packed}: {os.path.getsize(packed) / 1e6:.0f} MB (gzip -1)")
+        print(f"dlogit's parser ready in {warm_parser(tmp, args.features):.2f} s (its first use in this process)")
+        print(f"load: {os.getloadavg()[0]:.2f} (1 min)")
         for f in files:
             best = bench(f, args.features, args.repeat)
             print(f"\n{os.path.basename(f)} (best of {args.repeat}, interleaved; ratio to pyarrow)")
+            print(f"  (load after: {os.getloadavg()[0]:.2f})")
             for name, s in best.items():
-                print(f"  {name:10s} {s:7.3f} s  {size / 1e6 / s:6.0f} MB/s  {s / best['pyarrow']:5.2f}x")
+                print(f"  {name:12s} {s:7.3f} s  {size / 1e6 / s:6.0f} MB/s  {s / best['pyarrow']:5.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

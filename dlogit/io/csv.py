@@ -6,13 +6,15 @@ X (the text size per row is measured on that sample) or of exactly ``chunk_rows`
 file is one read unit whose rows are split into chunks after parsing. The scan's pass counts each
 piece's rows (and collects the one-hot vocabularies), so every chunk's row count is known. A source
 read whole into this process (:func:`scan_read`) counts the rows as pyarrow parses them: one pass over
-the bytes, one decompression, the same chunks.
+the bytes, one decompression, the same chunks; a large local plain-numeric one is parsed by dlogit's
+own parser instead (:func:`jit_scan_read`, :mod:`dlogit.io._csv_jit`), straight into X.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -562,6 +564,9 @@ def scan_read(info: DatasetInfo) -> tuple[DatasetInfo, list[Piece]] | None:
     lay: CsvLayout = info.layout
     if not lay.arrow_types or not info.surveys or (lay.table.categorical and info.encoder is None):
         return None
+    fast = jit_scan_read(info)
+    if fast is not None:
+        return fast
     x_row = max(1, len(lay.table.numeric) + len(lay.table.categorical)) * np.dtype(info.dtype).itemsize
     per = rows_per_chunk(info.source, x_row)
     surveys: list[Survey] = []
@@ -591,6 +596,285 @@ def scan_read(info: DatasetInfo) -> tuple[DatasetInfo, list[Piece]] | None:
         final = finish(info, surveys)
     except Exception:  # noqa: BLE001 - the two-pass read gives the result or says what is wrong
         return None
+    if len(final.pieces) != len(pieces):  # pragma: no cover - the chunks are finish()'s by construction
+        return None
+    return final, pieces
+
+
+# --------------------------------------------------------------------------------------------------
+# the same read by dlogit's own parser (dlogit.io._csv_jit): plain numeric CSV straight into X
+
+#: sources of less text than this are read by pyarrow (the parser's first use in a process imports Numba
+#: and loads the compiled parser from Numba's cache: about as long as pyarrow takes for 100 MB)
+JIT_MIN_BYTES = 128 << 20
+_JIT_PART = 8 << 20  # the parser's unit of parallel work (a range of whole lines)
+
+
+def _jit_roles(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The parser's column roles and integer columns (``parse_rows``' ``role``, ``is_int``) and whether
+    the label is an integer, or ``None``
+    where the parser does not read this layout (text, bool or encoded columns, float32 X ...)."""
+    from dlogit.io import _csv_jit as jit
+
+    lay: CsvLayout = info.layout
+    t = lay.table
+    types = dict(lay.arrow_types)
+    if (not types or jit.numba is None or info.dtype != "float64" or t.categorical or len(lay.sep) != 1
+            or not lay.sep.isascii() or lay.sep in '"\r\n.+-0123456789eE'):
+        return None
+    if any(types.get(c) not in ("float64", "int64") for c in t.needed):
+        return None
+    if t.weights is not None and types[t.weights] != "float64":
+        return None
+    numeric = {c: j for j, c in enumerate(t.numeric)}
+    role = np.full(len(t.names), jit.SKIP, np.int64)
+    for k, c in enumerate(t.names):
+        if c in numeric:
+            role[k] = numeric[c]
+        elif c == t.label and info.source.require_label:
+            role[k] = jit.LABEL
+        elif c == t.weights:
+            role[k] = jit.WEIGHTS
+    is_int = np.array([types.get(c) == "int64" for c in t.names], np.bool_)
+    int_label = t.label is not None and types.get(t.label) == "int64"
+    return role, is_int, int_label
+
+
+class _Parsed:
+    """The arrays one parse fills: X and, where read, labels and weights."""
+
+    def __init__(self, n: int, d: int, int_label: bool, has_label: bool, has_weights: bool) -> None:
+        import pyarrow as pa
+
+        # X from Arrow's memory pool (see _arrow_piece): its pages are reused from read to read
+        self.X = np.frombuffer(pa.allocate_buffer(n * d * 8), np.float64).reshape(n, d) if n * d \
+            else np.empty((n, d))
+        self.y_i = np.empty(n if has_label and int_label else 0, np.int64)
+        self.y_f = np.empty(n if has_label and not int_label else 0, np.float64)
+        self.w = np.empty(n if has_weights else 0, np.float64)
+
+    def y(self, int_label: bool) -> np.ndarray:
+        return self.y_i if int_label else self.y_f
+
+
+def _line_cuts(buf: Any, start: int, stop: int, part: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut after newlines into ranges of about ``part`` bytes."""
+    cuts = [start]
+    at = start + part
+    while at < stop:
+        nl = buf.find(b"\n", at - 1, stop)
+        if nl < 0 or nl + 1 >= stop:
+            break
+        cuts.append(nl + 1)
+        at = nl + 1 + part
+    cuts.append(stop)
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _threads() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _jit_ranges(buf: Any, ranges: list[tuple[int, int]], role: tuple[np.ndarray, np.ndarray], sep: int,
+                int_label: bool, has_label: bool, has_weights: bool, d: int,
+                pool: Any) -> tuple[_Parsed, list[int]] | None:
+    """Whole-line ranges of one buffer parsed in parallel into one set of arrays; ``(arrays, rows of
+    each range)``, or ``None`` where a field needs the slower reader."""
+    from dlogit.io import _csv_jit as jit
+
+    arr = np.frombuffer(buf, np.uint8)
+    threads = _threads()  # a block of a stream: a part per thread
+    parts = [p for a, b in ranges for p in _line_cuts(buf, a, b, min(_JIT_PART, (b - a) // threads + 1))]
+    counts = list(pool.map(lambda p: jit.count_rows(arr, p[0], p[1]), parts))
+    out = _Parsed(sum(counts), d, int_label, has_label, has_weights)
+    starts = np.concatenate(([0], np.cumsum(counts)))
+
+    def parse(k: int) -> bool:
+        a, b = parts[k]
+        status, rows = jit.parse_rows(arr, a, b, sep, role[0], role[1], out.X, int(starts[k]), out.y_f,
+                                      out.y_i, out.w, jit._HI, jit._LO, jit._E5)
+        return status == jit.OK and rows == counts[k]
+
+    done = list(pool.map(parse, range(len(parts))))  # every part parsed: no task holds the buffer after
+    if not all(done):
+        return None
+    per_range, k = [], 0
+    for a, b in ranges:
+        n = 0
+        while k < len(parts) and parts[k][0] < b:
+            n += counts[k]
+            k += 1
+        per_range.append(n)
+    return out, per_range
+
+
+def _jit_stream(path: str, header: bool, role: tuple[np.ndarray, np.ndarray], sep: int, int_label: bool,
+                has_label: bool, has_weights: bool, d: int, pool: Any) -> tuple[_Parsed, int] | None:
+    """A compressed file, decompressed by one thread while the parser reads the blocks already
+    decompressed (the two overlap: zlib, bz2 and lzma release the GIL); ``(arrays, text bytes)``."""
+    import queue
+    import threading
+
+    blocks: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in fsio.iter_blocks(path):
+                while not stop.is_set():
+                    try:
+                        blocks.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            blocks.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which gives up
+            blocks.put(exc)
+
+    thread = threading.Thread(target=produce, name="dlogit-csv-decompress", daemon=True)
+    thread.start()
+    parsed: list[_Parsed] = []
+    pending = b""
+    nbytes = 0
+    skip = header  # the first line is the header
+    try:
+        while True:
+            block = blocks.get()
+            if isinstance(block, BaseException):
+                return None
+            if block is None:
+                if pending and not skip:  # a last line without a newline
+                    got = _jit_ranges(pending, [(0, len(pending))], role, sep, int_label, has_label,
+                                      has_weights, d, pool)
+                    if got is None:
+                        return None
+                    parsed.append(got[0])
+                break
+            nbytes += len(block)
+            first = block.find(b"\n")
+            if first < 0:
+                pending += block
+                continue
+            last = block.rfind(b"\n")
+            # the line crossing into this block on its own; the block's whole lines in place (no copy)
+            for buf, a, b in ((pending + block[:first + 1], 0, len(pending) + first + 1),
+                              (block, first + 1, last + 1)):
+                if skip:  # the header: the first line of the stream
+                    skip = False
+                    continue
+                if b > a:
+                    got = _jit_ranges(buf, [(a, b)], role, sep, int_label, has_label, has_weights, d, pool)
+                    if got is None:
+                        return None
+                    parsed.append(got[0])
+            pending = block[last + 1:]
+    finally:
+        stop.set()  # the producer sees it within 0.1 s, even while it waits on a full queue
+        thread.join()
+    if not parsed:
+        return _Parsed(0, d, int_label, has_label, has_weights), nbytes
+    if len(parsed) == 1:
+        return parsed[0], nbytes
+    out = _Parsed(sum(len(p.X) for p in parsed), d, int_label, has_label, has_weights)
+    np.concatenate([p.X for p in parsed], out=out.X)
+    for name in ("y_i", "y_f", "w"):
+        if getattr(out, name).size:
+            np.concatenate([getattr(p, name) for p in parsed], out=getattr(out, name))
+    return out, nbytes
+
+
+def jit_scan_read(info: DatasetInfo, min_bytes: int | None = None) -> tuple[DatasetInfo, list[Piece]] | None:
+    """:func:`scan_read` by dlogit's own parser (:mod:`dlogit.io._csv_jit`): local plain-numeric CSV of
+    at least ``min_bytes`` (:data:`JIT_MIN_BYTES`) of text, each uncompressed file parsed by several
+    threads straight into X, a compressed one as it is decompressed. ``None`` where it does not apply
+    or a field needs another reader (that reader then gives the values, or the error, word for word)."""
+    import mmap
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dlogit.io.npy import weights_slice
+
+    lay: CsvLayout = info.layout
+    if not all(fsio.is_local(fsio.filesystem(f)[0]) for f in lay.files):
+        return None
+    text_bytes = sum(p.length if not p.whole else 3 * fsio.size(lay.files[p.file]) for p in info.pieces)
+    if text_bytes < (JIT_MIN_BYTES if min_bytes is None else min_bytes):
+        return None
+    roles = _jit_roles(info)
+    if roles is None:
+        return None
+    from dlogit.io import _csv_jit as jit
+
+    if not jit.ready():  # compiled in a process of its own, at low priority: this read is pyarrow's
+        jit.compile_in_background()
+        return None
+    role, is_int, int_label = roles
+    cols = (role, is_int)
+    t = lay.table
+    has_label = t.label is not None and info.source.require_label
+    has_weights = t.weights is not None
+    d, sep = len(t.numeric), ord(lay.sep)
+    x_row = max(1, d) * 8
+    per = rows_per_chunk(info.source, x_row)
+    surveys: list[Survey] = []
+    pieces: list[Piece] = []
+    start = 0  # the first row of a chunk in the whole source (for a weights .npy)
+
+    def chunks(parsed: _Parsed, spans: list[tuple[int, int]], at: int) -> None:
+        nonlocal start
+        for s, e in spans:
+            w = parsed.w[s - at:e - at] if has_weights else None
+            if info.source.weights_path:
+                w = weights_slice(info, start, e - s)
+            y = parsed.y(int_label)[s - at:e - at] if has_label else None
+            pieces.append(Piece(parsed.X[s - at:e - at], y, w))
+            start += e - s
+
+    with ThreadPoolExecutor(_threads(), thread_name_prefix="dlogit-csv") as pool:
+        k = 0
+        try:
+            while k < len(info.pieces):
+                p: TextPiece = info.pieces[k]
+                path = lay.files[p.file]
+                if p.whole:
+                    got = _jit_stream(path, lay.has_header, cols, sep, int_label, has_label, has_weights, d,
+                                      pool)
+                    if got is None:
+                        return None
+                    parsed, nbytes = got
+                    rows = len(parsed.X)
+                    surveys.append(Survey(rows=rows, nbytes=nbytes))
+                    chunks(parsed, row_ranges(rows, per), 0)
+                    k += 1
+                    continue
+                group = [k]  # the byte ranges of this file that follow: one map, one set of arrays
+                while group[-1] + 1 < len(info.pieces) and not info.pieces[group[-1] + 1].whole \
+                        and info.pieces[group[-1] + 1].file == p.file:
+                    group.append(group[-1] + 1)
+                with open(fsio.filesystem(path)[1], "rb") as f, \
+                        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    ranges = [(info.pieces[j].offset, info.pieces[j].offset + info.pieces[j].length)
+                              for j in group]
+                    got2 = _jit_ranges(mm, ranges, cols, sep, int_label, has_label, has_weights, d, pool)
+                if got2 is None:
+                    return None
+                parsed, counts = got2
+                at = 0
+                for j, n in zip(group, counts):
+                    surveys.append(Survey(rows=n, nbytes=info.pieces[j].length))
+                    if n:
+                        chunks(parsed, [(at, at + n)], 0)
+                    at += n
+                k = group[-1] + 1
+        except Exception:  # noqa: BLE001 - the other reader reads it, or says what is wrong
+            return None
+    final = finish(info, surveys)
     if len(final.pieces) != len(pieces):  # pragma: no cover - the chunks are finish()'s by construction
         return None
     return final, pieces
