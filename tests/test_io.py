@@ -709,3 +709,18 @@ def test_dataset_unpacks_like_dlogit_0_1(tmp_path, frame):
     X, y, info = load_local(str(path), label="label", labels=None, require_label=True)
     assert X.shape == (103, 4) and y.shape == (103,)
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize("row", [3, 70_000])  # in the sample the plan reads, and far past it
+def test_a_row_with_more_fields_than_the_header_is_one_line_naming_it(tmp_path, row):
+    """pandas, given the header's names, drops a row's extra field (or makes its first field the index)
+    without a word: the row's values would shift into the wrong columns, and a label like 7.0 become a
+    class. The read refuses it, naming the row."""
+    rng = np.random.default_rng(0)
+    lines = [f"{a:.6f},{b:.6f},{k % 2}" for k, (a, b) in enumerate(rng.random((80_000, 2)))]
+    lines[row - 1] = "1.5,2.5,7.0,1"
+    path = tmp_path / "extra.csv"
+    path.write_text("a,b,y\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"extra\.csv: row {row} has (4 fields, )?more") as err:
+        load_local(str(path), label="y")
+    assert "\n" not in str(err.value)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,7 +133,10 @@ def _sample(files: tuple[str, ...] | list[str], sep: str, names: list[str],
         except pd.errors.EmptyDataError:
             frame = pd.DataFrame({c: np.zeros(0) for c in names})
             continue
-        except (ValueError, pd.errors.ParserError) as exc:
+        except pd.errors.ParserError as exc:
+            raise _width_error(exc, lambda r, path=path: f"{path}: row {r + 1}", 1 if has_header else 0,
+                               len(names), path) from None
+        except ValueError as exc:
             raise fsio.read_error(path, exc) from None
         if len(frame):
             return frame, complete, k
@@ -219,18 +224,52 @@ def plan(source: Source, kind: str, encoder: Encoder | None) -> DatasetInfo:
     return info
 
 
-def _parse(data: bytes, lay: CsvLayout, columns: list[str], path: str, header: bool) -> Any:
+def _width_error(exc: Exception, where: Callable[[int], str], skip: int, width: int, path: str) -> DataError:
+    """pandas' "Expected 3 fields in line 9, saw 4" as the row it names (``where(r)``, r counted from 0
+    after the ``skip`` lines before the data); any other parser error as :func:`fsio.read_error`."""
+    m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+    if m is None:
+        return fsio.read_error(path, exc)
+    return DataError(f"{where(int(m.group(2)) - 1 - skip)} has {m.group(3)} fields, more than the {width} "
+                     f"columns of the header (or of the first row)")
+
+
+def _parse(data: bytes, lay: CsvLayout, columns: list[str], path: str, header: bool,
+           row: Callable[[int], str] | None = None) -> Any:
+    """``data`` (whole lines) as a DataFrame of ``columns``; a row with more fields than the header is a
+    :class:`DataError` naming it (``row(r)`` for the r-th row of ``data``, else its place in ``data``).
+
+    The columns are read by position, without ``names``: given the names, pandas drops a longer row's
+    extra fields (or takes its first fields as the index) without a word, shifting that row's values into
+    the wrong columns."""
     import pandas as pd
 
-    dtypes = {c: t for c, t in lay.read_dtypes if c in columns}
+    names = list(lay.table.names)
+    place = {c: i for i, c in enumerate(names)}
+    dtypes = {place[c]: t for c, t in lay.read_dtypes if c in columns}
+    skip = 1 if header else 0
+
+    def where(r: int) -> str:
+        return row(r) if row is not None else f"{path}: row {r + 1} of a chunk"
+
     try:
-        return pd.read_csv(io.BytesIO(data), sep=lay.sep, header=None, names=list(lay.table.names),
-                           skiprows=1 if header else 0, usecols=columns, dtype=dtypes or None,
-                           low_memory=False)
+        frame = pd.read_csv(io.BytesIO(data), sep=lay.sep, header=None, skiprows=skip, dtype=dtypes or None,
+                            low_memory=False)
     except pd.errors.EmptyDataError:
         return pd.DataFrame({c: np.zeros(0) for c in columns})
-    except (ValueError, pd.errors.ParserError) as exc:
+    except pd.errors.ParserError as exc:
+        raise _width_error(exc, where, skip, len(names), path) from None
+    except ValueError as exc:
         raise fsio.read_error(path, exc) from None
+    if frame.shape[1] > len(names):  # the first row of data is the longer one
+        extra = frame.iloc[:, len(names):].notna().any(axis=1).to_numpy()
+        r = int(np.argmax(extra))
+        raise DataError(f"{where(r)} has more fields than the {len(names)} columns of the header (or of "
+                        f"the first row)")
+    for i in range(frame.shape[1], len(names)):  # every row short: the missing fields are missing values
+        frame[i] = np.nan
+    frame.columns = names
+    return frame[columns]
 
 
 def survey(info: DatasetInfo, k: int) -> Survey:
@@ -432,10 +471,14 @@ def read_unit(info: DatasetInfo, u: int) -> list[Piece]:
         else:
             return out
         del table, out
+    def row(r: int) -> str:
+        return f"{path}: row {base + r + 1}"
+
     if first.whole:
-        frame = _parse(fsio.read_all(path), lay, columns, path, header=lay.has_header)
+        frame = _parse(fsio.read_all(path), lay, columns, path, header=lay.has_header, row=row)
     else:
-        frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False)
+        frame = _parse(fsio.read_range(path, first.offset, first.length), lay, columns, path, header=False,
+                       row=row)
     if len(frame) != expect:
         raise DataError(f"{path} changed since it was scanned: read {len(frame)} rows where the scan "
                         f"counted {expect}")
