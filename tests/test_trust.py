@@ -985,6 +985,10 @@ def test_api_checkpoint_and_resume(tmp_path, solver):
     with pytest.raises(dlogit.ConfigError, match="differ"):
         dlogit.LogisticRegression(**{**kw, "l2": 0.5}).fit(
             X, y, checkpoint=dlogit.Checkpoint(str(tmp_path), resume=True))
+    X2 = X.copy()
+    X2[7, 2] += 1.0  # one value of other data: never resumed as if it were this run's
+    with pytest.raises(dlogit.ConfigError, match="cannot resume .*: its data differ"):
+        dlogit.LogisticRegression(**kw).fit(X2, y, checkpoint=dlogit.Checkpoint(str(tmp_path), resume=True))
 
 
 @pytest.mark.parametrize("solver", ["gd", "lbfgs"])

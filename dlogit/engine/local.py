@@ -60,7 +60,12 @@ class BlockThreads:
         except BaseException as exc:  # noqa: BLE001 - (an interrupt) raised once no helper writes any more
             failed.append(exc)
         for f in helpers:
-            f.result()
+            while True:
+                try:
+                    f.result()
+                    break
+                except BaseException as exc:  # noqa: BLE001 - an interrupt while waiting: the others stop
+                    failed.append(exc)        # taking blocks, and none writes any more when it is raised
         if failed:
             raise failed[0]
 
@@ -100,8 +105,8 @@ class InProcessShard(Shard):
         self._handles = (np.array(theta, dtype=np.float64, copy=True), values)  # for node_hvp
         return {i: h.sums for i, h in values.items()}
 
-    def close(self) -> None:
-        super().close()
+    def close(self, wait: bool = True) -> None:
+        super().close(wait)
         if self.blocks is not None:
             self.blocks.close()
             self.blocks = None

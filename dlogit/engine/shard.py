@@ -107,26 +107,28 @@ class Shard:
 
         streamed = set(self.streamed)
         used = sum(b for i, b in self._chunk_bytes.items() if i not in streamed)
-        for i in sorted(self.sources):
-            if i in self._chunk_bytes:  # read already
-                continue
-            piece, sig = self.sources[i].read(self.signatures.get(i))
-            self.signatures.setdefault(i, sig)
-            X, y, w = piece.as_tuple()
-            size = nbytes(X)
-            self._chunk_bytes[i] = size
-            if self.budget is None or used + size <= self.budget:
-                self.raw[i] = (X, y, w)
-                used += size
-            elif not getattr(self.sources[i], "rereadable", True) and not self._spill(i, X):
-                self.raw[i] = (X, y, w)  # cannot be spilled as it is: kept
-                used += size
-            else:
-                self._stats[i] = chunk_stats(X, y, w, index=i, where=self.where)
-                self.raw[i] = (_Rows(int(X.shape[0]), X), y, w)
-                self.streamed.append(i)
-            del piece, X
-        release_units()
+        try:
+            for i in sorted(self.sources):
+                if i in self._chunk_bytes:  # read already
+                    continue
+                piece, sig = self.sources[i].read(self.signatures.get(i))
+                self.signatures.setdefault(i, sig)
+                X, y, w = piece.as_tuple()
+                size = nbytes(X)
+                self._chunk_bytes[i] = size
+                if self.budget is None or used + size <= self.budget:
+                    self.raw[i] = (X, y, w)
+                    used += size
+                elif not getattr(self.sources[i], "rereadable", True) and not self._spill(i, X):
+                    self.raw[i] = (X, y, w)  # cannot be spilled as it is: kept
+                    used += size
+                else:
+                    self._stats[i] = chunk_stats(X, y, w, index=i, where=self.where)
+                    self.raw[i] = (_Rows(int(X.shape[0]), X), y, w)
+                    self.streamed.append(i)
+                del piece, X
+        finally:  # a failed read (a source changed, bad data) leaves no decompressed file behind either
+            release_units()
 
     def _spill(self, i: int, X: Any) -> bool:
         """Chunk ``i`` of a unit that is not range-readable (a compressed file), to be streamed: written
@@ -315,13 +317,14 @@ class Shard:
         futures = [(i, self._pool.submit(fn, i)) for i in items]
         return {i: f.result() for i, f in futures}
 
-    def close(self) -> None:
-        """Stop the evaluation threads (if any)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the evaluation threads (if any; ``wait=False``: without waiting for them, as on a worker's
+        event loop when the shard's task is released) and remove the spilled chunks' files."""
         unregister_stream(self)
         for src in self.sources.values():  # spilled chunks' files
             getattr(src, "remove", lambda: None)()
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait)
             self._pool = None
 
     def _nodes(self, fn: Callable[[int], Any]) -> np.ndarray:

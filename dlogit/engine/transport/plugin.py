@@ -154,6 +154,8 @@ class RunState:
             self.executor = None
 
     def release(self) -> None:
+        for _, shard in self.shards.values():  # spill files and threads now, not at a garbage collection
+            shard.close(wait=False)
         self.shards.clear()
         self.checkpoint = None
         for comm in list(self.links):
@@ -216,7 +218,9 @@ class EnginePlugin(WorkerPlugin):
                 run, sid = self.keys.pop(key, (None, None))
                 state = self.runs.get(run) if run is not None else None
                 if state is not None:
-                    state.shards.pop(sid, None)
+                    held = state.shards.pop(sid, None)
+                    if held is not None:
+                        held[1].close(wait=False)
                     state.idle()
 
     def shards_of(self, run: str, epoch: int, shard_ids: Iterable[str]) -> list[Shard]:
