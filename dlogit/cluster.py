@@ -158,7 +158,7 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
                         host: str = "127.0.0.1", dashboard_address: str | None = None,
                         rmm_pool_size: str | None = None, security: Any = None,
                         threads_per_worker: int = 1, scheduler_port: int = 0,
-                        silence_logs: int = logging.CRITICAL) -> Any:
+                        silence_logs: int = logging.CRITICAL, memory_limit: str | None = None) -> Any:
     """Start a local cluster and return it (``cluster.kind`` is ``"gpu"`` or ``"cpu"``).
 
     GPUs are used when ``gpus`` is given (then they must exist) or, when it is ``None``, when CuPy
@@ -166,6 +166,8 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
     ``127.0.0.1:8787`` (another free port when that one is taken) whatever ``host`` is: the dashboard
     and its ``/metrics`` are plain HTTP without authentication (TLS covers only the scheduler and
     workers), so they leave loopback only when ``dashboard_address`` says so -- with a warning.
+    ``memory_limit`` is each worker's (Dask's: a size such as ``1GiB``, a fraction of the machine's
+    memory, or ``auto``, the default: the machine's memory shared by the workers).
     """
     from distributed import LocalCluster
 
@@ -187,6 +189,8 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
                                   "preload": [WORKER_PRELOAD], "env": {LOCAL_WORKER_ENV: "1"}}
     if protocol:
         kwargs["protocol"] = protocol
+    if memory_limit is not None:
+        kwargs["memory_limit"] = check_memory_limit(memory_limit)
     if use_gpu:
         try:
             from dask_cuda import LocalCUDACluster
@@ -216,6 +220,31 @@ def start_local_cluster(workers: int | None = None, gpus: str | list[int] | None
     cluster.kind = "cpu"
     cluster.dlogit_dashboard_host = _bind_host(kwargs["dashboard_address"])
     return cluster
+
+
+def check_memory_limit(value: str) -> str:
+    """``value`` if Dask takes it as a worker's ``memory_limit`` (a size, a fraction in (0, 1], or
+    ``auto``), else a :class:`ClusterError` in one line."""
+    import dask.utils
+
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        fraction: float | None = float(text)
+    except ValueError:
+        fraction = None
+    if fraction is not None:
+        ok = 0 < fraction <= 1
+    else:
+        try:
+            ok = int(dask.utils.parse_bytes(text)) >= 1
+        except (ValueError, TypeError):
+            ok = False
+    if not ok:
+        raise ClusterError(f"--memory-limit must be a size (e.g. 2GiB), a fraction of the machine's memory "
+                           f"in (0, 1] or auto, got {value!r}")
+    return text
 
 
 def _bind_host(address: str) -> str:
@@ -496,7 +525,7 @@ def open_cluster(scheduler: str | None = None, scheduler_file: str | None = None
                  connect_timeout: float | None = None, tls_ca_file: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, workers: int | None = None,
                  gpus: str | None = None, rmm_pool_size: str | None = None, host: str = "127.0.0.1",
-                 dashboard_address: str | None = None,
+                 dashboard_address: str | None = None, memory_limit: str | None = None,
                  spawn_guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                  on_interrupt: Callable[[], None] | None = None) -> Iterator[Session]:
     """A :class:`Session` on the scheduler named (:func:`resolve_scheduler`: the arguments,
@@ -524,7 +553,7 @@ def open_cluster(scheduler: str | None = None, scheduler_file: str | None = None
         with spawn_guard() if spawn_guard is not None else contextlib.nullcontext():
             cluster = start_local_cluster(workers=workers, gpus=gpus, host=host,
                                           dashboard_address=dashboard_address, rmm_pool_size=rmm_pool_size,
-                                          security=security)
+                                          security=security, memory_limit=memory_limit)
         client = Client(cluster, security=security, set_as_default=False)
         client._dlogit_versions_checked = True  # type: ignore[attr-defined]  # its workers are this installation's own processes
         try:

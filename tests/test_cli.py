@@ -276,7 +276,7 @@ BAD = {
     "empty": ("a,b,label", [], "no rows"),
     "text": ("a,b,label", [[1, "x", 0], [2, "y", 1]], "not numeric"),
     "nolabel": ("a,b,c", [[1, 2, 0], [2, 3, 1]], "label column 'label' not found"),
-    "ragged": ("a,b,label", [[1, 2, 0], [2, 3, 1, 5]], "cannot read"),
+    "ragged": ("a,b,label", [[1, 2, 0], [2, 3, 1, 5]], "row 2 has 4 fields, more than the 3 columns"),
 }
 
 
@@ -374,3 +374,20 @@ def test_help_lists_exit_codes_and_new_options(capfd):
     assert r.rc == 0
     for opt in ("--checkpoint", "--checkpoint-every", "--resume", "--keep-diverged", "--index-col", "--verbose"):
         assert opt in r.out, opt
+
+
+def test_memory_limit_sets_each_local_workers_limit_and_a_percentage_cache_follows_it(tmp_path):
+    """``--memory-limit`` is each local worker's Dask ``memory_limit``: ``--cache-bytes 1%`` is then 1% of
+    it (the budget line says so); a value Dask would not take is one line, exit 2, before any start."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4000, 5))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", (X[:, 0] > 0).astype(float))
+    r = run("train", tmp_path / "X.npy", "--labels", tmp_path / "y.npy", "--workers", 1, "--memory-limit",
+            "400MiB", "--cache-bytes", "1%", "--dashboard-address", "127.0.0.1:0")
+    assert r.returncode == 0, r.stderr
+    assert "dlogit.engine.cache-bytes: 4.00 MiB per worker" in r.stdout + r.stderr
+    for bad in ("2x", "0", "1.5"):
+        r = run("train", tmp_path / "X.npy", "--labels", tmp_path / "y.npy", "--memory-limit", bad)
+        assert r.returncode == 2 and "--memory-limit" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

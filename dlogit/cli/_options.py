@@ -174,6 +174,19 @@ def _columns(ctx: click.Context | None, param: click.Parameter | None, value: An
     return tuple(out)
 
 
+def _memory_limit(ctx: click.Context | None, param: click.Parameter | None, value: Any) -> str | None:
+    """A click callback for ``--memory-limit``: checked before anything starts."""
+    if value is None:
+        return None
+    from dlogit.cluster import check_memory_limit
+    from dlogit.errors import ClusterError
+
+    try:
+        return check_memory_limit(value)
+    except ClusterError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--memory-limit ")) from None
+
+
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Where to run: a local cluster (workers, GPUs, host) or an existing scheduler (+ TLS)."""
     opts = [
@@ -183,6 +196,10 @@ def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gpus", default=None,
                      help="Local GPU workers: comma-separated ids or 'all' (dask-cuda, one worker per GPU)."),
         click.option("--rmm-pool-size", default=None, help="RMM pool per GPU worker, e.g. 8GB."),
+        click.option("--memory-limit", default=None, callback=_memory_limit, metavar="SIZE|FRACTION",
+                     help="Memory limit of each local worker, e.g. 1GiB or 0.25 of the machine's memory "
+                          "[default: auto, the machine's memory shared by the workers]; --cache-bytes N% "
+                          "is N% of it."),
         click.option("--host", default="127.0.0.1", show_default=True,
                      help="Interface the local cluster's scheduler and workers bind (the dashboard stays "
                           "on loopback unless --dashboard-address)."),

@@ -94,6 +94,8 @@ def cluster() -> None:
               help="GPU ids, e.g. 0,1: one worker per GPU (needs dask-cuda).")
 @click.option("--rmm-pool-size", default=None, metavar="SIZE",
               help="RMM pool per GPU worker, e.g. 1GB.")
+@click.option("--memory-limit", default=None, metavar="SIZE|FRACTION",
+              help="Memory limit of each worker, e.g. 4GiB [default: auto, the machine's memory shared].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the scheduler and workers bind to.")
 @click.option("--scheduler-port", type=click.IntRange(min=0, max=65535),
@@ -106,7 +108,7 @@ def cluster() -> None:
 @click.option("--tls-ca-file", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
-def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, scheduler_file,
+def up(workers, gpus, rmm_pool_size, memory_limit, host, scheduler_port, dashboard_address, scheduler_file,
        tls_ca_file, tls_cert, tls_key) -> None:
     """Start a scheduler and workers here and keep them running until Ctrl-C / SIGTERM."""
     from dlogit import cluster as dcluster
@@ -114,6 +116,8 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
 
     try:
         security = dcluster.make_security(tls_ca_file, tls_cert, tls_key)
+        if memory_limit is not None:
+            memory_limit = dcluster.check_memory_limit(memory_limit)
     except (DlogitError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     if scheduler_file:  # before anything starts, as every output is (its directory made if missing)
@@ -123,7 +127,7 @@ def up(workers, gpus, rmm_pool_size, host, scheduler_port, dashboard_address, sc
         click.echo(warning, err=True)
 
     kwargs = {"workers": workers, "gpus": gpus, "host": host, "dashboard_address": dashboard_address,
-              "rmm_pool_size": rmm_pool_size, "security": security}
+              "rmm_pool_size": rmm_pool_size, "security": security, "memory_limit": memory_limit}
     kwargs.update(_start_kwargs(dcluster.start_local_cluster,
                                 scheduler_port=(scheduler_port, 0)))
 

@@ -519,8 +519,8 @@ def _warn_local_only(ctx: click.Context, target: dict[str, str], cluster: dict[s
     """One warning naming the local-cluster options given while training on an existing scheduler."""
     from dlogit.cluster import SCHEDULER_ENV
 
-    names = [f"--{n.replace('_', '-')}" for n in ("workers", "gpus", "rmm_pool_size", "host",
-                                                 "dashboard_address") if _given(ctx, n)]
+    names = [f"--{n.replace('_', '-')}" for n in ("workers", "gpus", "rmm_pool_size", "memory_limit",
+                                                 "host", "dashboard_address") if _given(ctx, n)]
     if not names:
         return
     if cluster.get("scheduler_file") or (not cluster.get("scheduler") and "scheduler_file" in target):
@@ -533,7 +533,7 @@ def _warn_local_only(ctx: click.Context, target: dict[str, str], cluster: dict[s
           "not on a local cluster")
 
 
-_CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "host", "dashboard_address", "scheduler",
+_CLUSTER_KEYS = ("workers", "gpus", "rmm_pool_size", "memory_limit", "host", "dashboard_address", "scheduler",
                  "scheduler_file", "connect_timeout", "tls_ca_file", "tls_cert", "tls_key")
 
 
@@ -718,7 +718,8 @@ def _in_process(ctx: click.Context, source: Any, mode: str, quiet: bool) -> bool
 
     from dlogit.config import setting
 
-    if mode != "auto" or any(_given(ctx, n) for n in ("workers", "gpus", "rmm_pool_size", "dashboard_address")):
+    if mode != "auto" or any(_given(ctx, n) for n in ("workers", "gpus", "rmm_pool_size", "memory_limit",
+                                                      "dashboard_address")):
         return False
     limit = int(dask.utils.parse_bytes(setting("dlogit.cli.in-process-bytes")))
     size = _local_bytes([p for p in (source.path, source.labels, source.weights) if p])
