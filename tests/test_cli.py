@@ -387,6 +387,11 @@ def test_memory_limit_sets_each_local_workers_limit_and_a_percentage_cache_follo
             "400MiB", "--cache-bytes", "1%", "--dashboard-address", "127.0.0.1:0")
     assert r.returncode == 0, r.stderr
     assert "dlogit.engine.cache-bytes: 4.00 MiB per worker" in r.stdout + r.stderr
+    # 400 MiB cannot hold a worker (~400 MiB) and two 128 MiB chunks under Dask's 80% pause: said first
+    assert "--memory-limit 400MiB: the chunk cache (4.00 MiB) + 2 chunks (256.00 MiB)" in r.stderr
+    r = run("train", tmp_path / "X.npy", "--labels", tmp_path / "y.npy", "--workers", 1, "--memory-limit",
+            "4GiB", "--cache-bytes", "1%", "--dashboard-address", "127.0.0.1:0")
+    assert r.returncode == 0 and "pass 80%" not in r.stderr, r.stderr
     for bad in ("2x", "0", "1.5"):
         r = run("train", tmp_path / "X.npy", "--labels", tmp_path / "y.npy", "--memory-limit", bad)
         assert r.returncode == 2 and "--memory-limit" in r.stderr and "Traceback" not in r.stderr, r.stderr

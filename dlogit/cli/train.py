@@ -116,6 +116,7 @@ def train(**kw: Any) -> None:
     job = _prepare(args)  # every option, the outputs and the checkpoint directory checked first
     ctx = click.get_current_context()
     here = _where(ctx, args, job)
+    _warn_memory_pause(args)
     t0 = time.perf_counter()
     with _quiet_dask_logs(args.verbose), _cache_budget(args.cache_bytes), \
             _session(args, job, here) as (client, kind):
@@ -860,6 +861,41 @@ def _load(client: Any, X: Any, y: Any, w: Any, quiet: bool) -> tuple[Any, Any, A
                         every=0.2 if tty else 5.0)
     it = iter(persisted)
     return next(it), next(it), (next(it) if w is not None else None)
+
+
+def _warn_memory_pause(args: _Args) -> None:
+    """One warning when ``--memory-limit`` leaves a local worker too little room: Dask pauses a worker
+    whose memory passes ``distributed.worker.memory.pause`` of its limit, and a fit then waits on it."""
+    limit = args.cluster.get("memory_limit")
+    if limit in (None, "auto") or args.cluster.get("scheduler") or args.cluster.get("scheduler_file"):
+        return
+    import dask.utils
+    import distributed  # noqa: F401  (registers Dask's distributed.* defaults)
+
+    from dlogit.config import setting
+    from dlogit.engine import parse_cache_bytes
+
+    pause = dask.config.get("distributed.worker.memory.pause")
+    if not pause:
+        return
+    try:
+        limit_bytes = float(limit) * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except ValueError:
+        limit_bytes = float(dask.utils.parse_bytes(limit))
+    kind, amount = parse_cache_bytes(args.cache_bytes or setting("dlogit.engine.cache-bytes"))
+    cache = amount * limit_bytes if kind == "fraction" else amount
+    chunk = float(dask.utils.parse_bytes(args.opts.get("chunk_bytes") or setting("dlogit.chunk-bytes")))
+    if cache + 2 * chunk + _WORKER_FOOTPRINT > pause * limit_bytes:
+        size = dask.utils.format_bytes
+        _warn(f"--memory-limit {limit}: the chunk cache ({size(int(cache))}) + 2 chunks ({size(int(2 * chunk))}) "
+              f"+ ~{size(_WORKER_FOOTPRINT)} for the worker itself pass {pause:.0%} of it, where Dask pauses a "
+              "worker (distributed.worker.memory.pause) and the fit waits on it: lower --cache-bytes or "
+              "--chunk-bytes, or raise --memory-limit")
+
+
+#: what a dlogit worker process holds before any data (its imports, the preload, the kernels), measured
+#: at 0.2-0.4 GiB on CPU workers
+_WORKER_FOOTPRINT = 400 * 2**20
 
 
 def _cache_budget(cache_bytes: str | None) -> Any:
