@@ -870,20 +870,19 @@ def _warn_memory_pause(args: _Args) -> None:
     if limit in (None, "auto") or args.cluster.get("scheduler") or args.cluster.get("scheduler_file"):
         return
     import dask.utils
-    import distributed  # noqa: F401  (registers Dask's distributed.* defaults)
+    from distributed.system import MEMORY_LIMIT  # also registers Dask's distributed.* defaults
 
     from dlogit.config import setting
-    from dlogit.engine import parse_cache_bytes
+    from dlogit.engine import budget_for, parse_cache_bytes
 
     pause = dask.config.get("distributed.worker.memory.pause")
     if not pause:
         return
-    try:
-        limit_bytes = float(limit) * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # as Dask reads it: a fraction of the machine's (or the cgroup's) memory, or a size
+        limit_bytes = float(limit) * MEMORY_LIMIT
     except ValueError:
         limit_bytes = float(dask.utils.parse_bytes(limit))
-    kind, amount = parse_cache_bytes(args.cache_bytes or setting("dlogit.engine.cache-bytes"))
-    cache = amount * limit_bytes if kind == "fraction" else amount
+    cache = budget_for(parse_cache_bytes(args.cache_bytes or setting("dlogit.engine.cache-bytes")), limit_bytes)
     chunk = float(dask.utils.parse_bytes(args.opts.get("chunk_bytes") or setting("dlogit.chunk-bytes")))
     if cache + 2 * chunk + _WORKER_FOOTPRINT > pause * limit_bytes:
         size = dask.utils.format_bytes

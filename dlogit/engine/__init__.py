@@ -40,7 +40,7 @@ from dlogit.kernels.policy import CPU_KERNELS
 #: loads neither dask.array nor the client side of the Dask modes
 _LAZY = {"ClusterWarning": "dask_fit", "SchedulerLost": "dask_fit", "fit_dask": "dask_fit",
          "fit_path_dask": "dask_fit", "fit_arrays": "local", "listen": "routing",
-         "parse_cache_bytes": "residency", "describe_cache": "residency"}
+         "parse_cache_bytes": "residency", "describe_cache": "residency", "budget_for": "residency"}
 
 
 def __getattr__(name: str) -> Any:
@@ -52,7 +52,7 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["ClusterWarning", "SchedulerLost", "cpu_kernel_notice", "cpu_kernel_setting", "current_client",
+__all__ = ["ClusterWarning", "SchedulerLost", "budget_for", "cpu_kernel_notice", "cpu_kernel_setting", "current_client",
            "describe_cache", "fit_arrays", "fit_dask", "fit_path_dask", "is_dask_array", "listen", "map_chunks",
            "parse_cache_bytes"]
 
